@@ -1,0 +1,35 @@
+"""effkit: make PyTorch models smaller and faster, measured before and after, gated in CI.
+
+The public API is imported lazily: `import effkit` loads neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "Model": "effkit.model",
+    "load_model": "effkit.model",
+    "save_model": "effkit.model",
+    "bench": "effkit.bench",
+    "BenchResult": "effkit.bench",
+    "export_onnx": "effkit.passes.export",
+    "ExportConfig": "effkit.passes.export",
+    "fidelity": "effkit.fidelity",
+    "EffkitError": "effkit.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'effkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

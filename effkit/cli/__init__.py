@@ -1,0 +1,36 @@
+"""The `effkit` command: a thin Typer layer over the library. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from effkit import __version__
+from effkit.cli import bench_cmd, export_cmd, inspect_cmd  # noqa: F401  (they register their commands)
+from effkit.cli.common import DEBUG, app
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"effkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also accepted after the command).")] = False,
+) -> None:
+    if debug:
+        DEBUG["on"] = True
+
+
+def main() -> None:
+    """Console entry point. `--debug` is accepted anywhere on the line."""
+    if "--debug" in sys.argv[1:]:
+        DEBUG["on"] = True
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+    app()

@@ -1,0 +1,161 @@
+"""What every command shares: the Typer app, consoles, options, output writing, error handling.
+
+This is the one place where errors become exit codes: EffkitError kinds carry their own (2 for
+user mistakes, 1 for a failed step or gate); anything unexpected is exit 2 with one line, and
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from effkit.errors import EffkitError
+
+app = typer.Typer(
+    name="effkit",
+    help="Make PyTorch models smaller and faster (prune, int8, distill), measured before and after; "
+         "gate the result in CI.\n\nExit codes: 0 success, 1 a gate or a step's quality bar failed, "
+         "2 usage or input error.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+out = Console()
+err = Console(stderr=True)
+DEBUG = {"on": bool(os.environ.get("EFFKIT_DEBUG"))}
+
+MODEL_HELP = ("Model: a .pt/.pth or .safetensors state_dict (with --arch), .pt2, TorchScript, .onnx, a "
+              "Hugging Face folder (hf:PATH), or a factory path/to/file.py:function or package.module:function. "
+              "Factories are your own Python code and run as such.")
+
+# ---------------------------------------------------------------- shared options
+
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
+ArchOpt = Annotated[Optional[str], typer.Option(
+    "--arch", help="Factory that builds the architecture for a state_dict or .safetensors file (runs its code).")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust", help="Allow loading pickled whole models and Hugging Face remote code: this runs code from the file.")]
+InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--input-shape", help="Example input shape, e.g. 1x3x224x224 or int64:1x128; repeat for several inputs.")]
+InputsOpt = Annotated[Optional[Path], typer.Option(
+    "--inputs", help="An .npz file with one example array per model input.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="Threads for torch and ONNX Runtime [default: all cores]", min=1)]
+WarmupOpt = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)]
+IterationsOpt = Annotated[Optional[int], typer.Option(
+    "--iterations", help="Timed calls per measurement [default: as many as fit in --min-time]", min=1)]
+MinTimeOpt = Annotated[float, typer.Option("--min-time", help="Seconds of timed calls per measurement.", min=0.0)]
+JsonOpt = Annotated[Optional[str], typer.Option(
+    "--json", help="Write the result as JSON to PATH; '-' writes JSON alone to stdout (the rest goes to stderr).")]
+MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown report to PATH.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+ExportOnnxOpt = Annotated[Optional[Path], typer.Option(
+    "--export-onnx", help="Also export the result to this .onnx path, verified in ONNX Runtime.")]
+
+
+def console_for(json_path: str | None) -> Console:
+    """Human output goes to stdout, unless stdout carries JSON (`--json -`)."""
+    return err if json_path == "-" else out
+
+
+def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None):
+    """Load MODEL with the shared options; parse shapes first so a typo fails before any import."""
+    from effkit.model import load_model
+    from effkit.specs import parse_input_shape
+
+    shapes = [parse_input_shape(s) for s in input_shape or []]
+    with err.status(f"loading {model}", spinner="dots"):
+        return load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs)
+
+
+def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
+                  markdown_text: Callable[[], str], force: bool) -> None:
+    """Write --json and --markdown outputs (atomically; '-' means stdout for JSON)."""
+    from effkit.files import write_text
+
+    if json_path == "-":
+        sys.stdout.write(json_text() + "\n")
+    elif json_path:
+        write_text(json_path, json_text() + "\n", force)
+        err.print(f"wrote {json_path}")
+    if markdown_path:
+        write_text(markdown_path, markdown_text(), force)
+        err.print(f"wrote {markdown_path}")
+
+
+def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tuple = ()) -> None:
+    """Fail before any work when an output exists (without --force) or is the input."""
+    from effkit.files import check_output
+
+    for p in paths:
+        if p is not None and str(p) != "-":
+            check_output(p, force, inputs)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float], None] | None]:
+    """A transient Rich progress bar on stderr; yields `update(label, fraction)`."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(label: str, fraction: float) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=1.0)
+            progress.update(tasks[label], completed=fraction)
+
+        yield update
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn exceptions into one `Error:` line and an exit code; --debug shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except EffkitError as e:
+            if DEBUG["on"]:
+                traceback.print_exc()
+            err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("Error: interrupted; no output was written", markup=False, highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if DEBUG["on"]:
+                traceback.print_exc()
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            err.print(f"Error: unexpected {type(e).__name__}{': ' + first if first else ''} "
+                      "(run with --debug for the traceback)", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def command(*args, **kwargs) -> Callable:
+    """`@app.command` with effkit's error handling."""
+
+    def decorate(func: Callable) -> Callable:
+        return app.command(*args, **kwargs)(handle_errors(func))
+
+    return decorate

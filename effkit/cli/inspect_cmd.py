@@ -1,0 +1,32 @@
+"""`effkit inspect`: what a model is made of."""
+
+from __future__ import annotations
+
+import json as jsonlib
+
+from effkit.cli.common import (
+    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt, check_outputs_free, command,
+    console_for, load, write_outputs,
+)
+
+
+@command("inspect")
+def inspect_command(
+    model: ModelArg,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    input_shape: InputShapeOpt = None,
+    inputs: InputsOpt = None,
+    json: JsonOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
+    from effkit.report import inspect_tables
+    from effkit.structure import describe
+
+    check_outputs_free([json], force)
+    info = describe(load(model, arch, trust, input_shape, inputs))
+    console = console_for(json)
+    for table in inspect_tables(info):
+        console.print(table)
+    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.inspect/1", **info}, indent=2), None, str, force)

@@ -1,0 +1,46 @@
+"""Errors that reach the user: each kind knows its exit code; the CLI turns them into one line."""
+
+
+class EffkitError(Exception):
+    """A problem the user can fix: bad path, bad spec, bad shape, bad threshold. Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(EffkitError):
+    """Invalid options or values given on the command line or in a file."""
+
+
+class ModelLoadError(EffkitError):
+    """A model spec or file that cannot be loaded."""
+
+
+class InputError(EffkitError):
+    """Example inputs or data that do not fit the model."""
+
+
+class OutputExistsError(EffkitError):
+    """An output file exists and --force was not given."""
+
+
+class StepFailed(EffkitError):
+    """A pass (quantize, prune, ...) ran but its result is unusable: NaN outputs, tolerance missed.
+
+    Exit code 1: the inputs were fine; the result did not meet the bar.
+    """
+
+    exit_code = 1
+
+
+class GateFailed(EffkitError):
+    """A CI gate failed. Exit code 1."""
+
+    exit_code = 1

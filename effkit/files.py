@@ -1,0 +1,57 @@
+"""Atomic outputs: write to a temporary name beside the target, then rename into place.
+
+A failed or killed run leaves either the old file or the new one, never a half-written mix,
+and an existing output is only replaced when the user said --force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from effkit.errors import OutputExistsError, UsageError
+
+
+def check_output(path: str | Path, force: bool, inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """Refuse an output that exists (without force) or that is one of the inputs."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
+            raise UsageError(f"output {path} is the input model", "write the result to another path")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
+    if not path.parent.exists():
+        raise UsageError(f"output folder {path.parent} does not exist", "create it first")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it onto `path` when the block succeeds."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path, force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str, force: bool = False) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return write_bytes(path, text.encode("utf-8"), force)

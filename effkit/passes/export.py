@@ -1,0 +1,172 @@
+"""Export a torch model to ONNX, then verify it in ONNX Runtime against torch on fresh inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError
+from effkit.model import Model
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export: opset, dynamic batch axis, and the tolerances of the verification."""
+
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not (7 <= self.opset <= 23):
+            raise UsageError(f"opset {self.opset} is not supported", "use an opset between 7 and 23 (default 18)")
+        if self.atol < 0 or self.rtol < 0:
+            raise UsageError("--atol and --rtol must not be negative")
+
+
+class ExportMismatch(StepFailed):
+    """The exported model's outputs differ from torch's beyond the tolerances."""
+
+
+@contextlib.contextmanager
+def quiet_torch():
+    """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export",
+                                              "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _fresh_inputs(model: Model, batch: int | None) -> tuple[np.ndarray, ...]:
+    """Inputs the export never saw: new random floats; integer inputs (token ids) kept as they are."""
+    rng = np.random.default_rng(1234)
+    arrays = []
+    for a in model.example_inputs:
+        if batch is not None and a.ndim > 0:
+            a = np.concatenate([a] * ((batch + a.shape[0] - 1) // a.shape[0]))[:batch]
+        if np.issubdtype(a.dtype, np.floating):
+            a = rng.standard_normal(a.shape).astype(a.dtype)
+        arrays.append(a)
+    return tuple(arrays)
+
+
+def _export_proto(model: Model, config: ExportConfig):
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+    dynamic = tuple({0: torch.export.Dim.DYNAMIC} if a.dim() > 0 else None for a in args) if config.dynamic_batch else None
+    errors = []
+    with quiet_torch():
+        if not isinstance(model.module, torch.jit.ScriptModule):
+            try:
+                program = torch.onnx.export(model.module, args, dynamo=True, opset_version=config.opset,
+                                            input_names=model.input_names, dynamic_shapes=dynamic, verbose=False)
+                return program.model_proto
+            except Exception as e:
+                errors.append(e)
+        # TorchScript modules and some quantized modules only go through the older TorchScript exporter.
+        buffer = io.BytesIO()
+        axes = {n: {0: "batch"} for n in model.input_names} if config.dynamic_batch else None
+        try:
+            torch.onnx.export(model.module, args, buffer, dynamo=False, opset_version=min(config.opset, 17),
+                              input_names=model.input_names, dynamic_axes=axes)
+        except Exception as e:
+            first = errors[0] if errors else e
+            msg = str(first).strip().splitlines()[0][:300] if str(first).strip() else type(first).__name__
+            raise EffkitError(f"the ONNX exporter cannot export this model: {msg}",
+                              "run with --debug for details; ops without an ONNX equivalent need a rewrite") from first
+    import onnx
+
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
+    """Run torch and ONNX Runtime on fresh inputs; raise ExportMismatch listing every output that differs."""
+    from effkit.runtime import OrtRunner, TorchRunner, available_cores
+
+    torch_runner = TorchRunner(model.module, threads=available_cores())
+    ort_runner = OrtRunner(onnx_path, threads=available_cores())
+    batches = [None]
+    if config.dynamic_batch and all(a.ndim > 0 for a in model.example_inputs):
+        batches.append(model.example_inputs[0].shape[0] + 1)
+    mismatches, worst = [], 0.0
+    for batch in batches:
+        inputs = _fresh_inputs(model, batch)
+        expected = torch_runner.run(inputs)
+        try:
+            got = ort_runner.run(inputs)
+        except Exception as e:
+            if batch is None:
+                raise
+            mismatches.append(f"batch {batch}: ONNX Runtime failed ({str(e).splitlines()[0][:200]})")
+            continue
+        if len(expected) != len(got):
+            mismatches.append(f"torch gives {len(expected)} outputs, ONNX gives {len(got)}")
+            continue
+        for i, (e, g) in enumerate(zip(expected, got)):
+            name = ort_runner.output_names[i] if i < len(ort_runner.output_names) else f"output {i}"
+            if e.shape != g.shape:
+                mismatches.append(f"{name}: shape {list(g.shape)} instead of {list(e.shape)}")
+                continue
+            diff = float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64)))) if e.size else 0.0
+            worst = max(worst, diff)
+            if not np.allclose(g, e, atol=config.atol, rtol=config.rtol):
+                where = f" at batch {batch}" if batch else ""
+                mismatches.append(f"{name}{where}: max abs diff {diff:.3g} > atol {config.atol:g} + rtol {config.rtol:g}")
+    if mismatches:
+        raise ExportMismatch(f"the ONNX export differs from torch: {'; '.join(mismatches)}",
+                             "loosen --atol/--rtol if this is expected, or try another --opset")
+    return {"max_abs_diff": worst, "batches_checked": [b or model.example_inputs[0].shape[0] for b in batches]
+            if model.example_inputs and model.example_inputs[0].ndim else [1]}
+
+
+def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = None, force: bool = False) -> Model:
+    """Export `model` to ONNX at `path`, verified in ONNX Runtime; return the ONNX Model.
+
+    Writes atomically: a failed verification leaves nothing at `path`.
+    """
+    import onnx
+
+    from effkit.files import atomic_path
+    from effkit.model import _load_onnx, write_onnx
+
+    config = config or ExportConfig()
+    path = Path(path)
+    if model.kind == "onnx":
+        raise UsageError("the model is ONNX already", "pass a torch model to export")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
+    proto = _export_proto(model, config)
+    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights go to a sidecar file
+        files = write_onnx(proto, path, force, external_data=True)
+        try:
+            report = verify_onnx(model, path, config)
+        except BaseException:
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
+    else:
+        with atomic_path(path, force) as tmp:
+            onnx.save_model(proto, str(tmp))
+            report = verify_onnx(model, tmp, config)
+    exported = _load_onnx(path, str(path), ())
+    exported = exported.replace(example_inputs=model.example_inputs, source=model.source)
+    exported.meta["export"] = {"opset": config.opset, "dynamic_batch": config.dynamic_batch, **report}
+    return exported

@@ -1,0 +1,16 @@
+"""Reports: Rich tables for the terminal and Markdown for pull requests, from results and outcomes."""
+
+from __future__ import annotations
+
+from effkit.report.text import (
+    bench_markdown,
+    bench_table,
+    fmt_bytes,
+    fmt_ms,
+    inspect_tables,
+    outcome_markdown,
+    outcome_table,
+)
+
+__all__ = ["bench_markdown", "bench_table", "fmt_bytes", "fmt_ms", "inspect_tables", "outcome_markdown",
+           "outcome_table"]

@@ -1,0 +1,146 @@
+"""Runners: the one interface through which every benchmark and fidelity check runs a model.
+
+`make_runner(model, "torch" | "onnxruntime", threads)` returns a Runner whose `run(inputs)`
+gives numpy outputs and whose `bind(inputs)` gives a zero-argument call for timing, with the
+inputs already converted, so a timing measures the model and not the conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effkit.errors import UsageError
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity and container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Runner:
+    """Runs one model on one runtime with a fixed number of threads."""
+
+    name: str
+    threads: int
+
+    def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class TorchRunner(Runner):
+    """torch eager (or whatever the module is: TorchScript, torch.export module, quantized)."""
+
+    name = "torch"
+
+    def __init__(self, module: Any, threads: int):
+        import torch
+
+        self.module = module
+        self.threads = threads
+        torch.set_num_threads(threads)
+
+    def _tensors(self, inputs: Sequence[np.ndarray]) -> tuple:
+        import torch
+
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs)
+
+    def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
+        import torch
+
+        tensors = self._tensors(inputs)
+        module = self.module
+
+        def call() -> Any:
+            torch.set_num_threads(self.threads)
+            with torch.inference_mode():
+                return module(*tensors)
+
+        return call
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from effkit.model import flatten_outputs
+
+        return flatten_outputs(self.bind(inputs)())
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime on the CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.threads = threads
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _feed(self, inputs: Sequence[np.ndarray]) -> dict:
+        if len(inputs) != len(self.input_names):
+            raise UsageError(f"the ONNX model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"got {len(inputs)}")
+        return {n: np.ascontiguousarray(a) for n, a in zip(self.input_names, inputs)}
+
+    def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
+        feed = self._feed(inputs)
+        session = self.session
+        return lambda: session.run(None, feed)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(None, self._feed(inputs))]
+
+
+# A torch module's verified ONNX export, reused while the module lives (bench --runtime all,
+# fidelity checks and later steps all need the same one).
+_EXPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def onnx_path_for(model: Any) -> Path:
+    """The ONNX file to run for this model: its own, or a verified temporary export of the torch module."""
+    if model.kind == "onnx":
+        return model.onnx_path
+    cached = _EXPORTS.get(model.module)
+    if cached is not None and cached.exists():
+        return cached
+    from effkit.model import workdir
+    from effkit.passes.export import export_onnx
+
+    target = Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx"
+    export_onnx(model, target)
+    _EXPORTS[model.module] = target
+    return target
+
+
+def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:
+    """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads` (default: all cores)."""
+    threads = threads or available_cores()
+    if runtime == "torch":
+        if model.kind != "torch":
+            raise UsageError("an ONNX model runs on onnxruntime only", "use --runtime onnxruntime")
+        return TorchRunner(model.module, threads)
+    if runtime == "onnxruntime":
+        return OrtRunner(onnx_path_for(model), threads)
+    raise UsageError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")

@@ -1,0 +1,118 @@
+"""What a model is made of: layers, parameters, sparsity, what int8 and channel pruning can touch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+# Layers with int8 kernels (dynamic: Linear/LSTM/GRU; static: also convolutions).
+QUANTIZABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "Embedding")
+QUANTIZABLE_ONNX = ("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Gather")
+PRUNABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d")
+
+
+def describe(model) -> dict:
+    """A JSON-ready description of `model` (see `effkit inspect`)."""
+    from effkit.model import check_runs
+
+    outputs = check_runs(model)
+    info = {
+        "source": model.source,
+        "format": model.format,
+        "kind": model.kind,
+        "inputs": model.input_specs,
+        "outputs": [{"name": (model.output_names or [])[i] if i < len(model.output_names or []) else f"output_{i}",
+                     "shape": list(o.shape), "dtype": str(o.dtype)} for i, o in enumerate(outputs)],
+    }
+    info.update(_describe_torch(model) if model.kind == "torch" else _describe_onnx(model))
+    return info
+
+
+def _describe_torch(model) -> dict:
+    import torch
+
+    layers, by_type = [], Counter()
+    params_by_type: Counter = Counter()
+    for name, module in model.module.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own and list(module.children()):
+            continue
+        kind = type(module).__name__
+        count = sum(p.numel() for p in own)
+        zeros = sum(int((p == 0).sum()) for p in own)
+        if not name:
+            continue
+        by_type[kind] += 1
+        params_by_type[kind] += count
+        layers.append({"name": name, "type": kind, "parameters": count,
+                       "sparsity": zeros / count if count else 0.0,
+                       "quantizable": kind in QUANTIZABLE_TORCH,
+                       "prunable": kind in PRUNABLE_TORCH})
+    output_layers = _output_layers(model)
+    for layer in layers:
+        if layer["name"] in output_layers:
+            layer["prunable"] = False
+    total = sum(p.numel() for p in model.module.parameters())
+    macs = _macs(model)
+    return {
+        "parameters": total,
+        "nonzero_parameters": int(sum(int((p != 0).sum()) for p in model.module.parameters())),
+        "macs": macs,
+        "layer_types": [{"type": t, "count": by_type[t], "parameters": params_by_type[t]} for t in by_type],
+        "layers": layers,
+        "quantizable_layers": [l["name"] for l in layers if l["quantizable"]],
+        "prunable_layers": [l["name"] for l in layers if l["prunable"]],
+        "notes": ([] if not isinstance(model.module, torch.jit.ScriptModule)
+                  else ["TorchScript: channel pruning needs an nn.Module, not a TorchScript archive"]),
+    }
+
+
+def _output_layers(model) -> set[str]:
+    """The last Linear/Conv layer: its outputs are the model's outputs, so pruning keeps it."""
+    names = [n for n, m in model.module.named_modules() if type(m).__name__ in PRUNABLE_TORCH]
+    return set(names[-1:])
+
+
+def _macs(model) -> int | None:
+    """Multiply-accumulates for one forward pass at the example batch (Torch-Pruning's counter)."""
+    try:
+        import torch
+        import torch_pruning as tp
+
+        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+        macs, _ = tp.utils.count_ops_and_params(model.module, args if len(args) > 1 else args[0])
+        return int(macs)
+    except Exception:  # counting is best-effort: TorchScript and exotic modules cannot be traced
+        return None
+
+
+def _describe_onnx(model) -> dict:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(model.onnx_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    ops = Counter(n.op_type for n in proto.graph.node)
+    layers = []
+    for node in proto.graph.node:
+        weights = [inits[i] for i in node.input if i in inits]
+        count = int(sum(w.size for w in weights))
+        zeros = int(sum(w.size - np.count_nonzero(w) for w in weights))
+        if count or node.op_type in QUANTIZABLE_ONNX:
+            layers.append({"name": node.name or node.output[0], "type": node.op_type, "parameters": count,
+                           "sparsity": zeros / count if count else 0.0,
+                           "quantizable": node.op_type in QUANTIZABLE_ONNX, "prunable": False})
+    total = int(sum(a.size for a in inits.values()))
+    return {
+        "parameters": total,
+        "nonzero_parameters": int(sum(np.count_nonzero(a) for a in inits.values())),
+        "macs": None,
+        "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "layer_types": [{"type": t, "count": c, "parameters": sum(l["parameters"] for l in layers if l["type"] == t)}
+                        for t, c in ops.most_common()],
+        "layers": layers,
+        "quantizable_layers": [l["name"] for l in layers if l["quantizable"]],
+        "prunable_layers": [],
+        "notes": ["ONNX: channel pruning works on torch models; quantization works on ONNX too"],
+    }

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny model specs, a CLI runner that captures stdout and stderr apart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+TESTS = Path(__file__).parent
+MODELS = TESTS / "models.py"
+
+# Small, fast measurements everywhere in the tests: timings are never asserted.
+FAST = ["--warmup", "1", "--iterations", "3"]
+
+
+def spec(name: str) -> str:
+    """The factory spec of a tiny test model."""
+    return f"{MODELS}:{name}"
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Invoke effkit in-process from a scratch folder; returns (exit code, stdout, stderr)."""
+    from effkit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    # 2-core CI: keep the suite from oversubscribing itself
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
