@@ -34,7 +34,8 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # keep the real suffix last: some writers (torch.export.save, numpy) look at it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -410,7 +410,10 @@ def to_numpy_inputs(example: Any) -> tuple[np.ndarray, ...]:
 
 
 def _torch_model(module: Any, example: Any, spec: str, fmt: str, path: Path | None, input_shapes) -> Model:
-    module.eval()
+    try:
+        module.eval()
+    except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
+        pass
     if input_shapes:
         arrays = tuple(_random_array(s) for s in input_shapes)
     elif example is not None:
