@@ -326,8 +326,6 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
                              "pip install 'effkit[hf]'") from e
     import json
 
-    import torch
-
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"{path} has no config.json, so it is not a Hugging Face model folder")
@@ -357,7 +355,6 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     model = Model(kind="torch", module=wrapper, example_inputs=tuple(example), input_names=names,
                   source=spec, format="hf", path=path, save_suffix=".pt2")
     model.meta["hf_architecture"] = arch_names[0]
-    _ = torch  # imported for its side effect of being ready before wrapping
     return model
 
 
