@@ -29,9 +29,9 @@ def bench_command(
     model: ModelArg,
     runtime: Annotated[Optional[str], typer.Option(
         "--runtime", help="torch, onnxruntime (a torch model is exported to a verified temporary ONNX) or all "
-                          "[default: torch for torch models, onnxruntime for ONNX]")] = None,
+                          "(default: torch for torch models, onnxruntime for ONNX)")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option(
-        "--batch-size", help="Batch size; repeat for a sweep [default: the example inputs' batch]", min=1)] = None,
+        "--batch-size", help="Batch size; repeat for a sweep (default: the example inputs' batch)", min=1)] = None,
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,

@@ -52,10 +52,10 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
 InputsOpt = Annotated[Optional[Path], typer.Option(
     "--inputs", help="An .npz file with one example array per model input.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="Threads for torch and ONNX Runtime [default: all cores]", min=1)]
+    "--threads", help="Threads for torch and ONNX Runtime (default: all cores)", min=1)]
 WarmupOpt = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)]
 IterationsOpt = Annotated[Optional[int], typer.Option(
-    "--iterations", help="Timed calls per measurement [default: as many as fit in --min-time]", min=1)]
+    "--iterations", help="Timed calls per measurement (default: as many as fit in --min-time)", min=1)]
 MinTimeOpt = Annotated[float, typer.Option("--min-time", help="Seconds of timed calls per measurement.", min=0.0)]
 JsonOpt = Annotated[Optional[str], typer.Option(
     "--json", help="Write the result as JSON to PATH; '-' writes JSON alone to stdout (the rest goes to stderr).")]
