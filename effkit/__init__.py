@@ -19,6 +19,8 @@ _API = {
     "BenchResult": "effkit.bench",
     "export_onnx": "effkit.passes.export",
     "ExportConfig": "effkit.passes.export",
+    "distill": "effkit.passes.distill",
+    "DistillConfig": "effkit.passes.distill",
     "fidelity": "effkit.fidelity",
     "EffkitError": "effkit.errors",
 }

@@ -1,0 +1,617 @@
+"""Knowledge distillation: train a (smaller) student to reproduce a teacher's outputs.
+
+Loss per sample: KL divergence between the temperature-softened teacher and student outputs,
+times T² (Hinton et al., 2015), or MSE for regression outputs; mixed with cross-entropy on the
+labels when the data has them (`alpha` weighs the distillation part); plus optional MSE between
+named intermediate features. AdamW, linear warm-up then cosine decay, gradient clipping,
+validation every epoch (accuracy with labels, else top-1 agreement with the teacher, else MSE
+to the teacher), and the best epoch's weights kept.
+
+Reproducibility is part of the contract:
+- the sample order of epoch e is a permutation seeded by (seed, e), so no hidden RNG state
+  decides it, and a resumed run sees the very batches a straight run would;
+- with `checkpoint`, SIGINT / SIGTERM finish the current step, write a checkpoint atomically
+  (weights, optimizer, schedule, RNG, position, history, best weights) and raise `Interrupted`;
+  `resume=True` continues from it to the same final weights as an uninterrupted run;
+- under torch.distributed (torchrun; the caller initializes the process group), the student
+  is wrapped in DistributedDataParallel and every global batch is split across the ranks, with
+  the loss scaled so the averaged gradient equals the single-process one: N processes reach
+  the weights one process would (up to float summation order). BatchNorm statistics are
+  per-rank, as usual with DDP.
+
+The teacher's outputs (and features) are computed once per sample and cached: the teacher is
+frozen and in eval mode, so this only saves time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effkit.errors import EffkitError, InputError, StepFailed, UsageError
+from effkit.passes import PassResult
+
+CHECKPOINT_FORMAT = "effkit.distill-checkpoint/1"
+LOSSES = ("kl", "mse")
+EVAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How to distill. Validated on construction; every field has a CLI option of the same name."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.5  # weight of the distillation loss; 1 - alpha goes to cross-entropy on labels
+    loss: str = "kl"  # "kl" (classifier logits) or "mse" (regression outputs)
+    feature_pairs: tuple[tuple[str, str], ...] = ()  # (student layer, teacher layer), outputs matched by MSE
+    feature_weight: float = 1.0
+    lr_warmup: float = 0.05  # fraction of all steps spent warming the learning rate up linearly
+    grad_clip: float | None = 1.0  # max gradient norm; None turns clipping off
+    seed: int = 0
+    val_split: float = 0.1  # held out from `data` when no validation data is given; 0 = no validation
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must not be negative, got {self.weight_decay}")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be positive, got {self.temperature}", "4 is a common choice")
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"--alpha must lie in [0, 1], got {self.alpha}",
+                             "it weighs the distillation loss; 1 - alpha goes to cross-entropy on the labels")
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown --loss {self.loss!r}", "use kl (classifiers) or mse (regression outputs)")
+        if self.feature_weight < 0:
+            raise UsageError(f"--feature-weight must not be negative, got {self.feature_weight}")
+        if not 0 <= self.lr_warmup < 1:
+            raise UsageError(f"--lr-warmup must lie in [0, 1), got {self.lr_warmup}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UsageError(f"--grad-clip must be positive, got {self.grad_clip}")
+        if not 0 <= self.val_split < 1:
+            raise UsageError(f"--val-split must lie in [0, 1), got {self.val_split}")
+        for pair in self.feature_pairs:
+            if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+                raise UsageError(f"bad feature pair {pair!r}", "write student.layer:teacher.layer")
+
+
+def parse_feature_pair(text: str) -> tuple[str, str]:
+    """`student.layer:teacher.layer` as a (student, teacher) pair of module names."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise UsageError(f"bad --feature-pairs {text!r}", "write student.layer:teacher.layer, e.g. 2:2")
+    return parts[0], parts[1]
+
+
+class Interrupted(EffkitError):
+    """Training stopped on SIGINT / SIGTERM after writing a checkpoint. Exit code 130."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainStatus:
+    """Where training stands, given to `on_step` after every optimizer step."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps_per_epoch: int
+    global_step: int
+    total_steps: int
+    loss: float  # mean per-sample loss of the epoch so far (this rank)
+    samples_per_s: float  # training samples per second, all ranks together
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+def _dist():
+    """(rank, world size) of an initialized torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: list[float], world: int, device) -> list[float]:
+    if world == 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------- outputs, features, losses
+
+def _tensors(out: Any) -> list:
+    """A model's output (tensor, tuple, list, dict) as a flat list of tensors, gradients kept."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    raise InputError(f"the model returned a {type(out).__name__}", "return tensors, or a tuple/dict of tensors")
+
+
+class _Features:
+    """Forward hooks that record the outputs of named layers during one forward call."""
+
+    def __init__(self, module: Any, names: list[str], who: str):
+        layers = dict(module.named_modules())
+        missing = [n for n in names if n not in layers]
+        if missing:
+            known = [n for n in layers if n][:12]
+            raise UsageError(f"the {who} has no layer {missing[0]!r} (--feature-pairs)",
+                             f"its layers: {', '.join(known)}{', ...' if len(layers) > 13 else ''}")
+        self.values: dict[str, Any] = {}
+        self.handles = [layers[n].register_forward_hook(self._hook(n)) for n in names]
+        self.names = names
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            self.values[name] = _tensors(output)[0]
+        return hook
+
+    def take(self) -> list:
+        values = [self.values.pop(n) for n in self.names]
+        return values
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _per_sample_loss(student_outs: list, teacher_outs: list, labels, student_feats: list, teacher_feats: list,
+                     config: DistillConfig):
+    """The loss of every sample in the batch (a 1-D tensor), so that batches can be split across ranks."""
+    import torch.nn.functional as F
+
+    n = student_outs[0].shape[0]
+    kd = 0.0
+    for s, t in zip(student_outs, teacher_outs):
+        if config.loss == "kl":  # classes along dim 1; averaged over any further positions (e.g. pixels)
+            T = config.temperature
+            log_s, log_t = F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1)
+            kd = kd + (log_t.exp() * (log_t - log_s)).sum(1).reshape(n, -1).mean(1) * (T * T)
+        else:
+            kd = kd + ((s - t) ** 2).reshape(n, -1).mean(1)
+    loss = kd
+    if labels is not None:
+        loss = config.alpha * kd + (1 - config.alpha) * F.cross_entropy(student_outs[0], labels, reduction="none")
+    for s, t in zip(student_feats, teacher_feats):
+        loss = loss + config.feature_weight * ((s - t) ** 2).reshape(n, -1).mean(1)
+    return loss
+
+
+# ---------------------------------------------------------------- checks before any work
+
+def _is_classifier(shape: tuple) -> bool:
+    return len(shape) == 2 and shape[1] > 1
+
+
+def _shapes(outs: list) -> list[list]:
+    return [list(o.shape) for o in outs]
+
+
+def _check_inputs(teacher, student, config: DistillConfig, train, val) -> None:
+    """Everything that can be wrong with the inputs, found before training starts."""
+    if student.kind != "torch":
+        raise UsageError(f"the student {student.source} is an ONNX model, which cannot be trained",
+                         "give a torch student: a factory, a checkpoint with --student-arch, .pt2 ...")
+    if config.feature_pairs and teacher.kind != "torch":
+        raise UsageError("--feature-pairs needs a torch teacher; this one is ONNX")
+    for data in (train, val):
+        if data is not None:
+            data.check_against(teacher)
+            data.check_against(student)
+    if not any(p.requires_grad for p in student.module.parameters()):
+        raise UsageError(f"the student {student.source} has no trainable parameters",
+                         "a loaded .pt2 or TorchScript student may be frozen; give a factory or a checkpoint")
+
+
+def _check_outputs(teacher_outs: list, student_outs: list, config: DistillConfig, datasets) -> None:
+    """The student must produce what the teacher produces; labels must name the teacher's classes."""
+    ts, ss = _shapes(teacher_outs), _shapes(student_outs)
+    if len(ts) != len(ss) or any(a[1:] != b[1:] for a, b in zip(ts, ss)):
+        fmt = lambda shapes: ", ".join("[N, " + ", ".join(map(str, s[1:])) + "]" for s in shapes)  # noqa: E731
+        raise InputError(f"the student's output shape {fmt(ss)} differs from the teacher's {fmt(ts)}",
+                         "the student must have the teacher's outputs (same number of classes)")
+    if config.loss == "kl" and any(len(s) < 2 for s in ts):
+        raise UsageError(f"--loss kl needs outputs with classes along dim 1; the teacher's are {fmt_list(ts)}",
+                         "use --loss mse for regression outputs")
+    for data in datasets:
+        if data is None or data.labels is None:
+            continue
+        if not _is_classifier(tuple(ts[0])):
+            raise InputError(f"{data.source} has labels, but the teacher's first output {fmt_list(ts[:1])} is not "
+                             "[batch, classes]", "drop the labels, or distill a classifier")
+        classes = ts[0][1]
+        low, high = int(data.labels.min()), int(data.labels.max())
+        if low < 0 or high >= classes:
+            raise InputError(f"{data.source}: labels run from {low} to {high}, but the teacher has {classes} classes "
+                             f"(0 to {classes - 1})", "fix the labels or give the matching teacher")
+
+
+def fmt_list(shapes: list[list]) -> str:
+    return ", ".join(str(s) for s in shapes)
+
+
+# ---------------------------------------------------------------- teacher targets
+
+def _teacher_outputs(teacher, data, feature_names: list[str], device) -> tuple[list, list]:
+    """The teacher's outputs and recorded features for every sample, as tensors on `device`."""
+    import torch
+
+    outs: list[list] = []
+    feats: list[list] = []
+    if teacher.kind == "torch":
+        module = teacher.module
+        hooks = _Features(module, feature_names, "teacher") if feature_names else None
+        try:
+            with torch.no_grad():
+                for inputs, _ in data.batches(EVAL_BATCH):
+                    outs.append([o.detach() for o in _tensors(module(*_to_tensors(inputs, device)))])
+                    feats.append([f.detach() for f in hooks.take()] if hooks else [])
+        finally:
+            if hooks:
+                hooks.remove()
+    else:
+        from effkit.runtime import make_runner
+
+        runner = make_runner(teacher, "onnxruntime")
+        for inputs, _ in data.batches(EVAL_BATCH):
+            outs.append([torch.from_numpy(o).to(device) for o in runner.run(inputs)])
+            feats.append([])
+    cat = lambda parts: [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]  # noqa: E731
+    return cat(outs), cat(feats) if feature_names else []
+
+
+def _to_tensors(arrays, device) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
+
+
+# ---------------------------------------------------------------- validation
+
+def _validate(module, val, teacher_val: list, device) -> dict:
+    """accuracy (with labels) and top-1 agreement with the teacher (classifiers), else MSE to the teacher."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    outs = []
+    with torch.no_grad():
+        for inputs, _ in val.batches(EVAL_BATCH):
+            outs.append(_tensors(module(*_to_tensors(inputs, device)))[0])
+    module.train(was_training)
+    student = torch.cat(outs)
+    teacher = teacher_val[0]
+    metrics = {}
+    if _is_classifier(tuple(teacher.shape)):
+        pred = student.argmax(1)
+        metrics["agreement"] = float((pred == teacher.argmax(1)).double().mean())
+        if val.labels is not None:
+            metrics["accuracy"] = float((pred.cpu().numpy() == val.labels).mean())
+    else:
+        metrics["mse"] = float(((student - teacher) ** 2).double().mean())
+    return metrics
+
+
+def _primary(metrics: dict) -> tuple[str, float]:
+    """The metric that picks the best epoch, as (name, score to maximize)."""
+    for name in ("accuracy", "agreement"):
+        if name in metrics:
+            return name, metrics[name]
+    return "mse", -metrics["mse"]
+
+
+# ---------------------------------------------------------------- schedule and checkpoints
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _batches_of_epoch(n: int, batch_size: int, seed: int, epoch: int, world: int) -> list[np.ndarray]:
+    """The global batches of one epoch (a permutation seeded by (seed, epoch)). A final batch
+    smaller than the number of processes is dropped, since every rank needs a sample."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches[-1]) < world:
+        batches.pop()
+    return batches
+
+
+def _config_identity(config: DistillConfig) -> dict:
+    return {k: list(map(list, v)) if k == "feature_pairs" else v for k, v in asdict(config).items()}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
+    from effkit.files import atomic_path
+
+    with atomic_path(path, force=True) as tmp:
+        torch.save(state, str(tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a distillation checkpoint (weights-only loading: no code runs)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint to resume from at {path}", "run without --resume to start afresh")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0][:200]}",
+                         "delete it and run without --resume") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not an effkit distill checkpoint")
+    return state
+
+
+class _StopSignal:
+    """SIGINT / SIGTERM set a flag that the training loop checks after each step.
+    A second SIGINT interrupts at once, for a user who does not want to wait."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.previous: dict = {}
+
+    def __enter__(self) -> _StopSignal:
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _device():
+    """CUDA (this process's LOCAL_RANK device under torchrun) when available, else the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- the pass
+
+def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
+            progress: Callable[[str, float], None] | None = None,
+            on_step: Callable[[TrainStatus], None] | None = None,
+            checkpoint: str | Path | None = None, resume: bool = False) -> PassResult:
+    """Train a copy of `student` to match `teacher` on `data`; return it with the training record.
+
+    teacher: a torch or ONNX Model; student: a torch Model whose outputs have the teacher's shapes.
+    data / val_data: `effkit.data.Data` (labels optional); without val_data, `config.val_split`
+    of `data` is held out. progress(label, fraction) and on_step(TrainStatus) report progress.
+    checkpoint: where SIGINT / SIGTERM write a checkpoint (then `Interrupted` is raised);
+    resume=True continues from it. Neither model is modified. Under an initialized
+    torch.distributed group, trains with DistributedDataParallel (see the module docstring).
+    PassResult.details: per-epoch history, best epoch, samples/s, sizes of the data sets.
+    """
+    import random
+
+    import torch
+
+    rank, world = _dist()
+    if val_data is None and config.val_split > 0:
+        train, val = data.split(config.val_split, seed=config.seed)
+    else:
+        train, val = data, val_data
+    _check_inputs(teacher, student, config, train, val)
+    device = _device()
+    teacher_module = teacher.module if teacher.kind == "torch" else None
+    if teacher_module is not None:  # a private copy: the caller's teacher is neither moved nor hooked
+        teacher_module = copy.deepcopy(teacher.module).to(device).eval()
+        teacher = teacher.replace(module=teacher_module)
+    module = copy.deepcopy(student.module).to(device)
+
+    # Outputs of both on two samples: shapes and labels are checked before any training.
+    probe = train.take(2)
+    with torch.no_grad():
+        module.eval()
+        try:
+            student_probe = _tensors(module(*_to_tensors(probe.inputs, device)))
+        except EffkitError:
+            raise
+        except Exception as e:
+            raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
+    t_names = [t for _, t in config.feature_pairs]
+    s_names = [s for s, _ in config.feature_pairs]
+    teacher_train, teacher_train_feats = _teacher_outputs(teacher, train, t_names, device)
+    _check_outputs([o[:2] for o in teacher_train], student_probe, config, (train, val))
+    teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    epoch_batches = lambda e: _batches_of_epoch(len(train), config.batch_size, config.seed, e, world)  # noqa: E731
+    steps_per_epoch = len(epoch_batches(0))
+    if steps_per_epoch == 0:
+        raise InputError(f"{train.source} holds {len(train)} training samples, fewer than the {world} processes")
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.lr_warmup * total_steps))
+
+    module.train()
+    features = _Features(module, s_names, "student") if s_names else None
+    model = module
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, warmup_steps))
+
+    history: list[dict] = []
+    best = {"epoch": None, "score": -math.inf, "state": None, "metric": None}
+    start_epoch, start_step, partial = 0, 0, [0.0, 0.0]
+    trained_samples, train_seconds = 0, 0.0
+    resumed_from = None
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if resume:
+        if checkpoint is None:
+            raise UsageError("resuming needs the checkpoint path")
+        state = load_checkpoint(checkpoint)
+        if state["config"] != _config_identity(config) or state["samples"] != len(train) or state["world"] != world:
+            raise UsageError(f"{checkpoint} was written by a run with other settings or data",
+                             "resume with the same command, or delete the checkpoint to start over")
+        module.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"][rank])
+        history, best = state["history"], state["best"]
+        start_epoch, start_step = state["epoch"], state["step"]
+        partial = state["partial"] if rank == 0 else [0.0, 0.0]
+        trained_samples, train_seconds = state["trained_samples"], state["train_seconds"]
+        resumed_from = {"epoch": start_epoch + 1, "step": start_step}
+
+    def write_checkpoint(epoch: int, step: int, sums: list[float]) -> None:
+        rng_states = [torch.get_rng_state()]
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, rng_states[0])
+            rng_states = gathered
+        if rank == 0:
+            _save_checkpoint(checkpoint, {
+                "format": CHECKPOINT_FORMAT, "config": _config_identity(config), "samples": len(train),
+                "world": world, "student": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_states, "epoch": epoch, "step": step,
+                "partial": sums, "history": history, "best": best, "trained_samples": trained_samples,
+                "train_seconds": train_seconds})
+
+    global_step = start_epoch * steps_per_epoch + start_step
+    try:
+        with _StopSignal(enabled=checkpoint is not None) as stop:
+            for epoch in range(start_epoch, config.epochs):
+                batches = epoch_batches(epoch)
+                sums = partial if epoch == start_epoch else [0.0, 0.0]  # [loss sum, samples] of this rank
+                first = start_step if epoch == start_epoch else 0
+                for step in range(first, steps_per_epoch):
+                    began = time.perf_counter()
+                    global_idx = batches[step]
+                    idx = global_idx[rank::world]
+                    inputs = _to_tensors(tuple(a[idx] for a in train.inputs), device)
+                    labels = (torch.from_numpy(train.labels[idx]).to(device) if train.labels is not None else None)
+                    t_idx = torch.from_numpy(idx).to(device)
+                    student_outs = _tensors(model(*inputs))
+                    per_sample = _per_sample_loss(
+                        student_outs, [t[t_idx] for t in teacher_train], labels,
+                        features.take() if features else [], [f[t_idx] for f in teacher_train_feats], config)
+                    # DDP averages gradients over ranks: scaling by world / global batch makes that
+                    # average the gradient of the mean loss over the whole global batch.
+                    loss = per_sample.sum() * (world / len(global_idx))
+                    if not torch.isfinite(loss):
+                        raise StepFailed(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
+                                         f"step {step + 1}", "lower --lr or --temperature")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    sums = [sums[0] + float(per_sample.detach().sum()), sums[1] + len(idx)]
+                    trained_samples += len(global_idx)
+                    train_seconds += time.perf_counter() - began
+                    global_step += 1
+                    if progress:
+                        progress("distilling", global_step / total_steps)
+                    if on_step:
+                        on_step(TrainStatus(epoch + 1, config.epochs, step + 1, steps_per_epoch, global_step,
+                                            total_steps, sums[0] / max(1, sums[1]),
+                                            trained_samples / max(train_seconds, 1e-9)))
+                    stop_now = _all_sum([float(stop.requested)], world, device)[0] > 0 if checkpoint else False
+                    if stop_now:
+                        done_epoch = step + 1 == steps_per_epoch
+                        if done_epoch:  # the epoch's bookkeeping first, so the checkpoint resumes cleanly
+                            _end_epoch(epoch, sums, module, val, teacher_val, device, history, best, world)
+                        write_checkpoint(epoch + 1 if done_epoch else epoch, 0 if done_epoch else step + 1, sums)
+                        raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}; "
+                                          f"checkpoint written to {checkpoint}",
+                                          "run the same command with --resume to continue")
+                _end_epoch(epoch, sums, module, val, teacher_val, device, history, best, world)
+    finally:
+        if features:
+            features.remove()
+
+    if best["state"] is not None:
+        module.load_state_dict(best["state"])
+    module.eval().cpu()
+    trained = student.replace(module=module, path=None, format="derived")
+    details = {
+        "epochs": config.epochs, "steps": total_steps, "train_samples": len(train),
+        "val_samples": len(val) if val is not None else 0,
+        "val_source": (val.source if val_data is not None else f"{config.val_split:g} of {data.source}")
+        if val is not None else None,
+        "processes": world, "samples_per_s": trained_samples / train_seconds if train_seconds else None,
+        "best_epoch": best["epoch"], "best_metric": best["metric"], "history": history,
+        "resumed_from": resumed_from, "config": _config_identity(config),
+    }
+    notes = []
+    if best["epoch"] is not None:
+        name = best["metric"]
+        value = history[best["epoch"] - 1][f"val_{name}"]
+        shown = f"{100 * value:.2f}%" if name != "mse" else f"{value:.4g}"
+        notes.append(f"distilled {config.epochs} epochs; best epoch {best['epoch']} (validation {name} {shown}) kept")
+    else:
+        notes.append(f"distilled {config.epochs} epochs without validation data; the last epoch kept")
+    return PassResult(trained, details, notes)
+
+
+def _end_epoch(epoch: int, sums: list[float], module, val, teacher_val, device, history: list, best: dict,
+               world: int) -> None:
+    """Record the epoch's mean training loss (over all ranks) and validation; keep the best weights."""
+    loss_sum, samples = _all_sum(sums, world, device)
+    record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1.0, samples)}
+    if val is not None:
+        metrics = _validate(module, val, teacher_val, device)
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        name, score = _primary(metrics)
+        if score > best["score"]:
+            best.update(epoch=epoch + 1, score=score, metric=name,
+                        state={k: v.detach().clone().cpu() for k, v in module.state_dict().items()})
+    history.append(record)
