@@ -71,8 +71,7 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)
     runtime = fidelity_runtime or runtimes[0]
     ref_runner = make_runner(original, "torch" if original.kind == "torch" else "onnxruntime", threads)
-    new_runner = make_runner(changed, runtime if changed.kind == "torch" or runtime == "onnxruntime" else "onnxruntime",
-                             threads)
+    new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
     outcome = Outcome(step, before, after, fidelity=fidelity(ref_runner, new_runner, original.example_inputs))
     if eval_data is not None and eval_data.labels is not None:
         outcome.accuracy = {"before": accuracy(ref_runner, eval_data.inputs, eval_data.labels),
