@@ -1,0 +1,131 @@
+"""`effkit compare A B`: measure two models interleaved in one process; ratios B/A with 95% intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effkit.cli.common import (
+    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, ThreadsOpt, TrustOpt, WarmupOpt,
+    check_outputs_free, command, console_for, progress_bar,
+)
+from effkit.cli.gate_cmd import ConfigOpt, FailOnOpt, JunitOpt, StrictOpt, report_gates
+from effkit.compare import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
+
+
+@command("compare")
+def compare_command(
+    model_a: Annotated[str, typer.Argument(help="The reference model (e.g. the main branch's).", show_default=False)],
+    model_b: Annotated[str, typer.Argument(help="The candidate model (e.g. the pull request's).", show_default=False)],
+    threshold: Annotated[str, typer.Option(
+        "--threshold", help="Smallest change called faster/slower: B/A beyond 1+T (or below 1/(1+T)) with the whole "
+                            "95% interval.")] = f"{100 * DEFAULT_THRESHOLD:g}%",
+    fail_on: FailOnOpt = None,
+    config: ConfigOpt = None,
+    strict: StrictOpt = False,
+    rerun_inconclusive: Annotated[int, typer.Option(
+        "--rerun-inconclusive", help="While the verdict (or a gate) is inconclusive, measure up to N more rounds of "
+                                     "pairs.", min=0)] = 0,
+    runtime: Annotated[Optional[str], typer.Option(
+        "--runtime", help="torch or onnxruntime [default: torch when both are torch models, else onnxruntime]")] = None,
+    threads: ThreadsOpt = None,
+    pairs: Annotated[int, typer.Option("--pairs", help="A/B block pairs to keep per round.", min=2)] = DEFAULT_PAIRS,
+    block_time: Annotated[float, typer.Option(
+        "--block-time", help="Seconds per block (one model's run of calls).", min=0.001)] = DEFAULT_BLOCK_TIME,
+    iterations: IterationsOpt = None,
+    warmup: WarmupOpt = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the A/B order and of the bootstrap.")] = 0,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    input_shape: InputShapeOpt = None,
+    inputs: InputsOpt = None,
+    junit: JunitOpt = None,
+    json: JsonOpt = None,
+    markdown: MarkdownOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Compare B with A, measured interleaved (A B / B A blocks, same inputs and threads) in one process.
+
+    Prints the ratio B/A of p50, p90 and mean latency with 95% intervals and a verdict: faster, slower,
+    same (within the threshold) or inconclusive. Blocks measured while other processes changed the
+    machine's load, or left fewer free cores than threads, are measured again. Without --fail-on,
+    the gate is latency.p50:+THRESHOLD (B must not be slower). Exit 0 pass, 1 fail, 2 bad input.
+    """
+    from effkit.compare import compare
+    from effkit.gate import gate, thresholds_from
+    from effkit.specs import InputShape, parse_input_shape, parse_threshold
+
+    limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")
+    if limit.kind != "relative" or limit.value <= 0:
+        from effkit.errors import UsageError
+
+        raise UsageError(f"cannot parse --threshold {threshold!r}", "write a percentage, e.g. 5%")
+    gates, config_strict = thresholds_from(fail_on, config)
+    gates = gates or [limit]
+    strict = strict or config_strict
+    check_outputs_free([json, markdown, junit], force)
+    shapes: list[InputShape] = [parse_input_shape(s) for s in input_shape or []]
+    load_options = {"arch": arch, "trust": trust, "input_shapes": shapes, "inputs": inputs}
+    with progress_bar() as progress:
+        result = compare(model_a, model_b, runtime=runtime, threads=threads, pairs=pairs, block_time=block_time,
+                         iterations=iterations, warmup=warmup, threshold=limit.value,
+                         rerun_inconclusive=rerun_inconclusive,
+                         conclusive=lambda r: r.verdict != "inconclusive" and not gate(r, gates).inconclusive,
+                         seed=seed, load_options=load_options, progress=progress)
+    console = console_for(json)
+    console.print(compare_table(result))
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    report = gate(result, gates, strict=strict)
+    report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # printed above
+
+    def json_text() -> str:
+        import json as jsonlib
+
+        data = jsonlib.loads(result.to_json())
+        data["gates"] = report.to_dict()
+        return jsonlib.dumps(data, indent=2)
+
+    report_gates(report, json=json, markdown=markdown, junit=junit, force=force, json_text=json_text,
+                 markdown_text=lambda: compare_markdown(result) + "\n" + report.markdown())
+
+
+def compare_table(result):
+    """Rich table: each statistic's A, B, ratio B/A, 95% interval and verdict."""
+    from rich import box
+    from rich.table import Table
+
+    from effkit.report import fmt_ms
+
+    table = Table(title=f"effkit compare: B {result.b['source']} vs A {result.a['source']}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for h in ("latency", "A", "B", "B/A", "95% interval", "verdict"):
+        table.add_column(h, justify="left" if h in ("latency", "verdict") else "right")
+    style = {"faster": "green", "slower": "bold red", "same": "", "inconclusive": "yellow"}
+    for stat, s in result.stats.items():
+        table.add_row(stat, fmt_ms(s["a_ms"]), fmt_ms(s["b_ms"]), f"{s['ratio']:.3f}",
+                      f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]", f"[{style[s['verdict']]}]{s['verdict']}[/]")
+    table.caption = (f"verdict: {result.verdict}" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
+                     + f"\n{result.runtime}, {result.threads} threads, {len(result.pairs)} pairs kept of "
+                       f"{result.attempts} measured, {result.calls_per_block} calls per block, threshold "
+                       f"±{100 * result.threshold:g}%, {result.duration_s:.1f} s")
+    table.caption_justify = "left"
+    return table
+
+
+def compare_markdown(result) -> str:
+    """The same table in Markdown, for pull requests and $GITHUB_STEP_SUMMARY."""
+    from effkit.report import fmt_ms
+
+    lines = [f"### effkit compare: B `{result.b['source']}` vs A `{result.a['source']}`", "",
+             "| latency | A | B | B/A | 95% interval | verdict |", "|---|---:|---:|---:|---|---|"]
+    for stat, s in result.stats.items():
+        lines.append(f"| {stat} | {fmt_ms(s['a_ms'])} | {fmt_ms(s['b_ms'])} | {s['ratio']:.3f} | "
+                     f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {s['verdict']} |")
+    lines += ["", f"Verdict: **{result.verdict}**" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
+              + f". {result.runtime}, {result.threads} threads, {len(result.pairs)} of {result.attempts} pairs kept, "
+                f"threshold ±{100 * result.threshold:g}%."]
+    lines += [f"- warning: {w}" for w in result.warnings]
+    return "\n".join(lines) + "\n"

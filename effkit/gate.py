@@ -1,0 +1,553 @@
+"""CI gates: thresholds checked against a result, decided on confidence bounds, never on noise.
+
+A gate is a parsed `Threshold` (`latency.p50:+5%`, `size:<=12MB`, `accuracy:-0.5pt`). Its
+verdict is "pass", "fail" or "inconclusive":
+
+- Deterministic metrics (size, parameters, accuracy, ...) decide exactly.
+- Latency statistics decide on a 95% interval: from the paired A/B ratios of an
+  `effkit compare` result, or, against a saved baseline from another run, from a bootstrap over
+  contiguous chunks of both runs' samples (machine-normalized by the calibration workload when
+  the two environments differ). A gate passes when the whole interval is on the good side of
+  the limit, fails when the whole interval is on the bad side, and is inconclusive otherwise.
+- A latency gate whose measurement (or baseline) ran on a busy or oversubscribed machine is
+  inconclusive: the noise is then larger than any effect it could show.
+
+Exit codes: 0 when no gate failed, 1 when one did, 2 for bad input. An inconclusive gate is a
+warning and exits 0 by default, because on shared CI machines noise must not fail builds at
+random (a gate that cries wolf gets switched off); `strict=True` (`--strict`) makes it fail.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import operator
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effkit.errors import UsageError
+from effkit.specs import Threshold, parse_threshold
+
+SCHEMA = "effkit.gate/1"
+LATENCY_STATS = ("p50", "median", "p90", "p99", "mean")
+STATUSES = ("pass", "fail", "inconclusive")
+
+
+# ---------------------------------------------------------------- verdicts and reports
+
+@dataclass
+class Verdict:
+    """The decision on one gate."""
+
+    threshold: Threshold
+    status: str  # pass | fail | inconclusive
+    value: float | None = None  # the candidate's value (point estimate)
+    baseline: float | None = None
+    change: float | None = None  # ratio (relative), difference in points (points)
+    interval: tuple[float, float] | None = None  # 95% interval of what was compared with the limit
+    limit: float | None = None
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.threshold.text
+
+    def line(self) -> str:
+        """One line for the log: `PASS  latency.p50:+5%  ratio 1.012 [0.998, 1.025] <= 1.05`."""
+        return f"{self.status.upper():<12} {self.name}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"gate": self.name, "metric": self.threshold.metric, "kind": self.threshold.kind,
+                "status": self.status, "value": self.value, "baseline": self.baseline, "change": self.change,
+                "interval": list(self.interval) if self.interval else None, "limit": self.limit,
+                "message": self.message}
+
+
+@dataclass
+class GateReport:
+    """Every gate's verdict, and what the reader must know about the measurements."""
+
+    verdicts: list[Verdict]
+    warnings: list[str] = field(default_factory=list)
+    strict: bool = False
+    subject: str = ""
+
+    @property
+    def failed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.status == "fail"]
+
+    @property
+    def inconclusive(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.status == "inconclusive"]
+
+    @property
+    def passed(self) -> bool:
+        """No gate failed (and, when strict, none was inconclusive)."""
+        return not self.failed and not (self.strict and self.inconclusive)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def summary(self) -> str:
+        counts = {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
+        text = f"{counts['pass']} passed, {counts['fail']} failed, {counts['inconclusive']} inconclusive"
+        if counts["inconclusive"]:
+            text += " (inconclusive fails with --strict)" if not self.strict else " (strict: inconclusive fails)"
+        return text
+
+    def lines(self) -> list[str]:
+        return [v.line() for v in self.verdicts] + [f"warning: {w}" for w in self.warnings]
+
+    def markdown(self) -> str:
+        icon = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive"}
+        head = "passed" if self.passed else "FAILED"
+        out = [f"### effkit gate: {head}" + (f" (`{self.subject}`)" if self.subject else ""), "",
+               "| gate | verdict | value | baseline | change | 95% interval | detail |",
+               "|---|---|---:|---:|---:|---|---|"]
+        for v in self.verdicts:
+            out.append("| " + " | ".join([
+                f"`{v.name}`", icon[v.status], _fmt(v.value, v.threshold.metric), _fmt(v.baseline, v.threshold.metric),
+                _fmt_change(v), _fmt_interval(v), v.message.replace("|", "\\|")]) + " |")
+        out += ["", self.summary() + "."]
+        out += [f"- warning: {w}" for w in self.warnings]
+        return "\n".join(out) + "\n"
+
+    def junit(self) -> str:
+        """JUnit XML: one testcase per gate; failure for failed gates, skipped for inconclusive ones."""
+        from xml.etree import ElementTree as ET
+
+        suite = ET.Element("testsuite", name="effkit gate", tests=str(len(self.verdicts)),
+                           failures=str(len(self.failed)),
+                           skipped=str(0 if self.strict else len(self.inconclusive)), errors="0")
+        for v in self.verdicts:
+            case = ET.SubElement(suite, "testcase", classname="effkit.gate", name=v.name)
+            if v.status == "fail" or (v.status == "inconclusive" and self.strict):
+                ET.SubElement(case, "failure", message=v.message, type=v.status).text = v.line()
+            elif v.status == "inconclusive":
+                ET.SubElement(case, "skipped", message=f"inconclusive: {v.message}")
+            ET.SubElement(case, "system-out").text = v.line()
+        if self.warnings:
+            ET.SubElement(suite, "system-err").text = "\n".join(self.warnings)
+        suites = ET.Element("testsuites")
+        suites.append(suite)
+        ET.indent(suites)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "passed": self.passed, "strict": self.strict, "subject": self.subject,
+                "summary": self.summary(), "verdicts": [v.to_dict() for v in self.verdicts],
+                "warnings": self.warnings}
+
+    def to_json(self) -> str:
+        from effkit.bench import _jsonable
+
+        return json.dumps(_jsonable(self.to_dict()), indent=2)
+
+
+def _is_bytes(metric: str) -> bool:
+    return metric in ("size", "gzip_size", "memory") or metric.endswith(("bytes", "bytes_on_disk"))
+
+
+def _fmt(x: float | None, metric: str) -> str:
+    if x is None:
+        return "-"
+    if _is_bytes(metric):
+        from effkit.report import fmt_bytes
+
+        return fmt_bytes(x)
+    if metric.startswith("latency."):
+        return f"{x:.4g} ms"
+    return f"{x:.4g}"
+
+
+def _fmt_change(v: Verdict) -> str:
+    if v.change is None:
+        return "-"
+    if v.threshold.kind == "points":
+        return f"{v.change:+.2f} pt"
+    return f"{100 * (v.change - 1):+.1f}%"
+
+
+def _fmt_interval(v: Verdict) -> str:
+    if v.interval is None:
+        return "exact"
+    lo, hi = v.interval
+    return f"[{lo:.4g}, {hi:.4g}]"
+
+
+# ---------------------------------------------------------------- result documents
+
+def load_result(path: str | Path) -> dict:
+    """Read a result JSON (bench, step outcome, or compare) and check its schema."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no such result file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a result file") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    _check_schema(data, str(path))
+    return data
+
+
+_SCHEMAS = ("effkit.bench/1", "effkit.step/1", "effkit.compare/1")
+
+
+def _check_schema(data: Any, where: str) -> None:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema not in _SCHEMAS:
+        raise UsageError(f"{where} is not an effkit result (schema {schema!r})",
+                         "pass a file written by effkit bench/compare/quantize/... --json")
+
+
+def _as_document(result: Any) -> dict:
+    if isinstance(result, (str, Path)):
+        return load_result(result)
+    if hasattr(result, "to_json"):  # BenchResult, Outcome, CompareResult
+        return json.loads(result.to_json())
+    if isinstance(result, dict):
+        _check_schema(result, "the result")
+        return result
+    raise UsageError(f"cannot gate a {type(result).__name__}", "pass a result file, dict or effkit result object")
+
+
+def _lookup(doc: Any, path: str) -> Any:
+    node = doc
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _metric_names(metrics: dict, prefix: str = "") -> list[str]:
+    names = []
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            names += _metric_names(v, f"{prefix}{k}.")
+        elif v is not None:
+            names.append(f"{prefix}{k}")
+    return names
+
+
+def resolve(doc: dict, metric: str) -> float:
+    """A metric's value: from the `metrics` block first, then anywhere in the document by dotted path."""
+    value = _lookup(doc.get("metrics", {}), metric)
+    if value is None:
+        value = _lookup(doc, metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        names = ", ".join(_metric_names(doc.get("metrics", {}))[:20])
+        raise UsageError(f"the result has no numeric metric {metric!r}",
+                         f"metrics: {names}; or any dotted path in the JSON, e.g. runs.0.latency_ms.p90")
+    try:
+        return float(value)  # "inf"/"nan" strings are how results write non-finite numbers
+    except ValueError:
+        raise UsageError(f"metric {metric!r} is {value!r}, not a number") from None
+
+
+@dataclass
+class _Side:
+    """One measured model inside a result document."""
+
+    doc: dict
+    samples: list[float] | None = None
+    contention: dict | None = None
+    environment: dict | None = None
+
+
+def _bench_side(doc: dict) -> _Side:
+    run = (doc.get("runs") or [{}])[0]
+    return _Side(doc, run.get("samples_ms") or None, run.get("contention"), doc.get("environment"))
+
+
+def _sides(doc: dict) -> tuple[_Side, _Side | None, dict | None]:
+    """(candidate, implicit baseline, paired ratios) of a result document."""
+    schema = doc["schema"]
+    if schema == "effkit.step/1":
+        return _bench_side(doc["after"]), _bench_side(doc["before"]), None
+    if schema == "effkit.compare/1":
+        pairs = doc.get("pairs", [])
+        cand = _Side(doc, [s for p in pairs for s in p["b_ms"]] or None, None, doc.get("environment"))
+        base = _Side({"metrics": doc.get("baseline_metrics", {})}, [s for p in pairs for s in p["a_ms"]] or None,
+                     None, doc.get("environment"))
+        return cand, base, doc.get("ratios", {})
+    return _bench_side(doc), None, None
+
+
+# ---------------------------------------------------------------- deciding
+
+_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
+
+
+def _latency_stat(metric: str) -> tuple[str, bool] | None:
+    """("p50", normalized?) for latency.p50 / normalized_latency.p50, else None."""
+    m = re.fullmatch(r"(normalized_)?latency\.(\w+)", metric)
+    if m and m.group(2) in LATENCY_STATS:
+        return m.group(2), bool(m.group(1))
+    return None
+
+
+def _bounded(lo: float, hi: float, op: str, limit: float) -> str:
+    """pass when the whole interval satisfies `x OP limit`, fail when none of it does."""
+    if op == "==":
+        return "pass" if lo == hi == limit else "fail" if not lo <= limit <= hi else "inconclusive"
+    check = _OPS[op]
+    if check(lo, limit) and check(hi, limit):
+        return "pass"
+    if not check(lo, limit) and not check(hi, limit):
+        return "fail"
+    return "inconclusive"
+
+
+def _busy(side: _Side | None) -> bool:
+    c = (side.contention or {}) if side else {}
+    return bool(c.get("busy") or c.get("oversubscribed"))
+
+
+def _interval_text(lo: float, hi: float) -> str:
+    return f"[{lo:.3f}, {hi:.3f}]" if lo != hi else f"{lo:.4g}"
+
+
+def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict | None, *,
+           normalize: bool = False) -> Verdict:
+    """The verdict of one gate on a candidate (and a baseline, for relative and points gates)."""
+    from effkit.compare import independent_ratio_ci, statistic_ci
+
+    t, metric = threshold, threshold.metric
+    latency = _latency_stat(metric)
+    if paired is not None and (latency or metric == "throughput") and not cand.samples:
+        return Verdict(t, "inconclusive", message="the comparison kept no A/B pairs: nothing was measured on a "
+                                                  "quiet enough machine")
+    if t.kind == "absolute":
+        value = resolve(cand.doc, metric)
+        lo = hi = value
+        if latency and cand.samples and not latency[1]:
+            value, lo, hi = statistic_ci(cand.samples, latency[0])
+        status = _bounded(lo, hi, t.op, t.value)
+        verdict = Verdict(t, status, value=value, interval=(lo, hi) if lo != hi else None, limit=t.value,
+                          message=f"{_fmt(value, metric)} {_interval_text(lo, hi) if lo != hi else ''} "
+                                  f"{t.op} {_fmt(t.value, metric)}".replace("  ", " "))
+        return _contended(verdict, latency, cand, None)
+
+    if base is None:
+        raise UsageError(f"gate {t.text!r} compares with a baseline, and there is none",
+                         "pass --baseline BASE.json, or use an absolute gate such as latency.p50:<=3ms")
+    value, base_value = resolve(cand.doc, metric), resolve(base.doc, metric)
+    if t.kind == "points":
+        change = 100.0 * (value - base_value)  # fractions -> percentage points
+        limit = t.value
+        status = _bounded(change, change, "<=" if t.op == "+" else ">=", limit)
+        return Verdict(t, status, value=value, baseline=base_value, change=change, limit=limit,
+                       message=f"{100 * value:.2f}% vs {100 * base_value:.2f}%: {change:+.2f} pt, "
+                               f"limit {limit:+g} pt")
+
+    limit = 1.0 + t.value
+    op = "<=" if t.op == "+" else ">="
+    if paired and metric in paired:
+        ratio, (lo, hi) = paired[metric]["ratio"], paired[metric]["ci"]
+        how = "paired A/B, 95% interval"
+    elif latency and cand.samples and base.samples:
+        ratio, lo, hi = independent_ratio_ci(base.samples, cand.samples, latency[0])
+        how = "separate runs, 95% interval"
+        if normalize:  # divide out the machine: latency per unit of calibration time
+            machine = cand.environment["calibration_ms"] / base.environment["calibration_ms"]
+            ratio, lo, hi = ratio / machine, lo / machine, hi / machine
+            how += ", machine-normalized"
+    else:
+        if base_value == 0:
+            raise UsageError(f"gate {t.text!r}: the baseline's {metric} is 0, so a relative change is undefined",
+                             "use an absolute gate for this metric")
+        ratio = lo = hi = value / base_value
+        how = "exact"
+    status = _bounded(lo, hi, op, limit)
+    verdict = Verdict(t, status, value=value, baseline=base_value, change=ratio,
+                      interval=(lo, hi) if lo != hi else None, limit=limit,
+                      message=f"ratio {ratio:.3f} {_interval_text(lo, hi) if lo != hi else ''} {op} {limit:.3f} "
+                              f"({how})".replace("  ", " "))
+    return _contended(verdict, latency or (metric == "throughput" and ("mean", False)), cand, base)
+
+
+def _contended(verdict: Verdict, latency: Any, cand: _Side, base: _Side | None) -> Verdict:
+    """A latency verdict from a busy machine is not evidence either way: say so."""
+    if not latency or verdict.status == "inconclusive":
+        return verdict
+    busy = [name for name, side in (("this run", cand), ("the baseline", base)) if _busy(side)]
+    if busy:
+        verdict.status = "inconclusive"
+        verdict.message += f"; but the machine was busy during {' and '.join(busy)}: measure again on a quiet machine"
+    return verdict
+
+
+def _environment_warnings(cand: _Side, base: _Side | None) -> tuple[list[str], bool]:
+    """Warnings when the baseline ran elsewhere, and whether latency should be machine-normalized."""
+    from effkit.env import fingerprint
+
+    if base is None or not cand.environment or not base.environment or cand.environment is base.environment:
+        return [], False
+    fa, fb = fingerprint(base.environment), fingerprint(cand.environment)
+    diffs = [f"{k}: {fa[k]} -> {fb[k]}" for k in fa if fa[k] != fb[k]]
+    if not diffs:
+        return [], False
+    warnings = [f"the baseline ran in another environment ({'; '.join(diffs)})"]
+    ca, cb = base.environment.get("calibration_ms"), cand.environment.get("calibration_ms")
+    if ca and cb:
+        warnings.append(f"the calibration workload ran {cb / ca:.2f}x as long here as in the baseline's run: "
+                        f"that much of a latency ratio is the machine; latency gates are machine-normalized")
+        return warnings, True
+    warnings.append("no calibration timing in both results: latency ratios include the machine's difference")
+    return warnings, False
+
+
+def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = None, *,
+         strict: bool = False) -> GateReport:
+    """Check `thresholds` against `result`; return a GateReport (`.passed`, `.verdicts`).
+
+    `result` and `baseline`: a result file path, a result dict, or a BenchResult / Outcome /
+    CompareResult. A step outcome carries its own baseline (`before`), a compare result its own
+    paired ratios; `baseline` replaces the implicit one.
+    """
+    parsed = [t if isinstance(t, Threshold) else parse_threshold(t) for t in thresholds]
+    if not parsed:
+        raise UsageError("no gates to check", "pass --fail-on METRIC:THRESHOLD, or set fail-on in "
+                         "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml)")
+    doc = _as_document(result)
+    cand, base, paired = _sides(doc)
+    if baseline is not None:
+        base_doc = _as_document(baseline)
+        base = _sides(base_doc)[0]
+        paired = None
+    warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
+    env_warnings, normalize = _environment_warnings(cand, base)
+    warnings += env_warnings
+    for name, side in (("this run", cand), ("the baseline", base)):
+        if side is not None and _busy(side):
+            c = side.contention
+            warnings.append(f"{name} was measured on a busy machine (other processes used "
+                            f"{c.get('other_cpu_cores', 0):.2f} of {c.get('cores')} cores, {c.get('threads')} "
+                            "threads asked for): its latency gates are inconclusive")
+    verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
+    subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source", "")
+    return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)
+
+
+# ---------------------------------------------------------------- configuration files
+
+CONFIG_KEYS = ("fail-on", "strict")
+
+
+def _key_line(text: str, key: str) -> int | None:
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return i
+    return None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: invalid TOML: {e}", "fix the file's syntax") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+
+def load_gate_config(path: str | Path | None = None, search_dir: str | Path = ".") -> tuple[list[str], bool, Path | None]:
+    """Gates from a config file: (fail-on list, strict, file used).
+
+    `path`: an effkit.toml (table `[gates]`) or a pyproject.toml (table `[tool.effkit.gates]`).
+    Without it, `effkit.toml` then `pyproject.toml` in `search_dir` are used if they have gates.
+    """
+    if path is not None:
+        candidates = [Path(path)]
+        if not candidates[0].is_file():
+            raise UsageError(f"no such config file: {path}")
+    else:
+        candidates = [p for p in (Path(search_dir) / "effkit.toml", Path(search_dir) / "pyproject.toml") if p.is_file()]
+    for file in candidates:
+        data = _read_toml(file)
+        table_name = "tool.effkit.gates" if file.name == "pyproject.toml" else "gates"
+        table = _lookup(data, table_name)
+        if table is None:
+            if path is not None:
+                raise UsageError(f"{file} has no [{table_name}] table", 'add e.g. fail-on = ["latency.p50:+5%"]')
+            continue
+        text = file.read_text()
+        if not isinstance(table, dict):
+            raise UsageError(f"{file}: {table_name} must be a table")
+        for key in table:
+            if key not in CONFIG_KEYS:
+                line = _key_line(text, key)
+                raise UsageError(f"{file}:{line or '?'}: unknown key {key!r} in [{table_name}]",
+                                 f"known keys: {', '.join(CONFIG_KEYS)}")
+        fail_on = table.get("fail-on", [])
+        if isinstance(fail_on, str):
+            fail_on = [fail_on]
+        if not isinstance(fail_on, list) or not all(isinstance(x, str) for x in fail_on):
+            raise UsageError(f"{file}:{_key_line(text, 'fail-on') or '?'}: fail-on must be a list of strings",
+                             'e.g. fail-on = ["latency.p50:+5%", "size:<=12MB"]')
+        strict = table.get("strict", False)
+        if not isinstance(strict, bool):
+            raise UsageError(f"{file}:{_key_line(text, 'strict') or '?'}: strict must be true or false")
+        for item in fail_on:  # a bad threshold names the file it came from
+            try:
+                parse_threshold(item)
+            except UsageError as e:
+                raise UsageError(f"{file}:{_key_line(text, 'fail-on') or '?'}: {e.message}", e.hint) from None
+        return list(fail_on), strict, file
+    return [], False, None
+
+
+# ---------------------------------------------------------------- CI outputs
+
+def write_reports(report: GateReport, *, junit: str | Path | None = None, force: bool = False,
+                  summary_text: str | None = None) -> list[str]:
+    """Write JUnit XML, and append Markdown (default: the gate table) to $GITHUB_STEP_SUMMARY when it is set."""
+    from effkit.files import write_text
+
+    written = []
+    if junit:
+        write_text(junit, report.junit(), force)
+        written.append(str(junit))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
+            f.write((summary_text or report.markdown()) + "\n")
+        written.append(summary)
+    return written
+
+
+def thresholds_from(fail_on: Sequence[str] | None, config: str | Path | None) -> tuple[list[Threshold], bool]:
+    """The gates to check: --fail-on when given, else the config file's; plus its `strict`."""
+    if fail_on:
+        strict = load_gate_config(config)[1] if config else False
+        return [parse_threshold(t) for t in fail_on], strict
+    items, strict, _ = load_gate_config(config)
+    return [parse_threshold(t) for t in items], strict
+
+
+class _CallableModule(types.ModuleType):
+    """Importing the submodule effkit.gate makes `effkit.gate` this module, shadowing the function of the
+    same name that the public API promises; calling the module calls the function, so `effkit.gate(...)`
+    works whichever of the two the attribute holds."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return gate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
