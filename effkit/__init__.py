@@ -23,6 +23,8 @@ _API = {
     "DistillConfig": "effkit.passes.distill",
     "fidelity": "effkit.fidelity",
     "EffkitError": "effkit.errors",
+    "compare": "effkit.compare",
+    "gate": "effkit.gate",
 }
 
 __all__ = ["__version__", *_API]
