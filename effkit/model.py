@@ -198,7 +198,7 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
         state = _read_safetensors(path)
         return _from_state_dict(state, path, spec, arch, input_shapes, "safetensors")
     if suffix == ".pt2":
-        return _load_pt2(path, spec, input_shapes)
+        return _load_pt2(path, spec, trust, input_shapes)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return _load_torchscript(path, spec, input_shapes)
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar") or zipfile.is_zipfile(path):
@@ -291,13 +291,58 @@ def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input
     return model
 
 
-def _load_pt2(path: Path, spec: str, input_shapes) -> Model:
+# Entries of a .pt2 archive (below its root folder) that torch.export.load unpickles with plain
+# pickle or loads as native code. Everything else is JSON or raw tensor bytes.
+_PT2_CODE_PREFIXES = ("data/aotinductor/", "data/constants/custom_obj_", "data/constants/opaque_obj_")
+_PT2_PICKLED = ("data/weights/model.pt", "data/constants/model.pt")  # the legacy layout: pickled dicts
+
+
+def _pt2_code_entries(path: Path) -> list[str]:
+    """What in a .pt2 archive would run code when torch.export.load opens it."""
+    import json
+
+    risky = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                inner = name.split("/", 1)[1] if "/" in name else name
+                if inner.startswith(_PT2_CODE_PREFIXES) or inner in _PT2_PICKLED:
+                    risky.append(name)
+                elif inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
+                    config = json.loads(z.read(name)).get("config", {})
+                    risky += [f"{name}: {key}" for key, entry in config.items() if entry.get("use_pickle")]
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+        raise _corrupt(path, "torch.export (.pt2) archive", e) from e
+    return risky
+
+
+def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
+    import os
+
     import torch
 
+    from effkit.passes.export import quiet_torch
+
+    if not trust and (risky := _pt2_code_entries(path)):
+        raise ModelLoadError(f"{path} holds pickled Python objects or compiled code ({risky[0]}), "
+                             "which would run when loaded",
+                             "re-run with --trust only if you trust its source")
+    # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
+    # plain tensors; without --trust, force every torch.load inside it to weights-only.
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    if not trust:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
-        program = torch.export.load(str(path))
+        with quiet_torch():
+            program = torch.export.load(str(path))
     except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise ModelLoadError(f"{path} holds pickled Python objects, and unpickling runs code from the file",
+                                 "re-run with --trust only if you trust its source") from e
         raise _corrupt(path, "torch.export (.pt2) archive", e) from e
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
     example = None
     if program.example_inputs is not None:
         example = program.example_inputs[0]
