@@ -21,6 +21,7 @@ _DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "fp16": "float16", "hal
                   "bf16": "bfloat16", "double": "float64", "long": "int64", "int": "int64"}
 # A single dimension above this is certainly a typo (and would not fit in memory anyway).
 MAX_DIM = 2**31 - 1
+MAX_RANK = 32  # numpy arrays have at most 64 dimensions; no model input has more than a handful
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ def parse_input_shape(text: str) -> InputShape:
             raise UsageError(f"unknown dtype {dtype_text!r} in input shape {raw!r}",
                              f"use one of {', '.join(DTYPES)}")
     parts = text.lower().split("x")
-    if not text or any(not re.fullmatch(r"\s*-?\d+\s*", p) for p in parts):
+    if len(parts) > MAX_RANK:
+        raise UsageError(f"input shape {raw[:60]!r}... has {len(parts)} dimensions", f"give at most {MAX_RANK}")
+    # at most 12 digits: longer numbers are absurd, and int() refuses some (its 4300-digit limit)
+    if not text or any(not re.fullmatch(r"\s*-?\d{1,12}\s*", p) for p in parts):
         raise UsageError(f"cannot parse input shape {raw!r}",
                          "write dimensions separated by 'x', e.g. 1x3x224x224 or int64:1x128")
     dims = tuple(int(p) for p in parts)
