@@ -99,6 +99,7 @@ def _export_proto(model: Model, config: ExportConfig):
 
 def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
     """Run torch and ONNX Runtime on fresh inputs; raise ExportMismatch listing every output that differs."""
+    from effkit.fidelity import check_finite
     from effkit.runtime import OrtRunner, TorchRunner, available_cores
 
     torch_runner = TorchRunner(model.module, threads=available_cores())
@@ -110,6 +111,8 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
     for batch in batches:
         inputs = _fresh_inputs(model, batch)
         expected = torch_runner.run(inputs)
+        # NaN compares unequal and Inf equal to itself: either would make the comparison lie
+        check_finite(expected, "the model before export")
         try:
             got = ort_runner.run(inputs)
         except Exception as e:
@@ -117,6 +120,7 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
                 raise
             mismatches.append(f"batch {batch}: ONNX Runtime failed ({str(e).splitlines()[0][:200]})")
             continue
+        check_finite(got, "the ONNX export")
         if len(expected) != len(got):
             mismatches.append(f"torch gives {len(expected)} outputs, ONNX gives {len(got)}")
             continue
