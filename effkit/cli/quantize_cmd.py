@@ -1,0 +1,178 @@
+"""`effkit quantize`: int8 (dynamic, static or weight-only) on ONNX Runtime or torch, measured before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effkit.cli.common import (
+    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
+    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, progress_bar,
+    write_outputs,
+)
+from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE
+
+
+@command("quantize")
+def quantize_command(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
+                               "torch), or OUT without suffix (the suffix of the backend chosen).")],
+    method: Annotated[str, typer.Option(
+        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, and static when "
+                         "--calib is given).")] = "auto",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
+                          "the tolerance.")] = "auto",
+    calib: Annotated[Optional[str], typer.Option(
+        "--calib", help="Calibration data for static int8: .npz, .pt, a folder of .npy, or module:factory "
+                        "(Dataset, DataLoader, iterable); 'random' calibrates on random inputs (warned).")] = None,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration samples to use.", min=1)]
+    = DEFAULT_CALIB_SAMPLES,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile.")] = "minmax",
+    activation_type: Annotated[str, typer.Option(
+        "--activation-type", help="Static int8 activations: u8 (fast on x86) or s8.")] = "u8",
+    weight_type: Annotated[str, typer.Option("--weight-type", help="int8 weights: s8 or u8.")] = "s8",
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor",
+                                              help="Weight scales per output channel or per tensor.")] = True,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", help="Keep layers in float: a layer or node name, or a glob ('encoder.0.*'); repeatable.")]
+    = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        "--tolerance", help=f"Quality bar, e.g. cosine>=0.99, sqnr>=20, accuracy:-1pt (needs --eval); repeatable "
+                            f"[default: {DEFAULT_TOLERANCE}]. Missed: sensitive layers are kept in float until "
+                            f"it passes, else exit 1.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
+    allow_slower: Annotated[bool, typer.Option(
+        "--allow-slower", help="Write the result even when it is slower than the original.")] = False,
+    threads: ThreadsOpt = None,
+    warmup: WarmupOpt = 10,
+    iterations: IterationsOpt = None,
+    min_time: MinTimeOpt = 1.0,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    input_shape: InputShapeOpt = None,
+    inputs: InputsOpt = None,
+    json: JsonOpt = None,
+    markdown: MarkdownOpt = None,
+    export_onnx: ExportOnnxOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Quantize to int8, keep the fastest candidate that meets the tolerance, and compare before/after."""
+    from effkit.errors import StepFailed, UsageError
+    from effkit.passes.quantize import QuantizeConfig, parse_tolerance
+
+    suffix = output.suffix.lower() or None
+    config = QuantizeConfig(
+        method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
+        per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
+        exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
+        allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, threads=threads,
+        candidate_time=min_time / 2, candidate_iterations=iterations)
+    if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
+        raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
+    check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
+    loaded = load(model, arch, trust, input_shape, inputs)
+    check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
+    console = console_for(json)
+    from effkit.data import load_data
+    from effkit.env import cpu_info, int8_outlook
+
+    outlook = int8_outlook(cpu_info()["isa"])
+    if outlook:
+        err.print(f"[yellow]warning:[/] {outlook}")
+    calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples)
+    labelled = None if eval_data is None else load_data(eval_data, loaded.input_names)
+    if labelled is not None and labelled.labels is None:
+        raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
+
+    from effkit.outcome import measure_before_after
+    from effkit.passes.export import quiet_torch
+    from effkit.passes.quantize import quantize
+
+    with progress_bar() as progress:
+        result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress)
+        chosen = result.model
+        runtime = "torch" if chosen.kind == "torch" else "onnxruntime"
+        with quiet_torch():
+            outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
+                                           warmup=warmup, iterations=iterations, min_time=min_time,
+                                           eval_data=labelled, progress=progress)
+    outcome.details = result.details
+    outcome.notes = [n for n in result.notes if "SLOWER" not in n]
+    speedup = outcome.speedup(runtime)
+    slower = speedup is not None and speedup < 1.0
+    outcome.details["slower_than_original"] = slower
+    if slower:
+        outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on "
+                                f"{runtime}" + ("" if allow_slower else "; nothing was written (pass --allow-slower "
+                                                                        "to write it anyway)"))
+    from effkit.report import outcome_table
+
+    console.print(outcome_table(outcome))
+    console.print(candidates_table(result.details))
+    if slower and not allow_slower:
+        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({1 / speedup:.2f}x)",
+                         "nothing was written; pass --allow-slower to write it anyway")
+
+    from effkit.model import save_model, save_onnx_file
+
+    target = output if suffix else output.with_name(output.name + chosen.save_suffix)
+    with quiet_torch():
+        if export_onnx is not None:
+            if chosen.kind == "onnx":
+                save_onnx_file(chosen.onnx_path, export_onnx, force)
+            else:
+                from effkit.passes.export import export_onnx as export
+
+                export(chosen, export_onnx, force=force)
+            outcome.outputs.append(str(export_onnx))
+        save_model(chosen, target, force=force)
+    outcome.outputs.insert(0, str(target))
+    console.print(f"wrote {', '.join(outcome.outputs)}")
+    from effkit.report import outcome_markdown
+
+    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
+        result.details), force)
+
+
+def _candidate_rows(details: dict) -> list[list[str]]:
+    from effkit.report import fmt_bytes, fmt_ms
+
+    torch_fp32 = details["baselines_ms"].get("torch fp32")
+    rows = [[name, fmt_ms(ms), f"{torch_fp32 / ms:.2f}x" if torch_fp32 else "-",
+             fmt_bytes(details["original_size_bytes"]), "1", "baseline"]
+            for name, ms in details["baselines_ms"].items()]
+    for c in details["candidates"]:
+        f = c["fidelity"] or {}
+        ratio = c["size_bytes"] / details["original_size_bytes"] if c["size_bytes"] else None
+        rows.append([c["label"], fmt_ms(c["latency_ms"]),
+                     f"{torch_fp32 / c['latency_ms']:.2f}x" if torch_fp32 and c["latency_ms"] else "-",
+                     f"{fmt_bytes(c['size_bytes'])} ({ratio:.2f}x)" if ratio else "-",
+                     f"{f['cosine_min']:.5f}" if f else "-", c["status"]])
+    return rows
+
+
+_HEADER = ["candidate", "p50", "vs torch fp32", "size", "cosine min", "status"]
+
+
+def candidates_table(details: dict):
+    """Every candidate measured, with the fp32 baselines: latency, speedup, size, fidelity, verdict."""
+    from rich.table import Table
+
+    table = Table(title="int8 candidates (interleaved timing)", title_justify="left")
+    for h in _HEADER:
+        table.add_column(h, justify="left" if h in ("candidate", "status") else "right")
+    for row in _candidate_rows(details):
+        table.add_row(*row)
+    return table
+
+
+def candidates_markdown(details: dict) -> str:
+    lines = ["", "#### int8 candidates", "", "| " + " | ".join(_HEADER) + " |", "|---|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _candidate_rows(details)]
+    return "\n".join(lines) + "\n"
