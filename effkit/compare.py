@@ -315,13 +315,11 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
         raise InputError(f"model B does not run on model A's example inputs ({a.describe_inputs()}): "
                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
                          "compare two versions of the same model, with the same inputs") from e
-    calls = {}
-    for side, call in (("a", call_a), ("b", call_b)):
-        for _ in range(max(1, warmup)):
-            t0 = time.perf_counter()
-            call()
-            calls[side] = time.perf_counter() - t0  # the last warm call estimates the cost of one
-    per_block = iterations or max(3, min(100_000, round(block_time / max(*calls.values(), 1e-7))))
+    from effkit.bench import time_calls
+
+    # the warm-up calls' median time, of the slower model, sizes the blocks
+    cost = max(float(np.median(time_calls(call, warmup=0, iterations=max(1, warmup)))) for call in (call_a, call_b))
+    per_block = iterations or max(3, min(100_000, round(block_time * 1000.0 / max(cost, 1e-4))))
 
     result = CompareResult(a=_model_info(a), b=_model_info(b), runtime=runtime, threads=threads, threshold=threshold,
                            calls_per_block=per_block, pairs=[], attempts=0,

@@ -409,6 +409,25 @@ def _environment_warnings(cand: _Side, base: _Side | None) -> tuple[list[str], b
     return warnings, False
 
 
+_SIZE_UNITS = ("b", "kb", "mb", "gb", "kib", "mib", "gib")
+_TIME_UNITS = ("ns", "us", "µs", "ms", "s")
+
+
+def check_units(threshold: Threshold) -> None:
+    """Refuse an absolute gate whose unit does not fit its metric (`latency.p50:<=12MB`, `size:<=3ms`)."""
+    if threshold.kind != "absolute":
+        return
+    m = re.search(r"[0-9.]\s*([a-zA-Zµ]+)\s*$", threshold.text)
+    unit = m.group(1).lower() if m else ""
+    metric = threshold.metric
+    timed = "latency" in metric
+    sized = _is_bytes(metric.split(".")[-1]) or metric.startswith("size.")
+    if (timed and unit in _SIZE_UNITS) or (sized and unit in _TIME_UNITS):
+        raise UsageError(f"gate {threshold.text!r} gives {'a size' if unit in _SIZE_UNITS else 'a time'} for "
+                         f"{'a latency' if timed else 'a size'}",
+                         "latency takes ns/us/ms/s, sizes take B/KB/MB/GB/KiB/MiB/GiB")
+
+
 def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = None, *,
          strict: bool = False) -> GateReport:
     """Check `thresholds` against `result`; return a GateReport (`.passed`, `.verdicts`).
@@ -418,6 +437,8 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     paired ratios; `baseline` replaces the implicit one.
     """
     parsed = [t if isinstance(t, Threshold) else parse_threshold(t) for t in thresholds]
+    for t in parsed:
+        check_units(t)
     if not parsed:
         raise UsageError("no gates to check", "pass --fail-on METRIC:THRESHOLD, or set fail-on in "
                          "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml)")
@@ -535,10 +556,13 @@ def write_reports(report: GateReport, *, junit: str | Path | None = None, force:
 def thresholds_from(fail_on: Sequence[str] | None, config: str | Path | None) -> tuple[list[Threshold], bool]:
     """The gates to check: --fail-on when given, else the config file's; plus its `strict`."""
     if fail_on:
-        strict = load_gate_config(config)[1] if config else False
-        return [parse_threshold(t) for t in fail_on], strict
-    items, strict, _ = load_gate_config(config)
-    return [parse_threshold(t) for t in items], strict
+        items, strict = list(fail_on), load_gate_config(config)[1] if config else False
+    else:
+        items, strict, _ = load_gate_config(config)
+    parsed = [parse_threshold(t) for t in items]
+    for t in parsed:  # before any measuring: a compare takes a while
+        check_units(t)
+    return parsed, strict
 
 
 class _CallableModule(types.ModuleType):

@@ -265,6 +265,11 @@ def test_cli_strict_fails_inconclusive(cli, tmp_path):
     (["new.json", "--fail-on", "latency.p50:+5%"],
      "Error: gate 'latency.p50:+5%' compares with a baseline, and there is none (pass --baseline BASE.json, or use "
      "an absolute gate such as latency.p50:<=3ms)"),
+    (["new.json", "--fail-on", "latency.p50:<=12MB"],
+     "Error: gate 'latency.p50:<=12MB' gives a size for a latency (latency takes ns/us/ms/s, sizes take "
+     "B/KB/MB/GB/KiB/MiB/GiB)"),
+    (["new.json", "--fail-on", "size:<=3ms"],
+     "Error: gate 'size:<=3ms' gives a time for a size (latency takes ns/us/ms/s, sizes take B/KB/MB/GB/KiB/MiB/GiB)"),
     (["new.json"], "Error: no gates to check (pass --fail-on METRIC:THRESHOLD, or set fail-on in "
                    "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml))"),
     (["bad.json", "--fail-on", "size:<=1MB"], "Error: bad.json is not an effkit result (schema None) (pass a file "

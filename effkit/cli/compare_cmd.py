@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, ThreadsOpt, TrustOpt, WarmupOpt,
+    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
     check_outputs_free, command, console_for, progress_bar,
 )
 from effkit.cli.gate_cmd import ConfigOpt, FailOnOpt, JunitOpt, StrictOpt, report_gates
@@ -30,11 +30,14 @@ def compare_command(
                                      "pairs.", min=0)] = 0,
     runtime: Annotated[Optional[str], typer.Option(
         "--runtime", help="torch or onnxruntime [default: torch when both are torch models, else onnxruntime]")] = None,
-    threads: ThreadsOpt = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="Threads for both models \\[default: the cores free when the comparison starts]",
+        min=1)] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="A/B block pairs to keep per round.", min=2)] = DEFAULT_PAIRS,
     block_time: Annotated[float, typer.Option(
         "--block-time", help="Seconds per block (one model's run of calls).", min=0.001)] = DEFAULT_BLOCK_TIME,
-    iterations: IterationsOpt = None,
+    iterations: Annotated[Optional[int], typer.Option(
+        "--iterations", help="Timed calls per block \\[default: as many as fill --block-time]", min=1)] = None,
     warmup: WarmupOpt = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the A/B order and of the bootstrap.")] = 0,
     arch: ArchOpt = None,
