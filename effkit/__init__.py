@@ -23,6 +23,8 @@ _API = {
     "DistillConfig": "effkit.passes.distill",
     "fidelity": "effkit.fidelity",
     "EffkitError": "effkit.errors",
+    "quantize": "effkit.passes.quantize",
+    "QuantizeConfig": "effkit.passes.quantize",
     "compare": "effkit.compare",
     "gate": "effkit.gate",
 }
