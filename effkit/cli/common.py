@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from effkit.errors import EffkitError
+from effkit.errors import EffkitError, UsageError
 
 app = typer.Typer(
     name="effkit",
@@ -35,6 +35,7 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 DEBUG = {"on": bool(os.environ.get("EFFKIT_DEBUG"))}
+_RUNNING: dict = {"params": {}}  # the running command's arguments, so outputs can be checked against them
 
 MODEL_HELP = ("Model: a .pt/.pth or .safetensors state_dict (with --arch), .pt2, TorchScript, .onnx, a "
               "Hugging Face folder (hf:PATH), or a factory path/to/file.py:function or package.module:function. "
@@ -72,12 +73,23 @@ def console_for(json_path: str | None) -> Console:
 
 def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None):
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import."""
-    from effkit.model import load_model
+    from rich.markup import escape
+
+    from effkit.errors import StepFailed
+    from effkit.fidelity import check_finite
+    from effkit.model import check_runs, load_model
     from effkit.specs import parse_input_shape
 
     shapes = [parse_input_shape(s) for s in input_shape or []]
     with err.status(f"loading {model}", spinner="dots"):
-        return load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs)
+        loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, check=False)
+        outputs = check_runs(loaded)
+    try:  # timings of a model that computes NaN still stand; its numbers do not
+        check_finite(outputs, "the model on its example inputs")
+    except StepFailed as e:
+        err.print(f"[yellow]warning:[/] {escape(e.message)}; any step that compares its outputs will fail",
+                  soft_wrap=True)
+    return loaded
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
@@ -96,12 +108,46 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
 
 
 def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tuple = ()) -> None:
-    """Fail before any work when an output exists (without --force) or is the input."""
+    """Fail before any work when an output exists (without --force) or is an input.
+
+    Besides `inputs`, every file named by the running command's arguments (MODEL, --arch, --data, ...)
+    counts: an output path that appears twice among them names an input too.
+    """
     from effkit.files import check_output
 
-    for p in paths:
-        if p is not None and str(p) != "-":
-            check_output(p, force, inputs)
+    outputs = [Path(p) for p in paths if p is not None and str(p) != "-"]
+    resolved = [p.resolve() for p in outputs]
+    named = _named_files()
+    for p, target in zip(outputs, resolved):
+        check_output(p, force, inputs)
+        if resolved.count(target) > 1:
+            raise UsageError(f"output {p} is given for two outputs", "give each output its own path")
+        if named.count(target) > 1:
+            raise UsageError(f"output {p} is also an input of this command", "write the result to another path")
+
+
+def _named_files() -> list[Path]:
+    """Existing files named by the running command's arguments, one entry per mention."""
+    from effkit.model import is_factory_spec
+
+    files = []
+    for value in _RUNNING["params"].values():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, Path)):
+                continue
+            text = str(v).removeprefix("hf:")
+            if is_factory_spec(text) and not _exists(text):
+                text = text.rsplit(":", 1)[0]  # path/to/file.py:function names file.py
+            if _exists(text):
+                files.append(Path(text).resolve())
+    return files
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # not a path at all: a name too long, say
+        return False
 
 
 @contextlib.contextmanager
@@ -129,6 +175,7 @@ def handle_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _RUNNING["params"] = kwargs
         try:
             return func(*args, **kwargs)
         except typer.Exit:
@@ -148,6 +195,8 @@ def handle_errors(func: Callable) -> Callable:
             err.print(f"Error: unexpected {type(e).__name__}{': ' + first if first else ''} "
                       "(run with --debug for the traceback)", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        finally:
+            _RUNNING["params"] = {}
 
     return wrapper
 
