@@ -360,7 +360,7 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
     elif latency and cand.samples and base.samples:
         ratio, lo, hi = independent_ratio_ci(base.samples, cand.samples, latency[0])
         how = "separate runs, 95% interval"
-        if normalize:  # divide out the machine: latency per unit of calibration time
+        if normalize or latency[1]:  # divide out the machine: latency per unit of calibration time
             machine = cand.environment["calibration_ms"] / base.environment["calibration_ms"]
             ratio, lo, hi = ratio / machine, lo / machine, hi / machine
             how += ", machine-normalized"

@@ -153,6 +153,17 @@ def test_other_environment_is_warned_and_normalized_by_calibration():
     assert report.warnings[1].startswith("the calibration workload ran 2.00x as long here")
 
 
+def test_normalized_latency_gate_divides_out_the_machine():
+    fast_machine = dict(ENV, calibration_ms=5.0)  # same fingerprint, but a faster moment of the same machine
+    doc = bench_doc(0.5, seed=2, env=fast_machine)
+    doc["metrics"]["normalized_latency"] = {"p50": doc["metrics"]["latency"]["p50"] / 5.0}
+    base = bench_doc(1.0)
+    base["metrics"]["normalized_latency"] = {"p50": base["metrics"]["latency"]["p50"] / 10.0}
+    v = gate(doc, ["normalized_latency.p50:+5%", "latency.p50:-10%"], base).verdicts
+    assert v[0].status == "pass" and v[0].change == pytest.approx(1.0, rel=0.02)
+    assert v[1].status == "fail"  # raw latency halved: it "dropped" by more than 10%
+
+
 def test_step_outcome_gates_after_against_before():
     step = {"schema": "effkit.step/1", "before": bench_doc(1.0, accuracy=0.9),
             "after": bench_doc(0.5, size=2_500_000, accuracy=0.899, seed=4)}
