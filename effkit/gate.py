@@ -198,7 +198,7 @@ def load_result(path: str | Path) -> dict:
     return data
 
 
-_SCHEMAS = ("effkit.bench/1", "effkit.step/1", "effkit.compare/1")
+_SCHEMAS = ("effkit.bench/1", "effkit.step/1", "effkit.compare/1", "effkit.compress/1")
 
 
 def _check_schema(data: Any, where: str) -> None:
@@ -282,7 +282,22 @@ def _sides(doc: dict) -> tuple[_Side, _Side | None, dict | None]:
         base = _Side({"metrics": doc.get("baseline_metrics", {})}, [s for p in pairs for s in p["a_ms"]] or None,
                      None, doc.get("environment"))
         return cand, base, doc.get("ratios", {})
+    if schema == "effkit.compress/1":  # the final state against the original
+        states = [st for st in doc.get("states", []) if st.get("bench")]
+        if not states:
+            raise UsageError("the compress result has no measured state to gate")
+        first, last = (_state_side(st) for st in (states[0], states[-1]))
+        return last, first if len(states) > 1 else None, None
     return _bench_side(doc), None, None
+
+
+def _state_side(state: dict) -> _Side:
+    """A compress state: its bench result, with the state's accuracy and fidelity among the metrics."""
+    bench = dict(state["bench"], metrics=dict(state["bench"].get("metrics", {})))
+    for key in ("accuracy", "fidelity"):
+        if state.get(key) is not None and key not in bench["metrics"]:
+            bench["metrics"][key] = state[key]
+    return _bench_side(bench)
 
 
 # ---------------------------------------------------------------- deciding
@@ -458,7 +473,8 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
                             f"{c.get('other_cpu_cores', 0):.2f} of {c.get('cores')} cores, {c.get('threads')} "
                             "threads asked for): its latency gates are inconclusive")
     verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
-    subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source", "")
+    subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source") \
+        or doc.get("source", "")
     return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)
 
 

@@ -173,6 +173,16 @@ def test_step_outcome_gates_after_against_before():
     assert gate(step, ["accuracy:-0.05pt"]).verdicts[0].status == "fail"  # it dropped 0.1 pt
 
 
+def test_compress_result_gates_the_final_state_against_the_original():
+    doc = {"schema": "effkit.compress/1", "source": "m.py:net", "states": [
+        {"name": "original", "accuracy": 0.9, "bench": bench_doc(1.0)},
+        {"name": "prune", "accuracy": 0.899, "bench": None},
+        {"name": "quantize", "accuracy": 0.893, "bench": bench_doc(0.6, size=2_500_000, seed=5)}]}
+    report = gate(doc, ["latency.p50:+0%", "size:<=3MB", "accuracy:-0.5pt"])
+    assert [v.status for v in report.verdicts] == ["pass", "pass", "fail"]
+    assert report.subject == "m.py:net"
+
+
 def test_relative_gate_without_baseline_is_a_usage_error():
     with pytest.raises(UsageError, match="compares with a baseline, and there is none"):
         gate(bench_doc(), ["latency.p50:+5%"])

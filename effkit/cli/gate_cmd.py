@@ -52,7 +52,8 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
 @command("gate")
 def gate_command(
     result: Annotated[Path, typer.Argument(help="A result JSON: effkit bench --json, a step's --json (its 'before' "
-                                                "is the baseline), or effkit compare --json.", show_default=False)],
+                                                "is the baseline), effkit compress --json (the final state against "
+                                                "the original) or effkit compare --json.", show_default=False)],
     baseline: Annotated[Optional[Path], typer.Option(
         "--baseline", help="A saved result to compare with (relative and points gates).")] = None,
     fail_on: FailOnOpt = None,
