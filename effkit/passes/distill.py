@@ -237,17 +237,17 @@ def _check_outputs(teacher_outs: list, student_outs: list, config: DistillConfig
     """The student must produce what the teacher produces; labels must name the teacher's classes."""
     ts, ss = _shapes(teacher_outs), _shapes(student_outs)
     if len(ts) != len(ss) or any(a[1:] != b[1:] for a, b in zip(ts, ss)):
-        fmt = lambda shapes: ", ".join("[N, " + ", ".join(map(str, s[1:])) + "]" for s in shapes)  # noqa: E731
+        fmt = lambda shapes: ", ".join(_fmt_shape(s) for s in shapes)  # noqa: E731
         raise InputError(f"the student's output shape {fmt(ss)} differs from the teacher's {fmt(ts)}",
                          "the student must have the teacher's outputs (same number of classes)")
     if config.loss == "kl" and any(len(s) < 2 for s in ts):
-        raise UsageError(f"--loss kl needs outputs with classes along dim 1; the teacher's are {fmt_list(ts)}",
+        raise UsageError(f"--loss kl needs outputs with classes along dim 1; the teacher's are {_fmt_list(ts)}",
                          "use --loss mse for regression outputs")
     for data in datasets:
         if data is None or data.labels is None:
             continue
         if not _is_classifier(tuple(ts[0])):
-            raise InputError(f"{data.source} has labels, but the teacher's first output {fmt_list(ts[:1])} is not "
+            raise InputError(f"{data.source} has labels, but the teacher's first output {_fmt_list(ts[:1])} is not "
                              "[batch, classes]", "drop the labels, or distill a classifier")
         classes = ts[0][1]
         low, high = int(data.labels.min()), int(data.labels.max())
@@ -256,8 +256,13 @@ def _check_outputs(teacher_outs: list, student_outs: list, config: DistillConfig
                              f"(0 to {classes - 1})", "fix the labels or give the matching teacher")
 
 
-def fmt_list(shapes: list[list]) -> str:
+def _fmt_list(shapes: list[list]) -> str:
     return ", ".join(str(s) for s in shapes)
+
+
+def _fmt_shape(shape) -> str:
+    """A per-sample shape with the batch dimension shown as N: [N, 10]."""
+    return "[" + ", ".join(["N", *map(str, list(shape)[1:])]) + "]"
 
 
 # ---------------------------------------------------------------- teacher targets
@@ -450,6 +455,10 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     module = copy.deepcopy(student.module).to(device)
 
     # Outputs of both on two samples: shapes and labels are checked before any training.
+    t_names = [t for _, t in config.feature_pairs]
+    s_names = [s for s, _ in config.feature_pairs]
+    features = _Features(module, s_names, "student") if s_names else None
+    teacher_train, teacher_train_feats = _teacher_outputs(teacher, train, t_names, device)
     probe = train.take(2)
     with torch.no_grad():
         module.eval()
@@ -459,10 +468,11 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
             raise
         except Exception as e:
             raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
-    t_names = [t for _, t in config.feature_pairs]
-    s_names = [s for s, _ in config.feature_pairs]
-    teacher_train, teacher_train_feats = _teacher_outputs(teacher, train, t_names, device)
     _check_outputs([o[:2] for o in teacher_train], student_probe, config, (train, val))
+    for (s_name, t_name), s, t in zip(config.feature_pairs, features.take() if features else [], teacher_train_feats):
+        if s.shape[1:] != t.shape[1:]:
+            raise InputError(f"the student's feature {s_name!r} has shape {_fmt_shape(s.shape)}, the teacher's "
+                             f"{t_name!r} {_fmt_shape(t.shape)}", "pair layers whose outputs have the same shape")
     teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
 
     random.seed(config.seed)
@@ -476,7 +486,6 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     warmup_steps = int(round(config.lr_warmup * total_steps))
 
     module.train()
-    features = _Features(module, s_names, "student") if s_names else None
     model = module
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -569,7 +578,9 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
                         done_epoch = step + 1 == steps_per_epoch
                         if done_epoch:  # the epoch's bookkeeping first, so the checkpoint resumes cleanly
                             _end_epoch(epoch, sums, module, val, teacher_val, device, history, best, world)
-                        write_checkpoint(epoch + 1 if done_epoch else epoch, 0 if done_epoch else step + 1, sums)
+                            write_checkpoint(epoch + 1, 0, [0.0, 0.0])
+                        else:
+                            write_checkpoint(epoch, step + 1, sums)
                         raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}; "
                                           f"checkpoint written to {checkpoint}",
                                           "run the same command with --resume to continue")

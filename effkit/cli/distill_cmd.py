@@ -1,0 +1,249 @@
+"""`effkit distill`: train a student to match a teacher, then compare them before/after.
+
+Under `torchrun --nproc-per-node N -m effkit distill ...` every process trains its share of each
+batch (DistributedDataParallel: gloo on CPU, nccl on CUDA); only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effkit.cli.common import (
+    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
+    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, write_outputs,
+)
+from effkit.cli.bench_cmd import parse_runtimes
+from effkit.errors import EffkitError, UsageError
+
+DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
+             "module:factory returning a Dataset, DataLoader or iterable")
+
+
+def checkpoint_path(output: Path) -> Path:
+    """Where an interrupted run leaves its checkpoint: beside the output, OUT.ckpt."""
+    return output.with_name(output.name + ".ckpt")
+
+
+@contextlib.contextmanager
+def _training_bar(enabled: bool) -> Iterator:
+    """A Rich progress bar on stderr: epoch, step, loss, samples/s, ETA. Yields an on_step callback."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("step {task.fields[step]}"),
+                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+                  TimeRemainingColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("distilling", total=None, epoch="-", step="-", loss="-", rate="-")
+
+        def on_step(s) -> None:
+            progress.update(task, total=s.total_steps, completed=s.global_step, epoch=f"{s.epoch}/{s.epochs}",
+                            step=f"{s.step}/{s.steps_per_epoch}", loss=f"{s.loss:.4f}", rate=f"{s.samples_per_s:,.0f}")
+
+        yield on_step
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as e:
+        raise UsageError(f"RANK / WORLD_SIZE are not integers: {e}", "start distributed runs with torchrun") from e
+
+
+@contextlib.contextmanager
+def _process_group(world: int) -> Iterator[None]:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) for the duration of the block."""
+    if world == 1:
+        yield
+        return
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _load_student(spec: str, arch: str | None, trust: bool, teacher, input_shape, inputs):
+    """Load the student with the teacher's example inputs (it must take the same inputs)."""
+    from effkit.model import load_model
+    from effkit.specs import InputShape, parse_input_shape
+
+    shapes = ([parse_input_shape(s) for s in input_shape] if input_shape else
+              [InputShape(str(a.dtype), tuple(a.shape)) for a in teacher.example_inputs])
+    try:
+        student = load_model(spec, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs)
+    except EffkitError as e:
+        raise type(e)(f"student: {e.message}", e.hint) from e
+    return student.replace(example_inputs=teacher.example_inputs, input_names=teacher.input_names)
+
+
+def _val_fidelity(teacher, student, val, threads) -> tuple[dict, float | None]:
+    """Output agreement of student with teacher on the validation data (not on random inputs, which
+    say little about a model trained on real data); and the top-1 agreement when it is a classifier."""
+    from effkit.fidelity import compare_outputs
+    from effkit.runtime import make_runner
+
+    ref = make_runner(teacher, "torch" if teacher.kind == "torch" else "onnxruntime", threads)
+    cand = make_runner(student, "torch", threads)
+    batches = [inputs for inputs, _ in val.batches(64)]
+    result = compare_outputs([ref.run(b) for b in batches], [cand.run(b) for b in batches])
+    return result, result.get("top1_agreement")
+
+
+@command("distill")
+def distill_command(
+    teacher: ModelArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the trained student (.pt2 loads "
+                                         "back without code; .pt / .safetensors need --student-arch).")],
+    data: Annotated[str, typer.Option("--data", help=f"Training data: {DATA_HELP}.")],
+    student: Annotated[Optional[str], typer.Option("--student", help="The student: any model spec (a factory, a "
+                                                   "checkpoint with --student-arch, ...); its outputs must have the "
+                                                   "teacher's shapes.")] = None,
+    student_arch: Annotated[Optional[str], typer.Option("--student-arch", help="Factory that builds the student's "
+                                                        "architecture for a state_dict student.")] = None,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help=f"Validation data: {DATA_HELP}.")] = None,
+    val_split: Annotated[float, typer.Option("--val-split", help="Fraction of --data held out for validation when "
+                                             "--val-data is not given (0: no validation).")] = 0.1,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per step, over all processes.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.01,
+    lr_warmup: Annotated[float, typer.Option("--lr-warmup", help="Fraction of the steps that warm the learning rate "
+                                             "up linearly before the cosine decay.")] = 0.05,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm to this (0: no "
+                                             "clipping).")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softens teacher and student outputs for the "
+                                               "KL loss.")] = 4.0,
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the distillation loss; 1 - alpha weighs "
+                                         "cross-entropy on the labels when the data has them.")] = 0.5,
+    loss: Annotated[str, typer.Option("--loss", help="kl (classifier logits) or mse (regression outputs).")] = "kl",
+    feature_pairs: Annotated[Optional[list[str]], typer.Option(
+        "--feature-pairs", help="Also match intermediate outputs by MSE: student.layer:teacher.layer (same shapes); "
+                                "repeat for several.")] = None,
+    feature_weight: Annotated[float, typer.Option("--feature-weight", help="Weight of the feature loss.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and of torch's RNG "
+                                      "(the same command gives the same weights on CPU).")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run whose checkpoint is "
+                                         "OUT.ckpt (same command and data).")] = False,
+    runtime: Annotated[Optional[str], typer.Option(
+        "--runtime", help="Runtime of the before/after measurement: torch, onnxruntime or all [default: torch]")] = None,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    input_shape: InputShapeOpt = None,
+    inputs: InputsOpt = None,
+    threads: ThreadsOpt = None,
+    warmup: WarmupOpt = 10,
+    iterations: IterationsOpt = None,
+    min_time: MinTimeOpt = 1.0,
+    json: JsonOpt = None,
+    markdown: MarkdownOpt = None,
+    export_onnx: ExportOnnxOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Distill TEACHER into a smaller student on your data: KL on softened outputs (+ cross-entropy on labels),
+    validation each epoch, the best epoch kept; Ctrl-C saves OUT.ckpt for --resume. Then compare teacher and
+    student: latency, size, accuracy or agreement."""
+    import sys
+
+    from effkit.passes.distill import DistillConfig, parse_feature_pair
+
+    rank, world = _distributed()
+    if rank != 0:  # only rank 0 prints; the others' errors are rank 0's errors too
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+    config = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           temperature=temperature, alpha=alpha, loss=loss,
+                           feature_pairs=tuple(parse_feature_pair(p) for p in feature_pairs or ()),
+                           feature_weight=feature_weight, lr_warmup=lr_warmup,
+                           grad_clip=grad_clip if grad_clip > 0 else None, seed=seed, val_split=val_split)
+    if student is None:
+        raise UsageError("no student given", "pass --student SPEC (e.g. a factory path/to/file.py:small_model)")
+    if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
+        raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
+    ckpt = checkpoint_path(output)
+    check_outputs_free([output, json, markdown, export_onnx], force)
+    if ckpt.exists() and not resume and not force:
+        raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
+                         "pass --resume to continue it, or --force to start over")
+
+    teacher_model = load(teacher, arch, trust, input_shape, inputs)
+    check_outputs_free([output], force, inputs=(teacher_model.path,))
+    runtimes = parse_runtimes(runtime or "torch", "torch")
+    student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
+    train, val = _load_data(data, val_data, val_split, seed, teacher_model)
+
+    result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume)
+    if rank == 0:
+        _report(teacher_model, result, val, output, ckpt, runtimes, threads, warmup, iterations,
+                min_time, json, markdown, export_onnx, force)
+
+
+def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
+    from effkit.data import load_data
+
+    with err.status(f"loading {data}", spinner="dots"):
+        train = load_data(data, input_names=teacher.input_names)
+        val = load_data(val_data, input_names=teacher.input_names) if val_data else None
+    if val is None and val_split > 0:
+        train, val = train.split(val_split, seed=seed)
+        val = dataclasses.replace(val, source=f"{data} (held-out {val_split:g})")
+    return train, val
+
+
+def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume: bool):
+    from effkit.passes.distill import distill
+
+    with _process_group(world), _training_bar(rank == 0) as on_step:
+        return distill(teacher, student, config, data=train, val_data=val, on_step=on_step, checkpoint=ckpt,
+                       resume=resume)
+
+
+def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
+            markdown, export_onnx, force) -> None:
+    import numpy as np
+
+    from effkit.cli.common import progress_bar
+    from effkit.model import save_model
+    from effkit.outcome import measure_before_after
+    from effkit.passes.export import quiet_torch
+    from effkit.report import outcome_markdown, outcome_table
+
+    trained = result.model
+    with progress_bar() as progress:
+        outcome = measure_before_after("distill", teacher, trained, runtimes=runtimes, threads=threads, warmup=warmup,
+                                       iterations=iterations, min_time=min_time, eval_data=val, progress=progress)
+    outcome.details.update(result.details)
+    outcome.notes.extend(result.notes)
+    if val is not None:
+        outcome.fidelity, agreement = _val_fidelity(teacher, trained, val, threads)
+        outcome.notes.append(f"fidelity measured on the {len(val)} validation samples"
+                             + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
+                                if agreement is not None else ""))
+    console = console_for(json)
+    # Saved with example inputs of batch 2: torch.export specializes a batch dimension of 1 to a constant.
+    saveable = trained.replace(example_inputs=tuple(np.concatenate([a, a]) for a in trained.example_inputs))
+    with console.status(f"saving {output}", spinner="dots"), quiet_torch():
+        outcome.outputs = [str(p) for p in save_model(saveable, output, force)]
+        if export_onnx is not None:
+            from effkit.passes.export import export_onnx as export
+
+            export(trained, export_onnx, force=force)
+            outcome.outputs.append(str(export_onnx))
+    ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
+    console.print(outcome_table(outcome))
+    console.print(f"wrote {', '.join(outcome.outputs)}")
+    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)
