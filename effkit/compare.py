@@ -343,7 +343,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
             else:
                 result.pairs.append({"order": order, "a_ms": [round(s, 6) for s in block["a"][0]],
                                      "b_ms": [round(s, 6) for s in block["b"][0]],
-                                     "load": [block["a"][1].get("other_cpu_cores"), block["b"][1].get("other_cpu_cores")]})
+                                     "load": [block[s][1].get("other_cpu_cores") for s in "ab"]})
             if progress is not None:
                 progress(f"A/B pairs (round {round_ + 1})", min(1.0, (len(result.pairs) - target + pairs) / pairs))
         result.analyse(min_pairs=target // 2)

@@ -504,7 +504,8 @@ def _read_toml(path: Path) -> dict:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
 
 
-def load_gate_config(path: str | Path | None = None, search_dir: str | Path = ".") -> tuple[list[str], bool, Path | None]:
+def load_gate_config(path: str | Path | None = None,
+                     search_dir: str | Path = ".") -> tuple[list[str], bool, Path | None]:
     """Gates from a config file: (fail-on list, strict, file used).
 
     `path`: an effkit.toml (table `[gates]`) or a pyproject.toml (table `[tool.effkit.gates]`).

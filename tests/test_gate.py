@@ -105,7 +105,8 @@ def test_relative_latency_clear_pass_fail_and_inconclusive():
 
 def test_decided_on_the_bound_not_the_point_estimate():
     # point estimate 1.04 is under the 5% limit, but the noise allows more: not a pass
-    v = gate(bench_doc(1.04, spread=0.3, n=40, seed=3), ["latency.p50:+5%"], bench_doc(1.0, spread=0.3, n=40)).verdicts[0]
+    base = bench_doc(1.0, spread=0.3, n=40)
+    v = gate(bench_doc(1.04, spread=0.3, n=40, seed=3), ["latency.p50:+5%"], base).verdicts[0]
     assert v.change < 1.05 and v.status == "inconclusive"
 
 
@@ -282,7 +283,8 @@ def test_cli_strict_fails_inconclusive(cli, tmp_path):
 @pytest.mark.parametrize("args, error", [
     (["missing.json", "--fail-on", "size:<=1MB"], "Error: no such result file: missing.json"),
     (["new.json", "--fail-on", "size<12XB"],
-     "Error: unknown unit 'XB' in threshold 'size<12XB' (use B/KB/MB/GB/KiB/MiB/GiB, ns/us/ms/s, %, or pt (with + or -))"),
+     "Error: unknown unit 'XB' in threshold 'size<12XB' (use B/KB/MB/GB/KiB/MiB/GiB, ns/us/ms/s, %, or pt "
+     "(with + or -))"),
     (["new.json", "--fail-on", "latency.p50:+5%"],
      "Error: gate 'latency.p50:+5%' compares with a baseline, and there is none (pass --baseline BASE.json, or use "
      "an absolute gate such as latency.p50:<=3ms)"),
@@ -307,7 +309,8 @@ def test_cli_bad_input_exits_2(cli, tmp_path, args, error):
 
 def test_gates_from_pyproject_and_effkit_toml(cli, tmp_path):
     write(tmp_path / "new.json", bench_doc(size=11_000_000))
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n[tool.effkit.gates]\nfail-on = ["size:<=12MB"]\n')
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n\n'
+                                             '[tool.effkit.gates]\nfail-on = ["size:<=12MB"]\n')
     code, stdout, _ = cli("gate", "new.json")
     assert code == 0 and re.search(r"^PASS +size:<=12MB", stdout, re.M)
     (tmp_path / "effkit.toml").write_text('[gates]\nfail-on = ["size:<=10MB"]\nstrict = true\n')  # found first

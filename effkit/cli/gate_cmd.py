@@ -15,10 +15,11 @@ from effkit.cli.common import (
 FailOnOpt = Annotated[Optional[list[str]], typer.Option(
     "--fail-on", help="A gate, repeatable: METRIC:+5% (relative to the baseline), METRIC:<=12MB / <=3ms (absolute), "
                       "accuracy:-0.5pt (points). METRIC is a name in the result's metrics (latency.p50, size, "
-                      "accuracy, ...) or any dotted path in its JSON. \\[default: fail-on from effkit.toml \\[gates] or "
-                      "pyproject.toml \\[tool.effkit.gates]]")]
+                      "accuracy, ...) or any dotted path in its JSON. \\[default: fail-on from effkit.toml "
+                      "\\[gates] or pyproject.toml \\[tool.effkit.gates]]")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", help="Read gates from this effkit.toml or pyproject.toml \\[default: ./effkit.toml, ./pyproject.toml].")]
+    "--config", help="Read gates from this effkit.toml or pyproject.toml "
+                     "\\[default: ./effkit.toml, ./pyproject.toml].")]
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", help="Fail (exit 1) on inconclusive gates too. By default they are warnings: noise must not fail CI "
                      "at random.")]
