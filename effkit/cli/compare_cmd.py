@@ -50,10 +50,11 @@ def compare_command(
 ) -> None:
     """Compare B with A, measured interleaved (A B / B A blocks, same inputs and threads) in one process.
 
-    Prints the ratio B/A of p50, p90 and mean latency with 95% intervals and a verdict: faster, slower,
-    same (within the threshold) or inconclusive. Blocks measured while other processes changed the
-    machine's load, or left fewer free cores than threads, are measured again. Without --fail-on,
-    the gate is latency.p50:+THRESHOLD (B must not be slower). Exit 0 pass, 1 fail, 2 bad input.
+    Ratios B/A of p50, p90 and mean latency with 95% intervals; verdict: faster, slower, same or inconclusive.
+
+    Pairs measured while the load of other processes changed, or with fewer free cores than threads, are redone.
+
+    Without --fail-on the gate is latency.p50:+THRESHOLD. Exit 0 pass, 1 a gate failed, 2 bad input.
     """
     from effkit.compare import compare
     from effkit.gate import gate, thresholds_from

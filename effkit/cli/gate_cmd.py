@@ -67,8 +67,9 @@ def gate_command(
 ) -> None:
     """Check a result against performance gates, deciding on 95% confidence bounds.
 
-    Exit 0 when no gate failed (inconclusive gates warn, unless --strict), 1 when a gate failed,
-    2 for bad input. The Markdown table is appended to $GITHUB_STEP_SUMMARY when it is set.
+    Exit 0 when no gate failed (inconclusive gates warn, unless --strict), 1 when a gate failed, 2 for bad input.
+
+    The Markdown table is appended to $GITHUB_STEP_SUMMARY when it is set.
     """
     from effkit.gate import gate, thresholds_from
 
