@@ -277,7 +277,12 @@ def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input
         raise ModelLoadError(f"{path} holds weights only (a state_dict), not the model's architecture",
                              "pass --arch path/to/file.py:factory (or package.module:factory) that builds the model")
     module, example = _call_factory(arch)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ raise even with strict=False
+        details = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()]
+        raise ModelLoadError(f"the weights in {path} do not fit --arch {arch}: {'; '.join(details[:3])[:400]}",
+                             "pass the factory that built the saved model") from e
     problems = []
     if result.missing_keys:
         problems.append(f"missing {', '.join(result.missing_keys[:5])}")
