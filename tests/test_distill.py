@@ -216,6 +216,25 @@ def test_cli_val_split_and_state_dict_output(cli, files):
     assert saved.module(torch.zeros(2, 16)).shape == (2, 4)
 
 
+def test_student_from_prune_shrinks_the_teacher_then_distills(cli, files):
+    code, stdout, stderr = cli("distill", spec("teacher"), "--student-from-prune", "0.5", "--data", files / "train.npz",
+                               "--val-data", files / "val.npz", "--epochs", "2", "-o", "s.pt2", *FAST, "--json", "-")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["after"]["size"]["parameters"] < 0.5 * result["before"]["size"]["parameters"]
+    assert result["details"]["prune"]["method"] == "structured"
+    assert "student: the teacher with 50% of its channels pruned" in result["notes"]
+    assert result["fidelity"]["top1_agreement"] > 0.5
+
+
+@pytest.mark.parametrize("student", [[], ["--student", spec("student"), "--student-from-prune", "0.5"]])
+def test_exactly_one_student_source(cli, files, student):
+    code, _, stderr = cli("distill", spec("teacher"), *student, "--data", files / "train.npz", "-o", "s.pt2")
+    assert code == 2
+    assert stderr.strip() == ("Error: give exactly one of --student and --student-from-prune (--student SPEC trains "
+                              "your model; --student-from-prune 0.5 prunes the teacher first)")
+
+
 @pytest.mark.parametrize("case, message", [
     ("wrong_student", "Error: the student's output shape [N, 5] differs from the teacher's [N, 4] (the student "
                       "must have the teacher's outputs (same number of classes))"),

@@ -21,6 +21,7 @@ from effkit.cli.common import (
 )
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.errors import EffkitError, UsageError
+from effkit.specs import parse_ratio
 
 DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
              "module:factory returning a Dataset, DataLoader or iterable")
@@ -92,6 +93,17 @@ def _load_student(spec: str, arch: str | None, trust: bool, teacher, input_shape
     return student.replace(example_inputs=teacher.example_inputs, input_names=teacher.input_names)
 
 
+def _pruned_student(teacher, ratio: float, seed: int):
+    """The teacher with `ratio` of its channels removed (structured, L1 importance): the student."""
+    from effkit.passes.prune import PruneConfig, prune
+
+    if teacher.kind != "torch":
+        raise UsageError("--student-from-prune needs a torch teacher; this one is ONNX", "pass --student SPEC")
+    with err.status(f"pruning {ratio:.0%} of the teacher's channels", spinner="dots"):
+        result = prune(teacher, PruneConfig(ratio=ratio, seed=seed))
+    return result.model, result
+
+
 def _val_fidelity(teacher, student, val, threads) -> tuple[dict, float | None]:
     """Output agreement of student with teacher on the validation data (not on random inputs, which
     say little about a model trained on real data); and the top-1 agreement when it is a classifier."""
@@ -114,6 +126,9 @@ def distill_command(
     student: Annotated[Optional[str], typer.Option("--student", help="The student: any model spec (a factory, a "
                                                    "checkpoint with --student-arch, ...); its outputs must have the "
                                                    "teacher's shapes.")] = None,
+    student_from_prune: Annotated[Optional[str], typer.Option(
+        "--student-from-prune", help="Make the student by structured-pruning this fraction of the teacher's "
+                                     "channels (e.g. 0.5), then distill: the prune-then-distill recipe.")] = None,
     student_arch: Annotated[Optional[str], typer.Option("--student-arch", help="Factory that builds the student's "
                                                         "architecture for a state_dict student.")] = None,
     val_data: Annotated[Optional[str], typer.Option("--val-data", help=f"Validation data: {DATA_HELP}.")] = None,
@@ -170,8 +185,10 @@ def distill_command(
                            feature_pairs=tuple(parse_feature_pair(p) for p in feature_pairs or ()),
                            feature_weight=feature_weight, lr_warmup=lr_warmup,
                            grad_clip=grad_clip if grad_clip > 0 else None, seed=seed, val_split=val_split)
-    if student is None:
-        raise UsageError("no student given", "pass --student SPEC (e.g. a factory path/to/file.py:small_model)")
+    if (student is None) == (student_from_prune is None):
+        raise UsageError("give exactly one of --student and --student-from-prune",
+                         "--student SPEC trains your model; --student-from-prune 0.5 prunes the teacher first")
+    prune_ratio = parse_ratio(student_from_prune, "--student-from-prune") if student_from_prune else None
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     ckpt = checkpoint_path(output)
@@ -183,10 +200,16 @@ def distill_command(
     teacher_model = load(teacher, arch, trust, input_shape, inputs)
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or "torch", "torch")
-    student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
+    if prune_ratio is None:
+        student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
+    else:
+        student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
     train, val = _load_data(data, val_data, val_split, seed, teacher_model)
 
     result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume)
+    if prune_ratio is not None:
+        result.details["prune"] = pruned.details
+        result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
         _report(teacher_model, result, val, output, ckpt, runtimes, threads, warmup, iterations,
                 min_time, json, markdown, export_onnx, force)
@@ -223,7 +246,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     from effkit.report import outcome_markdown, outcome_table
 
     trained = result.model
-    with progress_bar() as progress:
+    with progress_bar() as progress, quiet_torch():  # measuring sizes saves models: keep torch.export's noise away
         outcome = measure_before_after("distill", teacher, trained, runtimes=runtimes, threads=threads, warmup=warmup,
                                        iterations=iterations, min_time=min_time, eval_data=val, progress=progress)
     outcome.details.update(result.details)
