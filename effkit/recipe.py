@@ -1,0 +1,361 @@
+"""Recipes: the steps of `effkit compress` and their options, read from and written to TOML.
+
+A recipe has one section per step, holding the fields of that pass's config dataclass (the same
+options as the commands), plus `[pipeline]` (the quality bar) and `[bench]` (timing):
+
+    [prune]
+    ratio = 0.5
+    finetune-epochs = 3
+    [distill]            # an empty section turns a step on with its defaults
+    [quantize]
+    method = "static"
+    [export]
+    opset = 18
+    [pipeline]
+    max-accuracy-drop = "1pt"
+
+Keys are written kebab-case (snake_case is accepted too). Unknown sections or keys and values of
+the wrong type are errors that name the field and its line. The allowed keys come from the pass
+configs themselves (`dataclasses.fields`), so recipes and commands never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effkit.errors import EffkitError, UsageError
+
+# The order steps run in, whatever order the recipe lists them in.
+STEPS = ("prune", "distill", "quantize", "export")
+# step -> (module, config class); imported only when a recipe uses the step.
+PASS_CONFIGS = {
+    "prune": ("effkit.passes.prune", "PruneConfig"),
+    "distill": ("effkit.passes.distill", "DistillConfig"),
+    "quantize": ("effkit.passes.quantize", "QuantizeConfig"),
+    "export": ("effkit.passes.export", "ExportConfig"),
+}
+SECTIONS = (*STEPS, "pipeline", "bench")
+
+
+def parse_accuracy_drop(text: str) -> float:
+    """`1pt`, `0.5 pt` or `1` (percentage points of accuracy) as a number of points."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(pt|pts|points?)?\s*", str(text).lower())
+    if not m:
+        raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
+                         "write percentage points of accuracy, e.g. 1pt or 0.5pt")
+    return float(m.group(1))
+
+
+# Fidelity metrics a tolerance may bound, and the key in effkit.fidelity.compare_outputs() they read.
+FIDELITY_METRICS = {"cosine": "cosine_min", "sqnr": "sqnr_db", "top1": "top1_agreement",
+                    "top1_agreement": "top1_agreement", "max_abs_diff": "max_abs_diff"}
+
+
+def parse_tolerance(text: str):
+    """A whole-pipeline tolerance: `cosine>=0.99`, `sqnr>=20`, `top1>=0.98` or `accuracy:-1pt`."""
+    from effkit.specs import parse_threshold
+
+    t = parse_threshold(text)
+    if t.metric == "accuracy" and t.kind == "points" and t.value <= 0:
+        return t
+    if t.metric in FIDELITY_METRICS and t.kind == "absolute":
+        return t
+    raise UsageError(f"tolerance {text!r} is not supported by compress",
+                     "use cosine>=X, sqnr>=DB, top1>=X, max_abs_diff<=X or accuracy:-Npt")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The quality bar of the whole pipeline and how hard to try to keep it."""
+
+    max_accuracy_drop: str | None = None  # e.g. "1pt": against the original, on --eval data
+    tolerance: tuple[str, ...] = ()  # e.g. ("cosine>=0.99",): against the original's outputs
+    backoff_tries: int = 3  # retries of a step that breaks the bar, each backed off further
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop is not None:
+            parse_accuracy_drop(self.max_accuracy_drop)
+        for t in self.tolerance:
+            parse_tolerance(t)
+        if self.backoff_tries < 0:
+            raise UsageError("backoff-tries must be 0 or more")
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        """The tightest accuracy bound in points, from max-accuracy-drop and `accuracy:-Npt` tolerances."""
+        bounds = [parse_accuracy_drop(self.max_accuracy_drop)] if self.max_accuracy_drop is not None else []
+        bounds += [-t.value for t in map(parse_tolerance, self.tolerance) if t.metric == "accuracy"]
+        return min(bounds) if bounds else None
+
+    @property
+    def fidelity_bounds(self) -> list:
+        return [t for t in map(parse_tolerance, self.tolerance) if t.metric != "accuracy"]
+
+    @property
+    def has_bar(self) -> bool:
+        return self.accuracy_drop_points is not None or bool(self.fidelity_bounds)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How every step is timed. Short by default: compress times many models, not one precisely."""
+
+    threads: int | None = None  # default: all cores
+    warmup: int = 5
+    iterations: int | None = None  # default: as many as fit in min-time
+    min_time: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("threads must be at least 1")
+        if self.warmup < 0 or (self.iterations is not None and self.iterations < 1) or self.min_time < 0:
+            raise UsageError("warmup must be >= 0, iterations >= 1 and min-time >= 0")
+
+
+_LOCAL_CONFIGS = {"pipeline": PipelineConfig, "bench": BenchConfig}
+
+
+def config_class(section: str) -> type:
+    """The dataclass behind a recipe section; a step whose pass is not installed is a clear error."""
+    if section in _LOCAL_CONFIGS:
+        return _LOCAL_CONFIGS[section]
+    module_name, class_name = PASS_CONFIGS[section]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise UsageError(f"the {section} step is not available in this effkit ({module_name} is missing)",
+                         f"drop [{section}] / --{section} from the pipeline") from None
+    return getattr(module, class_name)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Which steps run, with which configs. `None` means the step is off; export always runs."""
+
+    prune: Any = None
+    distill: Any = None
+    quantize: Any = None
+    export: Any = None
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        if self.export is None:
+            object.__setattr__(self, "export", config_class("export")())
+
+    @property
+    def steps(self) -> list[str]:
+        """The steps that run, in pipeline order."""
+        return [s for s in STEPS if getattr(self, s) is not None]
+
+    # ------------------------------------------------------------ reading
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read a TOML recipe file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"no such recipe: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read recipe {path}: {e}") from None
+        return cls.parse(text, str(path))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "recipe") -> Recipe:
+        """Parse TOML recipe text; errors name the source, the line, the section and the key."""
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UsageError(f"{source} is not valid TOML: {e}", "see https://toml.io for the syntax") from None
+        return cls.from_dict(data, source, text)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "recipe", text: str | None = None) -> Recipe:
+        """Build a recipe from {section: {key: value}}; `text` (the TOML) lets errors give line numbers."""
+
+        def where(section: str | None, key: str | None = None) -> str:
+            line = _line_of(text, section, key) if text is not None else None
+            return f"{source}{f' line {line}' if line else ''}"
+
+        configs: dict[str, Any] = {}
+        for section, values in data.items():
+            if section not in SECTIONS:
+                if not isinstance(values, dict):
+                    raise UsageError(f"{where(None, section)}: key {section!r} is outside any section",
+                                     f"put it under one of [{'], ['.join(SECTIONS)}]")
+                raise UsageError(f"{where(section)}: unknown section [{section}]",
+                                 f"sections are [{'], ['.join(SECTIONS)}]")
+            if not isinstance(values, dict):
+                raise UsageError(f"{where(None, section)}: {section!r} must be a section [{section}], not a value")
+            config_cls = config_class(section)
+            fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+            hints = typing.get_type_hints(config_cls)
+            kwargs = {}
+            for key, value in values.items():
+                name = key.replace("-", "_")
+                if name not in fields:
+                    known = ", ".join(_toml_key(n) for n in fields)
+                    raise UsageError(f"{where(section, key)}: unknown key {key!r} in [{section}]",
+                                     f"known keys: {known}")
+                try:
+                    kwargs[name] = _coerce(value, hints.get(name, Any))
+                except TypeError as e:
+                    raise UsageError(f"{where(section, key)}: [{section}] {key} must be {e}, "
+                                     f"got {_show(value)}") from None
+            try:
+                configs[section] = config_cls(**kwargs)
+            except EffkitError as e:
+                line_key = next(iter(values), None) if len(values) == 1 else None
+                raise UsageError(f"{where(section, line_key)}: [{section}] {e.message}", e.hint) from None
+        return cls(**configs)
+
+    # ------------------------------------------------------------ writing
+
+    def to_dict(self) -> dict:
+        """{section: {kebab-key: value}} for every step that runs (all defaults filled) and the settings."""
+        out = {}
+        for section in (*self.steps, "pipeline", "bench"):
+            config = getattr(self, section)
+            out[section] = {_toml_key(f.name): _plain(getattr(config, f.name))
+                            for f in dataclasses.fields(config) if f.init and getattr(config, f.name) is not None}
+        return out
+
+    def to_toml(self) -> str:
+        """The resolved recipe as TOML: `Recipe.parse(recipe.to_toml()) == recipe`."""
+        lines = ["# effkit compress recipe (resolved: every default written out).",
+                 "# Reproduce with: effkit compress MODEL --recipe recipe.toml -o OUTDIR", ""]
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    def with_changes(self, section: str, **changes: Any) -> Recipe:
+        """A copy with some fields of one section changed (the section is turned on if it was off)."""
+        config = getattr(self, section) or config_class(section)()
+        try:
+            return dataclasses.replace(self, **{section: dataclasses.replace(config, **changes)})
+        except TypeError as e:  # a field the installed pass does not have
+            raise UsageError(f"[{section}] has no such option: {e}") from None
+
+
+# ---------------------------------------------------------------- helpers
+
+def _toml_key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _line_of(text: str, section: str | None, key: str | None) -> int | None:
+    """The line of `key` in `[section]` (or of the section header when key is None)."""
+    current = None
+    pattern = re.compile(rf"""\s*["']?({re.escape(key)}|{re.escape(key.replace('-', '_'))}|"""
+                         rf"""{re.escape(key.replace('_', '-'))})["']?\s*=""") if key else None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[\s*([^\[\]]+?)\s*\]", line)
+        if header:
+            current = header.group(1).strip().strip("\"'")
+            if key is None and current == section:
+                return number
+            continue
+        if key is not None and current == section and pattern.match(line):
+            return number
+    return None
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """`value` checked against the type `hint` (TOML lists become tuples); TypeError names what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return tuple(value) if isinstance(value, list) else value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError(_describe(hint))
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError(_describe(hint))
+    if origin in (tuple, list):
+        if not isinstance(value, list):
+            raise TypeError(_describe(hint))
+        item = args[0] if args else Any
+        try:
+            return tuple(_coerce(v, item) for v in value)
+        except TypeError:
+            raise TypeError(_describe(hint)) from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # another type (a path, an enum): let the config's own validation judge it
+        return value
+    raise TypeError(_describe(hint))
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    return f"{kind} ({_toml_value(_plain(value))})" if not isinstance(value, dict) else kind
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)  # JSON string escapes are valid TOML basic strings

@@ -1,0 +1,128 @@
+"""The summary of a compress result, for the terminal (Rich) and for pull requests (Markdown).
+
+Both read the same rows (`CompressResult.rows()`): one per model state and runtime, with the change
+against the previous step on the same runtime and against the original's torch fp32 eager time.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Table
+
+from effkit.report.text import fmt_bytes, fmt_ms
+
+HEADER = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "size (step)",
+          "accuracy", "Δ accuracy", "cosine"]
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def summary_cells(result) -> list[list[str]]:
+    """The summary rows as text cells, in HEADER order."""
+    cells = []
+    for row in result.rows():
+        cells.append([
+            row["state"], row["runtime"], fmt_ms(row["p50_ms"]), fmt_ms(row["p90_ms"]), _x(row["speedup_step"]),
+            _x(row["speedup_vs_torch_fp32"]), fmt_bytes(row["size_bytes"]),
+            _x(row["size_ratio_step"]),
+            f"{100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else "-",
+            f"{row['accuracy_change_pt']:+.2f} pt" if row["accuracy_change_pt"] is not None else "-",
+            f"{row['cosine_min']:.5f}" if row["cosine_min"] is not None else "-",
+        ])
+    return cells
+
+
+def headline(result) -> str:
+    """One sentence: the whole pipeline's speedup, size and accuracy change (or why it failed)."""
+    o = result.overall()
+    parts = []
+    speed = o.get("speedup_vs_torch_fp32")
+    if speed:
+        parts.append(f"{speed['p50']:.2f}x faster at p50 ({speed['p90']:.2f}x at p90) than torch fp32 eager, "
+                     f"on {o['final_runtime']}")
+    same = o.get("speedup_same_runtime")
+    if same and o["final_runtime"] != "torch":
+        parts.append(f"{same['p50']:.2f}x against the original on {o['final_runtime']}")
+    if o.get("size_ratio"):
+        parts.append(f"size {fmt_bytes(o['size_before'])} -> {fmt_bytes(o['size_after'])} "
+                     f"({1 / o['size_ratio']:.2f}x smaller)")
+    if o.get("accuracy_before") is not None:
+        parts.append(f"accuracy {100 * o['accuracy_before']:.2f}% -> {100 * o['accuracy_after']:.2f}% "
+                     f"({o['accuracy_change_pt']:+.2f} pt)")
+    elif o.get("fidelity"):
+        parts.append(f"cosine to the original {o['fidelity']['cosine_min']:.5f} (min)")
+    if result.status != "ok":
+        return f"{result.message}" + (f" ({result.hint})" if result.hint else "")
+    return "; ".join(parts)
+
+
+def step_lines(result) -> list[str]:
+    """One line per step: its setting, the attempts (back-off) and its notes."""
+    lines = []
+    for step in result.steps:
+        tried = step.attempts
+        text = f"{step.name}"
+        if tried:
+            text += ": " + ", ".join(_attempt(a) for a in tried)
+        lines.append(text)
+        lines += [f"  {note}" for note in step.notes]
+    return lines
+
+
+def _attempt(a: dict) -> str:
+    what = a.get("setting") or (f"tolerance {a['tolerance']}" if a.get("tolerance") else "as configured")
+    verdict = "kept" if a["accepted"] else "broke the bar: " + "; ".join(a["violations"])
+    return f"try {a['attempt']} ({what}) {verdict}"
+
+
+# The terminal keeps the columns that decide (it is often 80 wide); the files have them all.
+_TERMINAL = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "accuracy", "Δ accuracy"]
+_SHORT = {"onnxruntime": "ort", "speedup (step)": "step", "vs torch fp32": "vs fp32", "accuracy": "acc",
+          "Δ accuracy": "Δ acc"}
+
+
+def compress_table(result) -> Table:
+    """The summary table printed at the end of `effkit compress` (ort = ONNX Runtime)."""
+    table = Table(title=f"effkit compress: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    keep = [HEADER.index(h) for h in _TERMINAL]
+    for h in _TERMINAL:
+        table.add_column(_SHORT.get(h, h), justify="left" if h in ("step", "runtime") else "right", no_wrap=True)
+    for cells in summary_cells(result):
+        table.add_row(*[_SHORT.get(cells[i], cells[i]) for i in keep])
+    caption = [("" if result.status == "ok" else "FAILED: ") + headline(result)] + step_lines(result) + result.notes
+    table.caption = "\n".join(c for c in caption if c)
+    table.caption_justify = "left"
+    return table
+
+
+def compress_markdown(result) -> str:
+    """A compact Markdown report that fits a pull-request comment."""
+    lines = [f"### effkit compress: `{result.source}`", "",
+             f"**{'Result' if result.status == 'ok' else 'Failed'}:** {headline(result)}", "",
+             "| " + " | ".join(HEADER) + " |",
+             "|---|---|" + "---:|" * (len(HEADER) - 2)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in summary_cells(result)]
+    lines += ["", "Speedups compare p50 latencies measured in one run, same threads and inputs; "
+              "\"vs torch fp32\" is against the original model on torch eager. Cosine: against the "
+              "original's outputs (minimum over samples).", ""]
+    if result.steps:
+        lines.append("**Steps**")
+        lines.append("")
+        for step in result.steps:
+            lines.append(f"- **{step.name}**" + (": " + ", ".join(_attempt(a) for a in step.attempts)
+                                                  if step.attempts else ""))
+            lines += [f"  - {note}" for note in step.notes]
+    lines += [f"- {note}" for note in result.notes]
+    warnings = sorted({f"{r['state']} {r['runtime']}: {w}" for r in result.rows() for w in r["warnings"]})
+    if warnings:
+        lines += ["", "<details><summary>measurement warnings</summary>", ""]
+        lines += [f"- {w}" for w in warnings] + ["", "</details>"]
+    if result.original.bench is not None:
+        env = result.original.bench.environment
+        lines += ["", f"<sub>{env['cpu']['model']}, {result.original.bench.runs[0]['threads']} threads, "
+                  f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, "
+                  f"{env['time']}</sub>"]
+    return "\n".join(lines) + "\n"
