@@ -104,6 +104,19 @@ def test_python_api_compare_and_gate():
     assert report.passed and [v.status for v in report.verdicts] == ["pass", "pass"]
 
 
+def test_rerun_inconclusive_measures_more_rounds():
+    seen = []
+
+    def never_conclusive(result):
+        seen.append(len(result.pairs))
+        return False
+
+    result = effkit.compare(spec("mlp"), spec("mlp"), iterations=3, pairs=2, warmup=1, threads=1,
+                            rerun_inconclusive=2, conclusive=never_conclusive)
+    assert len(seen) == 3  # the first round and two reruns
+    assert 6 <= result.attempts <= 18 and result.attempts == len(result.pairs) + sum(result.discarded.values())
+
+
 def test_cli_compare_json_and_gates(cli, tmp_path):
     code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--fail-on", "size:+0%",
                                "--json", "-", "--junit", "compare.xml")
