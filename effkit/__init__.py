@@ -27,6 +27,8 @@ _API = {
     "QuantizeConfig": "effkit.passes.quantize",
     "compare": "effkit.compare",
     "gate": "effkit.gate",
+    "compress": "effkit.pipeline",
+    "Recipe": "effkit.recipe",
 }
 
 __all__ = ["__version__", *_API]
