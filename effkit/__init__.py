@@ -21,6 +21,8 @@ _API = {
     "ExportConfig": "effkit.passes.export",
     "distill": "effkit.passes.distill",
     "DistillConfig": "effkit.passes.distill",
+    "prune": "effkit.passes.prune",
+    "PruneConfig": "effkit.passes.prune",
     "fidelity": "effkit.fidelity",
     "EffkitError": "effkit.errors",
     "quantize": "effkit.passes.quantize",

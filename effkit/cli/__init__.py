@@ -12,6 +12,7 @@ from effkit.cli import bench_cmd, export_cmd, inspect_cmd  # noqa: F401  (they r
 from effkit.cli import distill_cmd  # noqa: F401
 from effkit.cli import compare_cmd  # noqa: F401
 from effkit.cli import gate_cmd  # noqa: F401
+from effkit.cli import prune_cmd  # noqa: F401
 from effkit.cli import compress_cmd  # noqa: F401
 from effkit.cli import quantize_cmd  # noqa: F401
 from effkit.cli.common import DEBUG, app

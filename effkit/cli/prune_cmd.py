@@ -1,0 +1,140 @@
+"""`effkit prune`: structured (channels, neurons, heads removed for real) or unstructured pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from effkit.cli.common import (
+    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
+    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar,
+    write_outputs,
+)
+
+
+@command("prune")
+def prune_command(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The pruned model (.pt2: loads back without your code).")],
+    ratio: Annotated[str, typer.Option("--ratio", help="Fraction of channels to remove, in (0, 1).")] = "0.5",
+    scope: Annotated[str, typer.Option("--scope", help="layer: the ratio in every layer; global: ranked across "
+                                                       "the model.")] = "layer",
+    importance: Annotated[str, typer.Option("--importance", help="l1, l2 or taylor (taylor needs --data).")] = "l1",
+    ignore: Annotated[Optional[list[str]], typer.Option(
+        "--ignore", help="Layer name or glob to keep unpruned; repeat. Output layers are always kept.")] = None,
+    round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep widths multiples of N (e.g. 8).",
+                                                    min=1)] = None,
+    iterative_steps: Annotated[int, typer.Option("--iterative-steps", help="Reach the ratio in N steps.", min=1)] = 1,
+    target_latency: Annotated[Optional[str], typer.Option(
+        "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x.")] = None,
+    target_macs: Annotated[Optional[str], typer.Option(
+        "--target-macs", help="Prune in steps until MACs are this factor of the original, e.g. 0.5x.")] = None,
+    target_runtime: Annotated[str, typer.Option(
+        "--target-runtime", help="Runtime on which --target-latency is measured: onnxruntime or torch.")] = "onnxruntime",
+    unstructured: Annotated[bool, typer.Option("--unstructured", help="Zero single weights instead (dense size "
+                                                                      "and latency do not drop).")] = False,
+    sparsity: Annotated[Optional[str], typer.Option("--sparsity", help="Unstructured: fraction of weights zeroed.")] = None,
+    pattern: Annotated[Optional[str], typer.Option("--pattern", help="Unstructured N:M pattern, e.g. 2:4.")] = None,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Recover accuracy with N epochs on --data.",
+                                                 min=0)] = 0,
+    no_distill: Annotated[bool, typer.Option("--no-distill", help="Fine-tune on labels instead of distilling from "
+                                                                  "the unpruned model.")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help="Training data (for taylor and fine-tuning).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled data for accuracy before and after.")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Fine-tuning batch size.", min=1)] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    runtime: Annotated[str, typer.Option("--runtime", help="Runtimes of the before/after measurement: torch, "
+                                                           "onnxruntime or all.")] = "all",
+    threads: ThreadsOpt = None,
+    warmup: WarmupOpt = 10,
+    iterations: IterationsOpt = None,
+    min_time: MinTimeOpt = 1.0,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    input_shape: InputShapeOpt = None,
+    inputs: InputsOpt = None,
+    export_onnx: ExportOnnxOpt = None,
+    json: JsonOpt = None,
+    markdown: MarkdownOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Prune a model for real: a smaller dense model (or permanent unstructured zeros), measured before and after."""
+    from effkit.cli.bench_cmd import parse_runtimes
+    from effkit.errors import UsageError
+    from effkit.passes.prune import PruneConfig
+    from effkit.specs import parse_factor, parse_ratio
+
+    if output.suffix.lower() != ".pt2":
+        raise UsageError(f"output {output} must end in .pt2 (a torch.export archive that loads back without code)",
+                         "for ONNX, add --export-onnx PATH")
+    if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
+        raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
+    config = PruneConfig(
+        unstructured=unstructured, ratio=parse_ratio(ratio, "--ratio"), scope=scope, importance=importance,
+        ignore=tuple(ignore or ()), round_to=round_to, iterative_steps=iterative_steps,
+        target_latency=parse_factor(target_latency, "--target-latency") if target_latency else None,
+        target_macs=parse_factor(target_macs, "--target-macs") if target_macs else None,
+        sparsity=parse_ratio(sparsity, "--sparsity") if sparsity is not None else None, pattern=pattern,
+        finetune_epochs=finetune_epochs, distill=not no_distill, lr=lr, batch_size=batch_size, seed=seed,
+        runtime=target_runtime, threads=threads,
+    )
+    check_outputs_free([output, export_onnx, json, markdown], force)
+    loaded = load(model, arch, trust, input_shape, inputs)
+    check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
+    runtimes = parse_runtimes(runtime, loaded.kind)
+    train, evaluation = _data(data, eval_data, loaded)
+    _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
+         json, markdown, force)
+
+
+def _data(data: str | None, eval_data: str | None, model):
+    from effkit.data import load_data
+
+    train = load_data(data, model.input_names) if data else None
+    evaluation = load_data(eval_data, model.input_names) if eval_data else None
+    if evaluation is not None and evaluation.labels is None:
+        from effkit.errors import InputError
+
+        raise InputError(f"--eval {eval_data} has no labels, so accuracy cannot be measured",
+                         "add an array named labels")
+    return train, evaluation
+
+
+def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
+         json, markdown, force) -> None:
+    from effkit.model import save_model
+    from effkit.outcome import measure_before_after
+    from effkit.passes.prune import prune
+    from effkit.report import outcome_markdown, outcome_table
+
+    from effkit.passes.export import quiet_torch
+
+    console = console_for(json)
+    # Sizes compare like with like: both models as .pt2 archives (the output's format).
+    original = loaded.replace(path=None, save_suffix=".pt2")
+    with progress_bar() as progress:
+        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress)
+        outcome = measure_before_after("prune", original, result.model, runtimes=runtimes, threads=threads,
+                                       warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
+    outcome.details = result.details
+    outcome.notes = list(result.notes)
+    accuracy = result.details.get("accuracy")
+    if accuracy:
+        outcome.accuracy = {"before": accuracy["before"], "after": accuracy.get("recovered", accuracy["pruned"])}
+        if "recovered" in accuracy:
+            outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
+    with quiet_torch():
+        outcome.outputs = [str(p) for p in save_model(result.model, output, force)]
+    if export_onnx is not None:
+        from effkit.passes.export import export_onnx as export
+
+        export(result.model, export_onnx, force=force)
+        outcome.outputs.append(str(export_onnx))
+    console.print(outcome_table(outcome))
+    for warning in outcome.before.warnings + outcome.after.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"wrote {', '.join(outcome.outputs)}")
+    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)

@@ -1,0 +1,610 @@
+"""Pruning that makes models smaller and faster for real, not masked.
+
+Structured pruning (the default) removes whole channels, neurons and attention-head dimensions with
+Torch-Pruning's dependency graph (pinned in pyproject.toml), so coupled layers (residual adds,
+concatenations, normalization, grouped and depthwise convolutions, attention projections) shrink
+together and the result is a smaller dense model with the same input and output shapes.
+
+Unstructured pruning zeroes single weights (magnitude, layer-wise or global, or an N:M pattern) and
+makes the zeros permanent: no masks and no `*_orig` tensors remain. Dense kernels do not skip zeros,
+so size and latency stay the same; only the compressed size drops, and the report says so.
+
+The layers whose outputs are the model's outputs (the classifier, output heads) are never pruned,
+so the output shapes cannot change.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from effkit.errors import ModelLoadError, StepFailed, UsageError
+from effkit.passes import PassResult
+
+SCOPES = ("layer", "global")
+IMPORTANCES = ("l1", "l2", "taylor")
+RUNTIMES = ("torch", "onnxruntime")
+# The most a target search removes: past this, models are rarely worth keeping.
+MAX_SEARCH_RATIO = 0.9
+SEARCH_STEPS = 18  # ratio increments of MAX_SEARCH_RATIO / SEARCH_STEPS (0.05)
+# Attribute names under which hand-written attention modules keep their head count, and the names of
+# their query/key/value projections: these are pruned head by head so every head keeps the same size.
+HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
+QKV_NAME = re.compile(r"(to_)?(q|k|v|qk|kv|qkv|query|key|value|c_attn)(_proj|_lin|_linear)?")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How to prune. Validated on construction; every error names the fix.
+
+    Structured (default): `ratio` of channels removed per layer (`scope="layer"`) or ranked across
+    the whole model (`"global"`), by `importance` (l1, l2 or taylor, which needs data); widths kept
+    multiples of `round_to`; reached in `iterative_steps`. `target_latency` / `target_macs` (a factor
+    of the original, e.g. 0.5) prune in steps until the target is met, instead of a fixed ratio.
+
+    Unstructured: `sparsity` (fraction of weights zeroed) or `pattern` "N:M" (keep N of every M
+    weights along the input dimension).
+
+    Recovery: `finetune_epochs` of training after pruning: distillation from the unpruned model
+    (`distill=True`), or supervised training on labels.
+    """
+
+    unstructured: bool = False
+    ratio: float = 0.5
+    scope: str = "layer"
+    importance: str = "l1"
+    ignore: tuple[str, ...] = ()
+    round_to: int | None = None
+    iterative_steps: int = 1
+    target_latency: float | None = None
+    target_macs: float | None = None
+    sparsity: float | None = None
+    pattern: str | None = None
+    finetune_epochs: int = 0
+    distill: bool = True
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+    runtime: str = "onnxruntime"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if not 0.0 < self.ratio < 1.0:
+            raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}", "e.g. 0.5 removes half")
+        if self.scope not in SCOPES:
+            raise UsageError(f"unknown --scope {self.scope!r}", "use layer or global")
+        if self.importance not in IMPORTANCES:
+            raise UsageError(f"unknown --importance {self.importance!r}", "use l1, l2 or taylor")
+        if self.round_to is not None and self.round_to < 1:
+            raise UsageError(f"--round-to must be at least 1, got {self.round_to}")
+        if self.iterative_steps < 1:
+            raise UsageError(f"--iterative-steps must be at least 1, got {self.iterative_steps}")
+        for name, value in (("--target-latency", self.target_latency), ("--target-macs", self.target_macs)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise UsageError(f"{name} must be below 1x and above 0x, got {value}x", "e.g. 0.5x halves it")
+        if self.target_latency is not None and self.target_macs is not None:
+            raise UsageError("--target-latency and --target-macs cannot be combined", "pick one target")
+        if self.runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime {self.runtime!r} for --target-latency", "use torch or onnxruntime")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be at least 1")
+        if self.finetune_epochs < 0:
+            raise UsageError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise UsageError("--lr must be positive and --batch-size at least 1")
+        if self.unstructured:
+            self._check_unstructured()
+        elif self.sparsity is not None or self.pattern is not None:
+            raise UsageError("--sparsity and --pattern apply to unstructured pruning", "add --unstructured")
+
+    def _check_unstructured(self) -> None:
+        if self.target_latency is not None or self.target_macs is not None:
+            raise UsageError("--target-latency / --target-macs need structured pruning",
+                             "unstructured zeros do not lower dense latency or MACs; drop --unstructured")
+        if self.round_to is not None or self.importance != "l1" or self.iterative_steps != 1:
+            raise UsageError("--round-to, --importance and --iterative-steps apply to structured pruning",
+                             "drop them, or drop --unstructured")
+        if self.sparsity is None and self.pattern is None:
+            raise UsageError("--unstructured needs --sparsity (e.g. 0.9) or --pattern (e.g. 2:4)")
+        if self.sparsity is not None and self.pattern is not None:
+            raise UsageError("--sparsity and --pattern cannot be combined", "an N:M pattern fixes the sparsity at 1-N/M")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise UsageError(f"--sparsity must be between 0 and 1 (exclusive), got {self.sparsity}", "e.g. 0.9")
+        if self.pattern is not None:
+            self.nm()
+
+    def nm(self) -> tuple[int, int]:
+        """The N:M pattern as (N, M)."""
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", self.pattern or "")
+        if not m or not 0 < int(m[1]) < int(m[2]):
+            raise UsageError(f"cannot parse --pattern {self.pattern!r}", "write N:M with 0 < N < M, e.g. 2:4")
+        return int(m[1]), int(m[2])
+
+
+# ---------------------------------------------------------------- the pass
+
+def prune(model, config: PruneConfig, *, data=None, eval_data=None,
+          progress: Callable[[str, float], None] | None = None) -> PassResult:
+    """Prune a torch Model as `config` says; return a new Model (saved as .pt2) with details and notes.
+
+    `data` (labelled) is needed for taylor importance and for recovery fine-tuning; `eval_data`
+    (labelled) gives accuracy before pruning, right after and after recovery. The input model is
+    never modified.
+    """
+    import torch
+
+    _check_prunable(model)
+    if config.importance == "taylor" and data is None:
+        raise UsageError("--importance taylor needs --data", "pass --data file.npz, or use --importance l1")
+    if config.finetune_epochs and data is None:
+        raise UsageError("--finetune-epochs needs --data", "pass --data file.npz (with labels for --no-distill)")
+    if config.finetune_epochs and not config.distill and data.labels is None:
+        raise UsageError(f"--no-distill fine-tunes on labels, and {data.source} has none",
+                         "add an array named labels, or distill from the unpruned model (drop --no-distill)")
+    for d in (data, eval_data):
+        if d is not None:
+            d.check_against(model)
+    torch.manual_seed(config.seed)
+    module = copy.deepcopy(model.module).eval()
+    example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+    reference = _run(module, example)
+
+    graph = _dependency_graph(module, example)
+    names = {m: n for n, m in module.named_modules()}
+    outputs = _output_layers(graph, names)
+    ignored = sorted(set(outputs) | _match_ignore(module, config.ignore))
+    details: dict[str, Any] = {"method": "unstructured" if config.unstructured else "structured",
+                               "ignored_layers": ignored, "output_layers": outputs}
+    notes: list[str] = []
+    accuracy: dict[str, float] = {}
+    if eval_data is not None and eval_data.labels is not None:
+        accuracy["before"] = _accuracy(module, eval_data)
+
+    if config.unstructured:
+        _prune_unstructured(module, config, ignored, details)
+    else:
+        macs_before, params_before = _count(module, example)
+        widths_before = _widths(module)
+        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress)
+        macs_after, params_after = _count(module, example)
+        details["macs"] = {"before": macs_before, "after": macs_after}
+        details["parameters"] = {"before": params_before, "after": params_after}
+        widths_after = _widths(module)
+        details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
+        if macs_after >= macs_before:
+            notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
+
+    _check_same_outputs(reference, _run(module, example))
+    if accuracy:
+        accuracy["pruned"] = _accuracy(module, eval_data)
+    if config.finetune_epochs:
+        module, how = _recover(model, module, config, data, eval_data, progress)
+        details["recovery"] = how
+        if accuracy:
+            accuracy["recovered"] = _accuracy(module, eval_data)
+    if config.unstructured:
+        _unstructured_notes(model, module, details, notes)
+    if accuracy:
+        details["accuracy"] = accuracy
+    pruned = model.replace(module=module.eval(), format="derived", path=None, save_suffix=".pt2",
+                           meta={**model.meta, "pruned": details["method"]})
+    return PassResult(pruned, details, notes)
+
+
+def _check_prunable(model) -> None:
+    """Only a torch module with its Python layers can be resized: say why the others cannot."""
+    if model.kind != "torch":
+        raise UsageError(f"{model.source} is an ONNX model, which effkit cannot prune",
+                         "prune the PyTorch model it was exported from (a factory, or a state_dict with --arch)")
+    if model.format == "torchscript":
+        raise UsageError(f"{model.source} is a TorchScript archive: its layers are compiled code and cannot be resized",
+                         "prune the PyTorch model it was scripted from (a factory, or a state_dict with --arch)")
+    if model.format == "pt2":
+        raise UsageError(f"{model.source} is a torch.export archive: its layers are flattened into graph operations "
+                         "that cannot be traced for pruning",
+                         "prune the PyTorch model it was exported from (a factory, or a state_dict with --arch)")
+
+
+def _run(module, example) -> list:
+    import torch
+
+    from effkit.model import flatten_outputs
+
+    with torch.no_grad():
+        return flatten_outputs(module(*example))
+
+
+def _check_same_outputs(reference: list, pruned: list) -> None:
+    if [r.shape for r in reference] != [p.shape for p in pruned]:
+        raise StepFailed(f"pruning changed the output shapes from {[list(r.shape) for r in reference]} to "
+                         f"{[list(p.shape) for p in pruned]}",
+                         "add the layers that produce those outputs to --ignore")
+
+
+# ---------------------------------------------------------------- dependency graph and layers
+
+def _dependency_graph(module, example):
+    """Trace the module into Torch-Pruning's dependency graph; a model that cannot be traced says why.
+
+    The graph is read from autograd, so every layer that runs must be reachable from the outputs
+    through autograd: a forward under torch.no_grad(), detach() or numpy round trips breaks that.
+    """
+    import torch
+    import torch_pruning as tp
+
+    from effkit.passes.export import quiet_torch
+
+    hint = ("pruning traces forward() with autograd on the example inputs to find coupled layers; keep forward "
+            "differentiable (no torch.no_grad(), detach() or numpy inside it)")
+    ran = []
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m))
+             for m in module.modules() if isinstance(m, _prunable_types())]
+    try:
+        with quiet_torch(), torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(module, example_inputs=list(example))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot trace the model to find which layers are coupled: {type(e).__name__}: {first}",
+                             hint) from e
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {m: n for n, m in module.named_modules()}
+    lost = sorted({names[m] for m in ran if m not in graph.module2node})
+    if lost:
+        raise ModelLoadError(f"cannot trace the model: layers {', '.join(lost[:8])} ran but are not connected to "
+                             "the outputs through autograd", hint)
+    return graph
+
+
+def _prunable_types() -> tuple:
+    from torch import nn
+
+    return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+            nn.LSTM, nn.GRU, nn.Embedding, nn.MultiheadAttention)
+
+
+def _output_layers(graph, names: dict) -> list[str]:
+    """The layers whose outputs reach the model's outputs through shape-keeping ops (activations,
+    norms, adds, reshapes): pruning their output channels would change the output shapes."""
+    prunable = _prunable_types()
+    terminals = [n for n in graph.module2node.values() if not n.outputs]
+    found, seen, stack = set(), set(), list(terminals)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, prunable):
+            if node.module in names:
+                found.add(names[node.module])
+            continue
+        stack.extend(node.inputs)
+    return sorted(found)
+
+
+def _match_ignore(module, patterns: tuple[str, ...]) -> set[str]:
+    """Layer names matched by --ignore globs (a name also matches every layer inside it)."""
+    names = [n for n, _ in module.named_modules() if n]
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n.startswith(pattern + ".")]
+        if not hits:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise UsageError(f"--ignore {pattern!r} matches no layer", f"layer names: {shown}")
+        matched.update(hits)
+    return matched
+
+
+def _modules_named(module, wanted) -> list:
+    wanted = set(wanted)
+    return [m for n, m in module.named_modules() if n in wanted]
+
+
+def _head_counts(module) -> dict:
+    """Query/key/value projections of hand-written attention modules, mapped to their head count, so
+    that heads shrink alike. (nn.MultiheadAttention is handled by Torch-Pruning itself.)"""
+    from torch import nn
+
+    heads = {}
+    for parent in module.modules():
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
+        count = next((getattr(parent, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(parent, a, None), int)), None)
+        if not count or count < 2:
+            continue
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear) and QKV_NAME.fullmatch(name):
+                heads[child] = count
+    return heads
+
+
+def _widths(module) -> dict[str, list[int]]:
+    """[input, output] width of every Linear and convolution."""
+    from torch import nn
+
+    widths = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            widths[name] = [m.in_features, m.out_features]
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            widths[name] = [m.in_channels, m.out_channels]
+    return widths
+
+
+def _count(module, example) -> tuple[int, int]:
+    """(MACs, parameters) on the example inputs."""
+    import torch_pruning as tp
+
+    from effkit.passes.export import quiet_torch
+
+    with quiet_torch():
+        macs, params = tp.utils.count_ops_and_params(module, list(example))
+    return int(macs), int(params)
+
+
+# ---------------------------------------------------------------- structured
+
+def _importance(name: str):
+    import torch_pruning as tp
+
+    if name == "taylor":
+        return tp.importance.TaylorImportance()
+    return tp.importance.MagnitudeImportance(p=1 if name == "l1" else 2)
+
+
+def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: float, steps: int):
+    """A Torch-Pruning pruner. Every dict argument is passed fresh: tp 1.6.1 mutates its mutable defaults
+    (out_channel_groups, in_channel_groups), which would leak one model's layers into the next pruner."""
+    import torch_pruning as tp
+
+    from effkit.passes.export import quiet_torch
+
+    with quiet_torch():
+        return tp.pruner.BasePruner(
+            module, list(example), importance=_importance(config.importance), global_pruning=config.scope == "global",
+            pruning_ratio=ratio, iterative_steps=steps, ignored_layers=_modules_named(module, ignored),
+            round_to=config.round_to, num_heads=_head_counts(module), in_channel_groups={}, out_channel_groups={},
+        )
+
+
+def _prune_structured(model, module, example, graph, config: PruneConfig, ignored, data, details, notes,
+                      progress) -> None:
+    groups = list(graph.get_all_groups(ignored_layers=_modules_named(module, ignored),
+                                       root_module_types=list(_prunable_types())))
+    if not any(isinstance(m, _prunable_types()) for m in module.modules()):
+        raise UsageError("the model has no Linear, convolution, recurrent or attention layers to prune")
+    if not groups:
+        raise UsageError("nothing to prune: every prunable layer is an output layer or ignored",
+                         f"ignored: {', '.join(ignored) or 'none'}")
+    if config.target_latency is None and config.target_macs is None:
+        pruner = _pruner(module, example, config, ignored, config.ratio, config.iterative_steps)
+        for step in range(config.iterative_steps):
+            _step(pruner, module, example, config, data)
+            if progress:
+                progress("pruning", (step + 1) / config.iterative_steps)
+        details["ratio"] = config.ratio
+        return
+    _search_target(model, module, example, config, ignored, data, details, notes, progress)
+
+
+def _step(pruner, module, example, config: PruneConfig, data) -> None:
+    """One pruning step; taylor importance first needs gradients of a loss on the data."""
+    from effkit.passes.export import quiet_torch
+
+    if config.importance == "taylor":
+        _taylor_gradients(module, data, config)
+    with quiet_torch():
+        pruner.step()
+    module.zero_grad(set_to_none=True)
+
+
+def _taylor_gradients(module, data, config: PruneConfig) -> None:
+    """Accumulate gradients of cross-entropy on up to 4 batches of `data`: against its labels, or,
+    without labels, against the model's own top-1 predictions."""
+    import torch
+
+    module.zero_grad(set_to_none=True)
+    for batch, (inputs, labels) in enumerate(data.batches(config.batch_size)):
+        if batch == 4:
+            break
+        out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
+        logits = out.reshape(out.shape[0], -1)
+        target = torch.from_numpy(labels) if labels is not None else logits.detach().argmax(1)
+        torch.nn.functional.cross_entropy(logits, target).backward()
+
+
+def _search_target(model, module, example, config: PruneConfig, ignored, data, details, notes, progress) -> None:
+    """Prune in steps of increasing ratio, measuring after each, until the MACs or latency target is met."""
+    target = config.target_latency if config.target_latency is not None else config.target_macs
+    kind = "latency" if config.target_latency is not None else "macs"
+    measure = _latency_meter(model, config) if kind == "latency" else (lambda m: _count(m, example)[0])
+    baseline = measure(module)
+    pruner = _pruner(module, example, config, ignored, MAX_SEARCH_RATIO, SEARCH_STEPS)
+    trail = []
+    for step in range(1, SEARCH_STEPS + 1):
+        _step(pruner, module, example, config, data)
+        value = measure(module)
+        ratio = round(pruner.per_step_pruning_ratio[step], 4)
+        trail.append({"ratio": ratio, kind: value, "factor": value / baseline})
+        if progress:
+            progress(f"pruning to {kind} {target}x", step / SEARCH_STEPS)
+        if value <= target * baseline:
+            break
+    reached = trail[-1]["factor"] <= target
+    details["target"] = {"kind": kind, "factor": target, "reached": reached, "ratio": trail[-1]["ratio"],
+                         "baseline": baseline, "steps": trail,
+                         **({"runtime": config.runtime} if kind == "latency" else {})}
+    details["ratio"] = trail[-1]["ratio"]
+    what = f"{kind} on {config.runtime}" if kind == "latency" else "MACs"
+    if reached:
+        notes.append(f"{what} target {target}x reached at pruning ratio {trail[-1]['ratio']:.2f} "
+                     f"({trail[-1]['factor']:.2f}x of the original)")
+    else:
+        notes.append(f"{what} target {target}x NOT reached: stopped at the maximum ratio {MAX_SEARCH_RATIO} "
+                     f"({trail[-1]['factor']:.2f}x of the original)")
+
+
+def _latency_meter(model, config: PruneConfig):
+    """Median latency (ms) of a module on the config's runtime, on the model's example inputs."""
+    from effkit.bench import time_calls
+    from effkit.runtime import make_runner
+
+    def measure(module) -> float:
+        # a snapshot: the ONNX export cache is keyed by module, and this one keeps changing
+        snapshot = model.replace(module=copy.deepcopy(module).eval(), path=None, format="derived")
+        call = make_runner(snapshot, config.runtime, config.threads).bind(model.example_inputs)
+        return float(np.median(time_calls(call, warmup=5, min_time=0.3)))
+
+    return measure
+
+
+# ---------------------------------------------------------------- unstructured
+
+def _weight_layers(module, ignored) -> list[tuple[str, Any]]:
+    from torch import nn
+
+    skip = set(ignored)
+    return [(n, m) for n, m in module.named_modules()
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and n not in skip]
+
+
+def _prune_unstructured(module, config: PruneConfig, ignored, details) -> None:
+    """Zero weights by magnitude (or N:M) and make it permanent: no masks, no *_orig tensors."""
+    import torch
+    from torch.nn.utils import prune as tprune
+
+    layers = _weight_layers(module, ignored)
+    if not layers:
+        raise UsageError("the model has no Linear or convolution weights left to prune",
+                         f"ignored: {', '.join(ignored) or 'none'}")
+    skipped = []
+    if config.pattern is not None:
+        n, m = config.nm()
+        with torch.no_grad():
+            for name, layer in layers:
+                if layer.weight.shape[1] % m:
+                    skipped.append(name)
+                    continue
+                layer.weight.mul_(nm_mask(layer.weight, n, m))
+        details["pattern"] = config.pattern
+        if skipped:
+            details["skipped_layers"] = skipped
+        if len(skipped) == len(layers):
+            raise UsageError(f"no layer's input width is a multiple of {m}, so --pattern {config.pattern} fits none",
+                             f"layers: {', '.join(skipped[:8])}")
+    elif config.scope == "global":
+        tprune.global_unstructured([(layer, "weight") for _, layer in layers], pruning_method=tprune.L1Unstructured,
+                                   amount=config.sparsity)
+        for _, layer in layers:
+            tprune.remove(layer, "weight")
+    else:
+        for _, layer in layers:
+            tprune.l1_unstructured(layer, "weight", amount=config.sparsity)
+            tprune.remove(layer, "weight")
+    details["sparsity"] = {name: float((layer.weight == 0).float().mean()) for name, layer in layers
+                           if name not in skipped}
+    total = sum(layer.weight.numel() for _, layer in layers)
+    details["overall_sparsity"] = float(sum(int((layer.weight == 0).sum()) for _, layer in layers) / total)
+
+
+def nm_mask(weight, n: int, m: int):
+    """Keep the `n` largest-magnitude weights of every `m` consecutive ones along the input dimension (dim 1)."""
+    import torch
+
+    moved = weight.detach().abs().movedim(1, -1)  # input dimension last
+    blocks = moved.reshape(-1, m)
+    keep = torch.zeros_like(blocks, dtype=torch.bool)
+    keep.scatter_(1, blocks.topk(n, dim=1).indices, True)
+    return keep.reshape(moved.shape).movedim(-1, 1).to(weight.dtype)
+
+
+def _unstructured_notes(model, module, details, notes) -> None:
+    from effkit.model import size_info
+
+    before = size_info(model.replace(path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
+    after = size_info(model.replace(module=module, path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
+    details["gzip_bytes"] = {"before": before, "after": after}
+    notes.append(f"unstructured: {100 * details['overall_sparsity']:.0f}% of the pruned layers' weights are zero, but "
+                 f"dense size and latency do not drop (kernels still multiply the zeros); gzip size "
+                 f"{before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
+
+
+# ---------------------------------------------------------------- recovery
+
+def _recover(model, module, config: PruneConfig, data, eval_data, progress):
+    """Recover accuracy after pruning. Returns (module, description).
+
+    By default the pruned model is distilled from the unpruned one (effkit.passes.distill: soft
+    targets, plus the labels when the data has them); `distill=False` trains on the labels alone.
+    Unstructured zeros are re-applied after every optimizer step (supervised) or once at the end
+    (distillation), so the sparsity survives.
+    """
+    import torch
+
+    masks = _zero_masks(module) if config.unstructured else {}
+    if config.distill:
+        from effkit.passes.distill import DistillConfig, distill
+
+        student = model.replace(module=module, path=None, format="derived")
+        result = distill(model, student, DistillConfig(epochs=config.finetune_epochs, batch_size=config.batch_size,
+                                                       lr=config.lr, seed=config.seed),
+                         data=data, progress=progress)
+        module = result.model.module
+        _apply_masks(module, masks)
+        return module, {"kind": "distillation from the unpruned model", **{
+            k: result.details.get(k) for k in ("epochs", "train_samples", "val_samples", "best_epoch", "best_metric")}}
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
+    labels = torch.from_numpy(data.labels)
+    inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in data.inputs]
+    module.train()
+    steps = config.finetune_epochs * -(-len(data) // config.batch_size)
+    done = 0
+    for _ in range(config.finetune_epochs):
+        for idx in torch.randperm(len(data)).split(config.batch_size):
+            optimizer.zero_grad()
+            out = module(*(a[idx] for a in inputs))
+            torch.nn.functional.cross_entropy(out.reshape(out.shape[0], -1), labels[idx]).backward()
+            optimizer.step()
+            _apply_masks(module, masks)
+            done += 1
+            if progress:
+                progress("fine-tuning", done / steps)
+    module.eval()
+    return module, {"kind": "supervised on labels", "epochs": config.finetune_epochs, "lr": config.lr,
+                    "batch_size": config.batch_size, "samples": len(data)}
+
+
+def _apply_masks(module, masks: dict) -> None:
+    """Zero again the weights that unstructured pruning removed (masks keyed by parameter name)."""
+    import torch
+
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+def _zero_masks(module) -> dict:
+    return {name: (p != 0).to(p.dtype) for name, p in module.named_parameters()
+            if name.endswith("weight") and p.dim() > 1 and bool((p == 0).any())}
+
+
+def _accuracy(module, data) -> float:
+    from effkit.fidelity import accuracy
+    from effkit.runtime import TorchRunner
+
+    return accuracy(TorchRunner(module.eval(), _threads()), data.inputs, data.labels)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
