@@ -9,9 +9,10 @@ interval's bounds, never from the point estimate.
 
 Contention: every block runs under `CpuMonitor`. A pair is discarded (and measured again) when
 either block asked for more threads than there were free cores (timings become bimodal: a
-2-thread torch call went from 0.23 ms to 14 ms with one core busy elsewhere) or when the load of
-other processes changed between its two blocks by half a core or more (the pairing no longer
-cancels it). Steady load is kept and reported. When too few pairs survive, the verdict is
+2-thread torch call went from 0.23 ms to 14 ms with one core busy elsewhere), when a one-thread
+block was descheduled for a tenth of its time or more, or when the load of other processes
+changed between its two blocks by half a core or more (the pairing no longer cancels it).
+Steady load on the other cores is kept and reported. When too few pairs survive, the verdict is
 "inconclusive" and says why.
 """
 
@@ -38,6 +39,7 @@ BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 TRIM = 0.1  # trimmed mean of the pair log-ratios: one block hit by a short spike cannot move the estimate
 LOAD_CHANGE_CORES = 0.5  # a pair whose two blocks saw loads this far apart is discarded
+MIN_CPU_SHARE = 0.9  # a one-thread block that ran less of its wall time than this was descheduled
 MAX_ATTEMPTS_FACTOR = 3  # measure at most this many times the pairs asked for
 STATISTICS = ("p50", "p90", "mean")
 VERDICTS = ("faster", "slower", "same", "inconclusive")
@@ -259,12 +261,20 @@ def _timed_block(call: Callable[[], Any], calls: int, threads: int) -> tuple[lis
     from effkit.bench import time_calls
     from effkit.env import CpuMonitor
 
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     with CpuMonitor(threads) as monitor:
         samples = time_calls(call, warmup=0, iterations=calls)
-    return samples, monitor.result
+    # The share of the block's wall time our process ran: /proc/stat counts whole ticks, this
+    # counts nanoseconds, and it drops as soon as the scheduler hands our core to someone else.
+    share = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * threads)
+    return samples, dict(monitor.result, cpu_share=round(share, 3))
 
 
 def _discard_reason(load_a: dict, load_b: dict, threads: int) -> str | None:
+    # One thread that did not run for all of its block was descheduled: calls that straddle a
+    # time slice take milliseconds longer, and the block's statistics are the scheduler's.
+    if threads == 1 and min(load_a.get("cpu_share", 1.0), load_b.get("cpu_share", 1.0)) < MIN_CPU_SHARE:
+        return "descheduled"
     if not (load_a.get("measured") and load_b.get("measured")):
         return None
     # More threads than free cores: threads that wait for each other at every barrier are
@@ -323,7 +333,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
 
     result = CompareResult(a=_model_info(a), b=_model_info(b), runtime=runtime, threads=threads, threshold=threshold,
                            calls_per_block=per_block, pairs=[], attempts=0,
-                           discarded={"oversubscribed": 0, "load changed": 0},
+                           discarded={"descheduled": 0, "oversubscribed": 0, "load changed": 0},
                            size={"a": size_info(a), "b": size_info(b)}, environment={}, duration_s=0.0, seed=seed)
     rng = np.random.default_rng(seed)
     conclusive = conclusive or (lambda r: r.verdict != "inconclusive")
@@ -343,7 +353,8 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
             else:
                 result.pairs.append({"order": order, "a_ms": [round(s, 6) for s in block["a"][0]],
                                      "b_ms": [round(s, 6) for s in block["b"][0]],
-                                     "load": [block[s][1].get("other_cpu_cores") for s in "ab"]})
+                                     "load": [block[s][1].get("other_cpu_cores") for s in "ab"],
+                                     "cpu_share": [block[s][1]["cpu_share"] for s in "ab"]})
             if progress is not None:
                 progress(f"A/B pairs (round {round_ + 1})", min(1.0, (len(result.pairs) - target + pairs) / pairs))
         result.analyse(min_pairs=target // 2)

@@ -57,7 +57,7 @@ def test_verdicts_on_synthetic_pairs():
 
 def test_too_few_quiet_pairs_is_inconclusive_with_the_reason():
     result = _synthetic(1.5, 0.01, pairs=3)
-    result.attempts, result.discarded = 12, {"oversubscribed": 9, "load changed": 0}
+    result.attempts, result.discarded = 12, {"descheduled": 0, "oversubscribed": 9, "load changed": 0}
     result.analyse(min_pairs=10)
     assert result.verdict == "inconclusive"  # although B is clearly slower
     assert result.reasons == ["only 3 of 12 pairs were measured on a quiet enough machine (9 oversubscribed "
@@ -73,14 +73,17 @@ def test_paired_interval_is_deterministic_and_contains_the_truth():
 
 
 def test_pairs_with_changing_load_or_oversubscription_are_discarded():
-    quiet = {"measured": True, "other_cpu_cores": 0.1, "oversubscribed": False}
-    loaded = {"measured": True, "other_cpu_cores": 1.0, "oversubscribed": False}
-    over = {"measured": True, "other_cpu_cores": 1.0, "oversubscribed": True}
+    quiet = {"measured": True, "other_cpu_cores": 0.1, "oversubscribed": False, "cpu_share": 0.99}
+    loaded = {"measured": True, "other_cpu_cores": 1.0, "oversubscribed": False, "cpu_share": 0.98}
+    over = {"measured": True, "other_cpu_cores": 1.0, "oversubscribed": True, "cpu_share": 0.95}
+    preempted = dict(loaded, cpu_share=0.6)
     assert _discard_reason(quiet, quiet, 2) is None
     assert _discard_reason(loaded, loaded, 1) is None  # steady load hits both alike
     assert _discard_reason(quiet, loaded, 1) == "load changed"
     assert _discard_reason(over, over, 2) == "oversubscribed"
     assert _discard_reason(over, over, 1) is None  # one thread is only slowed, not stalled at barriers
+    assert _discard_reason(loaded, preempted, 1) == "descheduled"  # ... unless it lost its core
+    assert _discard_reason(preempted, preempted, 2) is None  # two threads need not both be busy all the time
 
 
 def test_gate_on_compare_decides_on_the_paired_interval():
@@ -134,8 +137,8 @@ def test_cli_compare_json_and_gates(cli, tmp_path):
 
 
 def test_cli_compare_bigger_model_fails_a_size_gate(cli):
-    code, stdout, _ = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--fail-on", "parameters:<=1000")
-    assert code == 1
+    code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--fail-on", "parameters:<=1000")
+    assert code == 1, stdout + stderr
     assert re.search(r"^FAIL +parameters:<=1000: 1732 <= 1000$", stdout, re.M)
 
 
@@ -149,6 +152,15 @@ def test_cli_compare_bigger_model_fails_a_size_gate(cli):
 def test_cli_compare_bad_input_exits_2(cli, args, error):
     code, _, stderr = cli("compare", *args, *TINY)
     assert code == 2 and stderr.strip().startswith(error), stderr
+
+
+def test_no_quiet_pair_is_inconclusive_not_an_error(cli, monkeypatch):
+    monkeypatch.setattr("effkit.compare.MIN_CPU_SHARE", 2.0)  # every one-thread block counts as descheduled
+    code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY)
+    assert code == 0, stdout + stderr
+    assert "verdict: inconclusive (only 0 of 9 pairs were measured on a quiet enough machine (9 descheduled" in \
+        " ".join(stdout.split())
+    assert re.search(r"^INCONCLUSIVE latency\.p50:\+5%: the comparison kept no A/B pairs", stdout, re.M)
 
 
 def test_compare_refuses_bad_settings():
