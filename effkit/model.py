@@ -369,8 +369,11 @@ def _load_torchscript(path: Path, spec: str, input_shapes) -> Model:
 
 
 def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
+    from effkit.passes.export import quiet_torch
+
     try:
-        import transformers
+        with quiet_torch():  # importing transformers logs deprecation chatter from torch and torchao
+            import transformers
     except ImportError as e:
         raise ModelLoadError("loading a Hugging Face folder needs transformers",
                              "pip install 'effkit[hf]'") from e
@@ -383,22 +386,37 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise _corrupt(config_path, "config.json", e) from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path} holds a JSON {type(config).__name__}, not a model configuration")
     if "auto_map" in config and not trust:
         raise ModelLoadError(f"{path} needs custom code from its folder (auto_map in config.json), which would run",
                              "re-run with --trust only if you trust its source")
     arch_names = config.get("architectures") or ["AutoModel"]
-    cls = getattr(transformers, arch_names[0], None) or transformers.AutoModel
+    hf_logging = transformers.utils.logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # progress bars and load reports on stderr are noise to effkit's users
+    hf_logging.disable_progress_bar()
     try:
-        module = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
+        with quiet_torch():  # transformers imports the model's module (and torchao) lazily, noisily
+            cls = getattr(transformers, str(arch_names[0]), None) or transformers.AutoModel
+            module = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
     except Exception as e:
-        raise ModelLoadError(f"transformers could not load {path}: {str(e).splitlines()[0][:300]}") from e
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"transformers could not load {path}: {first}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     module.eval()
     names = ["input_ids", "attention_mask"]
+    vocab = config.get("vocab_size")
+    vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     if input_shapes:
-        example = tuple(_random_array(s, vocab=config.get("vocab_size", 2)) for s in input_shapes)
-    else:
-        ids = np.random.default_rng(SEED).integers(0, config.get("vocab_size", 2), (1, DEFAULT_DYNAMIC_DIM))
-        example = (ids.astype(np.int64), np.ones((1, DEFAULT_DYNAMIC_DIM), np.int64))
+        example = tuple(_random_array(s, vocab=vocab) for s in input_shapes)
+    else:  # the default length, unless the model's position embeddings are shorter
+        positions = config.get("max_position_embeddings")
+        length = min(DEFAULT_DYNAMIC_DIM, positions) if isinstance(positions, int) and positions > 0 else DEFAULT_DYNAMIC_DIM
+        ids = np.random.default_rng(SEED).integers(0, vocab, (1, length))
+        example = (ids.astype(np.int64), np.ones((1, length), np.int64))
     if len(example) == 1:
         names = names[:1]
     wrapper = _hf_wrapper(module, names)

@@ -41,7 +41,8 @@ class ExportMismatch(StepFailed):
 def quiet_torch():
     """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export",
-                                              "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+                                              "onnxscript", "torch.fx.experimental.symbolic_shapes",
+                                              "torch.utils._pytree", "torchao")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
