@@ -223,11 +223,14 @@ def _corrupt(path: Path, what: str, e: Exception) -> ModelLoadError:
 
 def _load_checkpoint(path: Path, spec: str, arch: str | None, trust: bool, input_shapes) -> Model:
     import pickle
+    import warnings
 
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before our own message
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" not in str(e) and "Unsupported global" not in str(e):
             raise _corrupt(path, "PyTorch checkpoint", e) from e
