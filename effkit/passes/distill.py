@@ -433,196 +433,242 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     data / val_data: `effkit.data.Data` (labels optional); without val_data, `config.val_split`
     of `data` is held out. progress(label, fraction) and on_step(TrainStatus) report progress.
     checkpoint: where SIGINT / SIGTERM write a checkpoint (then `Interrupted` is raised);
-    resume=True continues from it. Neither model is modified. Under an initialized
-    torch.distributed group, trains with DistributedDataParallel (see the module docstring).
+    resume=True continues from it (to the very weights of a straight run, on CPU). Neither model
+    is modified. Under an initialized torch.distributed group, trains with
+    DistributedDataParallel (see the module docstring).
     PassResult.details: per-epoch history, best epoch, samples/s, sizes of the data sets.
     """
-    import random
-
     import torch
 
-    rank, world = _dist()
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:
         train, val = data, val_data
     _check_inputs(teacher, student, config, train, val)
     device = _device()
-    teacher_module = teacher.module if teacher.kind == "torch" else None
-    if teacher_module is not None:  # a private copy: the caller's teacher is neither moved nor hooked
-        teacher_module = copy.deepcopy(teacher.module).to(device).eval()
-        teacher = teacher.replace(module=teacher_module)
+    if teacher.kind == "torch":  # a private copy: the caller's teacher is neither moved nor hooked
+        teacher = teacher.replace(module=copy.deepcopy(teacher.module).to(device).eval())
     module = copy.deepcopy(student.module).to(device)
-
-    # Outputs of both on two samples: shapes and labels are checked before any training.
-    t_names = [t for _, t in config.feature_pairs]
-    s_names = [s for s, _ in config.feature_pairs]
-    features = _Features(module, s_names, "student") if s_names else None
-    teacher_train, teacher_train_feats = _teacher_outputs(teacher, train, t_names, device)
-    probe = train.take(2)
-    with torch.no_grad():
-        module.eval()
-        try:
-            student_probe = _tensors(module(*_to_tensors(probe.inputs, device)))
-        except EffkitError:
-            raise
-        except Exception as e:
-            raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
-    _check_outputs([o[:2] for o in teacher_train], student_probe, config, (train, val))
-    for (s_name, t_name), s, t in zip(config.feature_pairs, features.take() if features else [], teacher_train_feats):
-        if s.shape[1:] != t.shape[1:]:
-            raise InputError(f"the student's feature {s_name!r} has shape {_fmt_shape(s.shape)}, the teacher's "
-                             f"{t_name!r} {_fmt_shape(t.shape)}", "pair layers whose outputs have the same shape")
-    teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
-
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    epoch_batches = lambda e: _batches_of_epoch(len(train), config.batch_size, config.seed, e, world)  # noqa: E731
-    steps_per_epoch = len(epoch_batches(0))
-    if steps_per_epoch == 0:
-        raise InputError(f"{train.source} holds {len(train)} training samples, fewer than the {world} processes")
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(config.lr_warmup * total_steps))
-
-    module.train()
-    model = module
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, warmup_steps))
-
-    history: list[dict] = []
-    best = {"epoch": None, "score": -math.inf, "state": None, "metric": None}
-    start_epoch, start_step, partial = 0, 0, [0.0, 0.0]
-    trained_samples, train_seconds = 0, 0.0
-    resumed_from = None
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if resume:
-        if checkpoint is None:
-            raise UsageError("resuming needs the checkpoint path")
-        state = load_checkpoint(checkpoint)
-        if state["config"] != _config_identity(config) or state["samples"] != len(train) or state["world"] != world:
-            raise UsageError(f"{checkpoint} was written by a run with other settings or data",
-                             "resume with the same command, or delete the checkpoint to start over")
-        module.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"][rank])
-        history, best = state["history"], state["best"]
-        start_epoch, start_step = state["epoch"], state["step"]
-        partial = state["partial"] if rank == 0 else [0.0, 0.0]
-        trained_samples, train_seconds = state["trained_samples"], state["train_seconds"]
-        resumed_from = {"epoch": start_epoch + 1, "step": start_step}
-
-    def write_checkpoint(epoch: int, step: int, sums: list[float]) -> None:
-        rng_states = [torch.get_rng_state()]
-        if world > 1:
-            import torch.distributed as dist
-
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, rng_states[0])
-            rng_states = gathered
-        if rank == 0:
-            _save_checkpoint(checkpoint, {
-                "format": CHECKPOINT_FORMAT, "config": _config_identity(config), "samples": len(train),
-                "world": world, "student": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_states, "epoch": epoch, "step": step,
-                "partial": sums, "history": history, "best": best, "trained_samples": trained_samples,
-                "train_seconds": train_seconds})
-
-    global_step = start_epoch * steps_per_epoch + start_step
+    features = _Features(module, [s for s, _ in config.feature_pairs], "student") if config.feature_pairs else None
     try:
-        with _StopSignal(enabled=checkpoint is not None) as stop:
-            for epoch in range(start_epoch, config.epochs):
-                batches = epoch_batches(epoch)
-                sums = partial if epoch == start_epoch else [0.0, 0.0]  # [loss sum, samples] of this rank
-                first = start_step if epoch == start_epoch else 0
-                for step in range(first, steps_per_epoch):
-                    began = time.perf_counter()
-                    global_idx = batches[step]
-                    idx = global_idx[rank::world]
-                    inputs = _to_tensors(tuple(a[idx] for a in train.inputs), device)
-                    labels = (torch.from_numpy(train.labels[idx]).to(device) if train.labels is not None else None)
-                    t_idx = torch.from_numpy(idx).to(device)
-                    student_outs = _tensors(model(*inputs))
-                    per_sample = _per_sample_loss(
-                        student_outs, [t[t_idx] for t in teacher_train], labels,
-                        features.take() if features else [], [f[t_idx] for f in teacher_train_feats], config)
-                    # DDP averages gradients over ranks: scaling by world / global batch makes that
-                    # average the gradient of the mean loss over the whole global batch.
-                    loss = per_sample.sum() * (world / len(global_idx))
-                    if not torch.isfinite(loss):
-                        raise StepFailed(f"the training loss became {loss.item()} at epoch {epoch + 1}, "
-                                         f"step {step + 1}", "lower --lr or --temperature")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    sums = [sums[0] + float(per_sample.detach().sum()), sums[1] + len(idx)]
-                    trained_samples += len(global_idx)
-                    train_seconds += time.perf_counter() - began
-                    global_step += 1
-                    if progress:
-                        progress("distilling", global_step / total_steps)
-                    if on_step:
-                        on_step(TrainStatus(epoch + 1, config.epochs, step + 1, steps_per_epoch, global_step,
-                                            total_steps, sums[0] / max(1, sums[1]),
-                                            trained_samples / max(train_seconds, 1e-9)))
-                    stop_now = _all_sum([float(stop.requested)], world, device)[0] > 0 if checkpoint else False
-                    if stop_now:
-                        done_epoch = step + 1 == steps_per_epoch
-                        if done_epoch:  # the epoch's bookkeeping first, so the checkpoint resumes cleanly
-                            _end_epoch(epoch, sums, module, val, teacher_val, device, history, best, world)
-                            write_checkpoint(epoch + 1, 0, [0.0, 0.0])
-                        else:
-                            write_checkpoint(epoch, step + 1, sums)
-                        raise Interrupted(f"interrupted at epoch {epoch + 1}, step {step + 1} of {steps_per_epoch}; "
-                                          f"checkpoint written to {checkpoint}",
-                                          "run the same command with --resume to continue")
-                _end_epoch(epoch, sums, module, val, teacher_val, device, history, best, world)
+        targets = _teacher_outputs(teacher, train, [t for _, t in config.feature_pairs], device)
+        _check_student(module, features, targets, config, train, val, device)
+        teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
+        run = _Training(module, features, config, train, targets, val, teacher_val, device,
+                        Path(checkpoint) if checkpoint is not None else None)
+        if resume:
+            run.resume()
+        run.train(progress, on_step)
     finally:
         if features:
             features.remove()
 
-    if best["state"] is not None:
-        module.load_state_dict(best["state"])
+    if run.best["state"] is not None:
+        module.load_state_dict(run.best["state"])
     module.eval().cpu()
     trained = student.replace(module=module, path=None, format="derived")
-    details = {
-        "epochs": config.epochs, "steps": total_steps, "train_samples": len(train),
-        "val_samples": len(val) if val is not None else 0,
-        "val_source": (val.source if val_data is not None else f"{config.val_split:g} of {data.source}")
-        if val is not None else None,
-        "processes": world, "samples_per_s": trained_samples / train_seconds if train_seconds else None,
-        "best_epoch": best["epoch"], "best_metric": best["metric"], "history": history,
-        "resumed_from": resumed_from, "config": _config_identity(config),
-    }
-    notes = []
-    if best["epoch"] is not None:
+    return PassResult(trained, run.details(data, val_data), run.notes())
+
+
+def _check_student(module, features, targets, config: DistillConfig, train, val, device) -> None:
+    """Run the student on two samples: its outputs and features must fit the teacher's, labels its classes."""
+    import torch
+
+    teacher_outs, teacher_feats = targets
+    module.eval()
+    with torch.no_grad():
+        try:
+            student_outs = _tensors(module(*_to_tensors(train.take(2).inputs, device)))
+        except EffkitError:
+            raise
+        except Exception as e:
+            raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
+    _check_outputs([o[:2] for o in teacher_outs], student_outs, config, (train, val))
+    for (s_name, t_name), s, t in zip(config.feature_pairs, features.take() if features else [], teacher_feats):
+        if s.shape[1:] != t.shape[1:]:
+            raise InputError(f"the student's feature {s_name!r} has shape {_fmt_shape(s.shape)}, the teacher's "
+                             f"{t_name!r} {_fmt_shape(t.shape)}", "pair layers whose outputs have the same shape")
+
+
+class _Training:
+    """The training loop and everything a checkpoint must carry to continue it exactly."""
+
+    def __init__(self, module, features, config: DistillConfig, train, targets, val, teacher_val, device,
+                 checkpoint: Path | None):
+        import random
+
+        import torch
+
+        self.rank, self.world = _dist()
+        self.module, self.features, self.config, self.device = module, features, config, device
+        self.train_data, (self.teacher_outs, self.teacher_feats) = train, targets
+        self.val, self.teacher_val, self.checkpoint = val, teacher_val, checkpoint
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.steps_per_epoch = len(self.batches(0))
+        if self.steps_per_epoch == 0:
+            raise InputError(f"{train.source} holds {len(train)} training samples, fewer than the "
+                             f"{self.world} processes")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        warmup = int(round(config.lr_warmup * self.total_steps))
+        module.train()
+        self.model = module
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda s: _schedule(s, self.total_steps, warmup))
+        # where training stands: the next (epoch, step), this rank's [loss sum, samples] of the epoch so far
+        self.epoch, self.step, self.sums = 0, 0, [0.0, 0.0]
+        self.history: list[dict] = []
+        self.best = {"epoch": None, "score": -math.inf, "state": None, "metric": None}
+        self.trained_samples, self.train_seconds = 0, 0.0
+        self.resumed_from = None
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        return _batches_of_epoch(len(self.train_data), self.config.batch_size, self.config.seed, epoch, self.world)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0), with every rank's RNG state."""
+        import torch
+
+        rng_states = [torch.get_rng_state()]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            rng_states = [None] * self.world
+            dist.all_gather_object(rng_states, torch.get_rng_state())
+        sums = _all_sum(self.sums, self.world, self.device)  # one record of the epoch so far, kept by rank 0
+        if self.rank == 0:
+            _save_checkpoint(self.checkpoint, {
+                "format": CHECKPOINT_FORMAT, "config": _config_identity(self.config),
+                "samples": len(self.train_data), "world": self.world, "student": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_states, "epoch": self.epoch, "step": self.step, "sums": sums, "history": self.history,
+                "best": self.best, "trained_samples": self.trained_samples, "train_seconds": self.train_seconds})
+
+    def resume(self) -> None:
+        """Continue from the checkpoint, refusing one written with other settings, data or process count."""
+        import torch
+
+        if self.checkpoint is None:
+            raise UsageError("resuming needs the checkpoint path")
+        state = load_checkpoint(self.checkpoint)
+        if (state["config"] != _config_identity(self.config) or state["samples"] != len(self.train_data)
+                or state["world"] != self.world):
+            raise UsageError(f"{self.checkpoint} was written by a run with other settings or data",
+                             "resume with the same command, or delete the checkpoint to start over")
+        self.module.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"][self.rank])
+        self.epoch, self.step, self.history, self.best = state["epoch"], state["step"], state["history"], state["best"]
+        self.sums = state["sums"] if self.rank == 0 else [0.0, 0.0]
+        self.trained_samples, self.train_seconds = state["trained_samples"], state["train_seconds"]
+        self.resumed_from = {"epoch": self.epoch + 1, "step": self.step}
+
+    # ------------------------------------------------------------ the loop
+
+    def train(self, progress, on_step) -> None:
+        """Train to the last epoch, or until SIGINT / SIGTERM (with a checkpoint path): then save and raise."""
+        with _StopSignal(enabled=self.checkpoint is not None) as stop:
+            while self.epoch < self.config.epochs:
+                batches = self.batches(self.epoch)
+                while self.step < self.steps_per_epoch:
+                    finite = self.train_step(batches[self.step])
+                    self.step += 1
+                    done = self.epoch * self.steps_per_epoch + self.step
+                    if progress:
+                        progress("distilling", done / self.total_steps)
+                    if on_step:
+                        on_step(TrainStatus(self.epoch + 1, self.config.epochs, self.step, self.steps_per_epoch, done,
+                                            self.total_steps, self.sums[0] / max(1.0, self.sums[1]),
+                                            self.trained_samples / max(self.train_seconds, 1e-9)))
+                    # every rank learns of a signal or a blow-up anywhere, so all stop at the same step
+                    stopping, broken = _all_sum([float(stop.requested), float(not finite)], self.world, self.device)
+                    if broken:
+                        raise StepFailed(f"the training loss became NaN or Inf at epoch {self.epoch + 1}, step "
+                                         f"{self.step}", "lower --lr or --temperature")
+                    if stopping:
+                        self.interrupt()
+                self.end_epoch()
+
+    def train_step(self, global_idx: np.ndarray) -> bool:
+        """One optimizer step on this rank's share of a global batch; False when the loss is not finite."""
+        import torch
+
+        began = time.perf_counter()
+        idx = global_idx[self.rank::self.world]
+        data = self.train_data
+        inputs = _to_tensors(tuple(a[idx] for a in data.inputs), self.device)
+        labels = torch.from_numpy(data.labels[idx]).to(self.device) if data.labels is not None else None
+        t_idx = torch.from_numpy(idx).to(self.device)
+        per_sample = _per_sample_loss(_tensors(self.model(*inputs)), [t[t_idx] for t in self.teacher_outs], labels,
+                                      self.features.take() if self.features else [],
+                                      [f[t_idx] for f in self.teacher_feats], self.config)
+        # DDP averages gradients over ranks: scaling by world / global batch makes that average
+        # the gradient of the mean loss over the whole global batch, as one process computes it.
+        loss = per_sample.sum() * (self.world / len(global_idx))
+        finite = bool(torch.isfinite(loss))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.sums = [self.sums[0] + float(per_sample.detach().sum()), self.sums[1] + len(idx)]
+        self.trained_samples += len(global_idx)
+        self.train_seconds += time.perf_counter() - began
+        return finite
+
+    def interrupt(self) -> None:
+        """Save where training stands (the epoch's bookkeeping first when it just ended), then stop."""
+        epoch, step = self.epoch + 1, self.step
+        if self.step == self.steps_per_epoch:
+            self.end_epoch()
+        self.save()
+        raise Interrupted(f"interrupted at epoch {epoch}, step {step} of {self.steps_per_epoch}; checkpoint written "
+                          f"to {self.checkpoint}", "run the same command with --resume to continue")
+
+    def end_epoch(self) -> None:
+        """Record the epoch's mean training loss (over all ranks) and validation; keep the best weights."""
+        loss_sum, samples = _all_sum(self.sums, self.world, self.device)
+        record = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(1.0, samples)}
+        if self.val is not None:
+            metrics = _validate(self.module, self.val, self.teacher_val, self.device)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            name, score = _primary(metrics)
+            if score > self.best["score"]:
+                self.best.update(epoch=self.epoch + 1, score=score, metric=name,
+                                 state={k: v.detach().clone().cpu() for k, v in self.module.state_dict().items()})
+        self.history.append(record)
+        self.epoch, self.step, self.sums = self.epoch + 1, 0, [0.0, 0.0]
+
+    # ------------------------------------------------------------ the record
+
+    def details(self, data, val_data) -> dict:
+        val = self.val
+        return {
+            "epochs": self.config.epochs, "steps": self.total_steps, "train_samples": len(self.train_data),
+            "val_samples": len(val) if val is not None else 0,
+            "val_source": None if val is None else val.source if val_data is not None
+            else f"{self.config.val_split:g} of {data.source}",
+            "processes": self.world,
+            "samples_per_s": self.trained_samples / self.train_seconds if self.train_seconds else None,
+            "best_epoch": self.best["epoch"], "best_metric": self.best["metric"], "history": self.history,
+            "resumed_from": self.resumed_from, "config": _config_identity(self.config),
+        }
+
+    def notes(self) -> list[str]:
+        best = self.best
+        if best["epoch"] is None:
+            return [f"distilled {self.config.epochs} epochs without validation data; the last epoch kept"]
         name = best["metric"]
-        value = history[best["epoch"] - 1][f"val_{name}"]
+        value = self.history[best["epoch"] - 1][f"val_{name}"]
         shown = f"{100 * value:.2f}%" if name != "mse" else f"{value:.4g}"
-        notes.append(f"distilled {config.epochs} epochs; best epoch {best['epoch']} (validation {name} {shown}) kept")
-    else:
-        notes.append(f"distilled {config.epochs} epochs without validation data; the last epoch kept")
-    return PassResult(trained, details, notes)
-
-
-def _end_epoch(epoch: int, sums: list[float], module, val, teacher_val, device, history: list, best: dict,
-               world: int) -> None:
-    """Record the epoch's mean training loss (over all ranks) and validation; keep the best weights."""
-    loss_sum, samples = _all_sum(sums, world, device)
-    record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1.0, samples)}
-    if val is not None:
-        metrics = _validate(module, val, teacher_val, device)
-        record.update({f"val_{k}": v for k, v in metrics.items()})
-        name, score = _primary(metrics)
-        if score > best["score"]:
-            best.update(epoch=epoch + 1, score=score, metric=name,
-                        state={k: v.detach().clone().cpu() for k, v in module.state_dict().items()})
-    history.append(record)
+        return [f"distilled {self.config.epochs} epochs; best epoch {best['epoch']} (validation {name} {shown}) kept"]
