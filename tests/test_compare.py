@@ -1,5 +1,6 @@
 """effkit compare: paired statistics and verdicts on synthetic pairs, and small real interleaved runs."""
 
+import io
 import json
 import re
 
@@ -53,6 +54,21 @@ def test_verdicts_on_synthetic_pairs():
     assert unsure.verdict == "inconclusive"
     assert unsure.reasons[0].startswith("the 95% interval of p50 B/A [")
     assert unsure.reasons[0].endswith("straddles the ±5% threshold")
+
+
+def test_table_and_markdown_render_every_verdict():
+    from rich.console import Console
+
+    from effkit.cli.compare_cmd import compare_markdown, compare_table
+
+    for ratio, verdict in ((1.0, "same"), (1.25, "slower"), (0.7, "faster")):
+        result = _synthetic(ratio, 0.05)
+        console = Console(width=100, record=True, file=io.StringIO())
+        console.print(compare_table(result))
+        text = console.export_text()
+        assert re.search(rf"^ *p50 .* {verdict} *$", text, re.M) and f"verdict: {verdict}" in text
+        md = compare_markdown(result)
+        assert f"Verdict: **{verdict}**" in md and re.search(rf"^\| p50 \| .* \| {verdict} \|$", md, re.M)
 
 
 def test_too_few_quiet_pairs_is_inconclusive_with_the_reason():
@@ -152,6 +168,15 @@ def test_cli_compare_bigger_model_fails_a_size_gate(cli):
 def test_cli_compare_bad_input_exits_2(cli, args, error):
     code, _, stderr = cli("compare", *args, *TINY)
     assert code == 2 and stderr.strip().startswith(error), stderr
+
+
+def test_config_gates_only_when_named(cli, tmp_path):
+    (tmp_path / "effkit.toml").write_text('[gates]\nfail-on = ["accuracy:-0.5pt"]\n')  # written for bench results
+    code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--threshold", "900%")
+    assert code == 0, stdout + stderr
+    assert re.search(r"^(PASS|INCONCLUSIVE) +latency\.p50:\+900%", stdout, re.M)
+    code, _, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--config", "effkit.toml")
+    assert code == 2 and stderr.startswith("Error: the result has no numeric metric 'accuracy'")
 
 
 def test_no_quiet_pair_is_inconclusive_not_an_error(cli, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -10,7 +11,7 @@ from effkit.cli.common import (
     ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
     check_outputs_free, command, console_for, progress_bar,
 )
-from effkit.cli.gate_cmd import ConfigOpt, FailOnOpt, JunitOpt, StrictOpt, report_gates
+from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.compare import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
 
 
@@ -21,8 +22,13 @@ def compare_command(
     threshold: Annotated[str, typer.Option(
         "--threshold", help="Smallest change called faster/slower: B/A beyond 1+T (or below 1/(1+T)) with the whole "
                             "95% interval.")] = f"{100 * DEFAULT_THRESHOLD:g}%",
-    fail_on: FailOnOpt = None,
-    config: ConfigOpt = None,
+    fail_on: Annotated[Optional[list[str]], typer.Option(
+        "--fail-on", help="A gate on the comparison, repeatable, decided on the 95% interval: latency.p50:+5%, "
+                          "latency.p90:+10%, throughput:-5%, size:+0%, parameters:<=1M ... "
+                          "\\[default: latency.p50:+THRESHOLD]")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Read the gates from this effkit.toml (\\[gates]) or pyproject.toml "
+                         "(\\[tool.effkit.gates]) instead.")] = None,
     strict: StrictOpt = False,
     rerun_inconclusive: Annotated[int, typer.Option(
         "--rerun-inconclusive", help="While the verdict (or a gate) is inconclusive, measure up to N more rounds of "
@@ -56,6 +62,8 @@ def compare_command(
 
     Without --fail-on the gate is latency.p50:+THRESHOLD. Exit 0 pass, 1 a gate failed, 2 bad input.
     """
+    from rich.markup import escape
+
     from effkit.compare import compare
     from effkit.gate import gate, thresholds_from
     from effkit.specs import InputShape, parse_input_shape, parse_threshold
@@ -65,8 +73,9 @@ def compare_command(
         from effkit.errors import UsageError
 
         raise UsageError(f"cannot parse --threshold {threshold!r}", "write a percentage, e.g. 5%")
-    gates, config_strict = thresholds_from(fail_on, config)
-    gates = gates or [limit]
+    # Config files are read only when named: their gates are often written for bench results
+    # (accuracy, memory) that a comparison does not measure.
+    gates, config_strict = thresholds_from(fail_on, config) if fail_on or config else ([limit], False)
     strict = strict or config_strict
     check_outputs_free([json, markdown, junit], force)
     shapes: list[InputShape] = [parse_input_shape(s) for s in input_shape or []]
@@ -80,7 +89,7 @@ def compare_command(
     console = console_for(json)
     console.print(compare_table(result))
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     report = gate(result, gates, strict=strict)
     report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # printed above
 
@@ -99,18 +108,19 @@ def compare_table(result):
     """Rich table: each statistic's A, B, ratio B/A, 95% interval and verdict."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from effkit.report import fmt_ms
 
-    table = Table(title=f"effkit compare: B {result.b['source']} vs A {result.a['source']}", title_justify="left",
+    table = Table(title=Text(f"effkit compare: B {result.b['source']} vs A {result.a['source']}"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for h in ("latency", "A", "B", "B/A", "95% interval", "verdict"):
         table.add_column(h, justify="left" if h in ("latency", "verdict") else "right")
-    style = {"faster": "green", "slower": "bold red", "same": "", "inconclusive": "yellow"}
+    style = {"faster": "green", "slower": "bold red", "same": "none", "inconclusive": "yellow"}
     for stat, s in result.stats.items():
         table.add_row(stat, fmt_ms(s["a_ms"]), fmt_ms(s["b_ms"]), f"{s['ratio']:.3f}",
-                      f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]", f"[{style[s['verdict']]}]{s['verdict']}[/]")
-    table.caption = (f"verdict: {result.verdict}" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
+                      f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]", Text(s["verdict"], style=style[s["verdict"]]))
+    table.caption = Text(f"verdict: {result.verdict}" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
                      + f"\n{result.runtime}, {result.threads} threads, {len(result.pairs)} pairs kept of "
                        f"{result.attempts} measured, {result.calls_per_block} calls per block, threshold "
                        f"±{100 * result.threshold:g}%, {result.duration_s:.1f} s")

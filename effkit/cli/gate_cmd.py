@@ -32,15 +32,17 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
 
     `json_text`/`markdown_text` replace the gate report's own (compare writes its measurements too).
     """
+    from rich.markup import escape
+
     from effkit.gate import write_reports
 
     console = console_for(json)
     style = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
     for v in report.verdicts:
-        console.print(f"[{style[v.status]}]{v.status.upper():<12}[/] {v.name}: {v.message}", highlight=False,
-                      soft_wrap=True)
+        console.print(f"[{style[v.status]}]{v.status.upper():<12}[/] {escape(v.name)}: {escape(v.message)}",
+                      highlight=False, soft_wrap=True)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     console.print(("[green]gates passed[/]: " if report.passed else "[bold red]gates failed[/]: ") + report.summary(),
                   highlight=False)
     markdown_text = markdown_text or report.markdown
