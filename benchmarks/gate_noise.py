@@ -65,7 +65,14 @@ def main() -> None:
     runs = 2 if args.quick else args.runs
 
     from effkit.compare import DEFAULT_THRESHOLD, compare
+    from effkit.env import CpuMonitor
     from effkit.model import load_model
+    from effkit.runtime import available_cores
+
+    with CpuMonitor(available_cores()) as background:
+        time.sleep(1.0)
+    print(f"before starting, other processes used {background.result.get('other_cpu_cores', float('nan')):.2f} of "
+          f"{available_cores()} cores (the figures below assume they were otherwise idle)")
 
     settings = {"pairs": 6} if args.quick else {}
     reference = load_model(f"{HERE}:base")
