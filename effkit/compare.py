@@ -39,6 +39,7 @@ BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 TRIM = 0.1  # trimmed mean of the pair log-ratios: one block hit by a short spike cannot move the estimate
 LOAD_CHANGE_CORES = 0.5  # a pair whose two blocks saw loads this far apart is discarded
+MIN_MONITORED_S = 0.05  # blocks shorter than this are too short for /proc/stat's load figures
 MIN_CPU_SHARE = 0.9  # a one-thread block that ran less of its wall time than this was descheduled
 MAX_ATTEMPTS_FACTOR = 3  # measure at most this many times the pairs asked for
 STATISTICS = ("p50", "p90", "mean")
@@ -266,8 +267,9 @@ def _timed_block(call: Callable[[], Any], calls: int, threads: int) -> tuple[lis
         samples = time_calls(call, warmup=0, iterations=calls)
     # The share of the block's wall time our process ran: /proc/stat counts whole ticks, this
     # counts nanoseconds, and it drops as soon as the scheduler hands our core to someone else.
-    share = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * threads)
-    return samples, dict(monitor.result, cpu_share=round(share, 3))
+    wall = time.perf_counter() - wall0
+    share = (time.process_time() - cpu0) / (wall * threads)
+    return samples, dict(monitor.result, cpu_share=round(share, 3), wall_s=round(wall, 4))
 
 
 def _discard_reason(load_a: dict, load_b: dict, threads: int) -> str | None:
@@ -277,6 +279,8 @@ def _discard_reason(load_a: dict, load_b: dict, threads: int) -> str | None:
         return "descheduled"
     if not (load_a.get("measured") and load_b.get("measured")):
         return None
+    if min(load_a.get("wall_s", 1.0), load_b.get("wall_s", 1.0)) < MIN_MONITORED_S:
+        return None  # a few 10 ms ticks of /proc/stat over a shorter block say nothing about the load
     # More threads than free cores: threads that wait for each other at every barrier are
     # descheduled, and one call can take 60x as long. A single thread only shares its core; a
     # steady share hits A and B alike.

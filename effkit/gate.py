@@ -372,11 +372,14 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
     if paired and metric in paired:
         ratio, (lo, hi) = paired[metric]["ratio"], paired[metric]["ci"]
         how = "paired A/B, 95% interval"
-    elif latency and cand.samples and base.samples:
-        ratio, lo, hi = independent_ratio_ci(base.samples, cand.samples, latency[0])
+    elif (latency or metric == "throughput") and cand.samples and base.samples:
+        ratio, lo, hi = independent_ratio_ci(base.samples, cand.samples, latency[0] if latency else "mean")
+        if not latency:  # throughput is the inverse of the mean latency
+            ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
         how = "separate runs, 95% interval"
-        if normalize or latency[1]:  # divide out the machine: latency per unit of calibration time
+        if normalize or (latency and latency[1]):  # divide out the machine: time per unit of calibration time
             machine = cand.environment["calibration_ms"] / base.environment["calibration_ms"]
+            machine = machine if latency else 1 / machine  # a slower machine lowers throughput
             ratio, lo, hi = ratio / machine, lo / machine, hi / machine
             how += ", machine-normalized"
     else:

@@ -112,8 +112,10 @@ def test_decided_on_the_bound_not_the_point_estimate():
 
 def test_throughput_may_drop_at_most():
     base = bench_doc(1.0, seed=1)
-    assert gate(bench_doc(1.02, seed=2), ["throughput:-10%"], base).verdicts[0].status == "pass"
-    assert gate(bench_doc(1.5, seed=2), ["throughput:-10%"], base).verdicts[0].status == "fail"
+    ok = gate(bench_doc(1.02, seed=2), ["throughput:-10%"], base).verdicts[0]
+    assert ok.status == "pass" and ok.interval[0] < ok.change < ok.interval[1]  # decided on the interval
+    bad = gate(bench_doc(1.5, seed=2), ["throughput:-10%"], base).verdicts[0]
+    assert bad.status == "fail" and bad.change == pytest.approx(1 / 1.5, rel=0.03)
 
 
 def test_absolute_gates():
@@ -147,8 +149,8 @@ def test_busy_machine_makes_latency_inconclusive_not_size():
 def test_other_environment_is_warned_and_normalized_by_calibration():
     slow_machine = dict(ENV, cpu={"model": "Slower CPU", "isa": []}, calibration_ms=20.0)
     # twice the latency on a machine that runs the calibration workload twice as long: no regression
-    report = gate(bench_doc(2.0, seed=2, env=slow_machine), ["latency.p50:+5%"], bench_doc(1.0))
-    assert report.verdicts[0].status == "pass"
+    report = gate(bench_doc(2.0, seed=2, env=slow_machine), ["latency.p50:+5%", "throughput:-5%"], bench_doc(1.0))
+    assert [v.status for v in report.verdicts] == ["pass", "pass"]
     assert "machine-normalized" in report.verdicts[0].message
     assert report.warnings[0] == "the baseline ran in another environment (cpu: Test CPU -> Slower CPU)"
     assert report.warnings[1].startswith("the calibration workload ran 2.00x as long here")
