@@ -307,6 +307,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
     `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
     p50 verdict), up to `rerun_inconclusive` more rounds of `pairs` pairs are measured.
     """
+    from effkit.bench import time_calls
     from effkit.env import environment
     from effkit.model import size_info
     from effkit.runtime import make_runner
@@ -331,8 +332,6 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
         raise InputError(f"model B does not run on model A's example inputs ({a.describe_inputs()}): "
                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
                          "compare two versions of the same model, with the same inputs") from e
-    from effkit.bench import time_calls
-
     # the warm-up calls' median time, of the slower model, sizes the blocks
     cost = max(float(np.median(time_calls(call, warmup=0, iterations=max(1, warmup)))) for call in (call_a, call_b))
     per_block = iterations or max(3, min(100_000, round(block_time * 1000.0 / max(cost, 1e-4))))
