@@ -136,9 +136,10 @@ def test_rerun_inconclusive_measures_more_rounds():
     assert 6 <= result.attempts <= 18 and result.attempts == len(result.pairs) + sum(result.discarded.values())
 
 
-def test_cli_compare_json_and_gates(cli, tmp_path):
+def test_cli_compare_json_and_gates(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
     code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY, "--fail-on", "size:+0%",
-                               "--json", "-", "--junit", "compare.xml")
+                               "--json", "-", "--junit", "compare.xml", "--markdown", "compare.md")
     assert code == 0, stderr
     data = json.loads(stdout)
     assert data["schema"] == "effkit.compare/1" and data["calls_per_block"] == 3
@@ -146,6 +147,10 @@ def test_cli_compare_json_and_gates(cli, tmp_path):
     assert re.search(r"^PASS +size:\+0%: ratio 1\.000 <= 1\.000 \(exact\)$", stderr, re.M)
     assert "effkit compare" in stderr
     assert (tmp_path / "compare.xml").read_text().count("<testcase") == 1
+    for md in (tmp_path / "compare.md", tmp_path / "summary.md"):
+        text = md.read_text()
+        assert text.startswith("### effkit compare: B `") and "\n### effkit gate: passed" in text
+        assert "| `size:+0%` | ✅ pass |" in text
     # the saved comparison gates again later
     (tmp_path / "c.json").write_text(stdout)
     code, stdout, _ = cli("gate", "c.json", "--fail-on", "parameters:+0%", "--fail-on", "size:-50%")
