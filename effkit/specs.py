@@ -70,7 +70,7 @@ _NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?|\.[0-9]+(?:e[+-]?[0-9]+)?"
 
 def _finite(value: float, raw: str) -> float:
     if not math.isfinite(value):
-        raise UsageError(f"{raw!r} is not a finite number")
+        raise UsageError(f"{raw!r} is not a finite number", "write an ordinary number, e.g. 12MB, 5% or 0.99")
     return value
 
 
