@@ -1,0 +1,136 @@
+"""Property tests: every parser turns any text into a valid value or a UsageError, never anything else.
+
+Two kinds of text: anything at all (unicode, control characters, very long numbers), and text built
+from the pieces the parsers look for, so that near-misses of the valid forms are tried too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from effkit import specs
+from effkit.errors import UsageError
+from effkit.model import is_factory_spec
+
+PIECES = list("0123456789xX:.-+eE%<>=_ \t\n/µ٣") + [
+    "nan", "inf", "1e999", "1e-999", "int64", "float16", "bfloat16", "bool", "complex64", "pt", "points",
+    "MB", "KiB", "GB", "ms", "us", "s", "latency.p50", "size", "cosine", "sqnr", "accuracy", "1" * 40,
+    "hf:", ".py", "mod.sub", "9" * 5000,
+]
+ANY_TEXT = st.text(max_size=60)
+NEAR_MISSES = st.lists(st.sampled_from(PIECES), max_size=10).map("".join)
+TEXTS = st.one_of(ANY_TEXT, NEAR_MISSES)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _valid_or_usage_error(parse, text, check):
+    try:
+        value = parse(text)
+    except UsageError as e:
+        assert e.message and e.hint, f"{text!r}: an error without its fix"
+        return
+    check(value)
+
+
+def _shape_ok(value: specs.InputShape) -> None:
+    assert value.dtype in specs.DTYPES
+    assert 1 <= len(value.shape) <= specs.MAX_RANK
+    assert all(isinstance(d, int) and 1 <= d <= specs.MAX_DIM for d in value.shape)
+
+
+def _size_ok(value: int) -> None:
+    assert isinstance(value, int) and value >= 0
+
+
+def _fraction_ok(value: float) -> None:
+    assert isinstance(value, float) and 0.0 < value < 1.0
+
+
+def _threshold_ok(value: specs.Threshold) -> None:
+    assert value.metric and value.kind in ("absolute", "relative", "points")
+    assert value.op in ("<=", ">=", "<", ">", "==", "+", "-")
+    assert isinstance(value.value, float) and math.isfinite(value.value)
+
+
+@SETTINGS
+@given(TEXTS)
+@example("9" * 5000)  # int() refuses more than 4300 digits: once a ValueError, now a usage error
+@example("1x" * 100 + "1")
+@example("int64:0x5")
+@example("complex64:1x3")
+def test_parse_input_shape(text):
+    _valid_or_usage_error(specs.parse_input_shape, text, _shape_ok)
+
+
+@SETTINGS
+@given(TEXTS)
+@example("1e999MB")
+@example("nan")
+def test_parse_size(text):
+    _valid_or_usage_error(specs.parse_size, text, _size_ok)
+
+
+@SETTINGS
+@given(TEXTS)
+@example("nan")
+@example("inf%")
+@example("1e-999")
+def test_parse_ratio(text):
+    _valid_or_usage_error(specs.parse_ratio, text, _fraction_ok)
+
+
+@SETTINGS
+@given(TEXTS)
+@example("0.5x")
+@example("1e999x")
+def test_parse_factor(text):
+    _valid_or_usage_error(lambda t: specs.parse_factor(t, "target"), text, _fraction_ok)
+
+
+@SETTINGS
+@given(TEXTS)
+@example("latency.p50:+1e999%")
+@example("size:<=nanMB")
+@example("cosine>=")
+@example(":<=1")
+def test_parse_threshold(text):
+    _valid_or_usage_error(specs.parse_threshold, text, _threshold_ok)
+
+
+@SETTINGS
+@given(TEXTS)
+def test_is_factory_spec_never_raises(text):
+    assert is_factory_spec(text) in (True, False)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0x16", "input shape '0x16' has a zero or negative dimension (every dimension must be at least 1)"),
+    ("1x-3", "input shape '1x-3' has a zero or negative dimension (every dimension must be at least 1)"),
+    ("complex64:1x16", "unknown dtype 'complex64' in input shape 'complex64:1x16' (use one of float32, float16, "
+                       "bfloat16, float64, int64, int32, int16, int8, uint8, bool)"),
+    ("1x3x", "cannot parse input shape '1x3x' (write dimensions separated by 'x', e.g. 1x3x224x224 or "
+             "int64:1x128)"),
+    ("4294967296x1", "input shape '4294967296x1' has an absurd dimension (each dimension must be at most "
+                     "2147483647)"),
+])
+def test_bad_input_shapes_name_the_fix(text, expected):
+    with pytest.raises(UsageError) as info:
+        specs.parse_input_shape(text)
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("latency.p50:+5", "cannot parse threshold 'latency.p50:+5' (write METRIC:+5%, METRIC:-0.5pt or METRIC<=VALUE, "
+                       "e.g. latency.p50:+5% or size:<=12MB)"),
+    ("size:<=12XB", "unknown unit 'XB' in threshold 'size:<=12XB' (use B/KB/MB/GB/KiB/MiB/GiB, ns/us/ms/s, %, or pt "
+                    "(with + or -))"),
+    ("size:<=1e999MB", "'size:<=1e999MB' is not a finite number (write an ordinary number, e.g. 12MB, 5% or 0.99)"),
+])
+def test_bad_thresholds_name_the_fix(text, expected):
+    with pytest.raises(UsageError) as info:
+        specs.parse_threshold(text)
+    assert str(info.value) == expected
