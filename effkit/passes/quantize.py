@@ -176,7 +176,7 @@ class Candidate:
     def display(self, names: Sequence[str]) -> list[str]:
         """Layer names as users know them: the torch module name where the ONNX node kept it."""
         alias = {layer["name"]: layer["alias"] for layer in self.layers}
-        return [alias.get(n, n) if alias.get(n, n) == n else f"{alias[n]} ({n})" for n in names]
+        return [alias.get(n, n) for n in names]
 
     def summary(self) -> dict:
         return {"label": self.label, "backend": self.backend, "method": self.method, "error": self.error,

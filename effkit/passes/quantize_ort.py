@@ -173,8 +173,9 @@ def matching(layer_list: Sequence[dict], pattern: str) -> list[str]:
 # ---------------------------------------------------------------- Gemm -> MatMul (dynamic)
 
 def _gemm_to_matmul(proto) -> None:
-    """Rewrite Gemm with a constant weight as MatMul + Add: ORT's dynamic quantizer has no Gemm
-    kernel (MatMulInteger only), and torch's exporter writes every 2-D Linear as Gemm."""
+    """Rewrite Gemm with a constant weight as MatMul + Add, keeping the node's name: ORT's dynamic
+    quantizer (MatMulInteger) does this rewrite itself but renames the nodes, so `nodes_to_exclude`
+    (--exclude, the tolerance loop) would silently miss every Linear that torch exported as Gemm."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
