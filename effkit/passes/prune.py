@@ -179,12 +179,15 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
         details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
         if macs_after >= macs_before:
             notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
+        elif config.target_latency is None and config.target_macs is None:
+            notes.append(f"structured: {config.ratio:.0%} of the channels removed ({config.scope} scope, "
+                         f"{config.importance} importance); kept whole: {', '.join(ignored)}")
 
     _check_same_outputs(reference, _run(module, example))
     if accuracy:
         accuracy["pruned"] = _accuracy(module, eval_data)
     if config.finetune_epochs:
-        module, how = _recover(model, module, config, data, eval_data, progress)
+        module, how = _recover(model, module, config, data, progress)
         details["recovery"] = how
         if accuracy:
             accuracy["recovered"] = _accuracy(module, eval_data)
@@ -376,11 +379,13 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
 
 def _prune_structured(model, module, example, graph, config: PruneConfig, ignored, data, details, notes,
                       progress) -> None:
-    groups = list(graph.get_all_groups(ignored_layers=_modules_named(module, ignored),
-                                       root_module_types=list(_prunable_types())))
+    import torch_pruning as tp
+
     if not any(isinstance(m, _prunable_types()) for m in module.modules()):
         raise UsageError("the model has no Linear, convolution, recurrent or attention layers to prune")
-    if not groups:
+    groups = graph.get_all_groups(ignored_layers=_modules_named(module, ignored),
+                                  root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM])
+    if next(groups, None) is None:
         raise UsageError("nothing to prune: every prunable layer is an output layer or ignored",
                          f"ignored: {', '.join(ignored) or 'none'}")
     if config.target_latency is None and config.target_macs is None:
@@ -532,13 +537,17 @@ def _unstructured_notes(model, module, details, notes) -> None:
     after = size_info(model.replace(module=module, path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
     details["gzip_bytes"] = {"before": before, "after": after}
     notes.append(f"unstructured: {100 * details['overall_sparsity']:.0f}% of the pruned layers' weights are zero, but "
-                 f"dense size and latency do not drop (kernels still multiply the zeros); gzip size "
-                 f"{before / 1e6:.2f} MB -> {after / 1e6:.2f} MB")
+                 f"dense size and latency do not drop (kernels still multiply the zeros); only the compressed size "
+                 f"does (gzip {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB)")
+    notes.append("sparsity per layer: " + ", ".join(f"{n} {100 * v:.0f}%" for n, v in details["sparsity"].items()))
+    if details.get("skipped_layers"):
+        notes.append(f"left dense (input width not divisible into {details['pattern']} groups): "
+                     + ", ".join(details["skipped_layers"]))
 
 
 # ---------------------------------------------------------------- recovery
 
-def _recover(model, module, config: PruneConfig, data, eval_data, progress):
+def _recover(model, module, config: PruneConfig, data, progress):
     """Recover accuracy after pruning. Returns (module, description).
 
     By default the pruned model is distilled from the unpruned one (effkit.passes.distill: soft
