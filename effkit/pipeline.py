@@ -553,13 +553,12 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
 # ---------------------------------------------------------------- writing OUTDIR
 
 def check_outdir(outdir: str | Path, force: bool) -> Path:
-    """Refuse an OUTDIR that holds files (without --force) or is a file; create its parent."""
+    """Refuse an OUTDIR that is a file, or that holds files (without --force)."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir} is a file, not a folder", "pass a folder for -o")
     if outdir.is_dir() and any(outdir.iterdir()) and not force:
         raise OutputExistsError(f"{outdir} already holds files", "pass --force to replace them")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
     return outdir
 
 
@@ -609,6 +608,7 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
     from effkit.runtime import make_runner
 
     outdir = check_outdir(outdir, force)
+    outdir.parent.mkdir(parents=True, exist_ok=True)  # OUTDIR's own folder is created by the final move
     with _staged(outdir, force) as stage:
         names = []
         if result.status == "ok":

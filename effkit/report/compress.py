@@ -9,14 +9,16 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from effkit.report.text import fmt_bytes, fmt_ms
+from effkit.report.text import _num, fmt_bytes, fmt_ms
 
 HEADER = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "size (step)",
           "accuracy", "Δ accuracy", "cosine"]
 
 
 def _x(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "-"
+    if value is None:
+        return "-"
+    return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
 
 
 def summary_cells(result) -> list[list[str]]:
@@ -77,21 +79,28 @@ def _attempt(a: dict) -> str:
     return f"try {a['attempt']} ({what}) {verdict}"
 
 
-# The terminal keeps the columns that decide (it is often 80 wide); the files have them all.
-_TERMINAL = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "accuracy", "Δ accuracy"]
-_SHORT = {"onnxruntime": "ort", "speedup (step)": "step", "vs torch fp32": "vs fp32", "accuracy": "acc",
-          "Δ accuracy": "Δ acc"}
+def terminal_cells(result) -> list[list[str]]:
+    """The rows for an 80-column terminal: units in the header, short runtime names."""
+    cells = []
+    for row in result.rows():
+        cells.append([
+            row["state"], "ort" if row["runtime"] == "onnxruntime" else row["runtime"],
+            _num(row["p50_ms"]), _num(row["p90_ms"]), _x(row["speedup_step"]), _x(row["speedup_vs_torch_fp32"]),
+            fmt_bytes(row["size_bytes"], digits=0),
+            f"{100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else "-",
+            f"{row['accuracy_change_pt']:+.2f}" if row["accuracy_change_pt"] is not None else "-",
+        ])
+    return cells
 
 
 def compress_table(result) -> Table:
     """The summary table printed at the end of `effkit compress` (ort = ONNX Runtime)."""
     table = Table(title=f"effkit compress: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    keep = [HEADER.index(h) for h in _TERMINAL]
-    for h in _TERMINAL:
-        table.add_column(_SHORT.get(h, h), justify="left" if h in ("step", "runtime") else "right", no_wrap=True)
-    for cells in summary_cells(result):
-        table.add_row(*[_SHORT.get(cells[i], cells[i]) for i in keep])
+                  pad_edge=False, collapse_padding=True)
+    for i, h in enumerate(("step", "runtime", "p50 ms", "p90 ms", "step", "vs fp32", "size", "acc", "Δ pt")):
+        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
+    for cells in terminal_cells(result):
+        table.add_row(*cells)
     caption = [("" if result.status == "ok" else "FAILED: ") + headline(result)] + step_lines(result) + result.notes
     table.caption = "\n".join(c for c in caption if c)
     table.caption_justify = "left"

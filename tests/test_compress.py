@@ -1,0 +1,126 @@
+"""`effkit compress` end to end on a tiny model: outputs, JSON, recipe round trip, errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import FAST, TESTS, spec
+
+OUTPUTS = ["model.onnx", "model.pt2", "recipe.toml", "report.html", "report.json", "report.md"]
+
+
+def _outputs(model_path: Path) -> np.ndarray:
+    from effkit.model import load_model
+    from effkit.runtime import make_runner
+
+    x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
+    return make_runner(load_model(str(model_path)), "onnxruntime").run((x,))[0]
+
+
+def test_compress_end_to_end_with_json_and_a_reproducible_recipe(cli, tmp_path):
+    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST, "--json", "-",
+                               "--export-onnx", "copy.onnx")
+    assert code == 0, stderr
+    report = json.loads(stdout)  # JSON alone on stdout; the table went to stderr
+    assert report["schema"] == "effkit.compress/1" and report["status"] == "ok"
+    assert report["steps_run"] == ["prune", "export"]
+    assert report["overall"]["speedup_vs_torch_fp32"]["p50"] > 0
+    assert "effkit compress:" in stderr and "wrote out: model.onnx, model.pt2" in stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
+    assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
+    np.testing.assert_array_equal(_outputs(tmp_path / "copy.onnx"), _outputs(out / "model.onnx"))
+
+    code, _, stderr = cli("compress", spec("mlp"), "--recipe", "out/recipe.toml", "-o", "again")
+    assert code == 0, stderr
+    assert (tmp_path / "again" / "recipe.toml").read_text() == (out / "recipe.toml").read_text()
+    np.testing.assert_array_equal(_outputs(tmp_path / "again" / "model.onnx"), _outputs(out / "model.onnx"))
+
+
+def test_an_existing_outdir_needs_force(cli, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    assert code == 2
+    assert stderr.strip() == "Error: out already holds files (pass --force to replace them)"
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_nothing_to_do_is_a_usage_error(cli):
+    code, _, stderr = cli("compress", spec("mlp"), "-o", "out")
+    assert code == 2
+    assert stderr.strip() == ("Error: nothing to compress: no step was asked for (pass --prune RATIO, --quantize int8 "
+                              "(and --distill), or --recipe FILE)")
+
+
+def test_a_bad_recipe_names_its_line(cli, tmp_path):
+    (tmp_path / "r.toml").write_text("[prune]\nratio = 0.5\n\n[quantize]\nmethods = \"static\"\n")
+    code, _, stderr = cli("compress", spec("mlp"), "--recipe", "r.toml", "-o", "out")
+    assert code == 2
+    assert stderr.strip().startswith("Error: r.toml line 5: unknown key 'methods' in [quantize] (known keys: method, ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_options_fail_before_any_work(cli):
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "2", "-o", "out")
+    assert (code, stderr.strip()) == (2, "Error: --prune must be between 0 and 1 (exclusive), got 2 "
+                                         "(e.g. 0.5 removes half)")
+    code, _, stderr = cli("compress", spec("mlp"), "--quantize", "int4", "-o", "out")
+    assert (code, stderr.strip()) == (2, "Error: unknown --quantize 'int4' (use one of int8, auto, dynamic, static, "
+                                         "weight-only)")
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--max-accuracy-drop", "1pt", "-o", "out")
+    assert (code, stderr.strip().splitlines()[-1]) == (
+        2, "Error: --max-accuracy-drop needs labelled evaluation data (pass --eval FILE with labels)")
+
+
+def test_a_bar_that_cannot_be_met_exits_1_and_writes_no_model(cli, tmp_path):
+    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "cosine>=1.5",
+                               "-o", "out", *FAST)
+    assert code == 1
+    assert stderr.strip().splitlines()[-1].startswith(
+        "Error: pruning breaks the quality bar even at ratio 0.0625: cosine is ")
+    assert "FAILED: pruning breaks the quality bar" in stdout  # the summary still shows what was tried
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["recipe.toml", "report.html", "report.json",
+                                                                     "report.md"]
+
+
+def _start(tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    return subprocess.Popen([sys.executable, "-m", "effkit", "compress", spec("mlp"), "--prune", "0.5", "-o", "out",
+                             *FAST], cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+
+
+def test_ctrl_c_during_the_pipeline_leaves_no_outdir(tmp_path):
+    proc = _start(tmp_path)
+    for line in proc.stderr:  # wait until it is busy timing the pruned model
+        if "timing prune" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "Error: interrupted; no output was written" in rest
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_outdir_is_written_leaves_it_whole_or_absent(tmp_path):
+    proc = _start(tmp_path)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:  # the staging folder appears at the very end
+        if any(p.name.startswith(".out.effkit-") for p in tmp_path.iterdir()):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=120)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names in ([], ["out"])  # no staging folder left behind
+    if names:  # the move had happened: then it is complete
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == OUTPUTS
