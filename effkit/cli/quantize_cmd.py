@@ -141,32 +141,33 @@ def quantize_command(
 
 
 def _candidate_rows(details: dict) -> list[list[str]]:
-    from effkit.report import fmt_bytes, fmt_ms
+    from effkit.report import fmt_ms
 
     torch_fp32 = details["baselines_ms"].get("torch fp32")
-    rows = [[name, fmt_ms(ms), f"{torch_fp32 / ms:.2f}x" if torch_fp32 else "-",
-             fmt_bytes(details["original_size_bytes"]), "1", "baseline"]
+    rows = [[name, fmt_ms(ms), f"{torch_fp32 / ms:.2f}x" if torch_fp32 else "-", "1.00x", "1", "baseline"]
             for name, ms in details["baselines_ms"].items()]
     for c in details["candidates"]:
         f = c["fidelity"] or {}
-        ratio = c["size_bytes"] / details["original_size_bytes"] if c["size_bytes"] else None
         rows.append([c["label"], fmt_ms(c["latency_ms"]),
                      f"{torch_fp32 / c['latency_ms']:.2f}x" if torch_fp32 and c["latency_ms"] else "-",
-                     f"{fmt_bytes(c['size_bytes'])} ({ratio:.2f}x)" if ratio else "-",
+                     f"{c['size_bytes'] / details['original_size_bytes']:.2f}x" if c["size_bytes"] else "-",
                      f"{f['cosine_min']:.5f}" if f else "-", c["status"]])
     return rows
 
 
-_HEADER = ["candidate", "p50", "vs torch fp32", "size", "cosine min", "status"]
+_HEADER = ["candidate", "p50", "speedup", "size", "cosine", "status"]
+_CAPTION = "speedup over torch fp32, size against the original on disk, cosine: min over held-out inputs"
 
 
 def candidates_table(details: dict):
     """Every candidate measured, with the fp32 baselines: latency, speedup, size, fidelity, verdict."""
     from rich.table import Table
 
-    table = Table(title="int8 candidates (interleaved timing)", title_justify="left")
+    table = Table(title="int8 candidates (interleaved timing)", title_justify="left", caption=_CAPTION,
+                  caption_justify="left")
     for h in _HEADER:
-        table.add_column(h, justify="left" if h in ("candidate", "status") else "right")
+        table.add_column(h, justify="left" if h in ("candidate", "status") else "right",
+                         no_wrap=h not in ("candidate", "status"), min_width=8 if h == "status" else None)
     for row in _candidate_rows(details):
         table.add_row(*row)
     return table
@@ -175,4 +176,5 @@ def candidates_table(details: dict):
 def candidates_markdown(details: dict) -> str:
     lines = ["", "#### int8 candidates", "", "| " + " | ".join(_HEADER) + " |", "|---|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in _candidate_rows(details)]
+    lines += ["", f"<sub>{_CAPTION}</sub>"]
     return "\n".join(lines) + "\n"

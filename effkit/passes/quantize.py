@@ -248,16 +248,16 @@ def _ort_candidate(ctx: _Context, method: str) -> Candidate:
 
     cfg = ctx.config
     if method == "dynamic":
-        label = f"onnxruntime dynamic ({'per-channel' if cfg.per_channel else 'per-tensor'} {cfg.weight_type} weights)"
+        label = f"ORT dynamic {cfg.weight_type} {'per-channel' if cfg.per_channel else 'per-tensor'}"
         build = lambda ex, p: _ort_model(ctx, q.quantize_dynamic(  # noqa: E731
             ctx.onnx_path(), per_channel=cfg.per_channel, weight_type=cfg.weight_type, exclude=ex))
     elif method == "static":
-        label = f"onnxruntime static (QDQ {cfg.activation_type}/{cfg.weight_type}, {cfg.calib_method})"
+        label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
         build = lambda ex, p: _ort_model(ctx, q.quantize_static(  # noqa: E731
             ctx.onnx_path(), ctx.calib_batches, per_channel=cfg.per_channel, activation_type=cfg.activation_type,
             weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
     else:
-        label = "onnxruntime weight-only (int8 weights, float compute)"
+        label = "ORT weight-only int8"
         build = lambda ex, p: _ort_model(ctx, q.quantize_weight_only(  # noqa: E731
             ctx.onnx_path(), per_channel=cfg.per_channel, exclude=ex))
     candidate = Candidate("onnxruntime", method, label, [], build)
@@ -274,11 +274,11 @@ def _torch_candidate(ctx: _Context, method: str) -> Candidate:
     cfg, module = ctx.config, ctx.model.module
     candidate = Candidate("torch", method, "", q.layers(module, method), lambda ex, p: None)
     if method == "dynamic":
-        candidate.label = f"torch dynamic (torch.ao, {'per-channel' if cfg.per_channel else 'per-tensor'} Linear/LSTM/GRU)"
+        candidate.label = f"torch.ao dynamic {'per-channel' if cfg.per_channel else 'per-tensor'}"
         candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_dynamic(module, per_channel=cfg.per_channel,
                                                                              exclude=ex))
     elif method == "static":
-        candidate.label = f"torch static (torch.ao FX, x86, u8/s8, {cfg.calib_method})"
+        candidate.label = f"torch.ao FX static x86 u8/s8 {cfg.calib_method}"
         candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_static(
             module, ctx.model.example_inputs, ctx.calib_batches, per_channel=cfg.per_channel,
             calib_method=cfg.calib_method, exclude=ex, progress=p))
@@ -287,7 +287,7 @@ def _torch_candidate(ctx: _Context, method: str) -> Candidate:
         elif cfg.activation_type != "u8":
             candidate.error = "torch's x86 int8 kernels take u8 activations only"
     else:
-        candidate.label = "torch weight-only (int8 weights, float compute)"
+        candidate.label = "torch weight-only int8"
         candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_weight_only(module, per_channel=cfg.per_channel,
                                                                                   exclude=ex))
     if cfg.weight_type != "s8" and method != "weight-only" and candidate.error is None:
