@@ -341,6 +341,7 @@ def _build(candidate: Candidate, judge: _Judge, exclude: list[str], label: str) 
     """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
     from effkit.passes.export import quiet_torch
 
+    candidate.error = None
     try:
         with quiet_torch():
             model = candidate.build(exclude, judge.ctx.step(label))
@@ -457,7 +458,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         c.latency_ms = timings[c.label]
         c.size_bytes = _size(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx, timings)
+    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx)
     original_size = _size(model)
     same_runtime = timings["torch fp32" if chosen.backend == "torch" else "onnxruntime fp32"]
     slower = chosen.latency_ms > same_runtime
@@ -518,7 +519,7 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
 
 
-def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context, timings: dict) -> Candidate:
+def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context) -> Candidate:
     """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
     metric with only that layer kept in float) and keep the worst in float, a few at a time."""
     thresholds = ctx.config.thresholds
@@ -549,6 +550,7 @@ def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context, timing
                            "latency_ratio": after["kept"] / after["all int8"]}
             return c
         c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures = all_int8
+        c.error = None
         tried.append(f"{c.label}: {'; '.join(c.failures)}")
     raise StepFailed("no int8 model meets the tolerance, even with sensitive layers kept in float: "
                      + " | ".join(tried) + "; nothing was written",
