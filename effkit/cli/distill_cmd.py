@@ -206,7 +206,7 @@ def distill_command(
         student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
     train, val = _load_data(data, val_data, val_split, seed, teacher_model)
 
-    result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume)
+    result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume, threads)
     if prune_ratio is not None:
         result.details["prune"] = pruned.details
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
@@ -227,12 +227,12 @@ def _load_data(data: str, val_data: str | None, val_split: float, seed: int, tea
     return train, val
 
 
-def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume: bool):
+def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume: bool, threads: int | None):
     from effkit.passes.distill import distill
 
     with _process_group(world), _training_bar(rank == 0) as on_step:
         return distill(teacher, student, config, data=train, val_data=val, on_step=on_step, checkpoint=ckpt,
-                       resume=resume)
+                       resume=resume, threads=threads)
 
 
 def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,

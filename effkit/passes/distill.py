@@ -426,7 +426,7 @@ def _device():
 def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
             progress: Callable[[str, float], None] | None = None,
             on_step: Callable[[TrainStatus], None] | None = None,
-            checkpoint: str | Path | None = None, resume: bool = False) -> PassResult:
+            checkpoint: str | Path | None = None, resume: bool = False, threads: int | None = None) -> PassResult:
     """Train a copy of `student` to match `teacher` on `data`; return it with the training record.
 
     teacher: a torch or ONNX Model; student: a torch Model whose outputs have the teacher's shapes.
@@ -435,7 +435,8 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     checkpoint: where SIGINT / SIGTERM write a checkpoint (then `Interrupted` is raised);
     resume=True continues from it (to the very weights of a straight run, on CPU). Neither model
     is modified. Under an initialized torch.distributed group, trains with
-    DistributedDataParallel (see the module docstring).
+    DistributedDataParallel (see the module docstring). threads: torch CPU threads while training
+    (default: OMP_NUM_THREADS, else the cores shared among this machine's processes; restored after).
     PassResult.details: per-epoch history, best epoch, samples/s, sizes of the data sets.
     """
     import torch
@@ -450,6 +451,8 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
         teacher = teacher.replace(module=copy.deepcopy(teacher.module).to(device).eval())
     module = copy.deepcopy(student.module).to(device)
     features = _Features(module, [s for s, _ in config.feature_pairs], "student") if config.feature_pairs else None
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or _default_threads())
     try:
         targets = _teacher_outputs(teacher, train, [t for _, t in config.feature_pairs], device)
         _check_student(module, features, targets, config, train, val, device)
@@ -460,6 +463,7 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
             run.resume()
         run.train(progress, on_step)
     finally:
+        torch.set_num_threads(previous_threads)
         if features:
             features.remove()
 
@@ -468,6 +472,19 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     module.eval().cpu()
     trained = student.replace(module=module, path=None, format="derived")
     return PassResult(trained, run.details(data, val_data), run.notes())
+
+
+def _default_threads() -> int:
+    """OMP_NUM_THREADS when set (torchrun sets it to 1 per process), else this process's cores shared
+    among the processes on this machine. Read from the environment because loading and measuring
+    models resets torch's own thread count."""
+    import os
+
+    from effkit.runtime import available_cores
+
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def _check_student(module, features, targets, config: DistillConfig, train, val, device) -> None:
