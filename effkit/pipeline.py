@@ -393,6 +393,8 @@ def _quantize(ctx: _Context, current: State) -> list[Step]:
     tolerance, so it keeps the layers that break it in float."""
     quantize = _pass_function("quantize")
     config, attempts = ctx.recipe.quantize, []
+    if config.output_format is None:  # the pipeline ends in ONNX: only ONNX Runtime int8 exports verifiably
+        config = dataclasses.replace(config, output_format=".onnx")
     calib = ctx.data
     for attempt in range(ctx.recipe.pipeline.backoff_tries + 1):
         ctx.log(f"quantize: {config.method}" + (f", tolerance {_texts(config.tolerance)}" if config.tolerance else ""))
@@ -543,6 +545,9 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
         raise UsageError("distill needs training data", "pass --data FILE")
     if recipe.pipeline.accuracy_drop_points is not None and (eval_data is None or eval_data.labels is None):
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
+    if recipe.quantize is not None and (recipe.quantize.backend == "torch" or recipe.quantize.output_format == ".ts"):
+        raise UsageError("compress ends in a verified ONNX export, and torch int8 models do not export to ONNX",
+                         "use backend = \"onnxruntime\" or \"auto\" in [quantize], or effkit quantize for torch int8")
     if model.kind != "torch" and (recipe.prune is not None or recipe.distill is not None):
         raise UsageError("prune and distill need a torch model, not ONNX", "pass the PyTorch model")
     for d in (data, eval_data):

@@ -187,6 +187,28 @@ def test_prune_then_export_records_both(pruned_result):
     assert layers[0]["weights_after"] < layers[0]["weights_before"]
 
 
+def test_distill_recovers_the_pruned_model_from_the_original():
+    from effkit.pipeline import run_pipeline
+
+    model, data = _tiny()
+    recipe = _recipe(prune={"ratio": 0.5}, distill={"epochs": 10, "batch_size": 32, "lr": 5e-3})
+    result = run_pipeline(model, recipe, data=data, eval_data=data)
+    assert [s.name for s in result.steps] == ["prune", "distill", "export"]
+    prune_step, distill_step = result.steps[:2]
+    assert distill_step.before is prune_step.after and distill_step.config["epochs"] == 10
+    assert distill_step.details["epochs"] == 10
+    # trained towards the original's predictions: more of them right than right after pruning
+    assert distill_step.after.accuracy > prune_step.after.accuracy
+
+
+def test_torch_int8_is_refused_because_compress_ends_in_onnx():
+    from effkit.pipeline import run_pipeline
+
+    model, _ = _tiny()
+    with pytest.raises(UsageError, match=r"^compress ends in a verified ONNX export, and torch int8 models"):
+        run_pipeline(model, _recipe(quantize={"backend": "torch"}))
+
+
 def _bad(model):
     """The model with its last layer's weights zeroed: every output the same, accuracy at chance."""
     import copy

@@ -80,15 +80,17 @@ def _attempt(a: dict) -> str:
 
 
 def terminal_cells(result) -> list[list[str]]:
-    """The rows for an 80-column terminal: units in the header, short runtime names."""
+    """The rows for an 80-column terminal: units in the header, short runtime names; the last
+    columns are accuracy and its change with --eval data, else cosine to the original's outputs."""
     cells = []
     for row in result.rows():
+        quality = ([f"{100 * row['accuracy']:.2f}%", f"{row['accuracy_change_pt']:+.2f}"]
+                   if row["accuracy"] is not None else
+                   [f"{row['cosine_min']:.5f}" if row["cosine_min"] is not None else "1", ""])
         cells.append([
             row["state"], "ort" if row["runtime"] == "onnxruntime" else row["runtime"],
             _num(row["p50_ms"]), _num(row["p90_ms"]), _x(row["speedup_step"]), _x(row["speedup_vs_torch_fp32"]),
-            fmt_bytes(row["size_bytes"], digits=0),
-            f"{100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else "-",
-            f"{row['accuracy_change_pt']:+.2f}" if row["accuracy_change_pt"] is not None else "-",
+            fmt_bytes(row["size_bytes"], digits=0), *quality,
         ])
     return cells
 
@@ -97,7 +99,8 @@ def compress_table(result) -> Table:
     """The summary table printed at the end of `effkit compress` (ort = ONNX Runtime)."""
     table = Table(title=f"effkit compress: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
-    for i, h in enumerate(("step", "runtime", "p50 ms", "p90 ms", "step", "vs fp32", "size", "acc", "Δ pt")):
+    quality = ("acc", "Δ pt") if result.original.accuracy is not None else ("cosine", "")
+    for i, h in enumerate(("step", "runtime", "p50 ms", "p90 ms", "step", "vs fp32", "size", *quality)):
         table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
     for cells in terminal_cells(result):
         table.add_row(*cells)
