@@ -62,7 +62,12 @@ def quantize_command(
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Quantize to int8, keep the fastest candidate that meets the tolerance, and compare before/after."""
+    """Quantize to int8, keep the fastest candidate that meets the tolerance, and compare before/after.
+
+    The ONNX Runtime path writes OUT.onnx; the torch path writes TorchScript (OUT.ts), the format in which \
+torch.ao's packed int8 weights serialize and load back without your model's code \
+(`effkit bench OUT.ts --input-shape ...` runs it).
+    """
     from effkit.errors import StepFailed, UsageError
     from effkit.passes.quantize import QuantizeConfig, parse_tolerance
 
