@@ -572,6 +572,9 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside OUTDIR to build it in; moved onto OUTDIR when the block succeeds,
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
     stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; OUTDIR should get the usual permissions
     try:
         yield stage
         check_outdir(outdir, force)
