@@ -17,7 +17,8 @@ IS_INPUT = "is also an input of this command (write the result to another path)"
 
 
 def _temp_leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (p.name.endswith(".tmp")
+    """effkit's temporaries: `.NAME.XXXX.tmp.SUFFIX` files and `.effkit-XXXX` staging folders."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and (".tmp" in p.name
                                                                                   or p.name.startswith(".effkit-")))
 
 
