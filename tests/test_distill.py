@@ -195,7 +195,8 @@ def test_cli_distills_saves_and_reports(cli, files):
     result = json.loads(stdout)
     assert result["step"] == "distill" and result["outputs"] == ["s.pt2", "s.onnx"]
     assert result["accuracy"]["before"] == 1.0  # the labels are the teacher's own
-    assert result["accuracy"]["after"] == result["details"]["history"][result["details"]["best_epoch"] - 1]["val_accuracy"]
+    details = result["details"]
+    assert result["accuracy"]["after"] == details["history"][details["best_epoch"] - 1]["val_accuracy"]
     assert result["fidelity"]["samples"] == 2  # measured on the 96 validation samples, batches of 64
     assert "effkit distill" in stderr and "agrees with the teacher on" in " ".join(stderr.split())
     saved = load_model("s.pt2")  # loads back without code, any batch size
@@ -214,6 +215,19 @@ def test_cli_val_split_and_state_dict_output(cli, files):
     assert result["accuracy"] is None  # no labels: agreement instead
     saved = load_model("s.pt", arch=spec("student_architecture"), input_shapes=[parse_input_shape("2x16")])
     assert saved.module(torch.zeros(2, 16)).shape == (2, 4)
+
+
+def test_onnx_teacher_is_measured_on_onnxruntime(cli, files, teacher):
+    from effkit.passes.export import export_onnx
+
+    export_onnx(teacher, files / "teacher.onnx")
+    code, stdout, stderr = cli("distill", files / "teacher.onnx", "--student", spec("student"), "--data",
+                               files / "train.npz", "--val-data", files / "val.npz", "--epochs", "6", "--lr", "0.02",
+                               "-o", "s.pt2", *FAST, "--json", "-")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert [r["runtime"] for r in result["after"]["runs"]] == ["onnxruntime"]
+    assert result["fidelity"]["top1_agreement"] > 0.6  # it learned from the ONNX teacher's outputs
 
 
 def test_student_from_prune_shrinks_the_teacher_then_distills(cli, files):
@@ -286,7 +300,8 @@ def test_sigint_during_the_command_checkpoints_and_resume_matches_a_straight_run
                           "--resume")
     assert code == 0, stderr
     assert not (files / "cut.pt.ckpt").exists()
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), *common, "-o", files / "straight.pt")
+    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), *common,
+                          "-o", files / "straight.pt")
     assert code == 0, stderr
     a, b = torch.load(files / "cut.pt"), torch.load(files / "straight.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -156,7 +156,8 @@ def distill_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run whose checkpoint is "
                                          "OUT.ckpt (same command and data).")] = False,
     runtime: Annotated[Optional[str], typer.Option(
-        "--runtime", help="Runtime of the before/after measurement: torch, onnxruntime or all [default: torch]")] = None,
+        "--runtime", help="Runtime of the before/after measurement: torch, onnxruntime or all (default: torch; "
+                          "onnxruntime for an ONNX teacher)")] = None,
     arch: ArchOpt = None,
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
@@ -199,7 +200,8 @@ def distill_command(
 
     teacher_model = load(teacher, arch, trust, input_shape, inputs)
     check_outputs_free([output], force, inputs=(teacher_model.path,))
-    runtimes = parse_runtimes(runtime or "torch", "torch")
+    runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
+                              teacher_model.kind)
     if prune_ratio is None:
         student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
     else:
