@@ -55,3 +55,12 @@ class InterruptingStudent(nn.Sequential):
 def interrupting_student():
     torch.manual_seed(1)
     return InterruptingStudent()
+
+
+def loader():
+    """Training data as a DataLoader of (inputs, labels) batches: 64 samples, 4 classes."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=generator)
+    return DataLoader(TensorDataset(x, torch.randint(0, 4, (64,), generator=generator)), batch_size=16)

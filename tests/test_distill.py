@@ -217,6 +217,15 @@ def test_cli_val_split_and_state_dict_output(cli, files):
     assert saved.module(torch.zeros(2, 16)).shape == (2, 4)
 
 
+def test_data_from_a_dataloader_factory(cli):
+    code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", spec("loader"),
+                               "--val-split", "0.25", "--epochs", "1", "-o", "s.pt2", *FAST, "--json", "-")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert (result["details"]["train_samples"], result["details"]["val_samples"]) == (48, 16)
+    assert result["accuracy"] is not None  # the labels came through
+
+
 def test_onnx_teacher_is_measured_on_onnxruntime(cli, files, teacher):
     from effkit.passes.export import export_onnx
 
