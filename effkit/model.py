@@ -717,7 +717,9 @@ def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path
 
             save_file({k: v.contiguous() for k, v in model.module.state_dict().items()}, str(tmp))
         elif suffix == ".ts":
-            scripted = torch.jit.trace(model.module, _torch_example(model), check_trace=False)
+            scripted = model.module
+            if not isinstance(scripted, torch.jit.ScriptModule):
+                scripted = torch.jit.trace(model.module, _torch_example(model), check_trace=False)
             torch.jit.save(scripted, str(tmp))
         else:
             raise UsageError(f"cannot save a torch model as {suffix or 'a file without suffix'}",
