@@ -106,6 +106,8 @@ class CompressResult:
     hint: str | None = None
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    data_source: str | None = None  # --data
+    eval_source: str | None = None  # --eval
 
     @property
     def original(self) -> State:
@@ -498,7 +500,9 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     ctx = _Context(model, recipe, data, eval_data, progress, log)
     original = ctx.evaluate("original", model)
     ctx.states.append(original)
-    result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes)
+    result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,
+                            data_source=data.source if data is not None else None,
+                            eval_source=eval_data.source if eval_data is not None else None)
     ctx.log("timing the original")
     ctx.bench(original)
     current = original
@@ -634,11 +638,23 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
                     _verify_saved(stage / "model.pt2", native, native_ref)
                 names.append("model.pt2")
         result.outputs = [str(outdir / n) for n in names + ["recipe.toml", "report.json", "report.md", "report.html"]]
-        _write(stage / "recipe.toml", result.recipe.to_toml())
+        _write(stage / "recipe.toml", result.recipe.to_toml(_recipe_comments(result)))
         _write(stage / "report.json", result.to_json() + "\n")
         _write(stage / "report.md", compress_markdown(result))
         _write(stage / "report.html", compress_html(result))
     return [Path(p) for p in result.outputs]
+
+
+def _recipe_comments(result: CompressResult) -> list[str]:
+    """How this recipe was run (the data is not part of it) and what the back-off changed."""
+    command = f"effkit compress {result.source}"
+    command += f" --data {result.data_source}" if result.data_source else ""
+    command += f" --eval {result.eval_source}" if result.eval_source else ""
+    lines = [f"Reproduce: {command} --recipe recipe.toml -o OUTDIR"]
+    lines += [f"{step.name}: {note}" for step in result.steps for note in step.notes if note.startswith("backed off")]
+    if any(note.startswith("backed off") for step in result.steps for note in step.notes):
+        lines.append("(the recipe holds what was asked; running it again backs off the same way)")
+    return lines
 
 
 def _native_model(result: CompressResult):

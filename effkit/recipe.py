@@ -235,10 +235,10 @@ class Recipe:
                             for f in dataclasses.fields(config) if f.init and getattr(config, f.name) is not None}
         return out
 
-    def to_toml(self) -> str:
-        """The resolved recipe as TOML: `Recipe.parse(recipe.to_toml()) == recipe`."""
+    def to_toml(self, comments: list[str] = ()) -> str:
+        """The resolved recipe as TOML: `Recipe.parse(recipe.to_toml()) == recipe`. `comments` go on top."""
         lines = ["# effkit compress recipe (resolved: every default written out).",
-                 "# Reproduce with: effkit compress MODEL --recipe recipe.toml -o OUTDIR", ""]
+                 *[f"# {c}" for c in comments], ""]
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
@@ -285,7 +285,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (tuple, list):
         return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, f"a {getattr(hint, '__name__', hint)}")
 
 
 def _coerce(value: Any, hint: Any) -> Any:
