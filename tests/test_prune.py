@@ -257,3 +257,17 @@ def test_prune_does_not_modify_its_input():
     after = model.module.state_dict()
     assert all(after[k].shape == v.shape and bool((after[k] == v).all()) for k, v in before.items())
     assert Path(model.source).name == "models.py:cnn"
+
+
+def test_taylor_importance_uses_the_data():
+    from effkit.data import Data
+
+    model = load_model(spec("mlp"))
+    rng = np.random.default_rng(0)
+    data = Data((rng.standard_normal((64, 16)).astype(np.float32),), rng.integers(0, 4, 64), "random.npz")
+    taylor = prune(model, PruneConfig(importance="taylor"), data=data).model.module
+    unlabelled = prune(model, PruneConfig(importance="taylor"), data=Data(data.inputs, None, "x.npz")).model.module
+    l1 = prune(model, PruneConfig(importance="l1")).model.module
+    assert taylor[0].weight.shape == l1[0].weight.shape == (16, 16)
+    assert not bool((taylor[0].weight == l1[0].weight).all())  # other channels kept
+    assert unlabelled[0].weight.shape == (16, 16)
