@@ -56,7 +56,7 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.5  # weight of the distillation loss; 1 - alpha goes to cross-entropy on labels
     loss: str = "kl"  # "kl" (classifier logits) or "mse" (regression outputs)
-    feature_pairs: tuple[tuple[str, str], ...] = ()  # (student layer, teacher layer), outputs matched by MSE
+    feature_pairs: tuple[tuple[str, str], ...] = ()  # (student layer, teacher layer): outputs matched by MSE
     feature_weight: float = 1.0
     lr_warmup: float = 0.05  # fraction of all steps spent warming the learning rate up linearly
     grad_clip: float | None = 1.0  # max gradient norm; None turns clipping off
@@ -64,6 +64,9 @@ class DistillConfig:
     val_split: float = 0.1  # held out from `data` when no validation data is given; 0 = no validation
 
     def __post_init__(self) -> None:
+        # pairs may come as lists or "student:teacher" strings (from a recipe file): keep tuples
+        object.__setattr__(self, "feature_pairs", tuple(parse_feature_pair(p) if isinstance(p, str) else tuple(p)
+                                                        for p in self.feature_pairs))
         if self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -554,12 +557,13 @@ class _Training:
         """Write the checkpoint (rank 0), with every rank's RNG state."""
         import torch
 
-        rng_states = [torch.get_rng_state()]
+        mine = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        rng_states = [mine]
         if self.world > 1:
             import torch.distributed as dist
 
             rng_states = [None] * self.world
-            dist.all_gather_object(rng_states, torch.get_rng_state())
+            dist.all_gather_object(rng_states, mine)
         sums = _all_sum(self.sums, self.world, self.device)  # one record of the epoch so far, kept by rank 0
         if self.rank == 0:
             _save_checkpoint(self.checkpoint, {
@@ -583,7 +587,10 @@ class _Training:
         self.module.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"][self.rank])
+        cpu_rng, cuda_rng = state["rng"][self.rank]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         self.epoch, self.step, self.history, self.best = state["epoch"], state["step"], state["history"], state["best"]
         self.sums = state["sums"] if self.rank == 0 else [0.0, 0.0]
         self.trained_samples, self.train_seconds = state["trained_samples"], state["train_seconds"]
