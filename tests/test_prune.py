@@ -240,6 +240,8 @@ def test_untraceable_model_says_why():
 def test_config_rejects_conflicts():
     with pytest.raises(UsageError, match="cannot be combined"):
         PruneConfig(target_latency=0.5, target_macs=0.5)
+    with pytest.raises(UsageError, match="--iterative-steps cannot be combined with a target"):
+        PruneConfig(target_macs=0.5, iterative_steps=3)
     with pytest.raises(UsageError, match="need structured pruning"):
         PruneConfig(unstructured=True, sparsity=0.5, target_macs=0.5)
     with pytest.raises(UsageError, match="--no-distill fine-tunes on labels"):

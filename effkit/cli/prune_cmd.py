@@ -18,7 +18,7 @@ from effkit.cli.common import (
 def prune_command(
     model: ModelArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="The pruned model (.pt2: loads back without your code).")],
-    ratio: Annotated[str, typer.Option("--ratio", help="Fraction of channels to remove, in (0, 1).")] = "0.5",
+    ratio: Annotated[str, typer.Option("--ratio", help="Fraction of channels to remove, in (0, 1) (a --target-* replaces it).")] = "0.5",
     scope: Annotated[str, typer.Option("--scope", help="layer: the ratio in every layer; global: ranked across "
                                                        "the model.")] = "layer",
     importance: Annotated[str, typer.Option("--importance", help="l1, l2 or taylor (taylor needs --data).")] = "l1",

@@ -88,6 +88,9 @@ class PruneConfig:
         for name, value in (("--target-latency", self.target_latency), ("--target-macs", self.target_macs)):
             if value is not None and not 0.0 < value < 1.0:
                 raise UsageError(f"{name} must be below 1x and above 0x, got {value}x", "e.g. 0.5x halves it")
+        if (self.target_latency is not None or self.target_macs is not None) and self.iterative_steps != 1:
+            raise UsageError("--iterative-steps cannot be combined with a target",
+                             "a target search prunes in its own steps of 0.05; drop --iterative-steps")
         if self.target_latency is not None and self.target_macs is not None:
             raise UsageError("--target-latency and --target-macs cannot be combined", "pick one target")
         if self.runtime not in RUNTIMES:
