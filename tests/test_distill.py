@@ -168,8 +168,24 @@ def test_feature_matching_and_mse_loss(teacher, data):
     assert result.details["best_metric"] == "agreement"
     with pytest.raises(UsageError, match=r"the student has no layer 'nope' \(--feature-pairs\)"):
         distill(teacher, wide, DistillConfig(feature_pairs=(("nope", "1"),)), data=train, val_data=val)
-    with pytest.raises(InputError, match=r"the student's feature '0' has shape \[N, 64\], the teacher's '4' \[N, 4\]"):
-        distill(teacher, wide, DistillConfig(feature_pairs=(("0", "4"),)), data=train, val_data=val)
+    odd = teacher.replace(module=nn.Sequential(nn.Unflatten(1, (4, 4)), nn.Flatten(), nn.Linear(16, 4)))
+    with pytest.raises(InputError, match=r"the student's feature '0' has shape \[N, 4, 4\], the teacher's '1' "
+                                         r"\[N, 64\] \(pair layers whose outputs match but for the channels"):
+        distill(teacher, odd, DistillConfig(feature_pairs=(("0", "1"),)), data=train, val_data=val)
+
+
+def test_features_of_a_narrower_student_are_matched_through_a_learned_map(teacher, data):
+    """Student ReLU [N, 16] against teacher ReLU [N, 64]: a 16->64 map trains along, then is dropped."""
+    train, val = data
+    student = student_model(teacher)
+    config = DistillConfig(epochs=6, batch_size=32, lr=2e-2, seed=3, feature_pairs=(("1", "1"),), feature_weight=0.5)
+    result = distill(teacher, student, config, data=train, val_data=val)
+    trained = result.model.module
+    assert trained.state_dict().keys() == student.module.state_dict().keys()  # the map is gone
+    assert not any(m._forward_hooks for m in trained.modules())  # and so are the hooks
+    plain = distill(teacher, student, CONFIG, data=train, val_data=val).model.module
+    assert not _same_weights(trained, plain)  # the feature loss took part
+    assert max(h["val_accuracy"] for h in result.details["history"]) >= 0.6
 
 
 @pytest.mark.parametrize("kwargs, message", [

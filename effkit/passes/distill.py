@@ -3,7 +3,8 @@
 Loss per sample: KL divergence between the temperature-softened teacher and student outputs,
 times T² (Hinton et al., 2015), or MSE for regression outputs; mixed with cross-entropy on the
 labels when the data has them (`alpha` weighs the distillation part); plus optional MSE between
-named intermediate features. AdamW, linear warm-up then cosine decay, gradient clipping,
+named intermediate features (through a learned linear map where the student's channel count
+differs, as in FitNets). AdamW, linear warm-up then cosine decay, gradient clipping,
 validation every epoch (accuracy with labels, else top-1 agreement with the teacher, else MSE
 to the teacher), and the best epoch's weights kept.
 
@@ -458,9 +459,9 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     torch.set_num_threads(threads or _default_threads())
     try:
         targets = _teacher_outputs(teacher, train, [t for _, t in config.feature_pairs], device)
-        _check_student(module, features, targets, config, train, val, device)
+        channels = _check_student(module, features, targets, config, train, val, device)
         teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
-        run = _Training(module, features, config, train, targets, val, teacher_val, device,
+        run = _Training(module, features, channels, config, train, targets, val, teacher_val, device,
                         Path(checkpoint) if checkpoint is not None else None)
         if resume:
             run.resume()
@@ -490,8 +491,9 @@ def _default_threads() -> int:
     return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def _check_student(module, features, targets, config: DistillConfig, train, val, device) -> None:
-    """Run the student on two samples: its outputs and features must fit the teacher's, labels its classes."""
+def _check_student(module, features, targets, config: DistillConfig, train, val, device) -> list[tuple[int, int]]:
+    """Run the student on two samples: its outputs must fit the teacher's, the labels its classes, and its
+    features the teacher's but for the channels (dim 1). Returns (student, teacher) channels per feature pair."""
     import torch
 
     teacher_outs, teacher_feats = targets
@@ -504,16 +506,44 @@ def _check_student(module, features, targets, config: DistillConfig, train, val,
         except Exception as e:
             raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
     _check_outputs([o[:2] for o in teacher_outs], student_outs, config, (train, val))
+    channels = []
     for (s_name, t_name), s, t in zip(config.feature_pairs, features.take() if features else [], teacher_feats):
-        if s.shape[1:] != t.shape[1:]:
+        if s.dim() < 2 or s.dim() != t.dim() or s.shape[2:] != t.shape[2:]:
             raise InputError(f"the student's feature {s_name!r} has shape {_fmt_shape(s.shape)}, the teacher's "
-                             f"{t_name!r} {_fmt_shape(t.shape)}", "pair layers whose outputs have the same shape")
+                             f"{t_name!r} {_fmt_shape(t.shape)}",
+                             "pair layers whose outputs match but for the channels (dim 1)")
+        channels.append((s.shape[1], t.shape[1]))
+    return channels
+
+
+def _with_feature_maps(module, features: _Features, channels: list[tuple[int, int]]):
+    """The student plus, per feature pair whose channels differ, a learned linear map from the student's
+    channels to the teacher's (the FitNets regressor: a 1x1 convolution on feature maps), trained along
+    with the student and dropped afterwards. forward returns (outputs, mapped features). One module,
+    so that DistributedDataParallel keeps the maps in sync too."""
+    import torch
+    from torch import nn
+
+    class FeatureStudent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = module
+            self.maps = nn.ModuleList(nn.Identity() if cs == ct else nn.Linear(cs, ct, bias=False)
+                                      for cs, ct in channels)
+
+        def forward(self, *inputs):
+            out = self.student(*inputs)
+            mapped = [f if isinstance(m, nn.Identity) else torch.einsum("tc,nc...->nt...", m.weight, f)
+                      for m, f in zip(self.maps, features.take())]
+            return out, mapped
+
+    return FeatureStudent()
 
 
 class _Training:
     """The training loop and everything a checkpoint must carry to continue it exactly."""
 
-    def __init__(self, module, features, config: DistillConfig, train, targets, val, teacher_val, device,
+    def __init__(self, module, features, channels, config: DistillConfig, train, targets, val, teacher_val, device,
                  checkpoint: Path | None):
         import random
 
@@ -532,13 +562,15 @@ class _Training:
                              f"{self.world} processes")
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup = int(round(config.lr_warmup * self.total_steps))
-        module.train()
-        self.model = module
+        # what trains: the student, with the maps of its features to the teacher's when matching features
+        self.net = _with_feature_maps(module, features, channels).to(device) if features else module
+        self.net.train()
+        self.model = self.net
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            self.model = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lambda s: _schedule(s, self.total_steps, warmup))
         # where training stands: the next (epoch, step), this rank's [loss sum, samples] of the epoch so far
@@ -568,7 +600,7 @@ class _Training:
         if self.rank == 0:
             _save_checkpoint(self.checkpoint, {
                 "format": CHECKPOINT_FORMAT, "config": _config_identity(self.config),
-                "samples": len(self.train_data), "world": self.world, "student": self.module.state_dict(),
+                "samples": len(self.train_data), "world": self.world, "student": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng_states, "epoch": self.epoch, "step": self.step, "sums": sums, "history": self.history,
                 "best": self.best, "trained_samples": self.trained_samples, "train_seconds": self.train_seconds})
@@ -584,7 +616,7 @@ class _Training:
                 or state["world"] != self.world):
             raise UsageError(f"{self.checkpoint} was written by a run with other settings or data",
                              "resume with the same command, or delete the checkpoint to start over")
-        self.module.load_state_dict(state["student"])
+        self.net.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         cpu_rng, cuda_rng = state["rng"][self.rank]
@@ -632,8 +664,8 @@ class _Training:
         inputs = _to_tensors(tuple(a[idx] for a in data.inputs), self.device)
         labels = torch.from_numpy(data.labels[idx]).to(self.device) if data.labels is not None else None
         t_idx = torch.from_numpy(idx).to(self.device)
-        per_sample = _per_sample_loss(_tensors(self.model(*inputs)), [t[t_idx] for t in self.teacher_outs], labels,
-                                      self.features.take() if self.features else [],
+        out, feats = self.model(*inputs) if self.features else (self.model(*inputs), [])
+        per_sample = _per_sample_loss(_tensors(out), [t[t_idx] for t in self.teacher_outs], labels, feats,
                                       [f[t_idx] for f in self.teacher_feats], self.config)
         # DDP averages gradients over ranks: scaling by world / global batch makes that average
         # the gradient of the mean loss over the whole global batch, as one process computes it.
@@ -642,7 +674,7 @@ class _Training:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.sums = [self.sums[0] + float(per_sample.detach().sum()), self.sums[1] + len(idx)]
