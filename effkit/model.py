@@ -14,6 +14,7 @@ import gzip
 import importlib
 import importlib.util
 import inspect
+import json
 import re
 import shutil
 import sys
@@ -307,8 +308,6 @@ _PT2_PICKLED = ("data/weights/model.pt", "data/constants/model.pt")  # the legac
 
 def _pt2_code_entries(path: Path) -> list[str]:
     """What in a .pt2 archive would run code when torch.export.load opens it."""
-    import json
-
     risky = []
     try:
         with zipfile.ZipFile(path) as z:
@@ -322,6 +321,17 @@ def _pt2_code_entries(path: Path) -> list[str]:
     except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
         raise _corrupt(path, "torch.export (.pt2) archive", e) from e
     return risky
+
+
+# effkit's own note inside .pt2 archives it writes: the example inputs' real batch size
+_PT2_META = "effkit.json"
+
+
+def _pt2_example_batch(text: str) -> int | None:
+    try:
+        return int(json.loads(text)["example_batch"]) or None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
@@ -340,9 +350,10 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     if not trust:
         os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    extra = {_PT2_META: ""}
     try:
         with quiet_torch():
-            program = torch.export.load(str(path))
+            program = torch.export.load(str(path), extra_files=extra)
     except Exception as e:
         if "Weights only load failed" in str(e):
             raise ModelLoadError(f"{path} holds pickled Python objects, and unpickling runs code from the file",
@@ -354,6 +365,9 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     example = None
     if program.example_inputs is not None:
         example = program.example_inputs[0]
+        batch = _pt2_example_batch(extra[_PT2_META])
+        if batch:  # effkit exported from a doubled batch-1 example: give back the real one
+            example = tuple(a[:batch] if a.dim() > 0 else a for a in example)
     model = _torch_model(program.module(), example, spec, "pt2", path, input_shapes)
     model.save_suffix = ".pt2"
     return model
@@ -380,8 +394,6 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     except ImportError as e:
         raise ModelLoadError("loading a Hugging Face folder needs transformers",
                              "pip install 'effkit[hf]'") from e
-    import json
-
     config_path = path / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"{path} has no config.json, so it is not a Hugging Face model folder")
@@ -709,7 +721,8 @@ def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path
     with atomic_path(path, force) as tmp:
         if suffix == ".pt2":
             program = export_program(model)
-            torch.export.save(program, str(tmp))
+            batch = int(model.example_inputs[0].shape[0]) if model.example_inputs[0].ndim else 0
+            torch.export.save(program, str(tmp), extra_files={_PT2_META: json.dumps({"example_batch": batch})})
         elif suffix in (".pt", ".pth"):
             torch.save(model.module.state_dict(), str(tmp))
         elif suffix == ".safetensors":
@@ -728,20 +741,27 @@ def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path
 
 
 def export_program(model: Model) -> Any:
-    """torch.export the model with a dynamic batch dimension where the model allows it."""
+    """torch.export the model with a dynamic batch dimension where the model allows it.
+
+    torch.export specializes a dimension of size 1 ("0/1 specialization"), so a batch-1 example
+    is exported from a batch-2 copy; `save_model` records the real example batch beside it.
+    """
     import torch
 
     args = _torch_example(model)
-    batch = torch.export.Dim.AUTO
-    dynamic = tuple({0: batch} if a.dim() > 0 else None for a in args)
-    try:
-        return torch.export.export(model.module, args, dynamic_shapes=dynamic)
-    except Exception:
+    traced = tuple(torch.cat([a, a]) if a.dim() > 0 and a.shape[0] == 1 else a for a in args)
+    dynamic = tuple({0: torch.export.Dim.AUTO} if a.dim() > 0 else None for a in traced)
+    from effkit.passes.export import quiet_torch
+
+    with quiet_torch():
         try:
-            return torch.export.export(model.module, args)
-        except Exception as e:
-            raise ModelLoadError(f"torch.export cannot capture this model: {str(e).splitlines()[0][:300]}",
-                                 "save it as .onnx or .pt (state_dict) instead") from e
+            return torch.export.export(model.module, traced, dynamic_shapes=dynamic)
+        except Exception:
+            try:
+                return torch.export.export(model.module, args)
+            except Exception as e:
+                raise ModelLoadError(f"torch.export cannot capture this model: {str(e).splitlines()[0][:300]}",
+                                     "save it as .onnx or .pt (state_dict) instead") from e
 
 
 def save_onnx_file(src: Path, dst: Path, force: bool) -> list[Path]:

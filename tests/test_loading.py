@@ -153,3 +153,15 @@ def test_hf_folder(tmp_path):
     assert model.format == "hf" and outputs(model)[0].shape == (2, 3)
     auto = load_model(str(tmp_path / "bert"), input_shapes=[parse_input_shape("int64:2x8")])  # recognised by config.json
     np.testing.assert_array_equal(outputs(auto)[0], outputs(model)[0])
+
+
+def test_pt2_from_batch_one_keeps_a_dynamic_batch(tmp_path):
+    model = load_model(spec("cnn"))  # example batch 1: torch.export would fix the batch at 1
+    path = tmp_path / "m.pt2"
+    save_model(model, path)
+    loaded = load_model(str(path))
+    assert loaded.example_inputs[0].shape == (1, 3, 16, 16)
+    wide = load_model(str(path), input_shapes=[parse_input_shape("3x3x16x16")])
+    assert outputs(wide)[0].shape == (3, 10)
+    # the ONNX Runtime path exports it again and verifies at another batch size
+    assert make_runner(loaded, "onnxruntime", threads=1).run(wide.example_inputs)[0].shape == (3, 10)
