@@ -206,10 +206,11 @@ def test_config_is_validated(kwargs, message):
 def test_cli_distills_saves_and_reports(cli, files):
     code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", files / "train.npz",
                                "--val-data", files / "val.npz", "--epochs", "4", "--lr", "0.01", "-o", "s.pt2",
-                               "--export-onnx", "s.onnx", *FAST, "--json", "-")
+                               "--export-onnx", "s.onnx", *FAST, "--json", "-", "--markdown", "r.md")
     assert code == 0, stderr
     result = json.loads(stdout)
     assert result["step"] == "distill" and result["outputs"] == ["s.pt2", "s.onnx"]
+    assert Path("r.md").read_text().startswith(f"### effkit distill: `{spec('teacher')}`")
     assert result["accuracy"]["before"] == 1.0  # the labels are the teacher's own
     details = result["details"]
     assert result["accuracy"]["after"] == details["history"][details["best_epoch"] - 1]["val_accuracy"]
@@ -218,7 +219,7 @@ def test_cli_distills_saves_and_reports(cli, files):
     saved = load_model("s.pt2")  # loads back without code, any batch size
     x = torch.from_numpy(_inputs(5, 9))
     assert saved.module(x).shape == (5, 4)
-    assert sorted(p.name for p in Path().iterdir() if p.suffix != ".npz") == ["s.onnx", "s.pt2"]  # no checkpoint
+    assert sorted(p.name for p in Path().iterdir() if p.suffix != ".npz") == ["r.md", "s.onnx", "s.pt2"]
 
 
 def test_cli_val_split_and_state_dict_output(cli, files):

@@ -202,11 +202,11 @@ def distill_command(
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
+    train, val = _load_data(data, val_data, val_split, seed, teacher_model)
     if prune_ratio is None:
         student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
     else:
         student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
-    train, val = _load_data(data, val_data, val_split, seed, teacher_model)
 
     result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume, threads)
     if prune_ratio is not None:
