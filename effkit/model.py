@@ -168,9 +168,13 @@ def load_model(
     """
     spec = str(spec)
     path = Path(spec[3:] if spec.startswith("hf:") else spec)
-    if spec.startswith("hf:") or (path.is_dir() and (path / "config.json").is_file()):
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name longer than the file system allows, say
+        raise ModelLoadError(f"cannot use {spec[:60]!r}... as a path: {e.strerror}", MODEL_SPEC_HELP) from e
+    if spec.startswith("hf:") or (exists and path.is_dir() and (path / "config.json").is_file()):
         model = _load_hf(path, spec, trust, input_shapes)
-    elif path.exists():
+    elif exists:
         if path.is_dir():
             raise ModelLoadError(f"{path} is a folder without config.json", MODEL_SPEC_HELP)
         model = _load_file(path, spec, arch, trust, input_shapes)
