@@ -130,6 +130,8 @@ def np_ones_bytes() -> bytes:
 CASES = [
     ("missing-file", _missing, f"Error: no such file: missing.pt ({SPEC_HELP})"),
     ("unknown-format", _unknown_format, f"Error: unknown model format: model.xyz ({SPEC_HELP})"),
+    ("name-too-long", lambda tmp: ["m" * 300],
+     f"Error: cannot use '{'m' * 60}'... as a path: File name too long ({SPEC_HELP})"),
     ("empty-file", _empty, "Error: empty.pt is empty (the file is truncated; save or download it again)"),
     ("folder", _folder_without_config, f"Error: folder is a folder without config.json ({SPEC_HELP})"),
     ("no-such-function", _no_such_function,
