@@ -532,8 +532,8 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
         ctx.states.append(step.after)
         result.steps.append(step)
     else:
-        result.notes.append("the last step made an ONNX model already: it is the export (reloaded and checked "
-                            "when written)")
+        result.notes.append("the final model is ONNX already, so it is the export (reloaded and checked when "
+                            "written)")
     broken = ctx.violations(ctx.states[-1], original)
     if broken:  # export is verified to tolerance, so this is rare, but the bar is the bar
         result.status, result.message = "failed", f"the final model breaks the quality bar: {'; '.join(broken)}"

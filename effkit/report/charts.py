@@ -132,8 +132,8 @@ def _tradeoff(ax, states) -> None:
         ys = [100 * s.accuracy if use_accuracy else (1.0 if s.fidelity is None else s.fidelity["cosine_min"])
               for s, _ in points]
         ax.plot(xs, ys, "-o", color=color, label=runtime, alpha=0.8)
-        for (s, _), x, y in zip(points, xs, ys):
-            ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, ((s, _), x, y) in enumerate(zip(points, xs, ys)):  # staggered: steps that change little overlap
+            ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(4, 4 - 11 * (i % 2)), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency (ms, log scale)")
     ax.set_ylabel("accuracy (%)" if use_accuracy else "cosine similarity to the original (min)")

@@ -7,6 +7,7 @@ against the previous step on the same runtime and against the original's torch f
 from __future__ import annotations
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from effkit.report.text import _num, fmt_bytes, fmt_ms
@@ -105,7 +106,7 @@ def compress_table(result) -> Table:
     for cells in terminal_cells(result):
         table.add_row(*cells)
     caption = [("" if result.status == "ok" else "FAILED: ") + headline(result)] + step_lines(result) + result.notes
-    table.caption = "\n".join(c for c in caption if c)
+    table.caption = escape("\n".join(c for c in caption if c))  # notes hold [section] names, not markup
     table.caption_justify = "left"
     return table
 
