@@ -38,6 +38,8 @@ def test_compress_end_to_end_with_json_and_a_reproducible_recipe(cli, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == OUTPUTS
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
     np.testing.assert_array_equal(_outputs(tmp_path / "copy.onnx"), _outputs(out / "model.onnx"))
+    assert (out / "recipe.toml").read_text().splitlines()[1] == (
+        f"# Reproduce: effkit compress {spec('mlp')} --recipe recipe.toml -o OUTDIR")
 
     code, _, stderr = cli("compress", spec("mlp"), "--recipe", "out/recipe.toml", "-o", "again")
     assert code == 0, stderr
