@@ -191,9 +191,10 @@ def test_distill_recovers_the_pruned_model_from_the_original():
     from effkit.pipeline import run_pipeline
 
     model, data = _tiny()
-    recipe = _recipe(prune={"ratio": 0.5}, distill={"epochs": 10, "batch_size": 32, "lr": 5e-3})
+    recipe = _recipe(prune={"ratio": 0.5}, distill={"epochs": 10, "batch_size": 32, "lr": 5e-3}, export={"opset": 17})
     result = run_pipeline(model, recipe, data=data, eval_data=data)
     assert [s.name for s in result.steps] == ["prune", "distill", "export"]
+    assert result.steps[-1].details["opset"] == 17 and result.steps[-1].details["max_abs_diff"] < 1e-4
     prune_step, distill_step = result.steps[:2]
     assert distill_step.before is prune_step.after and distill_step.config["epochs"] == 10
     assert distill_step.details["epochs"] == 10

@@ -14,15 +14,6 @@ INSTALL_HINT = "pip install 'effkit[report]'"
 RUNTIME_COLORS = {"torch": "#d62728", "onnxruntime": "#1f77b4"}
 
 
-def charts_available() -> bool:
-    """True when matplotlib can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def compress_charts(result) -> list[dict[str, Any]] | None:
     """The report's charts as [{"name", "title", "caption", "png"}], or None without matplotlib."""
     try:
