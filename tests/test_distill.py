@@ -298,6 +298,21 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(cli, files, case, message
     assert sorted(files.iterdir()) == before
 
 
+def test_state_dict_student_needs_student_arch(cli, files):
+    import models_distill
+
+    torch.save(models_distill.student().state_dict(), files / "student.pt")
+    args = ["distill", spec("teacher"), "--student", files / "student.pt", "--data", files / "train.npz",
+            "--epochs", "1", "-o", files / "out.pt2", *FAST]
+    code, _, stderr = cli(*args)
+    assert code == 2
+    assert stderr.strip() == (f"Error: student: {files}/student.pt holds weights only (a state_dict), not the model's "
+                              "architecture (pass --student-arch path/to/file.py:factory (or package.module:factory) "
+                              "that builds the model)")
+    code, _, stderr = cli(*args, "--student-arch", spec("student_architecture"))
+    assert code == 0, stderr
+
+
 def test_leftover_checkpoint_needs_resume_or_force(cli, files):
     (files / "out.pt2.ckpt").write_bytes(b"not a checkpoint")
     code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", files / "train.npz",

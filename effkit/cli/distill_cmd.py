@@ -88,8 +88,9 @@ def _load_student(spec: str, arch: str | None, trust: bool, teacher, input_shape
               [InputShape(str(a.dtype), tuple(a.shape)) for a in teacher.example_inputs])
     try:
         student = load_model(spec, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs)
-    except EffkitError as e:
-        raise type(e)(f"student: {e.message}", e.hint) from e
+    except EffkitError as e:  # name the student and its own option in the message
+        student_arch = lambda text: text and text.replace("--arch", "--student-arch")  # noqa: E731
+        raise type(e)(f"student: {student_arch(e.message)}", student_arch(e.hint)) from e
     return student.replace(example_inputs=teacher.example_inputs, input_names=teacher.input_names)
 
 
