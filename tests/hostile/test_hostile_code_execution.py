@@ -129,15 +129,11 @@ def test_data_file_payload_runs_nothing(tmp_path):
 
     marker = tmp_path / "ran"
     path = tmp_path / "calib.pt"
-    torch.save((torch.zeros(4, 4), Touch_list(marker)), path)
+    torch.save((torch.zeros(4, 4), [hf.Touch(marker)]), path)
     with pytest.raises(InputError) as info:
         load_data(str(path))
     assert str(info.value).startswith(f"{path} is not a readable tensor file (weights-only loading): ")
     assert not marker.exists()
-
-
-def Touch_list(marker):
-    return [hf.Touch(marker)]
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path):
