@@ -39,6 +39,9 @@ from effkit.recipe import Recipe, config_class
 SCHEMA = "effkit.compress/1"
 FIDELITY_SAMPLES = 128  # samples of real data (when given) the outputs are compared on
 FIDELITY_BATCH = 16
+# report.json keeps at most this many latency samples per run (every k-th, with "samples_ms_every": k);
+# the statistics are computed from all of them.
+JSON_SAMPLES = 2000
 
 __all__ = ["CompressFailed", "CompressResult", "Recipe", "State", "Step", "compress", "run_pipeline",
            "write_outdir"]
@@ -63,8 +66,19 @@ class State:
     bench: Any = None  # BenchResult, once timed
 
     def to_dict(self) -> dict:
+        bench = self.bench.to_dict() if self.bench is not None else None
+        if bench is not None:  # fast models give tens of thousands of samples per run
+            bench["runs"] = [_thinned(run) for run in bench["runs"]]
         return {"name": self.name, "kind": self.model.kind, "accuracy": self.accuracy, "fidelity": self.fidelity,
-                "bench": self.bench.to_dict() if self.bench is not None else None}
+                "bench": bench}
+
+
+def _thinned(run: dict) -> dict:
+    """A copy of a bench run with at most JSON_SAMPLES latency samples (every k-th)."""
+    every = -(-len(run["samples_ms"]) // JSON_SAMPLES)
+    if every <= 1:
+        return run
+    return {**run, "samples_ms": run["samples_ms"][::every], "samples_ms_every": every}
 
 
 @dataclass

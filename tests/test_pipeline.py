@@ -359,6 +359,18 @@ def test_report_json_round_trips_its_numbers(pruned_result):
     assert data["overall"]["speedup_vs_torch_fp32"]["p50"] == pytest.approx(torch_p50 / final_p50)
 
 
+def test_report_json_thins_long_sample_lists_but_keeps_them_in_memory(pruned_result, monkeypatch):
+    import json
+
+    import effkit.pipeline
+
+    monkeypatch.setattr(effkit.pipeline, "JSON_SAMPLES", 2)
+    data = json.loads(pruned_result.to_json())
+    run = data["states"][0]["bench"]["runs"][0]
+    assert (len(run["samples_ms"]), run["samples_ms_every"]) == (2, 2)
+    assert len(pruned_result.original.bench.runs[0]["samples_ms"]) == 3  # FAST_BENCH: 3 iterations
+
+
 # ---------------------------------------------------------------- OUTDIR is written whole or not at all
 
 def test_written_outdir_holds_models_that_load_back(pruned_result, tmp_path):
