@@ -15,7 +15,7 @@ import torch
 
 from conftest import FAST, TESTS
 
-from effkit.data import Data, load_data
+from effkit.data import Data
 from effkit.errors import InputError, UsageError
 from effkit.model import load_model
 from effkit.specs import parse_input_shape
