@@ -166,11 +166,22 @@ def test_recipe_parse(text):
 
 @SETTINGS
 @given(TEXTS)
-def test_recipe_value_parsers(text):
-    from effkit.recipe import parse_accuracy_drop, parse_tolerance
+def test_recipe_tolerance(text):
+    from effkit.recipe import parse_tolerance
 
-    _valid_or_usage_error(parse_accuracy_drop, text, lambda v: math.isfinite(v) and v >= 0 or pytest.fail(repr(v)))
     _valid_or_usage_error(parse_tolerance, text, _threshold_ok)
+
+
+def _points_ok(value: float) -> None:
+    assert isinstance(value, float) and math.isfinite(value) and value >= 0
+
+
+@SETTINGS
+@given(TEXTS.filter(lambda t: len(t) < 300))  # longer numbers overflow: the xfail test below
+def test_recipe_accuracy_drop(text):
+    from effkit.recipe import parse_accuracy_drop
+
+    _valid_or_usage_error(parse_accuracy_drop, text, _points_ok)
 
 
 @pytest.mark.xfail(strict=True, reason="effkit/recipe.py: parse_accuracy_drop turns 400 digits into inf (compress owns "
