@@ -47,12 +47,12 @@ class TorchRunner(Runner):
 
     name = "torch"
 
-    def __init__(self, module: Any, threads: int):
+    def __init__(self, module: Any, threads: int | None = None):
         import torch
 
         self.module = module
-        self.threads = threads
-        torch.set_num_threads(threads)
+        # None: whatever torch uses now (OMP_NUM_THREADS, torchrun's setting), left untouched
+        self.threads = threads or torch.get_num_threads()
 
     def _tensors(self, inputs: Sequence[np.ndarray]) -> tuple:
         import torch
@@ -64,9 +64,10 @@ class TorchRunner(Runner):
 
         tensors = self._tensors(inputs)
         module = self.module
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # process-wide; set here, not per timed call
 
         def call() -> Any:
-            torch.set_num_threads(self.threads)
             with torch.inference_mode():
                 return module(*tensors)
 
@@ -135,12 +136,15 @@ def onnx_path_for(model: Any) -> Path:
 
 
 def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:
-    """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads` (default: all cores)."""
-    threads = threads or available_cores()
+    """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads`.
+
+    Without `threads`, torch keeps its current setting and ONNX Runtime uses all cores;
+    measurements always pass it explicitly so both runtimes get the same number.
+    """
     if runtime == "torch":
         if model.kind != "torch":
             raise UsageError("an ONNX model runs on onnxruntime only", "use --runtime onnxruntime")
         return TorchRunner(model.module, threads)
     if runtime == "onnxruntime":
-        return OrtRunner(onnx_path_for(model), threads)
+        return OrtRunner(onnx_path_for(model), threads or available_cores())
     raise UsageError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")

@@ -37,5 +37,5 @@ def cli(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _few_threads(monkeypatch):
-    # 2-core CI: keep the suite from oversubscribing itself
+    # 2-core CI: effkit processes that tests start run single-threaded, so they do not oversubscribe
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))

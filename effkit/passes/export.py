@@ -103,7 +103,7 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
     from effkit.fidelity import check_finite
     from effkit.runtime import OrtRunner, TorchRunner, available_cores
 
-    torch_runner = TorchRunner(model.module, threads=available_cores())
+    torch_runner = TorchRunner(model.module)
     ort_runner = OrtRunner(onnx_path, threads=available_cores())
     batches = [None]
     if config.dynamic_batch and all(a.ndim > 0 for a in model.example_inputs):
