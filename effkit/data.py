@@ -72,20 +72,27 @@ class Data:
                    None if self.labels is None else self.labels[start:start + batch_size])
 
     def check_against(self, model) -> None:
-        """Raise InputError when the per-sample shapes or dtypes do not fit the model's inputs."""
+        """Raise InputError when the samples do not fit the model's inputs.
+
+        Per-sample shapes that differ from the example's (another sequence length, say) are
+        accepted when the model runs on them; the error names both shapes when it does not.
+        """
         if len(self.inputs) != len(model.example_inputs):
             raise InputError(f"{self.source} holds {len(self.inputs)} input arrays; the model takes "
                              f"{len(model.example_inputs)} ({model.describe_inputs()})")
-        for name, have, want in zip(model.input_names, self.inputs, model.example_inputs):
-            fixed = model.meta.get("input_dims", {}).get(name)
-            if have.shape[1:] != want.shape[1:] and not (fixed and _fits_dims(have.shape, fixed)):
-                raise InputError(f"{self.source}: samples of input {name!r} have shape {list(have.shape[1:])}, "
-                                 f"the model expects {list(want.shape[1:])}",
-                                 "reshape the data or give the model matching --input-shape")
+        mismatched = [(name, have, want) for name, have, want in zip(model.input_names, self.inputs, model.example_inputs)
+                      if have.shape[1:] != want.shape[1:]]
+        if not mismatched:
+            return
+        from effkit.runtime import make_runner
 
-
-def _fits_dims(shape: tuple, dims: list) -> bool:
-    return len(shape) == len(dims) and all(not isinstance(d, int) or d == s for d, s in zip(dims[1:], shape[1:]))
+        try:
+            make_runner(model, "torch" if model.kind == "torch" else "onnxruntime").run(tuple(a[:1] for a in self.inputs))
+        except Exception as e:
+            name, have, want = mismatched[0]
+            raise InputError(f"{self.source}: samples of input {name!r} have shape {list(have.shape[1:])}, "
+                             f"the model expects {list(want.shape[1:])}",
+                             "reshape the data or give the model matching --input-shape") from e
 
 
 def _split_arrays(arrays: dict[str, np.ndarray], input_names: list[str] | None, source: str) -> Data:

@@ -13,6 +13,7 @@ import numpy as np
 from effkit.errors import StepFailed
 
 FIDELITY_SAMPLES = 16
+DATA_BATCH = 32  # rows per batch when fidelity runs on real data
 
 
 def check_finite(outputs: Sequence[np.ndarray], what: str) -> None:
@@ -89,12 +90,18 @@ def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequen
 
 
 def fidelity(reference_runner, candidate_runner, example: Sequence[np.ndarray],
-             samples: int = FIDELITY_SAMPLES) -> dict:
-    """Compare two runners on held-out inputs shaped like `example`."""
-    batches = held_out_inputs(example, samples)
+             samples: int = FIDELITY_SAMPLES, data=None) -> dict:
+    """Compare two runners on held-out inputs: batches of `data` (real inputs, when given),
+    else random inputs shaped like `example` (out of distribution for a trained model)."""
+    if data is not None:
+        batches = [inputs for inputs, _ in data.take(samples * DATA_BATCH).batches(DATA_BATCH)]
+    else:
+        batches = held_out_inputs(example, samples)
     reference = [reference_runner.run(b) for b in batches]
     candidate = [candidate_runner.run(b) for b in batches]
-    return compare_outputs(reference, candidate)
+    result = compare_outputs(reference, candidate)
+    result["inputs"] = data.source if data is not None else "random"
+    return result
 
 
 def accuracy(runner, inputs: Sequence[np.ndarray], labels: np.ndarray, batch_size: int = 64) -> float:

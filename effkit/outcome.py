@@ -61,8 +61,8 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
                          fidelity_runtime: str | None = None) -> Outcome:
-    """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs, and
-    (with labelled `eval_data`) their accuracy."""
+    """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
+    `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
     from effkit.fidelity import accuracy, fidelity
     from effkit.runtime import make_runner
 
@@ -72,7 +72,8 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     runtime = fidelity_runtime or runtimes[0]
     ref_runner = make_runner(original, "torch" if original.kind == "torch" else "onnxruntime", threads)
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    outcome = Outcome(step, before, after, fidelity=fidelity(ref_runner, new_runner, original.example_inputs))
+    outcome = Outcome(step, before, after,
+                      fidelity=fidelity(ref_runner, new_runner, original.example_inputs, data=eval_data))
     if eval_data is not None and eval_data.labels is not None:
         outcome.accuracy = {"before": accuracy(ref_runner, eval_data.inputs, eval_data.labels),
                             "after": accuracy(new_runner, eval_data.inputs, eval_data.labels)}
