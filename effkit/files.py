@@ -37,6 +37,7 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
     # keep the real suffix last: some writers (torch.export.save, numpy) look at it
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -44,6 +45,12 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:

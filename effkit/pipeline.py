@@ -521,6 +521,7 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     """
     _check_recipe(model, recipe, data, eval_data)
     ctx = _Context(model, recipe, data, eval_data, progress, log)
+    ctx.log(f"compress {model.source}: {' -> '.join(recipe.steps)}")
     original = ctx.evaluate("original", model)
     ctx.states.append(original)
     result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,

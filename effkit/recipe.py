@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import EffkitError, UsageError
+from effkit.specs import _finite
 
 # The order steps run in, whatever order the recipe lists them in.
 STEPS = ("prune", "distill", "quantize", "export")
@@ -52,7 +53,7 @@ def parse_accuracy_drop(text: str) -> float:
     if not m:
         raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
                          "write percentage points of accuracy, e.g. 1pt or 0.5pt")
-    return float(m.group(1))
+    return _finite(float(m.group(1)), str(text))
 
 
 # Fidelity metrics a tolerance may bound, and the key in effkit.fidelity.compare_outputs() they read.

@@ -80,8 +80,11 @@ def _macs(model) -> int | None:
         import torch
         import torch_pruning as tp
 
+        from effkit.passes.export import quiet_torch
+
         args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
-        macs, _ = tp.utils.count_ops_and_params(model.module, args if len(args) > 1 else args[0])
+        with quiet_torch():
+            macs, _ = tp.utils.count_ops_and_params(model.module, args if len(args) > 1 else args[0])
         return int(macs)
     except Exception:  # counting is best-effort: TorchScript and exotic modules cannot be traced
         return None

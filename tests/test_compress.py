@@ -109,7 +109,7 @@ def test_ctrl_c_during_the_pipeline_leaves_no_outdir(tmp_path):
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, rest
-    assert "Error: interrupted; no output was written" in rest
+    assert "Error: interrupted; no output was left half-written" in rest
     assert list(tmp_path.iterdir()) == []
 
 

@@ -186,7 +186,7 @@ def handle_errors(func: Callable) -> Callable:
             err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("Error: interrupted; no output was written", markup=False, highlight=False)
+            err.print("Error: interrupted; no output was left half-written", markup=False, highlight=False)
             raise typer.Exit(130) from None
         except Exception as e:
             if DEBUG["on"]:

@@ -104,11 +104,10 @@ def compress_command(
     train = load_data(data, input_names=loaded.input_names) if data else None
     evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
     console = console_for(json)
-    err.print(f"compress {model}: {' -> '.join(the_recipe.steps)}", markup=False, highlight=False)
     with progress_bar() as progress:
         try:
             result = compress(loaded, the_recipe, output, data=train, eval_data=evaluation, force=force,
-                              progress=progress, log=lambda message: err.print(f"  {message}", markup=False,
+                              progress=progress, log=lambda message: err.print(message, markup=False,
                                                                                highlight=False))
         except CompressFailed as failed:
             console.print(compress_table(failed.result))

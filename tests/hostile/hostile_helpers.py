@@ -14,6 +14,9 @@ EXTRA_ARGS = {
     "bench": ["--warmup", "1", "--iterations", "2"],
     "inspect": [],
     "export": ["-o", "out.onnx"],
+    "quantize": ["-o", "out.onnx", "--allow-slower", "--warmup", "1", "--iterations", "2"],
+    "prune": ["-o", "out.pt2", "--warmup", "1", "--iterations", "2"],
+    "compress": ["--prune", "0.5", "-o", "out", "--warmup", "1", "--iterations", "2"],
 }
 
 

@@ -78,7 +78,7 @@ def test_export_killed_mid_write_keeps_the_old_file(tmp_path, old_export, sig):
     assert (tmp_path / "out.onnx").read_bytes() == old_export or _onnx_ok(tmp_path / "out.onnx")
     if sig == signal.SIGINT:
         assert proc.returncode == 130, stderr
-        assert stderr.strip().splitlines()[-1] == "Error: interrupted; no output was written"
+        assert stderr.strip().splitlines()[-1] == "Error: interrupted; no output was left half-written"
         assert _temps(tmp_path, "out.onnx") == []
 
 

@@ -177,15 +177,13 @@ def _points_ok(value: float) -> None:
 
 
 @SETTINGS
-@given(TEXTS.filter(lambda t: len(t) < 300))  # longer numbers overflow: the xfail test below
+@given(TEXTS)
 def test_recipe_accuracy_drop(text):
     from effkit.recipe import parse_accuracy_drop
 
     _valid_or_usage_error(parse_accuracy_drop, text, _points_ok)
 
 
-@pytest.mark.xfail(strict=True, reason="effkit/recipe.py: parse_accuracy_drop turns 400 digits into inf (compress owns "
-                                       "it; the fix is specs._finite). Drop this mark once fixed.")
 def test_accuracy_drop_too_big_to_be_finite_is_refused():
     from effkit.recipe import parse_accuracy_drop
 
