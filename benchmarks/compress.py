@@ -94,7 +94,7 @@ def _fields(config) -> dict:
 
 def measure(models: dict, quick: bool) -> list[dict]:
     """Interleaved rounds over every (variant, runtime); each variant keeps its faster runtime."""
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
     from effkit.errors import EffkitError
     from effkit.model import size_info
     from effkit.passes.export import quiet_torch

@@ -97,7 +97,7 @@ def quality(teacher, train, test, seeds: int, epochs: int) -> None:
 
 
 def ratios(teacher) -> None:
-    from effkit.bench import bench
+    from effkit.benchmark import bench
     from effkit.model import size_info
 
     student = _student(teacher, 0)

@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = 2 if args.quick else args.runs
 
-    from effkit.compare import DEFAULT_THRESHOLD, compare
+    from effkit.comparison import DEFAULT_THRESHOLD, compare
     from effkit.env import CpuMonitor
     from effkit.model import load_model
     from effkit.runtime import available_cores

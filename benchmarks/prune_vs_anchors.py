@@ -135,7 +135,7 @@ def state_size(module) -> int:
 def measure_case(case: dict, quick: bool) -> list[dict]:
     import torch
 
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
     from effkit.model import Model
     from effkit.passes.export import export_onnx
     from effkit.runtime import OrtRunner, TorchRunner

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from effkit.bench import BenchResult, _jsonable, bench
+from effkit.benchmark import BenchResult, _jsonable, bench
 
 SCHEMA = "effkit.step/1"
 

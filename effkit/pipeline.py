@@ -1,7 +1,7 @@
 """`compress`: prune → recover (distill) → quantize → export, measured after every step.
 
 Every model along the way (a *state*: the original, then the result of each step) is timed once
-with `effkit.bench.bench` on the same runtimes, threads and inputs: torch models on torch eager
+with `effkit.benchmark.bench` on the same runtimes, threads and inputs: torch models on torch eager
 and on ONNX Runtime (a verified temporary export), ONNX models on ONNX Runtime. A step's "before"
 is the previous state's measurement and its "after" its own, so each comparison is side by side
 on identical settings, and the original's torch fp32 eager time stays the reference of the
@@ -205,7 +205,7 @@ class CompressResult:
     def to_json(self) -> str:
         import json
 
-        from effkit.bench import _jsonable
+        from effkit.benchmark import _jsonable
 
         return json.dumps(_jsonable(self.to_dict()), indent=2)
 
@@ -314,7 +314,7 @@ class _Context:
         return found
 
     def bench(self, state: State) -> None:
-        from effkit.bench import bench
+        from effkit.benchmark import bench
         from effkit.passes.export import quiet_torch
 
         b = self.recipe.bench

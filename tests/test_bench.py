@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FAST, spec
-from effkit.bench import SCHEMA, BenchResult, batched, bench, latency_stats, noise_warnings, time_calls
+from effkit.benchmark import SCHEMA, BenchResult, batched, bench, latency_stats, noise_warnings, time_calls
 from effkit.errors import UsageError
 from effkit.model import load_model
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import spec
 
 import effkit
-from effkit.compare import CompareResult, _discard_reason, paired_ratio_ci, ratio_verdict
+from effkit.comparison import CompareResult, _discard_reason, paired_ratio_ci, ratio_verdict
 from effkit.errors import UsageError
 
 TINY = ["--warmup", "1", "--iterations", "3", "--pairs", "3", "--threads", "1"]
@@ -185,7 +185,7 @@ def test_config_gates_only_when_named(cli, tmp_path):
 
 
 def test_no_quiet_pair_is_inconclusive_not_an_error(cli, monkeypatch):
-    monkeypatch.setattr("effkit.compare.MIN_CPU_SHARE", 2.0)  # every one-thread block counts as descheduled
+    monkeypatch.setattr("effkit.comparison.MIN_CPU_SHARE", 2.0)  # every one-thread block counts as descheduled
     code, stdout, stderr = cli("compare", spec("mlp"), spec("mlp"), *TINY)
     assert code == 0, stdout + stderr
     assert "verdict: inconclusive (only 0 of 9 pairs were measured on a quiet enough machine (9 descheduled" in \

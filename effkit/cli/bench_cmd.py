@@ -45,7 +45,7 @@ def bench_command(
     force: ForceOpt = False,
 ) -> None:
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
-    from effkit.bench import bench
+    from effkit.benchmark import bench
     from effkit.report import bench_markdown, bench_table
 
     check_outputs_free([json, markdown], force)

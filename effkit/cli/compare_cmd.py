@@ -12,7 +12,7 @@ from effkit.cli.common import (
     check_outputs_free, command, console_for, progress_bar,
 )
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
-from effkit.compare import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
+from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
 
 
 @command("compare")
@@ -64,8 +64,8 @@ def compare_command(
     """
     from rich.markup import escape
 
-    from effkit.compare import compare
-    from effkit.gate import gate, thresholds_from
+    from effkit.comparison import compare
+    from effkit.gates import gate, thresholds_from
     from effkit.specs import InputShape, parse_input_shape, parse_threshold
 
     limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")

@@ -34,7 +34,7 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
     """
     from rich.markup import escape
 
-    from effkit.gate import write_reports
+    from effkit.gates import write_reports
 
     console = console_for(json)
     style = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
@@ -73,7 +73,7 @@ def gate_command(
 
     The Markdown table is appended to $GITHUB_STEP_SUMMARY when it is set.
     """
-    from effkit.gate import gate, thresholds_from
+    from effkit.gates import gate, thresholds_from
 
     thresholds, config_strict = thresholds_from(fail_on, config)
     check_outputs_free([json, markdown, junit], force, (result, baseline))

@@ -461,7 +461,7 @@ def _search_target(model, module, example, config: PruneConfig, ignored, data, d
 
 def _latency_meter(model, config: PruneConfig):
     """Median latency (ms) of a module on the config's runtime, on the model's example inputs."""
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
     from effkit.runtime import make_runner
 
     def measure(module) -> float:

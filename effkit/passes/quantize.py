@@ -359,7 +359,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, ite
                      rounds: int = 3) -> dict[str, float]:
     """Median latency (ms) of each call, timed in interleaved rounds so that load on a shared
     machine lands on every call alike."""
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
 
     samples: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(rounds):
@@ -406,7 +406,7 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
     n = len(data)
     if n < batch:  # fewer samples than the model's batch: repeat them (a fixed batch dim must be filled)
-        from effkit.bench import batched
+        from effkit.benchmark import batched
 
         return [batched(tuple(inputs), batch)]
     return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]

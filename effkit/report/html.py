@@ -126,6 +126,6 @@ def _environment(result) -> list[str]:
 
 def _plain(value):
     """Details as JSON-ready values (numpy numbers, tuples, infinities)."""
-    from effkit.bench import _jsonable
+    from effkit.benchmark import _jsonable
 
     return _jsonable(json.loads(json.dumps(value, default=str)))

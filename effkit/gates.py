@@ -20,8 +20,6 @@ random (a gate that cries wolf gets switched off); `strict=True` (`--strict`) ma
 from __future__ import annotations
 
 import json
-import sys
-import types
 import operator
 import os
 import re
@@ -126,7 +124,7 @@ class GateReport:
                            failures=str(len(self.failed)),
                            skipped=str(0 if self.strict else len(self.inconclusive)), errors="0")
         for v in self.verdicts:
-            case = ET.SubElement(suite, "testcase", classname="effkit.gate", name=v.name)
+            case = ET.SubElement(suite, "testcase", classname="effkit.gates", name=v.name)
             if v.status == "fail" or (v.status == "inconclusive" and self.strict):
                 ET.SubElement(case, "failure", message=v.message, type=v.status).text = v.line()
             elif v.status == "inconclusive":
@@ -145,7 +143,7 @@ class GateReport:
                 "warnings": self.warnings}
 
     def to_json(self) -> str:
-        from effkit.bench import _jsonable
+        from effkit.benchmark import _jsonable
 
         return json.dumps(_jsonable(self.to_dict()), indent=2)
 
@@ -337,7 +335,7 @@ def _interval_text(lo: float, hi: float) -> str:
 def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict | None, *,
            normalize: bool = False) -> Verdict:
     """The verdict of one gate on a candidate (and a baseline, for relative and points gates)."""
-    from effkit.compare import independent_ratio_ci, statistic_ci
+    from effkit.comparison import independent_ratio_ci, statistic_ci
 
     t, metric = threshold, threshold.metric
     latency = _latency_stat(metric)
@@ -583,15 +581,3 @@ def thresholds_from(fail_on: Sequence[str] | None, config: str | Path | None) ->
     for t in parsed:  # before any measuring: a compare takes a while
         check_units(t)
     return parsed, strict
-
-
-class _CallableModule(types.ModuleType):
-    """Importing the submodule effkit.gate makes `effkit.gate` this module, shadowing the function of the
-    same name that the public API promises; calling the module calls the function, so `effkit.gate(...)`
-    works whichever of the two the attribute holds."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return gate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -19,8 +19,6 @@ Steady load on the other cores is kept and reported. When too few pairs survive,
 from __future__ import annotations
 
 import json
-import sys
-import types
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -219,7 +217,7 @@ class CompareResult:
         }
 
     def to_json(self) -> str:
-        from effkit.bench import _jsonable
+        from effkit.benchmark import _jsonable
 
         return json.dumps(_jsonable(self.to_dict()), indent=2)
 
@@ -261,7 +259,7 @@ def _as_model(model: Any, load_options: dict) -> Any:
 
 
 def _timed_block(call: Callable[[], Any], calls: int, threads: int) -> tuple[list[float], dict]:
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
     from effkit.env import CpuMonitor
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -307,7 +305,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
     `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
     p50 verdict), up to `rerun_inconclusive` more rounds of `pairs` pairs are measured.
     """
-    from effkit.bench import time_calls
+    from effkit.benchmark import time_calls
     from effkit.env import environment
     from effkit.model import size_info
     from effkit.runtime import make_runner
@@ -379,18 +377,6 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
 
 
 def _model_info(model: Any) -> dict:
-    from effkit.bench import model_info
+    from effkit.benchmark import model_info
 
     return model_info(model)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing the submodule effkit.compare makes `effkit.compare` this module, shadowing the function of the
-    same name that the public API promises; calling the module calls the function, so `effkit.compare(...)`
-    works whichever of the two the attribute holds."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
