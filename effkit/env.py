@@ -104,6 +104,10 @@ def fingerprint(env: dict) -> dict:
             "torch": env.get("versions", {}).get("torch"), "onnxruntime": env.get("versions", {}).get("onnxruntime")}
 
 
+# /proc/stat counts in ticks of 10 ms (USER_HZ 100): over a shorter block its figures are noise.
+MIN_MONITOR_SECONDS = 0.05
+
+
 class CpuMonitor:
     """How much CPU other processes used while a block ran, from /proc/stat on our cores.
 
@@ -146,11 +150,14 @@ class CpuMonitor:
         busy = self._busy_seconds()
         t = os.times()
         own = t.user + t.system - self._own0
-        if busy is None or self._busy0 is None or wall <= 0:
-            self.result = {"measured": False}
+        if busy is None or self._busy0 is None:
+            self.result = {"measured": False, "reason": "/proc/stat is not readable"}
             return
-        others = max(0.0, (busy - self._busy0) - own) / wall
+        if wall < MIN_MONITOR_SECONDS:
+            self.result = {"measured": False, "reason": f"{1000 * wall:.0f} ms is too short for /proc/stat's ticks"}
+            return
         cores = len(self.cpus)
+        others = min(float(cores), max(0.0, (busy - self._busy0) - own) / wall)
         free = max(0.0, cores - others)
         self.result = {
             "measured": True,

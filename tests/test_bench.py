@@ -1,6 +1,7 @@
 """Statistics on known samples, the timing loop, batching, and the result's JSON schema."""
 
 import json
+import time
 import math
 
 import numpy as np
@@ -102,3 +103,17 @@ def test_cli_sweep_and_markdown(cli, tmp_path):
     # outputs are not overwritten without --force
     code, _, stderr = cli("bench", spec("cnn"), *FAST, "--json", "r.json")
     assert code == 2 and stderr.strip() == "Error: r.json already exists (pass --force to overwrite it)"
+
+
+def test_cpu_monitor_refuses_blocks_shorter_than_its_ticks():
+    from effkit.env import CpuMonitor
+
+    with CpuMonitor(threads=1) as monitor:
+        pass
+    assert monitor.result["measured"] is False and "too short" in monitor.result["reason"]
+    with CpuMonitor(threads=1) as monitor:
+        deadline = time.perf_counter() + 0.12
+        while time.perf_counter() < deadline:  # busy ourselves: our own CPU is not "other processes"
+            pass
+    assert monitor.result["measured"] is True
+    assert 0.0 <= monitor.result["other_cpu_cores"] <= monitor.result["cores"]
