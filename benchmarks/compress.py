@@ -164,10 +164,10 @@ def digits(quick: bool) -> None:
     test = load_data(str(examples / "data" / "digits_test.npz"))
     start = time.perf_counter()
     with quiet_torch():
-        model = load_model(f"{examples / 'digits.py'}:mlp")
+        model = load_model(f"{examples / 'digits.py'}:mlp_wide")
         result = run_pipeline(model, recipe, data=train, eval_data=test)
     o = result.overall()
-    print(f"\ndigits MLP (UCI handwritten digits, CC BY 4.0), examples/recipes/digits.toml: "
+    print(f"\ndigits MLP 64-1024-1024-10 (UCI handwritten digits, CC BY 4.0), examples/recipes/digits.toml: "
           f"{' -> '.join(s.name for s in result.steps)} in {time.perf_counter() - start:.0f}s (training included)")
     if result.status != "ok":
         print(f"  FAILED: {result.message}")
