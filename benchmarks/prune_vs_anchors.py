@@ -28,39 +28,24 @@ pruning, right after 50% pruning, and after recovery (distillation from the unpr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import io
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from quantize_vs_anchors import build_mlp, build_resnet18  # noqa: E402  (the same reference models)
+from quantize_vs_anchors import build_mlp, build_resnet18, quiet  # noqa: E402  (the same reference models)
 
 THREADS = 2
 RATIO = 0.5
 GOALS = {"mlp": 2.5, "cnn": 2.0}
 SIZE_GOAL = 0.3
 NOTES: list[str] = []  # lines the variants add to their case's table
-
-
-@contextlib.contextmanager
-def quiet():
-    """Exporter and tracing chatter: not results."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def cases(quick: bool, names: list[str]) -> list[dict]:
