@@ -171,7 +171,9 @@ def test_tolerance_loop_keeps_the_sensitive_layer_in_float(backend):
     from effkit.passes.quantize import quantize
 
     model = _load("one_sensitive")
-    result = quantize(model, _config(method="dynamic", backend=backend, tolerance=("cosine>=0.999",)))
+    # per-channel only: per-tensor scales make more layers sensitive, and this test is about the one
+    result = quantize(model, _config(method="dynamic", backend=backend, per_channel=True,
+                                     tolerance=("cosine>=0.999",)))
     kept = result.details["kept_in_float"]
     assert kept == ["fc2"]
     assert result.details["kept_cost"]["size_bytes"]["with_float_layers"] > 0
@@ -337,3 +339,14 @@ def test_bad_options_are_usage_errors(cli):
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "fast", *OPTS)
     assert code == 2
     assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, weight-only)"
+
+
+def test_dynamic_measures_per_tensor_too_unless_the_user_chose():
+    from effkit.passes.quantize import quantize
+
+    model = _load("mlp", models="core")
+    both = quantize(model, _config(method="dynamic", backend="onnxruntime"))
+    assert sorted(c["label"] for c in both.details["candidates"]) == [
+        "ORT dynamic s8 per-channel", "ORT dynamic s8 per-tensor"]
+    chosen = quantize(model, _config(method="dynamic", backend="onnxruntime", per_channel=False))
+    assert [c["label"] for c in chosen.details["candidates"]] == ["ORT dynamic s8 per-tensor"]

@@ -36,8 +36,10 @@ def quantize_command(
     activation_type: Annotated[str, typer.Option(
         "--activation-type", help="Static int8 activations: u8 (fast on x86) or s8.")] = "u8",
     weight_type: Annotated[str, typer.Option("--weight-type", help="int8 weights: s8 or u8.")] = "s8",
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor",
-                                              help="Weight scales per output channel or per tensor.")] = True,
+    per_channel: Annotated[Optional[bool], typer.Option(
+        "--per-channel/--per-tensor", show_default=False,
+        help="Weight scales per output channel or per tensor (default: per-channel, and for dynamic int8 "
+             "per-tensor measured too, kept when it meets the tolerance and is faster).")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         "--exclude", help="Keep layers in float: a layer or node name, or a glob ('encoder.0.*'); repeatable.")]
     = None,
