@@ -105,19 +105,6 @@ def _pruned_student(teacher, ratio: float, seed: int):
     return result.model, result
 
 
-def _val_fidelity(teacher, student, val, threads) -> tuple[dict, float | None]:
-    """Output agreement of student with teacher on the validation data (not on random inputs, which
-    say little about a model trained on real data); and the top-1 agreement when it is a classifier."""
-    from effkit.fidelity import compare_outputs
-    from effkit.runtime import make_runner
-
-    ref = make_runner(teacher, "torch" if teacher.kind == "torch" else "onnxruntime", threads)
-    cand = make_runner(student, "torch", threads)
-    batches = [inputs for inputs, _ in val.batches(64)]
-    result = compare_outputs([ref.run(b) for b in batches], [cand.run(b) for b in batches])
-    return result, result.get("top1_agreement")
-
-
 @command("distill")
 def distill_command(
     teacher: ModelArg,
@@ -240,8 +227,6 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
 
 def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
             markdown, export_onnx, force) -> None:
-    import numpy as np
-
     from effkit.cli.common import progress_bar
     from effkit.model import save_model
     from effkit.outcome import measure_before_after
@@ -255,15 +240,13 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     outcome.details.update(result.details)
     outcome.notes.extend(result.notes)
     if val is not None:
-        outcome.fidelity, agreement = _val_fidelity(teacher, trained, val, threads)
+        agreement = outcome.fidelity.get("top1_agreement")
         outcome.notes.append(f"fidelity measured on the {len(val)} validation samples"
                              + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
                                 if agreement is not None else ""))
     console = console_for(json)
-    # Saved with example inputs of batch 2: torch.export specializes a batch dimension of 1 to a constant.
-    saveable = trained.replace(example_inputs=tuple(np.concatenate([a, a]) for a in trained.example_inputs))
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
-        outcome.outputs = [str(p) for p in save_model(saveable, output, force)]
+        outcome.outputs = [str(p) for p in save_model(trained, output, force)]
         if export_onnx is not None:
             from effkit.passes.export import export_onnx as export
 

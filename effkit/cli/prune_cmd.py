@@ -118,7 +118,8 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     with progress_bar() as progress:
         result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress)
         outcome = measure_before_after("prune", original, result.model, runtimes=runtimes, threads=threads,
-                                       warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
+                                       warmup=warmup, iterations=iterations, min_time=min_time,
+                                       eval_data=evaluation, progress=progress)
     outcome.details = result.details
     outcome.notes = list(result.notes)
     accuracy = result.details.get("accuracy")
