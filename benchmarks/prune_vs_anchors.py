@@ -39,23 +39,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from quantize_vs_anchors import build_mlp, build_resnet18, quiet  # noqa: E402  (the same reference models)
+from quantize_vs_anchors import cases, quiet  # noqa: E402  (the same reference models and cases)
 
 THREADS = 2
 RATIO = 0.5
 GOALS = {"mlp": 2.5, "cnn": 2.0}
 SIZE_GOAL = 0.3
 NOTES: list[str] = []  # lines the variants add to their case's table
-
-
-def cases(quick: bool, names: list[str]) -> list[dict]:
-    all_cases = [
-        {"name": "mlp b1", "key": "mlp", "build": build_mlp, "shape": (1, 784)},
-        {"name": "mlp b64", "key": "mlp", "build": build_mlp, "shape": (64, 784)},
-        {"name": "resnet18 b1", "key": "cnn", "build": (lambda: build_resnet18(16, 100)) if quick else build_resnet18,
-         "shape": (1, 3, 64, 64) if quick else (1, 3, 224, 224)},
-    ]
-    return [c for c in all_cases if c["key"] in names]
 
 
 def output_layer(module):
