@@ -8,13 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from effkit import __version__
-from effkit.cli import bench_cmd, export_cmd, inspect_cmd  # noqa: F401  (they register their commands)
-from effkit.cli import distill_cmd  # noqa: F401
-from effkit.cli import compare_cmd  # noqa: F401
-from effkit.cli import gate_cmd  # noqa: F401
-from effkit.cli import prune_cmd  # noqa: F401
-from effkit.cli import compress_cmd  # noqa: F401
-from effkit.cli import quantize_cmd  # noqa: F401
+# Importing a command module registers its command; this order is the order of `effkit --help`.
+from effkit.cli import (  # noqa: F401
+    bench_cmd,
+    inspect_cmd,
+    export_cmd,
+    quantize_cmd,
+    prune_cmd,
+    distill_cmd,
+    compress_cmd,
+    compare_cmd,
+    gate_cmd,
+)
 from effkit.cli.common import DEBUG, app
 
 

@@ -89,8 +89,10 @@ def compress_command(
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Prune, recover, quantize and export a model in one go, timing it after every step, within one
-    quality bar; write the final model, its verified ONNX export and the reports to OUTDIR."""
+    """Prune, recover, quantize and export in one go, timing every step, within one quality bar.
+
+    Writes the final model, its verified ONNX export, report.json, report.md, report.html and the
+    resolved recipe.toml to OUTDIR."""
     from effkit.data import load_data
     from effkit.pipeline import CompressFailed, check_outdir, compress
     from effkit.report.compress import compress_table

@@ -159,9 +159,10 @@ def distill_command(
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Distill TEACHER into a smaller student on your data: KL on softened outputs (+ cross-entropy on labels),
-    validation each epoch, the best epoch kept; Ctrl-C saves OUT.ckpt for --resume. Then compare teacher and
-    student: latency, size, accuracy or agreement."""
+    """Distill TEACHER into a smaller student on your data, then compare them: latency, size, accuracy.
+
+    KL on softened outputs (+ cross-entropy on labels), validation each epoch, the best epoch kept;
+    Ctrl-C saves OUT.ckpt for --resume. Runs under torchrun for DistributedDataParallel training."""
     import sys
 
     from effkit.passes.distill import DistillConfig, parse_feature_pair
