@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -34,9 +35,12 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import OutputExistsError, StepFailed, UsageError
+from effkit.files import _umask
 from effkit.recipe import Recipe, config_class
 
 SCHEMA = "effkit.compress/1"
+# What compress writes to OUTDIR; --force replaces an OUTDIR that holds nothing else.
+OUTDIR_FILES = ("model.onnx", "model.pt2", "recipe.toml", "report.json", "report.md", "report.html")
 FIDELITY_SAMPLES = 128  # samples of real data (when given) the outputs are compared on
 FIDELITY_BATCH = 16
 # report.json keeps at most this many latency samples per run (every k-th, with "samples_ms_every": k);
@@ -586,23 +590,37 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
 # ---------------------------------------------------------------- writing OUTDIR
 
 def check_outdir(outdir: str | Path, force: bool) -> Path:
-    """Refuse an OUTDIR that is a file, or that holds files (without --force)."""
-    outdir = Path(outdir)
+    """Refuse an OUTDIR that is a file, or that holds files (without --force, or that effkit did not write:
+    --force replaces a whole earlier OUTDIR, so it must never swallow a folder of the user's own files)."""
+    shown = Path(outdir)
+    outdir = shown.resolve()  # "-o ." needs a real name and parent to stage beside
     if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"{outdir} is a file, not a folder", "pass a folder for -o")
-    if outdir.is_dir() and any(outdir.iterdir()) and not force:
-        raise OutputExistsError(f"{outdir} already holds files", "pass --force to replace them")
+        raise UsageError(f"{shown} is a file, not a folder", "pass a folder for -o")
+    if outdir.is_dir() and any(outdir.iterdir()):
+        if not _is_effkit_outdir(outdir):
+            raise OutputExistsError(f"{shown} holds files that effkit compress did not write",
+                                    "pass an empty or new folder for -o")
+        if not force:
+            raise OutputExistsError(f"{shown} already holds files", "pass --force to replace them")
     return outdir
+
+
+def _is_effkit_outdir(outdir: Path) -> bool:
+    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes."""
+    try:
+        schema = json.loads((outdir / "report.json").read_text()).get("schema")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return schema == SCHEMA and all(p.name in OUTDIR_FILES for p in outdir.iterdir())
 
 
 @contextlib.contextmanager
 def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside OUTDIR to build it in; moved onto OUTDIR when the block succeeds,
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
+    outdir = outdir.resolve()
     stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; OUTDIR should get the usual permissions
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
     try:
         yield stage
         check_outdir(outdir, force)
@@ -643,6 +661,7 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
     from effkit.report.html import compress_html
     from effkit.runtime import make_runner
 
+    shown = Path(outdir)  # as the user wrote it, for the list of outputs
     outdir = check_outdir(outdir, force)
     outdir.parent.mkdir(parents=True, exist_ok=True)  # OUTDIR's own folder is created by the final move
     with _staged(outdir, force) as stage:
@@ -661,7 +680,7 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
                     save_model(native, stage / "model.pt2")
                     _verify_saved(stage / "model.pt2", native, native_ref)
                 names.append("model.pt2")
-        result.outputs = [str(outdir / n) for n in names + ["recipe.toml", "report.json", "report.md", "report.html"]]
+        result.outputs = [str(shown / n) for n in names + ["recipe.toml", "report.json", "report.md", "report.html"]]
         _write(stage / "recipe.toml", result.recipe.to_toml(_recipe_comments(result)))
         _write(stage / "report.json", result.to_json() + "\n")
         _write(stage / "report.md", compress_markdown(result))

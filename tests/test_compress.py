@@ -49,11 +49,12 @@ def test_compress_end_to_end_with_json_and_a_reproducible_recipe(cli, tmp_path):
 
 def test_an_existing_outdir_needs_force(cli, tmp_path):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
+    previous = '{"schema": "effkit.compress/1"}'
+    (tmp_path / "out" / "report.json").write_text(previous)  # an earlier result
     code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
     assert code == 2
     assert stderr.strip() == "Error: out already holds files (pass --force to replace them)"
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "out" / "report.json").read_text() == previous
 
 
 def test_nothing_to_do_is_a_usage_error(cli):
@@ -126,3 +127,27 @@ def test_ctrl_c_while_outdir_is_written_leaves_it_whole_or_absent(tmp_path):
     assert names in ([], ["out"])  # no staging folder left behind
     if names:  # the move had happened: then it is complete
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == OUTPUTS
+
+
+def test_force_never_replaces_a_folder_of_the_users_own_files(cli, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "mine", "--force", *FAST)
+    assert code == 2
+    assert stderr.strip() == "Error: mine holds files that effkit compress did not write (pass an empty or new folder for -o)"
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
+def test_force_replaces_an_earlier_outdir_and_dot_works(cli, tmp_path):
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    assert code == 0, stderr
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", "--force", *FAST)
+    assert code == 0, stderr
+    empty = tmp_path / "here"
+    empty.mkdir()
+    os.chdir(empty)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", ".", *FAST)
+    assert code == 0, stderr
+    assert sorted(p.name for p in empty.iterdir()) == ["model.onnx", "model.pt2", "recipe.toml", "report.html",
+                                                        "report.json", "report.md"]

@@ -397,7 +397,8 @@ def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, m
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old.txt").write_text("the previous result")
+    previous = '{"schema": "effkit.compress/1", "note": "the previous result"}'
+    (out / "report.json").write_text(previous)
 
     def boom(result):  # the models are written by now: the reports come last
         raise interruption("stopped")
@@ -405,7 +406,7 @@ def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, m
     monkeypatch.setattr(html_mod, "compress_html", boom)
     with pytest.raises(interruption):
         write_outdir(pruned_result, out, force=True)
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in out.iterdir()] == ["report.json"] and (out / "report.json").read_text() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left behind
     with pytest.raises(interruption):
         write_outdir(pruned_result, tmp_path / "new")
