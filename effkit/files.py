@@ -63,3 +63,16 @@ def write_bytes(path: str | Path, data: bytes, force: bool = False) -> Path:
 def write_text(path: str | Path, text: str, force: bool = False) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     return write_bytes(path, text.encode("utf-8"), force)
+
+
+def loads_toml(text: str, source: str) -> dict:
+    """Parse TOML text (tomllib, or tomli on Python 3.10); a syntax error names `source` and the line."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{source} is not valid TOML: {e}", "fix the file's syntax (see toml.io)") from None

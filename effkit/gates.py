@@ -492,15 +492,10 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def _read_toml(path: Path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    from effkit.files import loads_toml
 
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: invalid TOML: {e}", "fix the file's syntax") from None
+        return loads_toml(path.read_text(), str(path))
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
 

@@ -177,13 +177,9 @@ class Recipe:
     @classmethod
     def parse(cls, text: str, source: str = "recipe") -> Recipe:
         """Parse TOML recipe text; errors name the source, the line, the section and the key."""
-        import tomllib
+        from effkit.files import loads_toml
 
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"{source} is not valid TOML: {e}", "see https://toml.io for the syntax") from None
-        return cls.from_dict(data, source, text)
+        return cls.from_dict(loads_toml(text, source), source, text)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "recipe", text: str | None = None) -> Recipe:

@@ -328,7 +328,7 @@ def test_config_errors_name_file_line_and_key(tmp_path):
         load_gate_config(cfg)
     assert str(e.value) == f"{cfg}:3: unknown key 'fail_on' in [gates] (known keys: fail-on, strict)"
     cfg.write_text('[gates]\nfail-on = size\n')
-    with pytest.raises(UsageError, match=rf"^{re.escape(str(cfg))}: invalid TOML: .*line 2"):
+    with pytest.raises(UsageError, match=rf"^{re.escape(str(cfg))} is not valid TOML: .*line 2"):
         load_gate_config(cfg)
     cfg.write_text('[gates]\nstrict = false\nfail-on = ["size:12"]\n')
     with pytest.raises(UsageError) as e:
