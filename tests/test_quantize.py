@@ -350,3 +350,14 @@ def test_dynamic_measures_per_tensor_too_unless_the_user_chose():
         "ORT dynamic s8 per-channel", "ORT dynamic s8 per-tensor"]
     chosen = quantize(model, _config(method="dynamic", backend="onnxruntime", per_channel=False))
     assert [c["label"] for c in chosen.details["candidates"]] == ["ORT dynamic s8 per-tensor"]
+
+
+def test_output_without_suffix_can_never_be_the_input(cli, tmp_path):
+    from effkit.model import load_model, save_model
+
+    save_model(load_model(spec("mlp")), tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    code, _, stderr = cli("quantize", "m.onnx", "-o", "m", "--force", *OPTS)
+    assert code == 2
+    assert stderr.strip() == "Error: output m.onnx is the input model (write the result to another path)"
+    assert (tmp_path / "m.onnx").read_bytes() == before

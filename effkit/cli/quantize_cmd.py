@@ -85,6 +85,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
+    if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
+        check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))
     console = console_for(json)
     from effkit.data import load_data
     from effkit.env import cpu_info, int8_outlook
@@ -104,6 +106,9 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress)
         chosen = result.model
+        target = output if suffix else output.with_name(output.name + chosen.save_suffix)
+        if not suffix:  # known only now: check it before the long measurement
+            check_outputs_free([target, json, markdown, export_onnx], force, inputs=(loaded.path,))
         runtime = "torch" if chosen.kind == "torch" else "onnxruntime"
         with quiet_torch():
             outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
@@ -128,7 +133,6 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     from effkit.model import save_model, save_onnx_file
 
-    target = output if suffix else output.with_name(output.name + chosen.save_suffix)
     with quiet_torch():
         if export_onnx is not None:
             if chosen.kind == "onnx":
