@@ -462,6 +462,7 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     cand, base, paired = _sides(doc)
     if baseline is not None:
         base_doc = _as_document(baseline)
+        _check_same_run(doc, base_doc)
         base = _sides(base_doc)[0]
         paired = None
     warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
@@ -477,6 +478,20 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source") \
         or doc.get("source", "")
     return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)
+
+
+def _first_run(doc: dict) -> tuple | None:
+    runs = doc.get("runs") if doc.get("schema") == "effkit.bench/1" else None
+    return (runs[0].get("runtime"), runs[0].get("batch_size")) if runs else None
+
+
+def _check_same_run(doc: dict, base_doc: dict) -> None:
+    """Metrics come from each result's first run: refuse a baseline measured on another runtime or batch."""
+    ours, theirs = _first_run(doc), _first_run(base_doc)
+    if ours and theirs and ours != theirs:
+        raise UsageError(f"the baseline was measured on {theirs[0]} at batch {theirs[1]}, this result on "
+                         f"{ours[0]} at batch {ours[1]}: its gates would compare different things",
+                         "bench both with the same --runtime and --batch-size (the first of each is gated)")
 
 
 # ---------------------------------------------------------------- configuration files

@@ -361,3 +361,16 @@ def test_workflow_example_is_valid_yaml_running_real_commands(cli):
 def test_threshold_objects_accepted():
     t = Threshold("size", "absolute", "<=", 12e6, "size:<=12MB")
     assert gate(bench_doc(), [t]).passed
+
+
+def test_a_baseline_from_another_runtime_is_refused():
+    from effkit.gates import gate
+
+    base, ours = bench_doc(), bench_doc()
+    base["runs"][0].update(runtime="onnxruntime", batch_size=1)
+    ours["runs"][0]["batch_size"] = 1
+    with pytest.raises(UsageError) as info:
+        gate(ours, ["latency.p50:+5%"], baseline=base)
+    assert str(info.value) == ("the baseline was measured on onnxruntime at batch 1, this result on torch at "
+                               "batch 1: its gates would compare different things (bench both with the same "
+                               "--runtime and --batch-size (the first of each is gated))")
