@@ -427,6 +427,9 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
         hf_logging.enable_progress_bar()
     module.eval()
     names = ["input_ids", "attention_mask"]
+    if len(input_shapes) > len(names):
+        raise InputError(f"a Hugging Face model takes {' and '.join(names)} here; --input-shape was given "
+                         f"{len(input_shapes)} times", "pass one or two, e.g. --input-shape int64:1x128")
     vocab = config.get("vocab_size")
     vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     if input_shapes:

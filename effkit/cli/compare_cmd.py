@@ -68,10 +68,13 @@ def compare_command(
     from effkit.gates import gate, thresholds_from
     from effkit.specs import InputShape, parse_input_shape, parse_threshold
 
-    limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")
-    if limit.kind != "relative" or limit.value <= 0:
-        from effkit.errors import UsageError
+    from effkit.errors import UsageError
 
+    try:
+        limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")
+    except UsageError:
+        limit = None
+    if limit is None or limit.kind != "relative" or limit.value <= 0:
         raise UsageError(f"cannot parse --threshold {threshold!r}", "write a percentage, e.g. 5%")
     # Config files are read only when named: their gates are often written for bench results
     # (accuracy, memory) that a comparison does not measure.
