@@ -20,7 +20,6 @@ random (a gate that cries wolf gets switched off); `strict=True` (`--strict`) ma
 from __future__ import annotations
 
 import json
-import operator
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import UsageError
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import COMPARATORS, Threshold, parse_threshold
 
 SCHEMA = "effkit.gate/1"
 LATENCY_STATS = ("p50", "median", "p90", "p99", "mean")
@@ -300,7 +299,6 @@ def _state_side(state: dict) -> _Side:
 
 # ---------------------------------------------------------------- deciding
 
-_OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 
 
 def _latency_stat(metric: str) -> tuple[str, bool] | None:
@@ -315,7 +313,7 @@ def _bounded(lo: float, hi: float, op: str, limit: float) -> str:
     """pass when the whole interval satisfies `x OP limit`, fail when none of it does."""
     if op == "==":
         return "pass" if lo == hi == limit else "fail" if not lo <= limit <= hi else "inconclusive"
-    check = _OPS[op]
+    check = COMPARATORS[op]
     if check(lo, limit) and check(hi, limit):
         return "pass"
     if not check(lo, limit) and not check(hi, limit):

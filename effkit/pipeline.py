@@ -313,7 +313,7 @@ class _Context:
             value = (state.fidelity or {}).get(FIDELITY_METRICS[bound.metric])
             if value is None:
                 continue
-            if not _holds(value, bound.op, bound.value):
+            if not bound.holds(value):
                 found.append(f"{bound.metric} is {value:.4g}, breaking {bound.text}")
         return found
 
@@ -327,11 +327,6 @@ class _Context:
         with quiet_torch():  # sizing a torch model saves it with torch.export, which logs shape notes
             state.bench = bench(state.model, runtimes=runtimes, threads=self.threads, warmup=b.warmup,
                                 iterations=b.iterations, min_time=b.min_time, progress=progress)
-
-
-def _holds(value: float, op: str, bound: float) -> bool:
-    return {"<=": value <= bound, ">=": value >= bound, "<": value < bound, ">": value > bound,
-            "==": value == bound}[op]
 
 
 def _config_dict(config: Any) -> dict:

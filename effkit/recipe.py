@@ -101,10 +101,6 @@ class PipelineConfig:
     def fidelity_bounds(self) -> list:
         return [t for t in map(parse_tolerance, self.tolerance) if t.metric != "accuracy"]
 
-    @property
-    def has_bar(self) -> bool:
-        return self.accuracy_drop_points is not None or bool(self.fidelity_bounds)
-
 
 @dataclass(frozen=True)
 class BenchConfig:

@@ -7,6 +7,7 @@ the bad text and shows the expected form (hypothesis tests hold every parser to 
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 
@@ -123,15 +124,17 @@ class Threshold:
     value: float
     text: str
 
-    @property
-    def needs_baseline(self) -> bool:
-        return self.kind != "absolute"
+    def holds(self, value: float) -> bool:
+        """Whether `value` satisfies this threshold's operator and bound."""
+        return COMPARATORS[self.op](value, self.value)
 
     def __str__(self) -> str:
         return self.text
 
 
-_OPS = ("<=", ">=", "<", ">", "==")
+# comparison operators of absolute thresholds; the parser tries the two-character ones first
+COMPARATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+_OPS = tuple(COMPARATORS)
 _METRIC = r"[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*"
 
 

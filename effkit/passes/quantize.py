@@ -12,7 +12,6 @@ measurement tells.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,6 @@ DEFAULT_CALIB_SAMPLES = 128
 TOLERANCE_METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "cosine_mean",
                      "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
                      "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy"}
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 SUFFIX_OF = {"onnxruntime": ".onnx", "torch": ".ts"}
 
 
@@ -124,7 +122,7 @@ def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dic
         if t.metric == "accuracy":
             before, after = accuracy["before"], accuracy["after"]
             if t.kind == "absolute":
-                ok, got = _OPS[t.op](after, t.value), f"{100 * after:.2f}%"
+                ok, got = t.holds(after), f"{100 * after:.2f}%"
             elif t.kind == "points":
                 change = 100 * (after - before)
                 ok, got = change >= t.value, f"{change:+.2f} pt"
@@ -136,7 +134,7 @@ def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dic
             if value is None:
                 raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to classifiers ([batch, classes] outputs)",
                                  "use cosine or sqnr for this model")
-            ok, got = _OPS[t.op](value, t.value), f"{value:.5g}"
+            ok, got = t.holds(value), f"{value:.5g}"
         if not ok:
             failures.append(f"{t.text} (got {got})")
     return failures
