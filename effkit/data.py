@@ -84,10 +84,10 @@ class Data:
                       if have.shape[1:] != want.shape[1:]]
         if not mismatched:
             return
-        from effkit.runtime import make_runner
+        from effkit.runtime import native_runner
 
         try:
-            make_runner(model, "torch" if model.kind == "torch" else "onnxruntime").run(tuple(a[:1] for a in self.inputs))
+            native_runner(model).run(tuple(a[:1] for a in self.inputs))
         except Exception as e:
             name, have, want = mismatched[0]
             raise InputError(f"{self.source}: samples of input {name!r} have shape {list(have.shape[1:])}, "

@@ -681,9 +681,9 @@ def flatten_outputs(out: Any) -> list[np.ndarray]:
 
 def check_runs(model: Model) -> list[np.ndarray]:
     """Run the model once on its example inputs; a failure names the inputs and what the model expects."""
-    from effkit.runtime import make_runner
+    from effkit.runtime import native_runner
 
-    runner = make_runner(model, "torch" if model.kind == "torch" else "onnxruntime")
+    runner = native_runner(model)
     try:
         return runner.run(model.example_inputs)
     except EffkitError:

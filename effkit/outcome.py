@@ -64,13 +64,13 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
     `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
     from effkit.fidelity import accuracy, fidelity
-    from effkit.runtime import make_runner
+    from effkit.runtime import make_runner, native_runner
 
     kwargs: dict[str, Any] = dict(threads=threads, warmup=warmup, iterations=iterations, min_time=min_time)
     before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)
     after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)
     runtime = fidelity_runtime or runtimes[0]
-    ref_runner = make_runner(original, "torch" if original.kind == "torch" else "onnxruntime", threads)
+    ref_runner = native_runner(original, threads)
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
     outcome = Outcome(step, before, after,
                       fidelity=fidelity(ref_runner, new_runner, original.example_inputs, data=eval_data))

@@ -285,9 +285,9 @@ class _Context:
         self.notes: list[str] = []  # for the whole result
 
     def runner(self, model):
-        from effkit.runtime import make_runner
+        from effkit.runtime import native_runner
 
-        return make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", self.threads)
+        return native_runner(model, self.threads)
 
     def evaluate(self, name: str, model) -> State:
         """Accuracy on the eval data and fidelity against the original: cheap, no timing."""
@@ -637,9 +637,9 @@ def _verify_saved(path: Path, model, reference: list[np.ndarray]) -> None:
 
     loaded = load_model(str(path), check=False)
     loaded = loaded.replace(example_inputs=model.example_inputs)
-    from effkit.runtime import make_runner
+    from effkit.runtime import native_runner
 
-    got = make_runner(loaded, "torch" if loaded.kind == "torch" else "onnxruntime").run(model.example_inputs)
+    got = native_runner(loaded).run(model.example_inputs)
     fid = compare_outputs([reference], [got])
     if fid["cosine_min"] is None or fid["cosine_min"] < 0.9999:
         raise StepFailed(f"{path.name} does not reproduce the model it was saved from (cosine {fid['cosine_min']})")
@@ -654,7 +654,7 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
     from effkit.passes.export import quiet_torch
     from effkit.report.compress import compress_markdown
     from effkit.report.html import compress_html
-    from effkit.runtime import make_runner
+    from effkit.runtime import make_runner, native_runner
 
     shown = Path(outdir)  # as the user wrote it, for the list of outputs
     outdir = check_outdir(outdir, force)
@@ -663,7 +663,7 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
         names = []
         if result.status == "ok":
             final = result.final.model
-            reference = make_runner(final, "torch" if final.kind == "torch" else "onnxruntime").run(
+            reference = native_runner(final).run(
                 final.example_inputs)
             save_onnx_file(final.onnx_path, stage / "model.onnx", force=False)  # torch pipelines end in export
             _verify_saved(stage / "model.onnx", final, reference)

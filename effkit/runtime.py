@@ -135,6 +135,11 @@ def onnx_path_for(model: Any) -> Path:
     return target
 
 
+def native_runner(model: Any, threads: int | None = None) -> Runner:
+    """The runner of the model's own kind: torch for torch models, ONNX Runtime for ONNX ones."""
+    return make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", threads)
+
+
 def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:
     """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads`.
 

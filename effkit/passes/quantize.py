@@ -339,21 +339,21 @@ class _Judge:
 
     def __init__(self, ctx: _Context):
         from effkit.fidelity import accuracy, held_out_inputs
-        from effkit.runtime import make_runner
+        from effkit.runtime import native_runner
 
         model = ctx.model
         self.ctx = ctx
         self.inputs = _fidelity_batches(ctx) or held_out_inputs(model.example_inputs, ctx.config.fidelity_samples)
-        ref = make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", ctx.threads)
+        ref = native_runner(model, ctx.threads)
         self.reference = [ref.run(b) for b in self.inputs]
         self.accuracy_before = None
         if ctx.eval_data is not None and ctx.eval_data.labels is not None:
             self.accuracy_before = accuracy(ref, ctx.eval_data.inputs, ctx.eval_data.labels)
 
     def runner(self, m):
-        from effkit.runtime import make_runner
+        from effkit.runtime import native_runner
 
-        return make_runner(m, "torch" if m.kind == "torch" else "onnxruntime", self.ctx.threads)
+        return native_runner(m, self.ctx.threads)
 
     def judge(self, m) -> tuple[dict, dict | None, list[str]]:
         from effkit.fidelity import accuracy, compare_outputs
@@ -597,6 +597,6 @@ def _size(m) -> int:
 
 
 def _bind(ctx: _Context, m) -> Callable[[], Any]:
-    from effkit.runtime import make_runner
+    from effkit.runtime import native_runner
 
-    return make_runner(m, "torch" if m.kind == "torch" else "onnxruntime", ctx.threads).bind(m.example_inputs)
+    return native_runner(m, ctx.threads).bind(m.example_inputs)
