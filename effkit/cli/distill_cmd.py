@@ -247,11 +247,13 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
                                 if agreement is not None else ""))
     console = console_for(json)
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
-        outcome.outputs = [str(p) for p in save_model(trained, output, force)]
+        # The verified export first: when it fails (exit 1), the student is not written either.
         if export_onnx is not None:
             from effkit.passes.export import export_onnx as export
 
             export(trained, export_onnx, force=force)
+        outcome.outputs = [str(p) for p in save_model(trained, output, force)]
+        if export_onnx is not None:
             outcome.outputs.append(str(export_onnx))
     ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))

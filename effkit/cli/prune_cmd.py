@@ -127,12 +127,14 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
         outcome.accuracy = {"before": accuracy["before"], "after": accuracy.get("recovered", accuracy["pruned"])}
         if "recovered" in accuracy:
             outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
-    with quiet_torch():
-        outcome.outputs = [str(p) for p in save_model(result.model, output, force)]
+    # The verified export first: when it fails (exit 1), the pruned model is not written either.
     if export_onnx is not None:
         from effkit.passes.export import export_onnx as export
 
         export(result.model, export_onnx, force=force)
+    with quiet_torch():
+        outcome.outputs = [str(p) for p in save_model(result.model, output, force)]
+    if export_onnx is not None:
         outcome.outputs.append(str(export_onnx))
     console.print(outcome_table(outcome))
     for warning in outcome.before.warnings + outcome.after.warnings:

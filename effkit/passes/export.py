@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError
 from effkit.model import Model
 
 DEFAULT_OPSET = 18
+# Above this, weights go to an external data file (protobuf refuses messages over 2 GB).
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
     import onnx
 
     from effkit.files import atomic_path
-    from effkit.model import _load_onnx, write_onnx
+    from effkit.model import _load_onnx, save_onnx_file, write_onnx
 
     config = config or ExportConfig()
     path = Path(path)
@@ -159,14 +163,16 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
     proto = _export_proto(model, config)
-    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights go to a sidecar file
-        files = write_onnx(proto, path, force, external_data=True)
+    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
+        # staged and verified beside the target, then copied in data-first: a failed verification
+        # leaves the old output as it was
+        stage = Path(tempfile.mkdtemp(prefix=".effkit-export-", dir=path.parent))
         try:
-            report = verify_onnx(model, path, config)
-        except BaseException:
-            for f in files:
-                f.unlink(missing_ok=True)
-            raise
+            staged = write_onnx(proto, stage / path.name, force=True, external_data=True)[0]
+            report = verify_onnx(model, staged, config)
+            save_onnx_file(staged, path, force)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     else:
         with atomic_path(path, force) as tmp:
             onnx.save_model(proto, str(tmp))
