@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import UsageError
+from effkit.errors import UsageError, first_line
 
 SCHEMA = "effkit.bench/1"
 DEFAULT_WARMUP = 10
@@ -285,7 +285,7 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
                 from effkit.errors import InputError
 
                 raise InputError(f"the model does not run at batch size {b} on {runtime}: "
-                                 f"{str(e).strip().splitlines()[0][:200]}", "its batch dimension may be fixed") from e
+                                 f"{first_line(e, 200)}", "its batch dimension may be fixed") from e
             runs.append(measure(runner, inputs, batch_size=b, warmup=warmup, iterations=iterations, min_time=min_time,
                                 progress=(lambda f, label=label: progress(label, f)) if progress else None))
     return BenchResult(model=model_info(model), size=size_info(model), runs=runs, environment=environment(threads))

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import InputError, UsageError
+from effkit.errors import InputError, UsageError, first_line
 
 SCHEMA = "effkit.compare/1"
 DEFAULT_THRESHOLD = 0.05  # B/A beyond 1.05 (or below 1/1.05) is a change; see benchmarks/gate_noise.py
@@ -328,7 +328,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
         if isinstance(e, UsageError):
             raise
         raise InputError(f"model B does not run on model A's example inputs ({a.describe_inputs()}): "
-                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
+                         f"{first_line(e, 200)}",
                          "compare two versions of the same model, with the same inputs") from e
     # the warm-up calls' median time, of the slower model, sizes the blocks
     cost = max(float(np.median(time_calls(call, warmup=0, iterations=max(1, warmup)))) for call in (call_a, call_b))

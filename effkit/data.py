@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import InputError, UsageError
+from effkit.errors import InputError, UsageError, first_line
 
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
 
@@ -188,7 +188,7 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise InputError(f"{path} is not a readable tensor file (weights-only loading): {str(e).splitlines()[0][:200]}") from e
+                raise InputError(f"{path} is not a readable tensor file (weights-only loading): {first_line(e, 200)}") from e
             if isinstance(obj, dict):
                 return _split_arrays({k: _to_numpy(v) for k, v in obj.items()}, input_names, spec).take(limit)
             if isinstance(obj, (tuple, list)) and len(obj) == 2:

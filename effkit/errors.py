@@ -1,6 +1,12 @@
 """Errors that reach the user: each kind knows its exit code; the CLI turns them into one line."""
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's first message line, cut to `limit` characters (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class EffkitError(Exception):
     """A problem the user can fix: bad path, bad spec, bad shape, bad threshold. Exit code 2."""
 

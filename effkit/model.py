@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError
+from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line
 from effkit.specs import InputShape
 
 MODEL_SPEC_HELP = (
@@ -221,7 +221,7 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _corrupt(path: Path, what: str, e: Exception) -> ModelLoadError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e)
     return ModelLoadError(f"{path} is not a readable {what}: {first[:300]}",
                           "the file may be truncated or corrupt; save or download it again")
 
@@ -420,7 +420,7 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
             cls = getattr(transformers, str(arch_names[0]), None) or transformers.AutoModel
             module = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelLoadError(f"transformers could not load {path}: {first}") from e
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -621,7 +621,7 @@ def _load_onnx(path: Path, spec: str, input_shapes) -> Model:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:
-        raise ModelLoadError(f"{path} fails the ONNX checker: {str(e).splitlines()[0][:300]}",
+        raise ModelLoadError(f"{path} fails the ONNX checker: {first_line(e)}",
                              "re-export the model; the file is invalid") from e
     initializers = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
@@ -689,7 +689,7 @@ def check_runs(model: Model) -> list[np.ndarray]:
     except EffkitError:
         raise
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         hint = expected_input_hint(model.module) if model.kind == "torch" else None
         raise InputError(f"the model failed on inputs {model.describe_inputs()}: {first}",
                          hint or "check --input-shape / --inputs against what the model expects") from e
@@ -767,7 +767,7 @@ def export_program(model: Model) -> Any:
             try:
                 return torch.export.export(model.module, args)
             except Exception as e:
-                raise ModelLoadError(f"torch.export cannot capture this model: {str(e).splitlines()[0][:300]}",
+                raise ModelLoadError(f"torch.export cannot capture this model: {first_line(e)}",
                                      "save it as .onnx or .pt (state_dict) instead") from e
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import EffkitError, InputError, StepFailed, UsageError
+from effkit.errors import EffkitError, InputError, StepFailed, UsageError, first_line
 from effkit.passes import PassResult
 
 CHECKPOINT_FORMAT = "effkit.distill-checkpoint/1"
@@ -382,7 +382,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0][:200]}",
+        raise InputError(f"{path} is not a readable checkpoint: {first_line(e, 200)}",
                          "delete it and run without --resume") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not an effkit distill checkpoint")
@@ -504,7 +504,7 @@ def _check_student(module, features, targets, config: DistillConfig, train, val,
         except EffkitError:
             raise
         except Exception as e:
-            raise InputError(f"the student failed on the data: {str(e).splitlines()[0][:300]}") from e
+            raise InputError(f"the student failed on the data: {first_line(e)}") from e
     _check_outputs([o[:2] for o in teacher_outs], student_outs, config, (train, val))
     channels = []
     for (s_name, t_name), s, t in zip(config.feature_pairs, features.take() if features else [], teacher_feats):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError
+from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
 from effkit.model import Model
 
 DEFAULT_OPSET = 18
@@ -94,7 +94,7 @@ def _export_proto(model: Model, config: ExportConfig):
                               input_names=model.input_names, dynamic_axes=axes)
         except Exception as e:
             first = errors[0] if errors else e
-            msg = str(first).strip().splitlines()[0][:300] if str(first).strip() else type(first).__name__
+            msg = first_line(first)
             raise EffkitError(f"the ONNX exporter cannot export this model: {msg}",
                               "run with --debug for details; ops without an ONNX equivalent need a rewrite") from first
     import onnx
@@ -123,7 +123,7 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
         except Exception as e:
             if batch is None:
                 raise
-            mismatches.append(f"batch {batch}: ONNX Runtime failed ({str(e).splitlines()[0][:200]})")
+            mismatches.append(f"batch {batch}: ONNX Runtime failed ({first_line(e, 200)})")
             continue
         check_finite(got, "the ONNX export")
         if len(expected) != len(got):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from effkit.errors import ModelLoadError, StepFailed, UsageError
+from effkit.errors import ModelLoadError, StepFailed, UsageError, first_line
 from effkit.passes import PassResult
 
 SCOPES = ("layer", "global")
@@ -255,7 +255,7 @@ def _dependency_graph(module, example):
         with quiet_torch(), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(module, example_inputs=list(example))
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelLoadError(f"cannot trace the model to find which layers are coupled: {type(e).__name__}: {first}",
                              hint) from e
     finally:

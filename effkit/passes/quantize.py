@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import InputError, StepFailed, UsageError
+from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.specs import Threshold, parse_threshold
 
 METHODS = ("auto", "dynamic", "static", "weight-only")
@@ -273,7 +273,7 @@ def _ort_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate:
     try:
         candidate.layers = q.layers(ctx.onnx_path())
     except Exception as e:  # the export or the pre-processing failed: other candidates may still work
-        candidate.error = _first_line(e)
+        candidate.error = first_line(e)
     return candidate
 
 
@@ -304,11 +304,6 @@ def _torch_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate
     if not candidate.layers and candidate.error is None:
         candidate.error = f"no layers that torch {method} int8 handles"
     return candidate
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__)
 
 
 # ---------------------------------------------------------------- measuring
@@ -379,7 +374,7 @@ def _build(candidate: Candidate, judge: _Judge, exclude: list[str], label: str) 
     except (UsageError, InputError):
         raise
     except Exception as e:
-        candidate.error = _first_line(e)
+        candidate.error = first_line(e)
         return False
     candidate.model, candidate.fidelity, candidate.accuracy, candidate.failures = model, fid, acc, failures
     return True

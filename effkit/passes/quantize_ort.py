@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effkit.errors import StepFailed
+from effkit.errors import StepFailed, first_line
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
 MIN_OPSET = 13
@@ -105,7 +105,7 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
             proto = version_converter.convert_version(proto, MIN_OPSET)
         except Exception as e:
             raise StepFailed(f"the ONNX model uses opset {opset}, and converting it to {MIN_OPSET} failed: "
-                             f"{str(e).splitlines()[0][:200]}", "re-export the model with opset 13 or newer") from e
+                             f"{first_line(e, 200)}", "re-export the model with opset 13 or newer") from e
         notes.append(f"converted opset {opset} to {MIN_OPSET}")
     _name_nodes(proto)
     staged = _new_path("staged.onnx")

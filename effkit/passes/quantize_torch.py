@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import StepFailed
+from effkit.errors import StepFailed, first_line
 
 
 def _types(method: str) -> tuple:
@@ -172,5 +172,5 @@ def to_torchscript(module: Any, example: Sequence[np.ndarray]) -> Any:
         try:
             return torch.jit.trace(module, _tensors(example), check_trace=False, strict=False)
         except Exception as e:
-            raise StepFailed(f"cannot trace the int8 model to TorchScript: {str(e).splitlines()[0][:200]}",
+            raise StepFailed(f"cannot trace the int8 model to TorchScript: {first_line(e, 200)}",
                              "use --backend onnxruntime") from e
