@@ -61,15 +61,12 @@ def quiet_torch():
 
 def _fresh_inputs(model: Model, batch: int | None) -> tuple[np.ndarray, ...]:
     """Inputs the export never saw: new random floats; integer inputs (token ids) kept as they are."""
+    from effkit.benchmark import batched
+
     rng = np.random.default_rng(1234)
-    arrays = []
-    for a in model.example_inputs:
-        if batch is not None and a.ndim > 0:
-            a = np.concatenate([a] * ((batch + a.shape[0] - 1) // a.shape[0]))[:batch]
-        if np.issubdtype(a.dtype, np.floating):
-            a = rng.standard_normal(a.shape).astype(a.dtype)
-        arrays.append(a)
-    return tuple(arrays)
+    arrays = batched(model.example_inputs, batch) if batch is not None else model.example_inputs
+    return tuple(rng.standard_normal(a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a
+                 for a in arrays)
 
 
 def _export_proto(model: Model, config: ExportConfig):
