@@ -19,3 +19,23 @@ print("ok")
 def test_public_names_survive_their_modules_being_imported_first():
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_help_texts_keep_their_brackets():
+    """Rich reads "[...]" in Typer help as markup and drops it: help must write "(...)" or escape it."""
+    import inspect
+    import re
+    import typing
+
+    from effkit.cli import app
+
+    unescaped = re.compile(r"(?<!\\)\[[a-z]")
+    checked = 0
+    for info in app.registered_commands:
+        hints = typing.get_type_hints(inspect.unwrap(info.callback), include_extras=True)
+        for name, hint in hints.items():
+            for meta in typing.get_args(hint)[1:]:
+                text = getattr(meta, "help", None) or ""
+                checked += bool(text)
+                assert not unescaped.search(text), f"{info.callback.__name__} {name}: {text}"
+    assert checked > 100  # every command's options were read

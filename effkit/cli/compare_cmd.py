@@ -34,7 +34,7 @@ def compare_command(
         "--rerun-inconclusive", help="While the verdict (or a gate) is inconclusive, measure up to N more rounds of "
                                      "pairs.", min=0)] = 0,
     runtime: Annotated[Optional[str], typer.Option(
-        "--runtime", help="torch or onnxruntime [default: torch when both are torch models, else onnxruntime]")] = None,
+        "--runtime", help="torch or onnxruntime (default: torch when both are torch models, else onnxruntime)")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "--threads", help="Threads for both models \\[default: the cores free when the comparison starts]",
         min=1)] = None,

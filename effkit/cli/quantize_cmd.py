@@ -45,7 +45,7 @@ def quantize_command(
     = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         "--tolerance", help=f"Quality bar, e.g. cosine>=0.99, sqnr>=20, accuracy:-1pt (needs --eval); repeatable "
-                            f"[default: {DEFAULT_TOLERANCE}]. Missed: sensitive layers are kept in float until "
+                            f"(default: {DEFAULT_TOLERANCE}). Missed: sensitive layers are kept in float until "
                             f"it passes, else exit 1.")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
