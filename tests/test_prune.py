@@ -273,3 +273,16 @@ def test_taylor_importance_uses_the_data():
     assert taylor[0].weight.shape == l1[0].weight.shape == (16, 16)
     assert not bool((taylor[0].weight == l1[0].weight).all())  # other channels kept
     assert unlabelled[0].weight.shape == (16, 16)
+
+
+def test_cli_reports_accuracy_before_right_after_and_after_recovery(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, labels=(x[:, 0] > 0).astype(np.int64))
+    code, stdout, stderr = cli("prune", spec("mlp"), "-o", "p.pt2", "--ratio", "0.5", "--finetune-epochs", "1",
+                               "--data", "d.npz", "--eval", "d.npz", *FAST, "--json", "-")
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    details = result["details"]["accuracy"]
+    assert result["accuracy"] == {"before": details["before"], "after": details["recovered"],
+                                  "right_after_pruning": details["pruned"]}

@@ -122,11 +122,9 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
                                        eval_data=evaluation, progress=progress)
     outcome.details = result.details
     outcome.notes = list(result.notes)
-    accuracy = result.details.get("accuracy")
-    if accuracy:
-        outcome.accuracy = {"before": accuracy["before"], "after": accuracy.get("recovered", accuracy["pruned"])}
-        if "recovered" in accuracy:
-            outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
+    accuracy = result.details.get("accuracy")  # before and after: measure_before_after has them on the same data
+    if accuracy and "recovered" in accuracy and outcome.accuracy:
+        outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
     # The verified export first: when it fails (exit 1), the pruned model is not written either.
     if export_onnx is not None:
         from effkit.passes.export import export_onnx as export
