@@ -58,7 +58,7 @@ def variants(case: dict, quick: bool) -> tuple[dict, dict]:
 
     from effkit.data import Data
     from effkit.model import Model
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.passes.prune import PruneConfig, prune
     from effkit.passes.quantize import QuantizeConfig, quantize
     from effkit.pipeline import run_pipeline
@@ -97,8 +97,8 @@ def measure(models: dict, quick: bool) -> list[dict]:
     from effkit.benchmark import time_calls
     from effkit.errors import EffkitError
     from effkit.model import size_info
-    from effkit.passes.export import quiet_torch
-    from effkit.runtime import make_runner
+    from effkit.export import quiet_torch
+    from effkit.runners import make_runner
 
     calls = []
     for label, m in models.items():
@@ -152,7 +152,7 @@ def digits(quick: bool) -> None:
     """The bundled example end to end through the recipe the README uses."""
     from effkit.data import load_data
     from effkit.model import load_model
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.pipeline import run_pipeline
     from effkit.recipe import Recipe
 

@@ -66,7 +66,7 @@ def _student(teacher, seed: int):
 
 def _accuracy(model, data) -> float:
     from effkit.fidelity import accuracy
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     return accuracy(make_runner(model, "torch", 1), data.inputs, data.labels)
 

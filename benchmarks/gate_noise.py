@@ -67,7 +67,7 @@ def main() -> None:
     from effkit.comparison import DEFAULT_THRESHOLD, compare
     from effkit.env import CpuMonitor
     from effkit.model import load_model
-    from effkit.runtime import available_cores
+    from effkit.runners import available_cores
 
     with CpuMonitor(available_cores()) as background:
         time.sleep(1.0)

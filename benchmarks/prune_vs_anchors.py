@@ -13,7 +13,7 @@ For each, with 2 threads, timed in interleaved rounds (a busy machine slows ever
   tnu        torch.nn.utils.prune.l1_unstructured 50% on every Linear/Conv but the output layer, made permanent
 
 Printed per variant: parameters, state_dict size (ratio to the original), latency p50 on torch eager and
-ONNX Runtime (each variant exported and verified by effkit.passes.export) and the speedup over the original
+ONNX Runtime (each variant exported and verified by effkit.export) and the speedup over the original
 on the same runtime. The goal: effkit >= 2.5x faster on the MLP and >= 2x on the CNN in ONNX Runtime, at
 <= 0.3x the size.
 
@@ -112,8 +112,8 @@ def measure_case(case: dict, quick: bool) -> list[dict]:
 
     from effkit.benchmark import time_calls
     from effkit.model import Model
-    from effkit.passes.export import export_onnx
-    from effkit.runtime import OrtRunner, TorchRunner
+    from effkit.export import export_onnx
+    from effkit.runners import OrtRunner, TorchRunner
 
     torch.manual_seed(0)
     module = case["build"]().eval()

@@ -298,7 +298,7 @@ def run_case(case: dict, args) -> list[Anchor]:
     add("torchao PT2E X86Inductor", torchao_pt2e)
 
     # ONNX Runtime, called directly
-    from effkit.runtime import OrtRunner
+    from effkit.runners import OrtRunner
 
     def export_fp32():
         if not onnx_fp32.exists():
@@ -346,7 +346,7 @@ def run_case(case: dict, args) -> list[Anchor]:
         from effkit.data import Data
         from effkit.model import Model
         from effkit.passes.quantize import QuantizeConfig, quantize
-        from effkit.runtime import make_runner
+        from effkit.runners import make_runner
 
         m = Model(kind="torch", module=copy.deepcopy(model), example_inputs=example, input_names=["x"],
                   source=case["name"], format="factory")

@@ -264,7 +264,7 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
     """
     from effkit.env import environment
     from effkit.model import size_info
-    from effkit.runtime import available_cores, make_runner
+    from effkit.runners import available_cores, make_runner
 
     threads = threads or available_cores()
     if threads < 1:

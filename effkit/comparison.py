@@ -239,7 +239,7 @@ def _discard_text(discarded: dict) -> str:
 def free_threads(probe_s: float = 0.3) -> int:
     """Threads that fit in the cores other processes leave free right now (at least 1)."""
     from effkit.env import CpuMonitor
-    from effkit.runtime import available_cores
+    from effkit.runners import available_cores
 
     cores = available_cores()
     with CpuMonitor(cores) as monitor:
@@ -308,7 +308,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
     from effkit.benchmark import time_calls
     from effkit.env import environment
     from effkit.model import size_info
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     if pairs < 2 or block_time <= 0 or warmup < 0 or rerun_inconclusive < 0 or not (0 < threshold < 10):
         raise UsageError("need --pairs >= 2, --block-time > 0, --warmup >= 0, --rerun-inconclusive >= 0 "

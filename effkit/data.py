@@ -84,7 +84,7 @@ class Data:
                       if have.shape[1:] != want.shape[1:]]
         if not mismatched:
             return
-        from effkit.runtime import native_runner
+        from effkit.runners import native_runner
 
         try:
             native_runner(model).run(tuple(a[:1] for a in self.inputs))

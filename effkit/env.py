@@ -83,7 +83,7 @@ def calibration_ms(repeats: int = 5) -> float:
 def environment(threads: int | None = None) -> dict:
     """Everything that explains a measurement: CPU, cores, threads, versions, commit, time."""
     from effkit import __version__
-    from effkit.runtime import available_cores
+    from effkit.runners import available_cores
 
     return {
         "cpu": cpu_info(),

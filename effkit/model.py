@@ -343,7 +343,7 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
 
     import torch
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     if not trust and (risky := _pt2_code_entries(path)):
         raise ModelLoadError(f"{path} holds pickled Python objects or compiled code ({risky[0]}), "
@@ -390,7 +390,7 @@ def _load_torchscript(path: Path, spec: str, input_shapes) -> Model:
 
 
 def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     try:
         with quiet_torch():  # importing transformers logs deprecation chatter from torch and torchao
@@ -681,7 +681,7 @@ def flatten_outputs(out: Any) -> list[np.ndarray]:
 
 def check_runs(model: Model) -> list[np.ndarray]:
     """Run the model once on its example inputs; a failure names the inputs and what the model expects."""
-    from effkit.runtime import native_runner
+    from effkit.runners import native_runner
 
     runner = native_runner(model)
     try:
@@ -719,7 +719,7 @@ def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path
             raise UsageError(f"an ONNX model can only be saved as .onnx, not {suffix or 'no suffix'}")
         return save_onnx_file(model.onnx_path, path, force)
     if suffix == ".onnx":
-        from effkit.passes.export import export_onnx
+        from effkit.export import export_onnx
 
         export_onnx(model, path, force=force)
         return [path]
@@ -758,7 +758,7 @@ def export_program(model: Model) -> Any:
     args = _torch_example(model)
     traced = tuple(torch.cat([a, a]) if a.dim() > 0 and a.shape[0] == 1 else a for a in args)
     dynamic = tuple({0: torch.export.Dim.AUTO} if a.dim() > 0 else None for a in traced)
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch():
         try:

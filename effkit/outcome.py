@@ -64,7 +64,7 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
     `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
     from effkit.fidelity import accuracy, fidelity
-    from effkit.runtime import make_runner, native_runner
+    from effkit.runners import make_runner, native_runner
 
     kwargs: dict[str, Any] = dict(threads=threads, warmup=warmup, iterations=iterations, min_time=min_time)
     before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)

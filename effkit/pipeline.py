@@ -220,7 +220,7 @@ def _float_layers(step: Step) -> set[str]:
     if not kept or step.before.model.kind != "torch":
         return kept
     from effkit.passes.quantize_ort import layers
-    from effkit.runtime import onnx_path_for
+    from effkit.runners import onnx_path_for
 
     return {layer["alias"] for layer in layers(onnx_path_for(step.before.model)) if layer["name"] in kept} | kept
 
@@ -261,7 +261,7 @@ class _Context:
 
     def __init__(self, original, recipe: Recipe, data, eval_data, progress, log):
         from effkit.fidelity import held_out_inputs
-        from effkit.runtime import available_cores
+        from effkit.runners import available_cores
 
         self.original = original
         self.recipe = recipe
@@ -285,7 +285,7 @@ class _Context:
         self.notes: list[str] = []  # for the whole result
 
     def runner(self, model):
-        from effkit.runtime import native_runner
+        from effkit.runners import native_runner
 
         return native_runner(model, self.threads)
 
@@ -319,7 +319,7 @@ class _Context:
 
     def bench(self, state: State) -> None:
         from effkit.benchmark import bench
-        from effkit.passes.export import quiet_torch
+        from effkit.export import quiet_torch
 
         b = self.recipe.bench
         runtimes = ["torch", "onnxruntime"] if state.model.kind == "torch" else ["onnxruntime"]
@@ -490,8 +490,8 @@ class _BarBroken(Exception):
 def _export(ctx: _Context, current: State) -> Step:
     """The verified ONNX export of the final model (torch → ONNX Runtime)."""
     from effkit.model import load_model, workdir
-    from effkit.passes.export import ExportConfig, export_onnx, verify_onnx
-    from effkit.runtime import onnx_path_for
+    from effkit.export import ExportConfig, export_onnx, verify_onnx
+    from effkit.runners import onnx_path_for
 
     ctx.log("export: ONNX, verified in ONNX Runtime")
     config = ctx.recipe.export
@@ -637,7 +637,7 @@ def _verify_saved(path: Path, model, reference: list[np.ndarray]) -> None:
 
     loaded = load_model(str(path), check=False)
     loaded = loaded.replace(example_inputs=model.example_inputs)
-    from effkit.runtime import native_runner
+    from effkit.runners import native_runner
 
     got = native_runner(loaded).run(model.example_inputs)
     fid = compare_outputs([reference], [got])
@@ -651,10 +651,10 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
     A failed result gets the recipe and the reports only. Everything is staged and moved in at once.
     """
     from effkit.model import save_model, save_onnx_file
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.report.compress import compress_markdown
     from effkit.report.html import compress_html
-    from effkit.runtime import make_runner, native_runner
+    from effkit.runners import make_runner, native_runner
 
     shown = Path(outdir)  # as the user wrote it, for the list of outputs
     outdir = check_outdir(outdir, force)

@@ -42,7 +42,7 @@ PASS_CONFIGS = {
     "prune": ("effkit.passes.prune", "PruneConfig"),
     "distill": ("effkit.passes.distill", "DistillConfig"),
     "quantize": ("effkit.passes.quantize", "QuantizeConfig"),
-    "export": ("effkit.passes.export", "ExportConfig"),
+    "export": ("effkit.export", "ExportConfig"),
 }
 SECTIONS = (*STEPS, "pipeline", "bench")
 

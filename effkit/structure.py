@@ -80,7 +80,7 @@ def _macs(model) -> int | None:
         import torch
         import torch_pruning as tp
 
-        from effkit.passes.export import quiet_torch
+        from effkit.export import quiet_torch
 
         args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
         with quiet_torch():

@@ -245,7 +245,7 @@ def test_data_from_a_dataloader_factory(cli):
 
 
 def test_onnx_teacher_is_measured_on_onnxruntime(cli, files, teacher):
-    from effkit.passes.export import export_onnx
+    from effkit.export import export_onnx
 
     export_onnx(teacher, files / "teacher.onnx")
     code, stdout, stderr = cli("distill", files / "teacher.onnx", "--student", spec("student"), "--data",

@@ -6,8 +6,8 @@ import pytest
 from conftest import spec
 from effkit.errors import StepFailed
 from effkit.model import load_model
-from effkit.passes import export as export_mod
-from effkit.runtime import make_runner
+from effkit import export as export_mod
+from effkit.runners import make_runner
 
 
 def test_large_model_path_writes_external_data_that_loads(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 from conftest import MODELS, spec
 from effkit.errors import InputError, ModelLoadError
 from effkit.model import load_model, save_model
-from effkit.runtime import make_runner
+from effkit.runners import make_runner
 from effkit.specs import parse_input_shape
 
 

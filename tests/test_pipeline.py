@@ -126,7 +126,7 @@ def _tiny():
     so the original is 100% accurate and any damage shows as a drop."""
     from effkit.data import Data
     from effkit.model import load_model
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     model = load_model(spec("mlp"))
     x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
@@ -376,7 +376,7 @@ def test_report_json_thins_long_sample_lists_but_keeps_them_in_memory(pruned_res
 def test_written_outdir_holds_models_that_load_back(pruned_result, tmp_path):
     from effkit.model import load_model
     from effkit.pipeline import write_outdir
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     out = tmp_path / "out"
     write_outdir(pruned_result, out)

@@ -39,7 +39,7 @@ def _calib(model, n=32):
 
 
 def _run(model, inputs):
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     return make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", 1).run(inputs)
 
@@ -65,7 +65,7 @@ def _fresh(model):
 def _save_and_reload(result_model, path: Path, example):
     """Save the int8 model, load it back as `effkit bench` would, and return both outputs."""
     from effkit.model import load_model, save_model
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.specs import InputShape
 
     with quiet_torch():

@@ -231,7 +231,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     from effkit.cli.common import progress_bar
     from effkit.model import save_model
     from effkit.outcome import measure_before_after
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.report import outcome_markdown, outcome_table
 
     trained = result.model
@@ -249,7 +249,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
         # The verified export first: when it fails (exit 1), the student is not written either.
         if export_onnx is not None:
-            from effkit.passes.export import export_onnx as export
+            from effkit.export import export_onnx as export
 
             export(trained, export_onnx, force=force)
         outcome.outputs = [str(p) for p in save_model(trained, output, force)]

@@ -12,7 +12,7 @@ from effkit.cli.common import (
     ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt, check_outputs_free, command,
     console_for, load, write_outputs,
 )
-from effkit.passes.export import DEFAULT_OPSET
+from effkit.export import DEFAULT_OPSET
 
 
 @command("export")
@@ -33,7 +33,7 @@ def export_command(
 ) -> None:
     """Export to ONNX, then check every output against torch in ONNX Runtime on fresh inputs."""
     from effkit.errors import UsageError
-    from effkit.passes.export import ExportConfig, export_onnx
+    from effkit.export import ExportConfig, export_onnx
 
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output {output} must end in .onnx")

@@ -110,7 +110,7 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     from effkit.passes.prune import prune
     from effkit.report import outcome_markdown, outcome_table
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
@@ -127,7 +127,7 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
     # The verified export first: when it fails (exit 1), the pruned model is not written either.
     if export_onnx is not None:
-        from effkit.passes.export import export_onnx as export
+        from effkit.export import export_onnx as export
 
         export(result.model, export_onnx, force=force)
     with quiet_torch():

@@ -100,7 +100,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
 
     from effkit.outcome import measure_before_after
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
     from effkit.passes.quantize import quantize
 
     with progress_bar() as progress:
@@ -138,7 +138,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
             if chosen.kind == "onnx":
                 save_onnx_file(chosen.onnx_path, export_onnx, force)
             else:
-                from effkit.passes.export import export_onnx as export
+                from effkit.export import export_onnx as export
 
                 export(chosen, export_onnx, force=force)
             outcome.outputs.append(str(export_onnx))

@@ -289,7 +289,7 @@ def _teacher_outputs(teacher, data, feature_names: list[str], device) -> tuple[l
             if hooks:
                 hooks.remove()
     else:
-        from effkit.runtime import make_runner
+        from effkit.runners import make_runner
 
         runner = make_runner(teacher, "onnxruntime")
         for inputs, _ in data.batches(EVAL_BATCH):
@@ -484,7 +484,7 @@ def _default_threads() -> int:
     models resets torch's own thread count."""
     import os
 
-    from effkit.runtime import available_cores
+    from effkit.runners import available_cores
 
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])

@@ -244,7 +244,7 @@ def _dependency_graph(module, example):
     import torch
     import torch_pruning as tp
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     hint = ("pruning traces forward() with autograd on the example inputs to find coupled layers; keep forward "
             "differentiable (no torch.no_grad(), detach() or numpy inside it)")
@@ -348,7 +348,7 @@ def _count(module, example) -> tuple[int, int]:
     """(MACs, parameters) on the example inputs."""
     import torch_pruning as tp
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch():
         macs, params = tp.utils.count_ops_and_params(module, list(example))
@@ -370,7 +370,7 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
     (out_channel_groups, in_channel_groups), which would leak one model's layers into the next pruner."""
     import torch_pruning as tp
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch():
         return tp.pruner.BasePruner(
@@ -404,7 +404,7 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
 
 def _step(pruner, module, example, config: PruneConfig, data) -> None:
     """One pruning step; taylor importance first needs gradients of a loss on the data."""
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     if config.importance == "taylor":
         _taylor_gradients(module, data, config)
@@ -462,7 +462,7 @@ def _search_target(model, module, example, config: PruneConfig, ignored, data, d
 def _latency_meter(model, config: PruneConfig):
     """Median latency (ms) of a module on the config's runtime, on the model's example inputs."""
     from effkit.benchmark import time_calls
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     def measure(module) -> float:
         # a snapshot: the ONNX export cache is keyed by module, and this one keeps changing
@@ -611,7 +611,7 @@ def _zero_masks(module) -> dict:
 
 def _accuracy(module, data) -> float:
     from effkit.fidelity import accuracy
-    from effkit.runtime import TorchRunner
+    from effkit.runners import TorchRunner
 
     return accuracy(TorchRunner(module.eval(), _threads()), data.inputs, data.labels)
 

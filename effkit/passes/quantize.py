@@ -197,7 +197,7 @@ class _Context:
         """The model as a pre-processed ONNX file (exported first for torch models)."""
         if self._onnx is None:
             from effkit.passes.quantize_ort import preprocess
-            from effkit.runtime import onnx_path_for
+            from effkit.runners import onnx_path_for
 
             self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
         return self._onnx
@@ -334,7 +334,7 @@ class _Judge:
 
     def __init__(self, ctx: _Context):
         from effkit.fidelity import accuracy, held_out_inputs
-        from effkit.runtime import native_runner
+        from effkit.runners import native_runner
 
         model = ctx.model
         self.ctx = ctx
@@ -346,7 +346,7 @@ class _Judge:
             self.accuracy_before = accuracy(ref, ctx.eval_data.inputs, ctx.eval_data.labels)
 
     def runner(self, m):
-        from effkit.runtime import native_runner
+        from effkit.runners import native_runner
 
         return native_runner(m, self.ctx.threads)
 
@@ -364,7 +364,7 @@ class _Judge:
 
 def _build(candidate: Candidate, judge: _Judge, exclude: list[str], label: str) -> bool:
     """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     candidate.error = None
     try:
@@ -395,7 +395,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, ite
 
 
 def _time(ctx: _Context, models: dict[str, Any]) -> dict[str, float]:
-    from effkit.runtime import make_runner
+    from effkit.runners import make_runner
 
     calls = {}
     for key, m in models.items():
@@ -585,13 +585,13 @@ def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context) -> Can
 def _size(m) -> int:
     """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
     from effkit.model import size_info
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch():
         return size_info(m)["bytes_on_disk"]
 
 
 def _bind(ctx: _Context, m) -> Callable[[], Any]:
-    from effkit.runtime import native_runner
+    from effkit.runners import native_runner
 
     return native_runner(m, ctx.threads).bind(m.example_inputs)

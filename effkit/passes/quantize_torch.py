@@ -46,7 +46,7 @@ def quantize_dynamic(module: Any, *, per_channel: bool, exclude: Sequence[str]) 
     import torch
     from torch import nn
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch():
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic as ao
@@ -69,7 +69,7 @@ def quantize_static(module: Any, example: Sequence[np.ndarray], batches: list[tu
     """
     import torch
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     if calib_method == "percentile":
         raise ValueError("torch.ao has no percentile observer")
@@ -166,7 +166,7 @@ def to_torchscript(module: Any, example: Sequence[np.ndarray]) -> Any:
     """Trace a quantized module to TorchScript, the format its int8 weights are saved in."""
     import torch
 
-    from effkit.passes.export import quiet_torch
+    from effkit.export import quiet_torch
 
     with quiet_torch(), torch.no_grad():
         try:

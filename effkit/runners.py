@@ -127,7 +127,7 @@ def onnx_path_for(model: Any) -> Path:
     if cached is not None and cached.exists():
         return cached
     from effkit.model import workdir
-    from effkit.passes.export import export_onnx
+    from effkit.export import export_onnx
 
     target = Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx"
     export_onnx(model, target)

@@ -102,7 +102,7 @@ def _export_proto(model: Model, config: ExportConfig):
 def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
     """Run torch and ONNX Runtime on fresh inputs; raise ExportMismatch listing every output that differs."""
     from effkit.fidelity import check_finite
-    from effkit.runtime import OrtRunner, TorchRunner, available_cores
+    from effkit.runners import OrtRunner, TorchRunner, available_cores
 
     torch_runner = TorchRunner(model.module)
     ort_runner = OrtRunner(onnx_path, threads=available_cores())
