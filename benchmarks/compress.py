@@ -58,7 +58,7 @@ def variants(case: dict, quick: bool) -> tuple[dict, dict]:
 
     from effkit.data import Data
     from effkit.model import Model
-    from effkit.export import quiet_torch
+    from effkit.util import quiet_torch
     from effkit.passes.prune import PruneConfig, prune
     from effkit.passes.quantize import QuantizeConfig, quantize
     from effkit.pipeline import run_pipeline
@@ -96,9 +96,9 @@ def measure(models: dict, quick: bool) -> list[dict]:
     """Interleaved rounds over every (variant, runtime); each variant keeps its faster runtime."""
     from effkit.benchmark import time_calls
     from effkit.errors import EffkitError
-    from effkit.model import size_info
-    from effkit.export import quiet_torch
-    from effkit.runners import make_runner
+    from effkit.size import size_info
+    from effkit.util import quiet_torch
+    from effkit.export import make_runner
 
     calls = []
     for label, m in models.items():
@@ -151,8 +151,8 @@ def report(case: dict, rows: list[dict], summary: dict) -> None:
 def digits(quick: bool) -> None:
     """The bundled example end to end through the recipe the README uses."""
     from effkit.data import load_data
-    from effkit.model import load_model
-    from effkit.export import quiet_torch
+    from effkit.load import load_model
+    from effkit.util import quiet_torch
     from effkit.pipeline import run_pipeline
     from effkit.recipe import Recipe
 

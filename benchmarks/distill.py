@@ -45,7 +45,7 @@ def _setup():
 
     import digits
     from effkit.data import Data
-    from effkit.model import load_model
+    from effkit.load import load_model
 
     teacher = load_model(f"{ROOT / 'examples' / 'digits.py'}:mlp")
     x, y = digits.load("train")
@@ -66,7 +66,7 @@ def _student(teacher, seed: int):
 
 def _accuracy(model, data) -> float:
     from effkit.fidelity import accuracy
-    from effkit.runners import make_runner
+    from effkit.export import make_runner
 
     return accuracy(make_runner(model, "torch", 1), data.inputs, data.labels)
 
@@ -98,7 +98,7 @@ def quality(teacher, train, test, seeds: int, epochs: int) -> None:
 
 def ratios(teacher) -> None:
     from effkit.benchmark import bench
-    from effkit.model import size_info
+    from effkit.size import size_info
 
     student = _student(teacher, 0)
     t_size, s_size = size_info(teacher), size_info(student)

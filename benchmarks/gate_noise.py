@@ -66,8 +66,8 @@ def main() -> None:
 
     from effkit.comparison import DEFAULT_THRESHOLD, compare
     from effkit.env import CpuMonitor
-    from effkit.model import load_model
-    from effkit.runners import available_cores
+    from effkit.load import load_model
+    from effkit.env import available_cores
 
     with CpuMonitor(available_cores()) as background:
         time.sleep(1.0)

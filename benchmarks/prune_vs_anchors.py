@@ -171,7 +171,7 @@ def digits_accuracy(quick: bool) -> None:
     """Accuracy of the real digits classifiers: before, right after 50% pruning, after recovery."""
     sys.path.insert(0, str(HERE.parent / "examples"))
     from effkit.data import load_data
-    from effkit.model import load_model
+    from effkit.load import load_model
     from effkit.passes.prune import PruneConfig, prune
 
     examples = HERE.parent / "examples"

@@ -171,7 +171,7 @@ def torch_call(module, example):
 def torch_outputs(module, inputs):
     import torch
 
-    from effkit.model import flatten_outputs
+    from effkit.runners import flatten_outputs
 
     with torch.inference_mode():
         return flatten_outputs(module(*tensors(inputs)))
@@ -346,7 +346,7 @@ def run_case(case: dict, args) -> list[Anchor]:
         from effkit.data import Data
         from effkit.model import Model
         from effkit.passes.quantize import QuantizeConfig, quantize
-        from effkit.runners import make_runner
+        from effkit.export import make_runner
 
         m = Model(kind="torch", module=copy.deepcopy(model), example_inputs=example, input_names=["x"],
                   source=case["name"], format="factory")
@@ -357,7 +357,7 @@ def run_case(case: dict, args) -> list[Anchor]:
         runner = make_runner(chosen, "torch" if chosen.kind == "torch" else "onnxruntime", THREADS)
         size = next(c["size_bytes"] for c in result.details["candidates"] if c["status"] == "chosen")
         # effkit sizes artifacts on disk; rescale by the fp32 state_dict for one common denominator
-        from effkit.model import size_info
+        from effkit.size import size_info
 
         size = size / size_info(m)["bytes_on_disk"] * fp32_size
         return runner.bind(example), runner.run, size, result.details["label"]

@@ -1,6 +1,31 @@
 """effkit: make PyTorch models smaller and faster, measured before and after, gated in CI.
 
 The public API is imported lazily: `import effkit` loads neither torch nor onnxruntime.
+
+Layers, top first. A module imports from its own layer and the layers below it, never from one
+above, and no imports go round in a circle; imports between effkit modules are module-level, and
+only heavy third-party packages (torch, onnx, onnxruntime, transformers) are imported inside
+functions. tests/test_layers.py checks all of it against this table:
+
+    cli: cli, __main__
+    outputs: outdir, report
+    verdicts: gates, comparison
+    pipeline: pipeline, recipe
+    passes: passes, structure
+    judge: judge, outcome
+    benchmark: benchmark, size
+    save: save
+    export: export
+    load: load, load_hf, data
+    runners: runners
+    base: effkit, errors, specs, files, util, env, factory, model, inputs, onnx_files, fidelity
+
+base: errors and their exit codes, parsers, atomic files, the machine, the Model value, example
+inputs, ONNX files, output agreement metrics. runners: torch and ONNX Runtime behind one interface.
+load: every format into a Model. export: verified ONNX export (and the ONNX file a torch model runs
+on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size. judge: is a changed
+model still good enough. passes: one config and one `run` each, found by config type. pipeline:
+compress's steps. verdicts: gates and A/B comparisons. outputs: OUTDIR and reports. cli: commands.
 """
 
 from __future__ import annotations
@@ -13,8 +38,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "Model": "effkit.model",
-    "load_model": "effkit.model",
-    "save_model": "effkit.model",
+    "load_model": "effkit.load",
+    "save_model": "effkit.save",
     "bench": "effkit.benchmark",
     "BenchResult": "effkit.benchmark",
     "export_onnx": "effkit.export",
@@ -29,7 +54,7 @@ _API = {
     "QuantizeConfig": "effkit.passes.quantize",
     "compare": "effkit.comparison",
     "gate": "effkit.gates",
-    "compress": "effkit.pipeline",
+    "compress": "effkit.outdir",
     "Recipe": "effkit.recipe",
 }
 

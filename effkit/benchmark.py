@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from effkit.errors import UsageError, first_line
+from effkit.env import CpuMonitor, available_cores, environment
+from effkit.errors import InputError, UsageError, first_line
+from effkit.export import make_runner
+from effkit.inputs import batched
+from effkit.size import size_info
+from effkit.util import jsonable
 
 SCHEMA = "effkit.bench/1"
 DEFAULT_WARMUP = 10
@@ -124,24 +129,10 @@ class PeakMemory:
             self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
-    """The example inputs repeated (or cut) along the first dimension to `batch_size` rows."""
-    out = []
-    for a in example:
-        if a.ndim == 0:
-            out.append(a)
-            continue
-        reps = -(-batch_size // a.shape[0])
-        out.append(np.ascontiguousarray(np.concatenate([a] * reps)[:batch_size]) if reps > 1 else a[:batch_size])
-    return tuple(out)
-
-
 def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: int = DEFAULT_WARMUP,
             iterations: int | None = None, min_time: float = DEFAULT_MIN_TIME,
             progress: Callable[[float], None] | None = None) -> dict:
     """One timed run of `runner` on `inputs`: samples, statistics, memory, machine load, warnings."""
-    from effkit.env import CpuMonitor
-
     call = runner.bind(inputs)
     with PeakMemory() as memory, CpuMonitor(runner.threads) as load:
         samples = time_calls(call, warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
@@ -210,7 +201,7 @@ class BenchResult:
                 "metrics": self.metrics, "warnings": self.warnings, "runs": self.runs, **self.extra}
 
     def to_json(self) -> str:
-        return json.dumps(_jsonable(self.to_dict()), indent=2)
+        return json.dumps(jsonable(self.to_dict()), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> BenchResult:
@@ -238,19 +229,6 @@ class BenchResult:
         return cls.from_dict(data)
 
 
-def _jsonable(value: Any) -> Any:
-    """JSON has no Infinity/NaN: write them as strings so every parser reads the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else "-inf" if value < 0 else "nan"
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
-
-
 def model_info(model) -> dict:
     return {"source": model.source, "format": model.format, "kind": model.kind, "inputs": model.input_specs}
 
@@ -262,10 +240,6 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
 
     `progress(label, fraction)` is called while timing, for progress bars.
     """
-    from effkit.env import environment
-    from effkit.model import size_info
-    from effkit.runners import available_cores, make_runner
-
     threads = threads or available_cores()
     if threads < 1:
         raise UsageError("--threads must be at least 1")
@@ -282,8 +256,6 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
             try:
                 runner.run(inputs)
             except Exception as e:
-                from effkit.errors import InputError
-
                 raise InputError(f"the model does not run at batch size {b} on {runtime}: "
                                  f"{first_line(e, 200)}", "its batch dimension may be fixed") from e
             runs.append(measure(runner, inputs, batch_size=b, warmup=warmup, iterations=iterations, min_time=min_time,

@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from effkit.benchmark import model_info, time_calls
+from effkit.env import CpuMonitor, available_cores, environment
 from effkit.errors import InputError, UsageError, first_line
+from effkit.export import make_runner
+from effkit.load import load_model
+from effkit.model import Model
+from effkit.size import size_info
+from effkit.util import jsonable
 
 SCHEMA = "effkit.compare/1"
 DEFAULT_THRESHOLD = 0.05  # B/A beyond 1.05 (or below 1/1.05) is a change; see benchmarks/gate_noise.py
@@ -217,9 +224,7 @@ class CompareResult:
         }
 
     def to_json(self) -> str:
-        from effkit.benchmark import _jsonable
-
-        return json.dumps(_jsonable(self.to_dict()), indent=2)
+        return json.dumps(jsonable(self.to_dict()), indent=2)
 
 
 def _side_metrics(stats: dict, size: dict, key: str) -> dict:
@@ -238,9 +243,6 @@ def _discard_text(discarded: dict) -> str:
 
 def free_threads(probe_s: float = 0.3) -> int:
     """Threads that fit in the cores other processes leave free right now (at least 1)."""
-    from effkit.env import CpuMonitor
-    from effkit.runners import available_cores
-
     cores = available_cores()
     with CpuMonitor(cores) as monitor:
         time.sleep(probe_s)
@@ -249,8 +251,6 @@ def free_threads(probe_s: float = 0.3) -> int:
 
 
 def _as_model(model: Any, load_options: dict) -> Any:
-    from effkit.model import Model, load_model
-
     if isinstance(model, Model):
         return model
     if isinstance(model, str) or hasattr(model, "__fspath__"):
@@ -259,9 +259,6 @@ def _as_model(model: Any, load_options: dict) -> Any:
 
 
 def _timed_block(call: Callable[[], Any], calls: int, threads: int) -> tuple[list[float], dict]:
-    from effkit.benchmark import time_calls
-    from effkit.env import CpuMonitor
-
     wall0, cpu0 = time.perf_counter(), time.process_time()
     with CpuMonitor(threads) as monitor:
         samples = time_calls(call, warmup=0, iterations=calls)
@@ -305,11 +302,6 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
     `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
     p50 verdict), up to `rerun_inconclusive` more rounds of `pairs` pairs are measured.
     """
-    from effkit.benchmark import time_calls
-    from effkit.env import environment
-    from effkit.model import size_info
-    from effkit.runners import make_runner
-
     if pairs < 2 or block_time <= 0 or warmup < 0 or rerun_inconclusive < 0 or not (0 < threshold < 10):
         raise UsageError("need --pairs >= 2, --block-time > 0, --warmup >= 0, --rerun-inconclusive >= 0 "
                          "and a threshold between 0% and 1000%")
@@ -377,6 +369,4 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
 
 
 def _model_info(model: Any) -> dict:
-    from effkit.benchmark import model_info
-
     return model_info(model)

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import InputError, UsageError, first_line
+from effkit.factory import is_factory_spec, resolve_factory
+from effkit.runners import native_runner
 
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
 
@@ -84,7 +86,6 @@ class Data:
                       if have.shape[1:] != want.shape[1:]]
         if not mismatched:
             return
-        from effkit.runners import native_runner
 
         try:
             native_runner(model).run(tuple(a[:1] for a in self.inputs))
@@ -158,8 +159,6 @@ def _from_iterable(items: Any, source: str, limit: int | None) -> Data:
 
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
-    from effkit.model import is_factory_spec, resolve_factory
-
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")

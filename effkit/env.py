@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from effkit import __version__
+
 # The flags that decide int8 speed on x86 (and the Arm ones that do on Arm).
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
               "asimddp", "i8mm", "sve")
@@ -82,9 +84,6 @@ def calibration_ms(repeats: int = 5) -> float:
 
 def environment(threads: int | None = None) -> dict:
     """Everything that explains a measurement: CPU, cores, threads, versions, commit, time."""
-    from effkit import __version__
-    from effkit.runners import available_cores
-
     return {
         "cpu": cpu_info(),
         "cores": available_cores(),
@@ -169,3 +168,11 @@ class CpuMonitor:
             "busy": others >= 0.25,
             "oversubscribed": self.threads > free + 0.25,
         }
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity and container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

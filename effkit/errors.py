@@ -1,5 +1,9 @@
 """Errors that reach the user: each kind knows its exit code; the CLI turns them into one line."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 def first_line(e: BaseException, limit: int = 300) -> str:
     """An exception's first message line, cut to `limit` characters (its type name when it has none)."""
@@ -50,3 +54,9 @@ class GateFailed(EffkitError):
     """A CI gate failed. Exit code 1."""
 
     exit_code = 1
+
+
+def unreadable(path: Path, what: str, e: Exception) -> ModelLoadError:
+    first = first_line(e)
+    return ModelLoadError(f"{path} is not a readable {what}: {first[:300]}",
+                          "the file may be truncated or corrupt; save or download it again")

@@ -1,20 +1,31 @@
-"""Export a torch model to ONNX, then verify it in ONNX Runtime against torch on fresh inputs."""
+"""Export a torch model to ONNX, then verify it in ONNX Runtime against torch on fresh inputs.
+
+Also the ONNX file every ONNX Runtime measurement of a torch model runs on (`onnx_path_for`,
+`make_runner`): a verified export, made once per module.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
 import shutil
 import tempfile
-import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from effkit.env import available_cores
 from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
+from effkit.fidelity import check_finite
+from effkit.files import atomic_path
+from effkit.inputs import batched
+from effkit.load import load_onnx
 from effkit.model import Model
+from effkit.onnx_files import save_onnx_file, write_onnx
+from effkit.runners import RUNTIMES, OrtRunner, Runner, TorchRunner
+from effkit.util import quiet_torch, workdir
 
 DEFAULT_OPSET = 18
 # Above this, weights go to an external data file (protobuf refuses messages over 2 GB).
@@ -41,28 +52,8 @@ class ExportMismatch(StepFailed):
     """The exported model's outputs differ from torch's beyond the tolerances."""
 
 
-@contextlib.contextmanager
-def quiet_torch():
-    """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export",
-                                              "onnxscript", "torch.fx.experimental.symbolic_shapes",
-                                              "torch.utils._pytree", "torchao")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _fresh_inputs(model: Model, batch: int | None) -> tuple[np.ndarray, ...]:
     """Inputs the export never saw: new random floats; integer inputs (token ids) kept as they are."""
-    from effkit.benchmark import batched
-
     rng = np.random.default_rng(1234)
     arrays = batched(model.example_inputs, batch) if batch is not None else model.example_inputs
     return tuple(rng.standard_normal(a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a
@@ -101,9 +92,6 @@ def _export_proto(model: Model, config: ExportConfig):
 
 def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
     """Run torch and ONNX Runtime on fresh inputs; raise ExportMismatch listing every output that differs."""
-    from effkit.fidelity import check_finite
-    from effkit.runners import OrtRunner, TorchRunner, available_cores
-
     torch_runner = TorchRunner(model.module)
     ort_runner = OrtRunner(onnx_path, threads=available_cores())
     batches = [None]
@@ -150,9 +138,6 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
     """
     import onnx
 
-    from effkit.files import atomic_path
-    from effkit.model import _load_onnx, save_onnx_file, write_onnx
-
     config = config or ExportConfig()
     path = Path(path)
     if model.kind == "onnx":
@@ -174,7 +159,40 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
         with atomic_path(path, force) as tmp:
             onnx.save_model(proto, str(tmp))
             report = verify_onnx(model, tmp, config)
-    exported = _load_onnx(path, str(path), ())
+    exported = load_onnx(path, str(path), ())
     exported = exported.replace(example_inputs=model.example_inputs, source=model.source)
     exported.meta["export"] = {"opset": config.opset, "dynamic_batch": config.dynamic_batch, **report}
     return exported
+
+
+# A torch module's verified ONNX export, reused while the module lives (bench --runtime all,
+# fidelity checks and later steps all need the same one).
+_EXPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def onnx_path_for(model: Any) -> Path:
+    """The ONNX file to run for this model: its own, or a verified temporary export of the torch module."""
+    if model.kind == "onnx":
+        return model.onnx_path
+    cached = _EXPORTS.get(model.module)
+    if cached is not None and cached.exists():
+        return cached
+    target = Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx"
+    export_onnx(model, target)
+    _EXPORTS[model.module] = target
+    return target
+
+
+def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:
+    """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads`.
+
+    Without `threads`, torch keeps its current setting and ONNX Runtime uses all cores;
+    measurements always pass it explicitly so both runtimes get the same number.
+    """
+    if runtime == "torch":
+        if model.kind != "torch":
+            raise UsageError("an ONNX model runs on onnxruntime only", "use --runtime onnxruntime")
+        return TorchRunner(model.module, threads)
+    if runtime == "onnxruntime":
+        return OrtRunner(onnx_path_for(model), threads or available_cores())
+    raise UsageError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")

@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from effkit.comparison import independent_ratio_ci, statistic_ci
+from effkit.env import fingerprint
 from effkit.errors import UsageError
+from effkit.files import loads_toml, write_text
 from effkit.specs import COMPARATORS, Threshold, parse_threshold
+from effkit.util import fmt_bytes, jsonable
 
 SCHEMA = "effkit.gate/1"
 LATENCY_STATS = ("p50", "median", "p90", "p99", "mean")
@@ -142,9 +146,7 @@ class GateReport:
                 "warnings": self.warnings}
 
     def to_json(self) -> str:
-        from effkit.benchmark import _jsonable
-
-        return json.dumps(_jsonable(self.to_dict()), indent=2)
+        return json.dumps(jsonable(self.to_dict()), indent=2)
 
 
 def _is_bytes(metric: str) -> bool:
@@ -155,8 +157,6 @@ def _fmt(x: float | None, metric: str) -> str:
     if x is None:
         return "-"
     if _is_bytes(metric):
-        from effkit.report import fmt_bytes
-
         return fmt_bytes(x)
     if metric.startswith("latency."):
         return f"{x:.4g} ms"
@@ -333,8 +333,6 @@ def _interval_text(lo: float, hi: float) -> str:
 def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict | None, *,
            normalize: bool = False) -> Verdict:
     """The verdict of one gate on a candidate (and a baseline, for relative and points gates)."""
-    from effkit.comparison import independent_ratio_ci, statistic_ci
-
     t, metric = threshold, threshold.metric
     latency = _latency_stat(metric)
     if paired is not None and (latency or metric == "throughput") and not cand.samples:
@@ -405,8 +403,6 @@ def _contended(verdict: Verdict, latency: Any, cand: _Side, base: _Side | None) 
 
 def _environment_warnings(cand: _Side, base: _Side | None) -> tuple[list[str], bool]:
     """Warnings when the baseline ran elsewhere, and whether latency should be machine-normalized."""
-    from effkit.env import fingerprint
-
     if base is None or not cand.environment or not base.environment or cand.environment is base.environment:
         return [], False
     fa, fb = fingerprint(base.environment), fingerprint(cand.environment)
@@ -505,8 +501,6 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def _read_toml(path: Path) -> dict:
-    from effkit.files import loads_toml
-
     try:
         return loads_toml(path.read_text(), str(path))
     except OSError as e:
@@ -565,8 +559,6 @@ def load_gate_config(path: str | Path | None = None,
 def write_reports(report: GateReport, *, junit: str | Path | None = None, force: bool = False,
                   summary_text: str | None = None) -> list[str]:
     """Write JUnit XML, and append Markdown (default: the gate table) to $GITHUB_STEP_SUMMARY when it is set."""
-    from effkit.files import write_text
-
     written = []
     if junit:
         write_text(junit, report.junit(), force)

@@ -7,7 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from effkit.benchmark import BenchResult, _jsonable, bench
+from effkit.benchmark import BenchResult, bench
+from effkit.export import make_runner
+from effkit.fidelity import accuracy, fidelity
+from effkit.runners import native_runner
+from effkit.util import jsonable
 
 SCHEMA = "effkit.step/1"
 
@@ -54,7 +58,7 @@ class Outcome:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_jsonable(self.to_dict()), indent=2)
+        return json.dumps(jsonable(self.to_dict()), indent=2)
 
 
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
@@ -63,9 +67,6 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
                          fidelity_runtime: str | None = None) -> Outcome:
     """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
     `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
-    from effkit.fidelity import accuracy, fidelity
-    from effkit.runners import make_runner, native_runner
-
     kwargs: dict[str, Any] = dict(threads=threads, warmup=warmup, iterations=iterations, min_time=min_time)
     before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)
     after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)

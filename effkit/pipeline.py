@@ -15,40 +15,38 @@ so it keeps the layers that break it in float), up to `backoff-tries` times, and
 every attempt. When the bar cannot be met, `compress` raises `CompressFailed` (exit 1): OUTDIR
 then holds the reports and the recipe, so the user can see why, but no model.
 
-OUTDIR is built in a hidden staging folder beside it and moved into place only when complete:
-an interrupted or failed run leaves OUTDIR as it was (absent, or the old result).
+Nothing is written here: `effkit.outdir` writes the result to OUTDIR.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from effkit.errors import OutputExistsError, StepFailed, UsageError
-from effkit.files import _umask
-from effkit.recipe import Recipe, config_class
+from effkit.benchmark import bench
+from effkit.env import available_cores, environment
+from effkit.errors import StepFailed, UsageError
+from effkit.export import ExportConfig, export_onnx, onnx_path_for, verify_onnx
+from effkit.fidelity import accuracy, compare_outputs, held_out_inputs
+from effkit.load import load_model
+from effkit.passes.quantize_ort import layers
+from effkit.recipe import FIDELITY_METRICS, Recipe, _plain, _toml_key, config_class
+from effkit.runners import native_runner
+from effkit.util import jsonable, quiet_torch, workdir
 
 SCHEMA = "effkit.compress/1"
-# What compress writes to OUTDIR; --force replaces an OUTDIR that holds nothing else.
-OUTDIR_FILES = ("model.onnx", "model.pt2", "recipe.toml", "report.json", "report.md", "report.html")
 FIDELITY_SAMPLES = 128  # samples of real data (when given) the outputs are compared on
 FIDELITY_BATCH = 16
 # report.json keeps at most this many latency samples per run (every k-th, with "samples_ms_every": k);
 # the statistics are computed from all of them.
 JSON_SAMPLES = 2000
 
-__all__ = ["CompressFailed", "CompressResult", "Recipe", "State", "Step", "compress", "run_pipeline",
-           "write_outdir"]
+__all__ = ["CompressFailed", "CompressResult", "Recipe", "State", "Step", "run_pipeline"]
 
 
 class CompressFailed(StepFailed):
@@ -197,8 +195,6 @@ class CompressResult:
                 for name, (kind, total, _) in before.items() if total]
 
     def to_dict(self) -> dict:
-        from effkit.env import environment
-
         threads = self.original.bench.runs[0]["threads"] if self.original.bench else None
         return {"schema": SCHEMA, "source": self.source, "status": self.status, "message": self.message, "hint": self.hint,
                 "steps_run": [s.name for s in self.steps], "recipe": self.recipe.to_dict(),
@@ -207,11 +203,7 @@ class CompressResult:
                 "outputs": self.outputs, "environment": environment(threads)}
 
     def to_json(self) -> str:
-        import json
-
-        from effkit.benchmark import _jsonable
-
-        return json.dumps(_jsonable(self.to_dict()), indent=2)
+        return json.dumps(jsonable(self.to_dict()), indent=2)
 
 
 def _float_layers(step: Step) -> set[str]:
@@ -219,8 +211,6 @@ def _float_layers(step: Step) -> set[str]:
     kept = set(step.details.get("kept_in_float") or [])
     if not kept or step.before.model.kind != "torch":
         return kept
-    from effkit.passes.quantize_ort import layers
-    from effkit.runners import onnx_path_for
 
     return {layer["alias"] for layer in layers(onnx_path_for(step.before.model)) if layer["name"] in kept} | kept
 
@@ -260,9 +250,6 @@ class _Context:
     """What every step needs: the original, the data, the bar, the reference outputs, progress."""
 
     def __init__(self, original, recipe: Recipe, data, eval_data, progress, log):
-        from effkit.fidelity import held_out_inputs
-        from effkit.runners import available_cores
-
         self.original = original
         self.recipe = recipe
         self.data = data
@@ -285,14 +272,10 @@ class _Context:
         self.notes: list[str] = []  # for the whole result
 
     def runner(self, model):
-        from effkit.runners import native_runner
-
         return native_runner(model, self.threads)
 
     def evaluate(self, name: str, model) -> State:
         """Accuracy on the eval data and fidelity against the original: cheap, no timing."""
-        from effkit.fidelity import accuracy, compare_outputs
-
         runner = self.runner(model)
         acc = accuracy(runner, self.eval_data.inputs, self.eval_data.labels) if self.eval_data is not None else None
         fid = None
@@ -302,8 +285,6 @@ class _Context:
 
     def violations(self, state: State, base: State) -> list[str]:
         """How `state` breaks the whole-pipeline bar (against the original `base`); empty when it holds."""
-        from effkit.recipe import FIDELITY_METRICS
-
         found = []
         if self.max_drop is not None and state.accuracy is not None and base.accuracy is not None:
             drop = 100 * (base.accuracy - state.accuracy)
@@ -318,9 +299,6 @@ class _Context:
         return found
 
     def bench(self, state: State) -> None:
-        from effkit.benchmark import bench
-        from effkit.export import quiet_torch
-
         b = self.recipe.bench
         runtimes = ["torch", "onnxruntime"] if state.model.kind == "torch" else ["onnxruntime"]
         progress = (lambda label, f: self.progress(f"timing {state.name}: {label}", f)) if self.progress else None
@@ -330,8 +308,6 @@ class _Context:
 
 
 def _config_dict(config: Any) -> dict:
-    from effkit.recipe import _plain, _toml_key
-
     return {_toml_key(f.name): _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
@@ -489,10 +465,6 @@ class _BarBroken(Exception):
 
 def _export(ctx: _Context, current: State) -> Step:
     """The verified ONNX export of the final model (torch → ONNX Runtime)."""
-    from effkit.model import load_model, workdir
-    from effkit.export import ExportConfig, export_onnx, verify_onnx
-    from effkit.runners import onnx_path_for
-
     ctx.log("export: ONNX, verified in ONNX Runtime")
     config = ctx.recipe.export
     if config == ExportConfig():  # timing on ONNX Runtime made this very export already: check it again, reuse it
@@ -580,142 +552,3 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
     for d in (data, eval_data):
         if d is not None:
             d.check_against(model)
-
-
-# ---------------------------------------------------------------- writing OUTDIR
-
-def check_outdir(outdir: str | Path, force: bool) -> Path:
-    """Refuse an OUTDIR that is a file, or that holds files (without --force, or that effkit did not write:
-    --force replaces a whole earlier OUTDIR, so it must never swallow a folder of the user's own files)."""
-    shown = Path(outdir)
-    outdir = shown.resolve()  # "-o ." needs a real name and parent to stage beside
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"{shown} is a file, not a folder", "pass a folder for -o")
-    if outdir.is_dir() and any(outdir.iterdir()):
-        if not _is_effkit_outdir(outdir):
-            raise OutputExistsError(f"{shown} holds files that effkit compress did not write",
-                                    "pass an empty or new folder for -o")
-        if not force:
-            raise OutputExistsError(f"{shown} already holds files", "pass --force to replace them")
-    return outdir
-
-
-def _is_effkit_outdir(outdir: Path) -> bool:
-    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes."""
-    try:
-        schema = json.loads((outdir / "report.json").read_text()).get("schema")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return schema == SCHEMA and all(p.name in OUTDIR_FILES for p in outdir.iterdir())
-
-
-@contextlib.contextmanager
-def _staged(outdir: Path, force: bool) -> Iterator[Path]:
-    """A hidden folder beside OUTDIR to build it in; moved onto OUTDIR when the block succeeds,
-    removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
-    outdir = outdir.resolve()
-    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
-    try:
-        yield stage
-        check_outdir(outdir, force)
-        old = None
-        if outdir.exists():  # empty, or --force: swap the old one out, the new one in, then drop the old
-            old = outdir.parent / f"{stage.name}.old"
-            os.replace(outdir, old)
-        os.replace(stage, outdir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _verify_saved(path: Path, model, reference: list[np.ndarray]) -> None:
-    """Load a written model back and check it gives the outputs of the model it came from."""
-    from effkit.fidelity import compare_outputs
-    from effkit.model import load_model
-
-    loaded = load_model(str(path), check=False)
-    loaded = loaded.replace(example_inputs=model.example_inputs)
-    from effkit.runners import native_runner
-
-    got = native_runner(loaded).run(model.example_inputs)
-    fid = compare_outputs([reference], [got])
-    if fid["cosine_min"] is None or fid["cosine_min"] < 0.9999:
-        raise StepFailed(f"{path.name} does not reproduce the model it was saved from (cosine {fid['cosine_min']})")
-
-
-def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False) -> list[Path]:
-    """Write OUTDIR: the final model (native format), its verified ONNX, the recipe and the reports.
-
-    A failed result gets the recipe and the reports only. Everything is staged and moved in at once.
-    """
-    from effkit.model import save_model, save_onnx_file
-    from effkit.export import quiet_torch
-    from effkit.report.compress import compress_markdown
-    from effkit.report.html import compress_html
-    from effkit.runners import make_runner, native_runner
-
-    shown = Path(outdir)  # as the user wrote it, for the list of outputs
-    outdir = check_outdir(outdir, force)
-    outdir.parent.mkdir(parents=True, exist_ok=True)  # OUTDIR's own folder is created by the final move
-    with _staged(outdir, force) as stage:
-        names = []
-        if result.status == "ok":
-            final = result.final.model
-            reference = native_runner(final).run(
-                final.example_inputs)
-            save_onnx_file(final.onnx_path, stage / "model.onnx", force=False)  # torch pipelines end in export
-            _verify_saved(stage / "model.onnx", final, reference)
-            names.append("model.onnx")
-            native = _native_model(result)
-            if native is not None:
-                native_ref = make_runner(native, "torch").run(native.example_inputs)
-                with quiet_torch():
-                    save_model(native, stage / "model.pt2")
-                    _verify_saved(stage / "model.pt2", native, native_ref)
-                names.append("model.pt2")
-        result.outputs = [str(shown / n) for n in names + ["recipe.toml", "report.json", "report.md", "report.html"]]
-        _write(stage / "recipe.toml", result.recipe.to_toml(_recipe_comments(result)))
-        _write(stage / "report.json", result.to_json() + "\n")
-        _write(stage / "report.md", compress_markdown(result))
-        _write(stage / "report.html", compress_html(result))
-    return [Path(p) for p in result.outputs]
-
-
-def _recipe_comments(result: CompressResult) -> list[str]:
-    """How this recipe was run (the data is not part of it) and what the back-off changed."""
-    command = f"effkit compress {result.source}"
-    command += f" --data {result.data_source}" if result.data_source else ""
-    command += f" --eval {result.eval_source}" if result.eval_source else ""
-    lines = [f"Reproduce: {command} --recipe recipe.toml -o OUTDIR"]
-    lines += [f"{step.name}: {note}" for step in result.steps for note in step.notes if note.startswith("backed off")]
-    if any(note.startswith("backed off") for step in result.steps for note in step.notes):
-        lines.append("(the recipe holds what was asked; running it again backs off the same way)")
-    return lines
-
-
-def _native_model(result: CompressResult):
-    """The final torch model when the pipeline ended with an export of one (saved as .pt2 too)."""
-    if result.steps and result.steps[-1].name == "export":
-        return result.steps[-1].before.model
-    return None
-
-
-def _write(path: Path, text: str) -> None:
-    from effkit.files import write_text
-
-    write_text(path, text)
-
-
-def compress(model, recipe: Recipe, outdir: str | Path, *, data=None, eval_data=None, force: bool = False,
-             progress: Callable[[str, float], None] | None = None,
-             log: Callable[[str], None] | None = None) -> CompressResult:
-    """Run the pipeline on `model` and write OUTDIR. Raises `CompressFailed` (exit 1) when the quality
-    bar cannot be met; OUTDIR then holds the recipe and the reports, no model."""
-    check_outdir(outdir, force)
-    result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
-    write_outdir(result, outdir, force)
-    if result.status != "ok":
-        raise CompressFailed(result.message or "the quality bar could not be met", result.hint, result)
-    return result

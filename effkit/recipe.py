@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import EffkitError, UsageError
-from effkit.specs import _finite
+from effkit.files import loads_toml
+from effkit.specs import _finite, parse_threshold
 
 # The order steps run in, whatever order the recipe lists them in.
 STEPS = ("prune", "distill", "quantize", "export")
@@ -63,8 +64,6 @@ FIDELITY_METRICS = {"cosine": "cosine_min", "sqnr": "sqnr_db", "top1": "top1_agr
 
 def parse_tolerance(text: str):
     """A whole-pipeline tolerance: `cosine>=0.99`, `sqnr>=20`, `top1>=0.98` or `accuracy:-1pt`."""
-    from effkit.specs import parse_threshold
-
     t = parse_threshold(text)
     if t.metric == "accuracy" and t.kind == "points" and t.value <= 0:
         return t
@@ -173,8 +172,6 @@ class Recipe:
     @classmethod
     def parse(cls, text: str, source: str = "recipe") -> Recipe:
         """Parse TOML recipe text; errors name the source, the line, the section and the key."""
-        from effkit.files import loads_toml
-
         return cls.from_dict(loads_toml(text, source), source, text)
 
     @classmethod

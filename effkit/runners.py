@@ -1,32 +1,23 @@
 """Runners: the one interface through which every benchmark and fidelity check runs a model.
 
-`make_runner(model, "torch" | "onnxruntime", threads)` returns a Runner whose `run(inputs)`
-gives numpy outputs and whose `bind(inputs)` gives a zero-argument call for timing, with the
-inputs already converted, so a timing measures the model and not the conversion.
+A Runner's `run(inputs)` gives numpy outputs and its `bind(inputs)` a zero-argument call for
+timing, with the inputs already converted, so a timing measures the model and not the conversion.
+`native_runner(model)` runs a model on its own runtime; `effkit.export.make_runner` also runs a
+torch model on ONNX Runtime, through its verified export.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from effkit.errors import UsageError
+from effkit.env import available_cores
+from effkit.errors import InputError, UsageError
 
 RUNTIMES = ("torch", "onnxruntime")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects CPU affinity and container limits)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class Runner:
@@ -74,8 +65,6 @@ class TorchRunner(Runner):
         return call
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from effkit.model import flatten_outputs
-
         return flatten_outputs(self.bind(inputs)())
 
 
@@ -114,42 +103,30 @@ class OrtRunner(Runner):
         return [np.asarray(o) for o in self.session.run(None, self._feed(inputs))]
 
 
-# A torch module's verified ONNX export, reused while the module lives (bench --runtime all,
-# fidelity checks and later steps all need the same one).
-_EXPORTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def onnx_path_for(model: Any) -> Path:
-    """The ONNX file to run for this model: its own, or a verified temporary export of the torch module."""
-    if model.kind == "onnx":
-        return model.onnx_path
-    cached = _EXPORTS.get(model.module)
-    if cached is not None and cached.exists():
-        return cached
-    from effkit.model import workdir
-    from effkit.export import export_onnx
-
-    target = Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx"
-    export_onnx(model, target)
-    _EXPORTS[model.module] = target
-    return target
-
-
 def native_runner(model: Any, threads: int | None = None) -> Runner:
-    """The runner of the model's own kind: torch for torch models, ONNX Runtime for ONNX ones."""
-    return make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", threads)
+    """The runner of the model's own kind: torch for torch models, ONNX Runtime for ONNX ones.
 
-
-def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:
-    """A runner for `model` on `runtime` ("torch" or "onnxruntime") with `threads`.
-
-    Without `threads`, torch keeps its current setting and ONNX Runtime uses all cores;
-    measurements always pass it explicitly so both runtimes get the same number.
+    Without `threads`, torch keeps its current setting and ONNX Runtime uses all cores.
     """
-    if runtime == "torch":
-        if model.kind != "torch":
-            raise UsageError("an ONNX model runs on onnxruntime only", "use --runtime onnxruntime")
+    if model.kind == "torch":
         return TorchRunner(model.module, threads)
-    if runtime == "onnxruntime":
-        return OrtRunner(onnx_path_for(model), threads or available_cores())
-    raise UsageError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+    return OrtRunner(model.onnx_path, threads or available_cores())
+
+
+def flatten_outputs(out: Any) -> list[np.ndarray]:
+    """Any torch output (tensor, tuple, list, dict, ModelOutput) as a flat list of float arrays."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        t = out.detach()
+        if t.is_quantized:
+            t = t.dequantize()
+        return [t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()]
+    if isinstance(out, dict):
+        return [a for v in out.values() for a in flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [a for v in out for a in flatten_outputs(v)]
+    if out is None:
+        return []
+    raise InputError(f"the model returned a {type(out).__name__}, which effkit cannot compare",
+                     "return tensors, or a tuple/dict of tensors")

@@ -6,6 +6,9 @@ from collections import Counter
 
 import numpy as np
 
+from effkit.load import check_runs
+from effkit.util import quiet_torch
+
 # Layers with int8 kernels (dynamic: Linear/LSTM/GRU; static: also convolutions).
 QUANTIZABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "Embedding")
 QUANTIZABLE_ONNX = ("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Gather")
@@ -14,8 +17,6 @@ PRUNABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d")
 
 def describe(model) -> dict:
     """A JSON-ready description of `model` (see `effkit inspect`)."""
-    from effkit.model import check_runs
-
     outputs = check_runs(model)
     info = {
         "source": model.source,
@@ -79,8 +80,6 @@ def _macs(model) -> int | None:
     try:
         import torch
         import torch_pruning as tp
-
-        from effkit.export import quiet_torch
 
         args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
         with quiet_torch():

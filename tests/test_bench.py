@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import FAST, spec
-from effkit.benchmark import SCHEMA, BenchResult, batched, bench, latency_stats, noise_warnings, time_calls
+from effkit.benchmark import SCHEMA, BenchResult, bench, latency_stats, noise_warnings, time_calls
+from effkit.inputs import batched
 from effkit.errors import UsageError
-from effkit.model import load_model
+from effkit.load import load_model
 
 
 def test_stats_on_known_samples():

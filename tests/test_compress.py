@@ -18,8 +18,8 @@ OUTPUTS = ["model.onnx", "model.pt2", "recipe.toml", "report.html", "report.json
 
 
 def _outputs(model_path: Path) -> np.ndarray:
-    from effkit.model import load_model
-    from effkit.runners import make_runner
+    from effkit.load import load_model
+    from effkit.export import make_runner
 
     x = np.random.default_rng(3).standard_normal((4, 16)).astype(np.float32)
     return make_runner(load_model(str(model_path)), "onnxruntime").run((x,))[0]

@@ -17,7 +17,7 @@ from conftest import FAST, TESTS
 
 from effkit.data import Data
 from effkit.errors import InputError, UsageError
-from effkit.model import load_model
+from effkit.load import load_model
 from effkit.specs import parse_input_shape
 from effkit.passes.distill import DistillConfig, Interrupted, distill
 

@@ -5,9 +5,9 @@ import pytest
 
 from conftest import spec
 from effkit.errors import StepFailed
-from effkit.model import load_model
+from effkit.load import load_model
 from effkit import export as export_mod
-from effkit.runners import make_runner
+from effkit.export import make_runner
 
 
 def test_large_model_path_writes_external_data_that_loads(tmp_path, monkeypatch):

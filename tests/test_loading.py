@@ -6,8 +6,9 @@ import torch
 
 from conftest import MODELS, spec
 from effkit.errors import InputError, ModelLoadError
-from effkit.model import load_model, save_model
-from effkit.runners import make_runner
+from effkit.load import load_model
+from effkit.save import save_model
+from effkit.export import make_runner
 from effkit.specs import parse_input_shape
 
 
@@ -109,7 +110,7 @@ def test_onnx_wrong_shape_names_expected(mlp, tmp_path):
 def test_onnx_with_external_data(mlp, tmp_path):
     import onnx
 
-    from effkit.model import write_onnx
+    from effkit.onnx_files import write_onnx
 
     src = tmp_path / "m.onnx"
     save_model(mlp, src)

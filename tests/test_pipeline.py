@@ -125,8 +125,8 @@ def _tiny():
     """The tiny test MLP and labelled data: labels are the model's own predictions on these inputs,
     so the original is 100% accurate and any damage shows as a drop."""
     from effkit.data import Data
-    from effkit.model import load_model
-    from effkit.runners import make_runner
+    from effkit.load import load_model
+    from effkit.export import make_runner
 
     model = load_model(spec("mlp"))
     x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
@@ -252,7 +252,8 @@ def test_a_prune_that_breaks_the_bar_is_backed_off(monkeypatch):
 def test_a_bar_that_cannot_be_met_fails_with_reports_and_no_model(monkeypatch, tmp_path):
     import effkit.passes.prune as prune_mod
     from effkit.passes import PassResult
-    from effkit.pipeline import CompressFailed, compress
+    from effkit.pipeline import CompressFailed
+    from effkit.outdir import compress
 
     real = prune_mod.prune
     monkeypatch.setattr(prune_mod, "prune", lambda m, c, **kw: PassResult(_bad(real(m, c, **kw).model)))
@@ -374,9 +375,9 @@ def test_report_json_thins_long_sample_lists_but_keeps_them_in_memory(pruned_res
 # ---------------------------------------------------------------- OUTDIR is written whole or not at all
 
 def test_written_outdir_holds_models_that_load_back(pruned_result, tmp_path):
-    from effkit.model import load_model
-    from effkit.pipeline import write_outdir
-    from effkit.runners import make_runner
+    from effkit.load import load_model
+    from effkit.outdir import write_outdir
+    from effkit.export import make_runner
 
     out = tmp_path / "out"
     write_outdir(pruned_result, out)
@@ -393,7 +394,7 @@ def test_written_outdir_holds_models_that_load_back(pruned_result, tmp_path):
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
 def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, monkeypatch, interruption):
     import effkit.report.html as html_mod
-    from effkit.pipeline import write_outdir
+    from effkit.outdir import write_outdir
 
     out = tmp_path / "out"
     out.mkdir()

@@ -9,10 +9,11 @@ import pytest
 from conftest import FAST, TESTS, spec
 
 from effkit.errors import ModelLoadError, UsageError
-from effkit.model import load_model, save_model
+from effkit.load import load_model
+from effkit.save import save_model
 from effkit.export import export_onnx
 from effkit.passes.prune import PruneConfig, nm_mask, prune
-from effkit.runners import make_runner
+from effkit.export import make_runner
 
 PATTERNS = TESTS / "models_prune.py"
 EXAMPLES = TESTS.parent / "examples"

@@ -20,7 +20,7 @@ def qspec(name: str) -> str:
 
 
 def _load(name: str, models=None):
-    from effkit.model import load_model
+    from effkit.load import load_model
 
     return load_model(qspec(name) if models is None else spec(name))
 
@@ -39,7 +39,7 @@ def _calib(model, n=32):
 
 
 def _run(model, inputs):
-    from effkit.runners import make_runner
+    from effkit.export import make_runner
 
     return make_runner(model, "torch" if model.kind == "torch" else "onnxruntime", 1).run(inputs)
 
@@ -64,8 +64,9 @@ def _fresh(model):
 
 def _save_and_reload(result_model, path: Path, example):
     """Save the int8 model, load it back as `effkit bench` would, and return both outputs."""
-    from effkit.model import load_model, save_model
-    from effkit.export import quiet_torch
+    from effkit.load import load_model
+    from effkit.save import save_model
+    from effkit.util import quiet_torch
     from effkit.specs import InputShape
 
     with quiet_torch():
@@ -261,7 +262,7 @@ def _third_party_onnx(path: Path) -> None:
 
 @pytest.mark.parametrize("method", ["dynamic", "static", "weight-only"])
 def test_third_party_onnx_is_quantized(tmp_path, method):
-    from effkit.model import load_model
+    from effkit.load import load_model
     from effkit.passes.quantize import quantize
 
     _third_party_onnx(tmp_path / "m.onnx")
@@ -353,7 +354,8 @@ def test_dynamic_measures_per_tensor_too_unless_the_user_chose():
 
 
 def test_output_without_suffix_can_never_be_the_input(cli, tmp_path):
-    from effkit.model import load_model, save_model
+    from effkit.load import load_model
+    from effkit.save import save_model
 
     save_model(load_model(spec("mlp")), tmp_path / "m.onnx")
     before = (tmp_path / "m.onnx").read_bytes()

@@ -6,11 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt, ModelArg,
-    ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar, write_outputs,
-)
+from effkit.benchmark import bench
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
+                               MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command,
+                               console_for, load, progress_bar, write_outputs)
 from effkit.errors import UsageError
+from effkit.report.text import bench_markdown, bench_table
 
 
 def parse_runtimes(runtime: str, kind: str) -> list[str]:
@@ -45,9 +46,6 @@ def bench_command(
     force: ForceOpt = False,
 ) -> None:
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
-    from effkit.benchmark import bench
-    from effkit.report import bench_markdown, bench_table
-
     check_outputs_free([json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)

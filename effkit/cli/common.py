@@ -19,7 +19,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from effkit.errors import EffkitError, UsageError
+from effkit.errors import EffkitError, StepFailed, UsageError
+from effkit.factory import is_factory_spec
+from effkit.fidelity import check_finite
+from effkit.files import check_output, write_text
+from effkit.load import check_runs, load_model
+from effkit.specs import parse_input_shape
 
 app = typer.Typer(
     name="effkit",
@@ -75,11 +80,6 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import."""
     from rich.markup import escape
 
-    from effkit.errors import StepFailed
-    from effkit.fidelity import check_finite
-    from effkit.model import check_runs, load_model
-    from effkit.specs import parse_input_shape
-
     shapes = [parse_input_shape(s) for s in input_shape or []]
     with err.status(f"loading {model}", spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, check=False)
@@ -95,8 +95,6 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
                   markdown_text: Callable[[], str], force: bool) -> None:
     """Write --json and --markdown outputs (atomically; '-' means stdout for JSON)."""
-    from effkit.files import write_text
-
     if json_path == "-":
         sys.stdout.write(json_text() + "\n")
     elif json_path:
@@ -113,8 +111,6 @@ def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tupl
     Besides `inputs`, every file named by the running command's arguments (MODEL, --arch, --data, ...)
     counts: an output path that appears twice among them names an input too.
     """
-    from effkit.files import check_output
-
     outputs = [Path(p) for p in paths if p is not None and str(p) != "-"]
     resolved = [p.resolve() for p in outputs]
     named = _named_files()
@@ -128,8 +124,6 @@ def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tupl
 
 def _named_files() -> list[Path]:
     """Existing files named by the running command's arguments, one entry per mention."""
-    from effkit.model import is_factory_spec
-
     files = []
     for value in _RUNNING["params"].values():
         for v in value if isinstance(value, (list, tuple)) else [value]:

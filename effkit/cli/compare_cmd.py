@@ -7,12 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
-    check_outputs_free, command, console_for, progress_bar,
-)
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
+                               check_outputs_free, command, console_for, progress_bar)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
-from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
+from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
+from effkit.errors import UsageError
+from effkit.gates import gate, thresholds_from
+from effkit.report.text import fmt_ms
+from effkit.specs import InputShape, parse_input_shape, parse_threshold
 
 
 @command("compare")
@@ -64,12 +66,6 @@ def compare_command(
     """
     from rich.markup import escape
 
-    from effkit.comparison import compare
-    from effkit.gates import gate, thresholds_from
-    from effkit.specs import InputShape, parse_input_shape, parse_threshold
-
-    from effkit.errors import UsageError
-
     try:
         limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")
     except UsageError:
@@ -113,8 +109,6 @@ def compare_table(result):
     from rich.table import Table
     from rich.text import Text
 
-    from effkit.report import fmt_ms
-
     table = Table(title=Text(f"effkit compare: B {result.b['source']} vs A {result.a['source']}"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for h in ("latency", "A", "B", "B/A", "95% interval", "verdict"):
@@ -133,8 +127,6 @@ def compare_table(result):
 
 def compare_markdown(result) -> str:
     """The same table in Markdown, for pull requests and $GITHUB_STEP_SUMMARY."""
-    from effkit.report import fmt_ms
-
     lines = [f"### effkit compare: B `{result.b['source']}` vs A `{result.a['source']}`", "",
              "| latency | A | B | B/A | 95% interval | verdict |", "|---|---:|---:|---:|---|---|"]
     for stat, s in result.stats.items():

@@ -7,10 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, ModelArg, ThreadsOpt,
-    TrustOpt, check_outputs_free, command, console_for, err, load, progress_bar, write_outputs,
-)
+from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+                               ModelArg, ThreadsOpt, TrustOpt, check_outputs_free, command, console_for, err, load,
+                               progress_bar, write_outputs)
+from effkit.data import load_data
+from effkit.errors import UsageError
+from effkit.onnx_files import save_onnx_file
+from effkit.pipeline import CompressFailed
+from effkit.outdir import check_outdir, compress
+from effkit.recipe import Recipe
+from effkit.report.compress import compress_table
+from effkit.specs import parse_ratio
 
 # `--quantize int8` asks for int8 with quantize's own choice of method; a method name picks one.
 QUANTIZE_CHOICES = ("int8", "auto", "dynamic", "static", "weight-only")
@@ -20,10 +27,6 @@ def build_recipe(recipe_path: Path | None, *, prune: str | None, distill: bool, 
                  max_accuracy_drop: str | None, tolerance: list[str] | None, opset: int | None,
                  threads: int | None, warmup: int | None, iterations: int | None, min_time: float | None):
     """The recipe file (or an empty recipe) with the command-line options laid over it."""
-    from effkit.errors import UsageError
-    from effkit.recipe import Recipe
-    from effkit.specs import parse_ratio
-
     recipe = Recipe.load(recipe_path) if recipe_path is not None else Recipe()
     if prune is not None:
         recipe = recipe.with_changes("prune", ratio=parse_ratio(prune, "--prune"))
@@ -93,10 +96,6 @@ def compress_command(
 
     Writes the final model, its verified ONNX export, report.json, report.md, report.html and the
     resolved recipe.toml to OUTDIR."""
-    from effkit.data import load_data
-    from effkit.pipeline import CompressFailed, check_outdir, compress
-    from effkit.report.compress import compress_table
-
     the_recipe = build_recipe(recipe, prune=prune, distill=distill, quantize=quantize,
                               max_accuracy_drop=max_accuracy_drop, tolerance=tolerance, opset=opset, threads=threads,
                               warmup=warmup, iterations=iterations, min_time=min_time)
@@ -117,8 +116,6 @@ def compress_command(
             raise
     console.print(compress_table(result))
     if export_onnx is not None:
-        from effkit.model import save_onnx_file
-
         save_onnx_file(output / "model.onnx", export_onnx, force)
         result.outputs.append(str(export_onnx))
     console.print(f"wrote {output}: {', '.join(Path(p).name for p in result.outputs)}", markup=False,

@@ -15,13 +15,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, write_outputs,
-)
 from effkit.cli.bench_cmd import parse_runtimes
+from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
+                               command, console_for, err, load, progress_bar, write_outputs)
+from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
-from effkit.specs import parse_ratio
+from effkit.export import export_onnx as export_to_onnx
+from effkit.load import load_model
+from effkit.outcome import measure_before_after
+from effkit.passes.distill import DistillConfig, distill, parse_feature_pair
+from effkit.passes.prune import PruneConfig, prune
+from effkit.report.text import outcome_markdown, outcome_table
+from effkit.save import save_model
+from effkit.specs import InputShape, parse_input_shape, parse_ratio
+from effkit.util import quiet_torch
 
 DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
              "module:factory returning a Dataset, DataLoader or iterable")
@@ -81,9 +89,6 @@ def _process_group(world: int) -> Iterator[None]:
 
 def _load_student(spec: str, arch: str | None, trust: bool, teacher, input_shape, inputs):
     """Load the student with the teacher's example inputs (it must take the same inputs)."""
-    from effkit.model import load_model
-    from effkit.specs import InputShape, parse_input_shape
-
     shapes = ([parse_input_shape(s) for s in input_shape] if input_shape else
               [InputShape(str(a.dtype), tuple(a.shape)) for a in teacher.example_inputs])
     try:
@@ -96,8 +101,6 @@ def _load_student(spec: str, arch: str | None, trust: bool, teacher, input_shape
 
 def _pruned_student(teacher, ratio: float, seed: int):
     """The teacher with `ratio` of its channels removed (structured, L1 importance): the student."""
-    from effkit.passes.prune import PruneConfig, prune
-
     if teacher.kind != "torch":
         raise UsageError("--student-from-prune needs a torch teacher; this one is ONNX", "pass --student SPEC")
     with err.status(f"pruning {ratio:.0%} of the teacher's channels", spinner="dots"):
@@ -165,8 +168,6 @@ def distill_command(
     Ctrl-C saves OUT.ckpt for --resume. Runs under torchrun for DistributedDataParallel training."""
     import sys
 
-    from effkit.passes.distill import DistillConfig, parse_feature_pair
-
     rank, world = _distributed()
     if rank != 0:  # only rank 0 prints; the others' errors are rank 0's errors too
         sys.stdout = sys.stderr = open(os.devnull, "w")
@@ -207,8 +208,6 @@ def distill_command(
 
 
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
-    from effkit.data import load_data
-
     with err.status(f"loading {data}", spinner="dots"):
         train = load_data(data, input_names=teacher.input_names)
         val = load_data(val_data, input_names=teacher.input_names) if val_data else None
@@ -219,8 +218,6 @@ def _load_data(data: str, val_data: str | None, val_split: float, seed: int, tea
 
 
 def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume: bool, threads: int | None):
-    from effkit.passes.distill import distill
-
     with _process_group(world), _training_bar(rank == 0) as on_step:
         return distill(teacher, student, config, data=train, val_data=val, on_step=on_step, checkpoint=ckpt,
                        resume=resume, threads=threads)
@@ -228,12 +225,6 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
 
 def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
             markdown, export_onnx, force) -> None:
-    from effkit.cli.common import progress_bar
-    from effkit.model import save_model
-    from effkit.outcome import measure_before_after
-    from effkit.export import quiet_torch
-    from effkit.report import outcome_markdown, outcome_table
-
     trained = result.model
     with progress_bar() as progress, quiet_torch():  # measuring sizes saves models: keep torch.export's noise away
         outcome = measure_before_after("distill", teacher, trained, runtimes=runtimes, threads=threads, warmup=warmup,
@@ -249,9 +240,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
         # The verified export first: when it fails (exit 1), the student is not written either.
         if export_onnx is not None:
-            from effkit.export import export_onnx as export
-
-            export(trained, export_onnx, force=force)
+            export_to_onnx(trained, export_onnx, force=force)
         outcome.outputs = [str(p) for p in save_model(trained, output, force)]
         if export_onnx is not None:
             outcome.outputs.append(str(export_onnx))

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt, check_outputs_free, command,
-    console_for, load, write_outputs,
-)
-from effkit.export import DEFAULT_OPSET
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt,
+                               check_outputs_free, command, console_for, load, write_outputs)
+from effkit.errors import UsageError
+from effkit.export import DEFAULT_OPSET, ExportConfig, export_onnx
 
 
 @command("export")
@@ -32,9 +31,6 @@ def export_command(
     force: ForceOpt = False,
 ) -> None:
     """Export to ONNX, then check every output against torch in ONNX Runtime on fresh inputs."""
-    from effkit.errors import UsageError
-    from effkit.export import ExportConfig, export_onnx
-
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err, write_outputs,
-)
+from effkit.cli.common import (ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
+                               write_outputs)
+from effkit.gates import gate, thresholds_from, write_reports
 
 FailOnOpt = Annotated[Optional[list[str]], typer.Option(
     "--fail-on", help="A gate, repeatable: METRIC:+5% (relative to the baseline), METRIC:<=12MB / <=3ms (absolute), "
@@ -33,8 +33,6 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
     `json_text`/`markdown_text` replace the gate report's own (compare writes its measurements too).
     """
     from rich.markup import escape
-
-    from effkit.gates import write_reports
 
     console = console_for(json)
     style = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
@@ -73,8 +71,6 @@ def gate_command(
 
     The Markdown table is appended to $GITHUB_STEP_SUMMARY when it is set.
     """
-    from effkit.gates import gate, thresholds_from
-
     thresholds, config_strict = thresholds_from(fail_on, config)
     check_outputs_free([json, markdown, junit], force, (result, baseline))
     report = gate(result, thresholds, baseline, strict=strict or config_strict)

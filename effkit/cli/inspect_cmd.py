@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json as jsonlib
 
-from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt, check_outputs_free, command,
-    console_for, load, write_outputs,
-)
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt,
+                               check_outputs_free, command, console_for, load, write_outputs)
+from effkit.report.text import inspect_tables
+from effkit.structure import describe
 
 
 @command("inspect")
@@ -21,9 +21,6 @@ def inspect_command(
     force: ForceOpt = False,
 ) -> None:
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
-    from effkit.report import inspect_tables
-    from effkit.structure import describe
-
     check_outputs_free([json], force)
     info = describe(load(model, arch, trust, input_shape, inputs))
     console = console_for(json)

@@ -7,11 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar,
-    write_outputs,
-)
+from effkit.cli.bench_cmd import parse_runtimes
+from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
+                               command, console_for, load, progress_bar, write_outputs)
+from effkit.data import load_data
+from effkit.errors import InputError, UsageError
+from effkit.export import export_onnx as export_to_onnx
+from effkit.outcome import measure_before_after
+from effkit.passes.prune import PruneConfig, prune
+from effkit.report.text import outcome_markdown, outcome_table
+from effkit.save import save_model
+from effkit.specs import parse_factor, parse_ratio
+from effkit.util import quiet_torch
 
 
 @command("prune")
@@ -62,11 +70,6 @@ def prune_command(
     force: ForceOpt = False,
 ) -> None:
     """Prune a model for real: a smaller dense model (or permanent unstructured zeros), measured before and after."""
-    from effkit.cli.bench_cmd import parse_runtimes
-    from effkit.errors import UsageError
-    from effkit.passes.prune import PruneConfig
-    from effkit.specs import parse_factor, parse_ratio
-
     if output.suffix.lower() != ".pt2":
         raise UsageError(f"output {output} must end in .pt2 (a torch.export archive that loads back without code)",
                          "for ONNX, add --export-onnx PATH")
@@ -91,13 +94,9 @@ def prune_command(
 
 
 def _data(data: str | None, eval_data: str | None, model):
-    from effkit.data import load_data
-
     train = load_data(data, model.input_names) if data else None
     evaluation = load_data(eval_data, model.input_names) if eval_data else None
     if evaluation is not None and evaluation.labels is None:
-        from effkit.errors import InputError
-
         raise InputError(f"--eval {eval_data} has no labels, so accuracy cannot be measured",
                          "add an array named labels")
     return train, evaluation
@@ -105,13 +104,6 @@ def _data(data: str | None, eval_data: str | None, model):
 
 def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
          json, markdown, force) -> None:
-    from effkit.model import save_model
-    from effkit.outcome import measure_before_after
-    from effkit.passes.prune import prune
-    from effkit.report import outcome_markdown, outcome_table
-
-    from effkit.export import quiet_torch
-
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")
@@ -127,9 +119,7 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
     # The verified export first: when it fails (exit 1), the pruned model is not written either.
     if export_onnx is not None:
-        from effkit.export import export_onnx as export
-
-        export(result.model, export_onnx, force=force)
+        export_to_onnx(result.model, export_onnx, force=force)
     with quiet_torch():
         outcome.outputs = [str(p) for p in save_model(result.model, output, force)]
     if export_onnx is not None:

@@ -7,12 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (
-    ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, progress_bar,
-    write_outputs,
-)
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE
+from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
+                               command, console_for, err, load, progress_bar, write_outputs)
+from effkit.data import load_data
+from effkit.env import cpu_info, int8_outlook
+from effkit.errors import StepFailed, UsageError
+from effkit.export import export_onnx as export_to_onnx
+from effkit.onnx_files import save_onnx_file
+from effkit.outcome import measure_before_after
+from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, parse_tolerance, quantize
+from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
+from effkit.save import save_model
+from effkit.util import quiet_torch
 
 
 @command("quantize")
@@ -70,9 +77,6 @@ def quantize_command(
 torch.ao's packed int8 weights serialize and load back without your model's code \
 (`effkit bench OUT.ts --input-shape ...` runs it).
     """
-    from effkit.errors import StepFailed, UsageError
-    from effkit.passes.quantize import QuantizeConfig, parse_tolerance
-
     suffix = output.suffix.lower() or None
     config = QuantizeConfig(
         method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
@@ -88,8 +92,6 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
         check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))
     console = console_for(json)
-    from effkit.data import load_data
-    from effkit.env import cpu_info, int8_outlook
 
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
@@ -98,10 +100,6 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     labelled = None if eval_data is None else load_data(eval_data, loaded.input_names)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
-
-    from effkit.outcome import measure_before_after
-    from effkit.export import quiet_torch
-    from effkit.passes.quantize import quantize
 
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress)
@@ -123,7 +121,6 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on "
                                 f"{runtime}" + ("" if allow_slower else "; nothing was written (pass --allow-slower "
                                                                         "to write it anyway)"))
-    from effkit.report import outcome_table
 
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
@@ -131,29 +128,22 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         raise StepFailed(f"the int8 model is slower than the original on {runtime} ({1 / speedup:.2f}x)",
                          "nothing was written; pass --allow-slower to write it anyway")
 
-    from effkit.model import save_model, save_onnx_file
-
     with quiet_torch():
         if export_onnx is not None:
             if chosen.kind == "onnx":
                 save_onnx_file(chosen.onnx_path, export_onnx, force)
             else:
-                from effkit.export import export_onnx as export
-
-                export(chosen, export_onnx, force=force)
+                export_to_onnx(chosen, export_onnx, force=force)
             outcome.outputs.append(str(export_onnx))
         save_model(chosen, target, force=force)
     outcome.outputs.insert(0, str(target))
     console.print(f"wrote {', '.join(outcome.outputs)}")
-    from effkit.report import outcome_markdown
 
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
         result.details), force)
 
 
 def _candidate_rows(details: dict) -> list[list[str]]:
-    from effkit.report import fmt_ms
-
     torch_fp32 = details["baselines_ms"].get("torch fp32")
     rows = [[name, fmt_ms(ms), f"{torch_fp32 / ms:.2f}x" if torch_fp32 else "-", "1.00x", "1", "baseline"]
             for name, ms in details["baselines_ms"].items()]

@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from effkit.env import available_cores
 from effkit.errors import EffkitError, InputError, StepFailed, UsageError, first_line
+from effkit.export import make_runner
+from effkit.files import atomic_path
 from effkit.passes import PassResult
 
 CHECKPOINT_FORMAT = "effkit.distill-checkpoint/1"
@@ -289,8 +292,6 @@ def _teacher_outputs(teacher, data, feature_names: list[str], device) -> tuple[l
             if hooks:
                 hooks.remove()
     else:
-        from effkit.runners import make_runner
-
         runner = make_runner(teacher, "onnxruntime")
         for inputs, _ in data.batches(EVAL_BATCH):
             outs.append([torch.from_numpy(o).to(device) for o in runner.run(inputs)])
@@ -365,8 +366,6 @@ def _config_identity(config: DistillConfig) -> dict:
 
 def _save_checkpoint(path: Path, state: dict) -> None:
     import torch
-
-    from effkit.files import atomic_path
 
     with atomic_path(path, force=True) as tmp:
         torch.save(state, str(tmp))
@@ -483,8 +482,6 @@ def _default_threads() -> int:
     among the processes on this machine. Read from the environment because loading and measuring
     models resets torch's own thread count."""
     import os
-
-    from effkit.runners import available_cores
 
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])

@@ -23,8 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from effkit.benchmark import time_calls
 from effkit.errors import ModelLoadError, StepFailed, UsageError, first_line
+from effkit.export import make_runner
+from effkit.fidelity import accuracy
 from effkit.passes import PassResult
+from effkit.passes.distill import DistillConfig, distill
+from effkit.runners import TorchRunner, flatten_outputs
+from effkit.size import size_info
+from effkit.util import quiet_torch
 
 SCOPES = ("layer", "global")
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -220,8 +227,6 @@ def _check_prunable(model) -> None:
 def _run(module, example) -> list:
     import torch
 
-    from effkit.model import flatten_outputs
-
     with torch.no_grad():
         return flatten_outputs(module(*example))
 
@@ -243,8 +248,6 @@ def _dependency_graph(module, example):
     """
     import torch
     import torch_pruning as tp
-
-    from effkit.export import quiet_torch
 
     hint = ("pruning traces forward() with autograd on the example inputs to find coupled layers; keep forward "
             "differentiable (no torch.no_grad(), detach() or numpy inside it)")
@@ -348,8 +351,6 @@ def _count(module, example) -> tuple[int, int]:
     """(MACs, parameters) on the example inputs."""
     import torch_pruning as tp
 
-    from effkit.export import quiet_torch
-
     with quiet_torch():
         macs, params = tp.utils.count_ops_and_params(module, list(example))
     return int(macs), int(params)
@@ -369,8 +370,6 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
     """A Torch-Pruning pruner. Every dict argument is passed fresh: tp 1.6.1 mutates its mutable defaults
     (out_channel_groups, in_channel_groups), which would leak one model's layers into the next pruner."""
     import torch_pruning as tp
-
-    from effkit.export import quiet_torch
 
     with quiet_torch():
         return tp.pruner.BasePruner(
@@ -404,8 +403,6 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
 
 def _step(pruner, module, example, config: PruneConfig, data) -> None:
     """One pruning step; taylor importance first needs gradients of a loss on the data."""
-    from effkit.export import quiet_torch
-
     if config.importance == "taylor":
         _taylor_gradients(module, data, config)
     with quiet_torch():
@@ -461,9 +458,6 @@ def _search_target(model, module, example, config: PruneConfig, ignored, data, d
 
 def _latency_meter(model, config: PruneConfig):
     """Median latency (ms) of a module on the config's runtime, on the model's example inputs."""
-    from effkit.benchmark import time_calls
-    from effkit.runners import make_runner
-
     def measure(module) -> float:
         # a snapshot: the ONNX export cache is keyed by module, and this one keeps changing
         snapshot = model.replace(module=copy.deepcopy(module).eval(), path=None, format="derived")
@@ -534,8 +528,6 @@ def nm_mask(weight, n: int, m: int):
 
 
 def _unstructured_notes(model, module, details, notes) -> None:
-    from effkit.model import size_info
-
     before = size_info(model.replace(path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
     after = size_info(model.replace(module=module, path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
     details["gzip_bytes"] = {"before": before, "after": after}
@@ -562,8 +554,6 @@ def _recover(model, module, config: PruneConfig, data, progress):
 
     masks = _zero_masks(module) if config.unstructured else {}
     if config.distill:
-        from effkit.passes.distill import DistillConfig, distill
-
         student = model.replace(module=module, path=None, format="derived")
         result = distill(model, student, DistillConfig(epochs=config.finetune_epochs, batch_size=config.batch_size,
                                                        lr=config.lr, seed=config.seed),
@@ -610,9 +600,6 @@ def _zero_masks(module) -> dict:
 
 
 def _accuracy(module, data) -> float:
-    from effkit.fidelity import accuracy
-    from effkit.runners import TorchRunner
-
     return accuracy(TorchRunner(module.eval(), _threads()), data.inputs, data.labels)
 
 

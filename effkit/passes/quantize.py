@@ -18,8 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from effkit.benchmark import time_calls
+from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
+from effkit.export import make_runner, onnx_path_for
+from effkit.fidelity import accuracy, compare_outputs, held_out_inputs
+from effkit.inputs import batched
+from effkit.model import Model
+from effkit.passes import PassResult, quantize_ort, quantize_torch
+from effkit.passes.quantize_ort import matching, preprocess
+from effkit.passes.quantize_torch import to_torchscript
+from effkit.runners import native_runner
+from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
+from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "weight-only")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -196,9 +208,6 @@ class _Context:
     def onnx_path(self):
         """The model as a pre-processed ONNX file (exported first for torch models)."""
         if self._onnx is None:
-            from effkit.passes.quantize_ort import preprocess
-            from effkit.runners import onnx_path_for
-
             self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
         return self._onnx
 
@@ -207,16 +216,12 @@ class _Context:
 
 
 def _ort_model(ctx: _Context, path) -> Any:
-    from effkit.model import Model
-
     m = ctx.model
     return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
                  output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
 
 
 def _torch_model(ctx: _Context, module) -> Any:
-    from effkit.passes.quantize_torch import to_torchscript
-
     scripted = to_torchscript(module, ctx.model.example_inputs)
     return ctx.model.replace(module=scripted, path=None, format="derived", save_suffix=".ts", meta=dict(ctx.model.meta))
 
@@ -253,42 +258,38 @@ def _per_channel_choices(cfg: QuantizeConfig, method: str) -> list[bool]:
 
 
 def _ort_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate:
-    from effkit.passes import quantize_ort as q
-
     cfg = ctx.config
     if method == "dynamic":
         label = f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'}"
-        build = lambda ex, p: _ort_model(ctx, q.quantize_dynamic(  # noqa: E731
+        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex))
     elif method == "static":
         label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
-        build = lambda ex, p: _ort_model(ctx, q.quantize_static(  # noqa: E731
+        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
             ctx.onnx_path(), ctx.calib_batches, per_channel=per_channel, activation_type=cfg.activation_type,
             weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
     else:
         label = "ORT weight-only int8"
-        build = lambda ex, p: _ort_model(ctx, q.quantize_weight_only(  # noqa: E731
+        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, exclude=ex))
     candidate = Candidate("onnxruntime", method, label, [], build)
     try:
-        candidate.layers = q.layers(ctx.onnx_path())
+        candidate.layers = quantize_ort.layers(ctx.onnx_path())
     except Exception as e:  # the export or the pre-processing failed: other candidates may still work
         candidate.error = first_line(e)
     return candidate
 
 
 def _torch_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate:
-    from effkit.passes import quantize_torch as q
-
     cfg, module = ctx.config, ctx.model.module
-    candidate = Candidate("torch", method, "", q.layers(module, method), lambda ex, p: None)
+    candidate = Candidate("torch", method, "", quantize_torch.layers(module, method), lambda ex, p: None)
     if method == "dynamic":
         candidate.label = f"torch.ao dynamic {'per-channel' if per_channel else 'per-tensor'}"
-        candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_dynamic(module, per_channel=per_channel,
+        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_dynamic(module, per_channel=per_channel,
                                                                              exclude=ex))
     elif method == "static":
         candidate.label = f"torch.ao FX static x86 u8/s8 {cfg.calib_method}"
-        candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_static(
+        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_static(
             module, ctx.model.example_inputs, ctx.calib_batches, per_channel=per_channel,
             calib_method=cfg.calib_method, exclude=ex, progress=p))
         if cfg.calib_method == "percentile":
@@ -297,7 +298,7 @@ def _torch_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate
             candidate.error = "torch's x86 int8 kernels take u8 activations only"
     else:
         candidate.label = "torch weight-only int8"
-        candidate.build = lambda ex, p: _torch_model(ctx, q.quantize_weight_only(module, per_channel=per_channel,
+        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_weight_only(module, per_channel=per_channel,
                                                                                   exclude=ex))
     if cfg.weight_type != "s8" and method != "weight-only" and candidate.error is None:
         candidate.error = "torch's int8 kernels take s8 weights only"
@@ -333,9 +334,6 @@ class _Judge:
     """Fidelity (and accuracy) of candidates against the original, on the same held-out inputs."""
 
     def __init__(self, ctx: _Context):
-        from effkit.fidelity import accuracy, held_out_inputs
-        from effkit.runners import native_runner
-
         model = ctx.model
         self.ctx = ctx
         self.inputs = _fidelity_batches(ctx) or held_out_inputs(model.example_inputs, ctx.config.fidelity_samples)
@@ -346,13 +344,9 @@ class _Judge:
             self.accuracy_before = accuracy(ref, ctx.eval_data.inputs, ctx.eval_data.labels)
 
     def runner(self, m):
-        from effkit.runners import native_runner
-
         return native_runner(m, self.ctx.threads)
 
     def judge(self, m) -> tuple[dict, dict | None, list[str]]:
-        from effkit.fidelity import accuracy, compare_outputs
-
         runner = self.runner(m)
         fid = compare_outputs(self.reference, [runner.run(b) for b in self.inputs])
         acc = None
@@ -364,8 +358,6 @@ class _Judge:
 
 def _build(candidate: Candidate, judge: _Judge, exclude: list[str], label: str) -> bool:
     """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
-    from effkit.export import quiet_torch
-
     candidate.error = None
     try:
         with quiet_torch():
@@ -384,8 +376,6 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, ite
                      rounds: int = 3) -> dict[str, float]:
     """Median latency (ms) of each call, timed in interleaved rounds so that load on a shared
     machine lands on every call alike."""
-    from effkit.benchmark import time_calls
-
     samples: dict[str, list[float]] = {k: [] for k in calls}
     for r in range(rounds):
         for key, call in calls.items():
@@ -395,8 +385,6 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, ite
 
 
 def _time(ctx: _Context, models: dict[str, Any]) -> dict[str, float]:
-    from effkit.runners import make_runner
-
     calls = {}
     for key, m in models.items():
         runtime = "torch" if key == "torch fp32" or (m.kind == "torch" and key != "onnxruntime fp32") else "onnxruntime"
@@ -412,8 +400,6 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     Raises UsageError for static quantization without data (unless random calibration was asked
     for) and InputError when the data does not fit the model.
     """
-    from effkit.fidelity import held_out_inputs
-
     if calib is None and not config.random_calibration:
         if config.method == "static":
             raise UsageError("--method static needs calibration data",
@@ -431,7 +417,6 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
     n = len(data)
     if n < batch:  # fewer samples than the model's batch: repeat them (a fixed batch dim must be filled)
-        from effkit.benchmark import batched
 
         return [batched(tuple(inputs), batch)]
     return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]
@@ -447,9 +432,6 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     bar. details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
     """
-    from effkit.env import cpu_info, int8_outlook
-    from effkit.passes import PassResult
-
     notes: list[str] = []
     cpu = cpu_info()
     outlook = int8_outlook(cpu["isa"])
@@ -530,8 +512,6 @@ def _status(c: Candidate, chosen: Candidate) -> str:
 
 def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> None:
     """Turn --exclude patterns into each candidate's layer names; a pattern matching nothing is an error."""
-    from effkit.passes.quantize_ort import matching
-
     for pattern in patterns:
         hits = False
         for c in candidates:
@@ -584,14 +564,9 @@ def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context) -> Can
 
 def _size(m) -> int:
     """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
-    from effkit.model import size_info
-    from effkit.export import quiet_torch
-
     with quiet_torch():
         return size_info(m)["bytes_on_disk"]
 
 
 def _bind(ctx: _Context, m) -> Callable[[], Any]:
-    from effkit.runners import native_runner
-
     return native_runner(m, ctx.threads).bind(m.example_inputs)

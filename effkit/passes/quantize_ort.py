@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from effkit.errors import StepFailed, first_line
+from effkit.util import workdir
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
 MIN_OPSET = 13
@@ -43,8 +44,6 @@ def quiet_ort():
 
 
 def _new_path(name: str) -> Path:
-    from effkit.model import workdir
-
     return Path(tempfile.mkdtemp(dir=workdir())) / name
 
 

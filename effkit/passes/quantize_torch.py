@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import StepFailed, first_line
+from effkit.util import quiet_torch
 
 
 def _types(method: str) -> tuple:
@@ -46,8 +47,6 @@ def quantize_dynamic(module: Any, *, per_channel: bool, exclude: Sequence[str]) 
     import torch
     from torch import nn
 
-    from effkit.export import quiet_torch
-
     with quiet_torch():
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic as ao
 
@@ -68,8 +67,6 @@ def quantize_static(module: Any, example: Sequence[np.ndarray], batches: list[tu
     which minimizes the quantization error of the histogram). torch.ao has no percentile observer.
     """
     import torch
-
-    from effkit.export import quiet_torch
 
     if calib_method == "percentile":
         raise ValueError("torch.ao has no percentile observer")
@@ -165,8 +162,6 @@ def quantize_weight_only(module: Any, *, per_channel: bool, exclude: Sequence[st
 def to_torchscript(module: Any, example: Sequence[np.ndarray]) -> Any:
     """Trace a quantized module to TorchScript, the format its int8 weights are saved in."""
     import torch
-
-    from effkit.export import quiet_torch
 
     with quiet_torch(), torch.no_grad():
         try:

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from effkit.report.text import (
-    bench_markdown,
-    bench_table,
-    fmt_bytes,
-    fmt_ms,
-    inspect_tables,
-    outcome_markdown,
-    outcome_table,
-)
+from effkit.report.text import bench_markdown, bench_table, fmt_ms, inspect_tables, outcome_markdown, outcome_table
+from effkit.util import fmt_bytes
 
 __all__ = ["bench_markdown", "bench_table", "fmt_bytes", "fmt_ms", "inspect_tables", "outcome_markdown",
            "outcome_table"]

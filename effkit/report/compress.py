@@ -10,7 +10,8 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from effkit.report.text import _num, fmt_bytes, fmt_ms
+from effkit.report.text import _num, fmt_ms
+from effkit.util import fmt_bytes
 
 HEADER = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "size (step)",
           "accuracy", "Δ accuracy", "cosine"]

@@ -13,7 +13,7 @@ from html import escape
 
 from effkit.report.charts import INSTALL_HINT, compress_charts
 from effkit.report.compress import HEADER, _attempt, headline, summary_cells
-from effkit.report.text import fmt_bytes
+from effkit.util import fmt_bytes, jsonable
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -126,6 +126,4 @@ def _environment(result) -> list[str]:
 
 def _plain(value):
     """Details as JSON-ready values (numpy numbers, tuples, infinities)."""
-    from effkit.benchmark import _jsonable
-
-    return _jsonable(json.loads(json.dumps(value, default=str)))
+    return jsonable(json.loads(json.dumps(value, default=str)))

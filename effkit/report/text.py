@@ -7,14 +7,7 @@ import math
 from rich import box
 from rich.table import Table
 
-
-def fmt_bytes(n: float | None, digits: int = 2) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.{digits}f} {unit}"
-    return f"{int(n)} B"
+from effkit.util import fmt_bytes
 
 
 def fmt_ms(ms: float | None) -> str:

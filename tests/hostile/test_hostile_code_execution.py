@@ -84,7 +84,7 @@ def test_whole_pickled_model_needs_trust_and_loads_with_it(cli, tmp_path):
 def test_pt2_payload_runs_nothing_without_trust(cli, tmp_path, pt2_good, craft):
     import torch
 
-    from effkit.export import quiet_torch
+    from effkit.util import quiet_torch
 
     marker = tmp_path / "ran"
     evil = craft(pt2_good, tmp_path / "evil.pt2", marker)

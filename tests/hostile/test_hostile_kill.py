@@ -124,7 +124,7 @@ def _weights(dst: Path) -> float:
     import onnx
     from onnx import numpy_helper
 
-    from effkit.model import check_external_data
+    from effkit.onnx_files import check_external_data
 
     check_external_data(dst, onnx.load(str(dst), load_external_data=False))
     values = numpy_helper.to_array(onnx.load(str(dst)).graph.initializer[0])
@@ -136,7 +136,7 @@ def _weights(dst: Path) -> float:
 def test_onnx_external_data_killed_mid_write_is_old_or_new(tmp_path, point):
     import onnx
 
-    from effkit.model import write_onnx
+    from effkit.onnx_files import write_onnx
 
     hf.onnx_model(tmp_path / "src.onnx")
     out = tmp_path / "out"

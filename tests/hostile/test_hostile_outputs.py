@@ -104,7 +104,7 @@ def test_onnx_with_external_data_is_replaced_whole(tmp_path):
     from onnx import numpy_helper
 
     from effkit.errors import OutputExistsError
-    from effkit.model import write_onnx
+    from effkit.onnx_files import write_onnx
 
     def proto(value: float):
         hf.onnx_model(tmp_path / "src.onnx")

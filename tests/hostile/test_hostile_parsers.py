@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from effkit import specs
 from effkit.errors import UsageError
-from effkit.model import is_factory_spec
+from effkit.factory import is_factory_spec
 
 PIECES = list("0123456789xX:.-+eE%<>=_ \t\n/µ٣") + [
     "nan", "inf", "1e999", "1e-999", "int64", "float16", "bfloat16", "bool", "complex64", "pt", "points",

@@ -1,0 +1,387 @@
+"""Load every supported model format into one `Model` value, with example inputs, checked to run.
+
+torch, onnx and onnxruntime are imported inside the functions that use them, so `import effkit`
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
+from effkit.factory import is_factory_spec, resolve_factory
+from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, random_array, to_numpy_inputs,
+                           with_inputs_file)
+from effkit.load_hf import load_hf
+from effkit.model import Model
+from effkit.onnx_files import check_external_data
+from effkit.runners import native_runner
+from effkit.specs import InputShape
+from effkit.util import quiet_torch
+
+MODEL_SPEC_HELP = (
+    "a MODEL is a file (.pt/.pth state_dict with --arch, .safetensors with --arch, .pt2, "
+    "TorchScript, .onnx), a Hugging Face folder (hf:PATH), or a factory: path/to/file.py:function "
+    "or package.module:function"
+)
+
+
+
+
+
+def _call_factory(spec: str) -> tuple[Any, Any]:
+    """Call a factory; return (module, example_inputs or None)."""
+    import torch
+
+    func = resolve_factory(spec)
+    try:
+        result = func()
+    except Exception as e:
+        raise ModelLoadError(f"factory {spec} raised {type(e).__name__}: {e}", "run it with --debug for the traceback") from e
+    example = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module):
+        result, example = result
+    if not isinstance(result, torch.nn.Module):
+        raise ModelLoadError(f"factory {spec} returned {type(result).__name__}, not a torch.nn.Module",
+                             "return a module, or (module, example_inputs)")
+    return result, example
+
+
+# ---------------------------------------------------------------- public loading API
+
+def load_model(
+    spec: str,
+    *,
+    arch: str | None = None,
+    trust: bool = False,
+    input_shapes: list[InputShape] | tuple[InputShape, ...] = (),
+    inputs: str | Path | None = None,
+    check: bool = True,
+) -> Model:
+    """Load MODEL from a spec (see MODEL_SPEC_HELP) with its example inputs.
+
+    Example inputs come from, in order: `inputs` (an .npz file), `input_shapes` (random values,
+    seeded), the factory or the file itself. With `check`, the model runs once on them so a wrong
+    shape fails here, with a message naming what the model expects.
+    """
+    spec = str(spec)
+    path = Path(spec[3:] if spec.startswith("hf:") else spec)
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name longer than the file system allows, say
+        raise ModelLoadError(f"cannot use {spec[:60]!r}... as a path: {e.strerror}", MODEL_SPEC_HELP) from e
+    if spec.startswith("hf:") or (exists and path.is_dir() and (path / "config.json").is_file()):
+        model = load_hf(path, spec, trust, input_shapes)
+    elif exists:
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a folder without config.json", MODEL_SPEC_HELP)
+        model = _load_file(path, spec, arch, trust, input_shapes)
+    elif is_factory_spec(spec):
+        module, example = _call_factory(spec)
+        model = _torch_model(module, example, spec, "factory", None, input_shapes)
+    else:
+        raise ModelLoadError(f"no such file: {spec}", MODEL_SPEC_HELP)
+    if arch and model.format not in ("state_dict", "safetensors"):
+        raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
+                         "drop --arch")
+    if inputs is not None:
+        model = with_inputs_file(model, inputs)
+    if check:
+        check_runs(model)
+    return model
+
+
+def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shapes) -> Model:
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path} is empty", "the file is truncated; save or download it again")
+    if suffix == ".onnx":
+        return load_onnx(path, spec, input_shapes)
+    if suffix == ".safetensors":
+        state = _read_safetensors(path)
+        return _from_state_dict(state, path, spec, arch, input_shapes, "safetensors")
+    if suffix == ".pt2":
+        return _load_pt2(path, spec, trust, input_shapes)
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        return _load_torchscript(path, spec, input_shapes)
+    if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar") or zipfile.is_zipfile(path):
+        return _load_checkpoint(path, spec, arch, trust, input_shapes)
+    raise ModelLoadError(f"unknown model format: {path.name}", MODEL_SPEC_HELP)
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _load_checkpoint(path: Path, spec: str, arch: str | None, trust: bool, input_shapes) -> Model:
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before our own message
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+            raise unreadable(path, "PyTorch checkpoint", e) from e
+        if not trust:
+            raise ModelLoadError(
+                f"{path} holds pickled Python objects (e.g. a whole model), and unpickling runs code from the file",
+                "re-run with --trust only if you trust its source, or save model.state_dict() and pass --arch",
+            ) from e
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise unreadable(path, "PyTorch checkpoint", e2) from e2
+    except Exception as e:
+        raise unreadable(path, "PyTorch checkpoint", e) from e
+    if isinstance(obj, torch.nn.Module):
+        return _torch_model(obj, None, spec, "pickle", path, input_shapes)
+    state = _find_state_dict(obj)
+    if state is None:
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state_dict or a model",
+                             "save model.state_dict() (with --arch) or the whole module (with --trust)")
+    return _from_state_dict(state, path, spec, arch, input_shapes, "state_dict")
+
+
+def _find_state_dict(obj: Any) -> dict | None:
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):  # training checkpoints often nest it
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj:
+                return _find_state_dict(obj[key])
+    return None
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise unreadable(path, "safetensors file", e) from e
+
+
+def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input_shapes, fmt: str) -> Model:
+    if not arch:
+        raise ModelLoadError(f"{path} holds weights only (a state_dict), not the model's architecture",
+                             "pass --arch path/to/file.py:factory (or package.module:factory) that builds the model")
+    module, example = _call_factory(arch)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ raise even with strict=False
+        details = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()]
+        raise ModelLoadError(f"the weights in {path} do not fit --arch {arch}: {'; '.join(details[:3])[:400]}",
+                             "pass the factory that built the saved model") from e
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {', '.join(result.missing_keys[:5])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {', '.join(result.unexpected_keys[:5])}")
+    if problems:
+        raise ModelLoadError(f"the weights in {path} do not fit --arch {arch}: {'; '.join(problems)}",
+                             "pass the factory that built the saved model")
+    model = _torch_model(module, example, spec, fmt, path, input_shapes)
+    model.meta["arch"] = arch
+    return model
+
+
+# Entries of a .pt2 archive (below its root folder) that torch.export.load unpickles with plain
+# pickle or loads as native code. Everything else is JSON or raw tensor bytes.
+_PT2_CODE_PREFIXES = ("data/aotinductor/", "data/constants/custom_obj_", "data/constants/opaque_obj_")
+_PT2_PICKLED = ("data/weights/model.pt", "data/constants/model.pt")  # the legacy layout: pickled dicts
+
+
+def _pt2_code_entries(path: Path) -> list[str]:
+    """What in a .pt2 archive would run code when torch.export.load opens it."""
+    risky = []
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                inner = name.split("/", 1)[1] if "/" in name else name
+                if inner.startswith(_PT2_CODE_PREFIXES) or inner in _PT2_PICKLED:
+                    risky.append(name)
+                elif inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
+                    config = json.loads(z.read(name)).get("config", {})
+                    risky += [f"{name}: {key}" for key, entry in config.items() if entry.get("use_pickle")]
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+        raise unreadable(path, "torch.export (.pt2) archive", e) from e
+    return risky
+
+
+# effkit's own note inside .pt2 archives it writes: the example inputs' real batch size
+PT2_META = "effkit.json"
+
+
+def _pt2_example_batch(text: str) -> int | None:
+    try:
+        return int(json.loads(text)["example_batch"]) or None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
+    import os
+
+    import torch
+
+    if not trust and (risky := _pt2_code_entries(path)):
+        raise ModelLoadError(f"{path} holds pickled Python objects or compiled code ({risky[0]}), "
+                             "which would run when loaded",
+                             "re-run with --trust only if you trust its source")
+    # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
+    # plain tensors; without --trust, force every torch.load inside it to weights-only.
+    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    if not trust:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    extra = {PT2_META: ""}
+    try:
+        with quiet_torch():
+            program = torch.export.load(str(path), extra_files=extra)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise ModelLoadError(f"{path} holds pickled Python objects, and unpickling runs code from the file",
+                                 "re-run with --trust only if you trust its source") from e
+        raise unreadable(path, "torch.export (.pt2) archive", e) from e
+    finally:
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+    example = None
+    if program.example_inputs is not None:
+        example = program.example_inputs[0]
+        batch = _pt2_example_batch(extra[PT2_META])
+        if batch:  # effkit exported from a doubled batch-1 example: give back the real one
+            example = tuple(a[:batch] if a.dim() > 0 else a for a in example)
+    model = _torch_model(program.module(), example, spec, "pt2", path, input_shapes)
+    model.save_suffix = ".pt2"
+    return model
+
+
+def _load_torchscript(path: Path, spec: str, input_shapes) -> Model:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise unreadable(path, "TorchScript archive", e) from e
+    model = _torch_model(module, None, spec, "torchscript", path, input_shapes)
+    model.save_suffix = ".ts"
+    return model
+
+
+# ---------------------------------------------------------------- torch models
+
+def _forward_param_names(module: Any) -> list[str]:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _torch_model(module: Any, example: Any, spec: str, fmt: str, path: Path | None, input_shapes) -> Model:
+    try:
+        module.eval()
+    except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
+        pass
+    if input_shapes:
+        arrays = tuple(random_array(s) for s in input_shapes)
+    elif example is not None:
+        arrays = to_numpy_inputs(example)
+    else:
+        hint = expected_input_hint(module)
+        raise InputError(f"{spec} comes without example inputs",
+                         f"{hint + '; ' if hint else ''}pass --input-shape (e.g. 1x3x224x224) or --inputs file.npz")
+    names = _forward_param_names(module)
+    if len(names) < len(arrays) or any(n in ("args", "input") for n in names[: len(arrays)]):
+        names = [f"input_{i}" for i in range(len(arrays))] if len(arrays) > 1 else ["input"]
+    return Model(kind="torch", module=module, example_inputs=arrays, input_names=names[: len(arrays)],
+                 source=spec, format=fmt, path=path)
+
+
+# ---------------------------------------------------------------- ONNX models
+
+_ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                  10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def load_onnx(path: Path, spec: str, input_shapes) -> Model:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise unreadable(path, "ONNX model", e) from e
+    check_external_data(path, proto)
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{path} fails the ONNX checker: {first_line(e)}",
+                             "re-export the model; the file is invalid") from e
+    initializers = {i.name for i in proto.graph.initializer}
+    graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
+    names = [i.name for i in graph_inputs]
+    if input_shapes and len(input_shapes) != len(graph_inputs):
+        raise InputError(f"{path.name} takes {len(graph_inputs)} inputs ({', '.join(names)}); "
+                         f"--input-shape was given {len(input_shapes)} times")
+    arrays = []
+    for i, inp in enumerate(graph_inputs):
+        ttype = inp.type.tensor_type
+        dtype = _ONNX_TO_NUMPY.get(ttype.elem_type, "float32")
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if input_shapes:
+            given = input_shapes[i]
+            if len(given.shape) != len(dims) or any(d is not None and d != g for d, g in zip(dims, given.shape)):
+                raise InputError(f"input {inp.name!r} expects shape {_fmt_dims(dims)} {dtype}; got {'x'.join(map(str, given.shape))}",
+                                 f"pass --input-shape {_fmt_dims(dims, fill=True)}")
+            shape = InputShape(dtype, given.shape)
+        else:
+            filled = [d if d is not None else (DEFAULT_BATCH if j == 0 else DEFAULT_DYNAMIC_DIM) for j, d in enumerate(dims)]
+            shape = InputShape(dtype, tuple(filled))
+        arrays.append(random_array(shape))
+    model = Model(kind="onnx", onnx_path=path, example_inputs=tuple(arrays), input_names=names,
+                  output_names=[o.name for o in proto.graph.output], source=spec, format="onnx", path=path,
+                  save_suffix=".onnx")
+    model.meta["input_dims"] = {inp.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                                           for d in inp.type.tensor_type.shape.dim] for inp in graph_inputs}
+    return model
+
+
+def _fmt_dims(dims: list, fill: bool = False) -> str:
+    if fill:
+        return "x".join(str(d) if d is not None else ("1" if i == 0 else str(DEFAULT_DYNAMIC_DIM)) for i, d in enumerate(dims))
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+# ---------------------------------------------------------------- running once
+
+
+
+def check_runs(model: Model) -> list[np.ndarray]:
+    """Run the model once on its example inputs; a failure names the inputs and what the model expects."""
+    runner = native_runner(model)
+    try:
+        return runner.run(model.example_inputs)
+    except EffkitError:
+        raise
+    except Exception as e:
+        first = first_line(e)
+        hint = expected_input_hint(model.module) if model.kind == "torch" else None
+        raise InputError(f"the model failed on inputs {model.describe_inputs()}: {first}",
+                         hint or "check --input-shape / --inputs against what the model expects") from e

@@ -1,0 +1,82 @@
+"""How big a model is: parameters, non-zero parameters, bytes in memory, on disk (with sidecars), gzip."""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from effkit.model import Model
+from effkit.onnx_files import external_files
+from effkit.save import save_model
+from effkit.util import workdir
+
+
+def artifact_files(model: Model) -> list[Path]:
+    """The files that make up the model on disk, sidecars included (serialized to a temp folder if needed)."""
+    if model.kind == "onnx":
+        src = model.onnx_path
+        return [src] + [src.parent / f for f in sorted(external_files(src))]
+    if model.path is not None and model.path.is_file():
+        return [model.path]
+    target = Path(tempfile.mkdtemp(dir=workdir())) / f"model{model.save_suffix}"
+    return save_model(model, target)
+
+
+def size_info(model: Model) -> dict:
+    """Parameters, non-zero parameters, bytes in memory, bytes on disk (with sidecars) and gzip bytes."""
+    info: dict[str, Any] = {}
+    if model.kind == "torch":
+        tensors = list(_torch_tensors(model.module))
+        info["parameters"] = int(sum(t.numel() for t in tensors))
+        info["nonzero_parameters"] = int(sum(int((t != 0).sum()) for t in tensors))
+        info["bytes_in_memory"] = int(sum(t.numel() * t.element_size() for t in tensors))
+    else:
+        arrays = _onnx_initializers(model.onnx_path)
+        info["parameters"] = int(sum(a.size for a in arrays))
+        info["nonzero_parameters"] = int(sum(np.count_nonzero(a) for a in arrays))
+        info["bytes_in_memory"] = int(sum(a.nbytes for a in arrays))
+    files = artifact_files(model)
+    info["bytes_on_disk"] = int(sum(f.stat().st_size for f in files))
+    info["gzip_bytes"] = int(sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files))
+    info["format"] = model.save_suffix.lstrip(".") if model.path is None else model.format
+    info["files"] = [f.name for f in files] if model.path is not None or model.kind == "onnx" else []
+    return info
+
+
+def _torch_tensors(module: Any):
+    """Parameters and buffers, including those of quantized layers (packed weights)."""
+    import torch
+
+    seen = set()
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield t
+    for m in module.modules():
+        weight = getattr(m, "weight", None)
+        if callable(weight) and not isinstance(weight, torch.Tensor):  # quantized layers pack their weight
+            try:
+                w = weight()
+            except Exception:
+                continue
+            if isinstance(w, torch.Tensor) and id(w) not in seen:
+                seen.add(id(w))
+                yield w.int_repr() if w.is_quantized else w
+
+
+def _onnx_initializers(path: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer]
+    for node in proto.graph.node:  # weights stored as Constant nodes count too
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    arrays.append(numpy_helper.to_array(attr.t))
+    return arrays
