@@ -9,8 +9,8 @@ functions. tests/test_layers.py checks all of it against this table:
 
     cli: cli, __main__
     outputs: outdir, report
-    verdicts: gates, comparison
-    pipeline: pipeline, recipe
+    verdicts: gate_config, gates, results, comparison
+    pipeline: pipeline, pipeline_result, recipe
     passes: passes, structure
     judge: judge, outcome
     benchmark: benchmark, size

@@ -20,17 +20,15 @@ random (a gate that cries wolf gets switched off); `strict=True` (`--strict`) ma
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from effkit.comparison import independent_ratio_ci, statistic_ci
 from effkit.env import fingerprint
 from effkit.errors import UsageError
-from effkit.files import loads_toml, write_text
+from effkit.results import Side, as_document, resolve, sides
 from effkit.specs import COMPARATORS, Threshold, parse_threshold
 from effkit.util import fmt_bytes, jsonable
 
@@ -178,127 +176,7 @@ def _fmt_interval(v: Verdict) -> str:
     return f"[{lo:.4g}, {hi:.4g}]"
 
 
-# ---------------------------------------------------------------- result documents
-
-def load_result(path: str | Path) -> dict:
-    """Read a result JSON (bench, step outcome, or compare) and check its schema."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"no such result file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder, not a result file") from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
-    _check_schema(data, str(path))
-    return data
-
-
-_SCHEMAS = ("effkit.bench/1", "effkit.step/1", "effkit.compare/1", "effkit.compress/1")
-
-
-def _check_schema(data: Any, where: str) -> None:
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema not in _SCHEMAS:
-        raise UsageError(f"{where} is not an effkit result (schema {schema!r})",
-                         "pass a file written by effkit bench/compare/quantize/... --json")
-
-
-def _as_document(result: Any) -> dict:
-    if isinstance(result, (str, Path)):
-        return load_result(result)
-    if hasattr(result, "to_json"):  # BenchResult, Outcome, CompareResult
-        return json.loads(result.to_json())
-    if isinstance(result, dict):
-        _check_schema(result, "the result")
-        return result
-    raise UsageError(f"cannot gate a {type(result).__name__}", "pass a result file, dict or effkit result object")
-
-
-def _lookup(doc: Any, path: str) -> Any:
-    node = doc
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
-
-
-def _metric_names(metrics: dict, prefix: str = "") -> list[str]:
-    names = []
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            names += _metric_names(v, f"{prefix}{k}.")
-        elif v is not None:
-            names.append(f"{prefix}{k}")
-    return names
-
-
-def resolve(doc: dict, metric: str) -> float:
-    """A metric's value: from the `metrics` block first, then anywhere in the document by dotted path."""
-    value = _lookup(doc.get("metrics", {}), metric)
-    if value is None:
-        value = _lookup(doc, metric)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        names = ", ".join(_metric_names(doc.get("metrics", {}))[:20])
-        raise UsageError(f"the result has no numeric metric {metric!r}",
-                         f"metrics: {names}; or any dotted path in the JSON, e.g. runs.0.latency_ms.p90")
-    try:
-        return float(value)  # "inf"/"nan" strings are how results write non-finite numbers
-    except ValueError:
-        raise UsageError(f"metric {metric!r} is {value!r}, not a number") from None
-
-
-@dataclass
-class _Side:
-    """One measured model inside a result document."""
-
-    doc: dict
-    samples: list[float] | None = None
-    contention: dict | None = None
-    environment: dict | None = None
-
-
-def _bench_side(doc: dict) -> _Side:
-    run = (doc.get("runs") or [{}])[0]
-    return _Side(doc, run.get("samples_ms") or None, run.get("contention"), doc.get("environment"))
-
-
-def _sides(doc: dict) -> tuple[_Side, _Side | None, dict | None]:
-    """(candidate, implicit baseline, paired ratios) of a result document."""
-    schema = doc["schema"]
-    if schema == "effkit.step/1":
-        return _bench_side(doc["after"]), _bench_side(doc["before"]), None
-    if schema == "effkit.compare/1":
-        pairs = doc.get("pairs", [])
-        cand = _Side(doc, [s for p in pairs for s in p["b_ms"]] or None, None, doc.get("environment"))
-        base = _Side({"metrics": doc.get("baseline_metrics", {})}, [s for p in pairs for s in p["a_ms"]] or None,
-                     None, doc.get("environment"))
-        return cand, base, doc.get("ratios", {})
-    if schema == "effkit.compress/1":  # the final state against the original
-        states = [st for st in doc.get("states", []) if st.get("bench")]
-        if not states:
-            raise UsageError("the compress result has no measured state to gate")
-        first, last = (_state_side(st) for st in (states[0], states[-1]))
-        return last, first if len(states) > 1 else None, None
-    return _bench_side(doc), None, None
-
-
-def _state_side(state: dict) -> _Side:
-    """A compress state: its bench result, with the state's accuracy and fidelity among the metrics."""
-    bench = dict(state["bench"], metrics=dict(state["bench"].get("metrics", {})))
-    for key in ("accuracy", "fidelity"):
-        if state.get(key) is not None and key not in bench["metrics"]:
-            bench["metrics"][key] = state[key]
-    return _bench_side(bench)
-
-
 # ---------------------------------------------------------------- deciding
-
 
 
 def _latency_stat(metric: str) -> tuple[str, bool] | None:
@@ -321,7 +199,7 @@ def _bounded(lo: float, hi: float, op: str, limit: float) -> str:
     return "inconclusive"
 
 
-def _busy(side: _Side | None) -> bool:
+def _busy(side: Side | None) -> bool:
     c = (side.contention or {}) if side else {}
     return bool(c.get("busy") or c.get("oversubscribed"))
 
@@ -330,7 +208,7 @@ def _interval_text(lo: float, hi: float) -> str:
     return f"[{lo:.3f}, {hi:.3f}]" if lo != hi else f"{lo:.4g}"
 
 
-def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict | None, *,
+def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | None, *,
            normalize: bool = False) -> Verdict:
     """The verdict of one gate on a candidate (and a baseline, for relative and points gates)."""
     t, metric = threshold, threshold.metric
@@ -390,7 +268,7 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
     return _contended(verdict, latency or (metric == "throughput" and ("mean", False)), cand, base)
 
 
-def _contended(verdict: Verdict, latency: Any, cand: _Side, base: _Side | None) -> Verdict:
+def _contended(verdict: Verdict, latency: Any, cand: Side, base: Side | None) -> Verdict:
     """A latency verdict from a busy machine is not evidence either way: say so."""
     if not latency or verdict.status == "inconclusive":
         return verdict
@@ -401,7 +279,7 @@ def _contended(verdict: Verdict, latency: Any, cand: _Side, base: _Side | None) 
     return verdict
 
 
-def _environment_warnings(cand: _Side, base: _Side | None) -> tuple[list[str], bool]:
+def _environment_warnings(cand: Side, base: Side | None) -> tuple[list[str], bool]:
     """Warnings when the baseline ran elsewhere, and whether latency should be machine-normalized."""
     if base is None or not cand.environment or not base.environment or cand.environment is base.environment:
         return [], False
@@ -452,12 +330,12 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     if not parsed:
         raise UsageError("no gates to check", "pass --fail-on METRIC:THRESHOLD, or set fail-on in "
                          "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml)")
-    doc = _as_document(result)
-    cand, base, paired = _sides(doc)
+    doc = as_document(result)
+    cand, base, paired = sides(doc)
     if baseline is not None:
-        base_doc = _as_document(baseline)
+        base_doc = as_document(baseline)
         _check_same_run(doc, base_doc)
-        base = _sides(base_doc)[0]
+        base = sides(base_doc)[0]
         paired = None
     warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
     env_warnings, normalize = _environment_warnings(cand, base)
@@ -486,98 +364,3 @@ def _check_same_run(doc: dict, base_doc: dict) -> None:
         raise UsageError(f"the baseline was measured on {theirs[0]} at batch {theirs[1]}, this result on "
                          f"{ours[0]} at batch {ours[1]}: its gates would compare different things",
                          "bench both with the same --runtime and --batch-size (the first of each is gated)")
-
-
-# ---------------------------------------------------------------- configuration files
-
-CONFIG_KEYS = ("fail-on", "strict")
-
-
-def _key_line(text: str, key: str) -> int | None:
-    for i, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
-            return i
-    return None
-
-
-def _read_toml(path: Path) -> dict:
-    try:
-        return loads_toml(path.read_text(), str(path))
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-
-
-def load_gate_config(path: str | Path | None = None,
-                     search_dir: str | Path = ".") -> tuple[list[str], bool, Path | None]:
-    """Gates from a config file: (fail-on list, strict, file used).
-
-    `path`: an effkit.toml (table `[gates]`) or a pyproject.toml (table `[tool.effkit.gates]`).
-    Without it, `effkit.toml` then `pyproject.toml` in `search_dir` are used if they have gates.
-    """
-    if path is not None:
-        candidates = [Path(path)]
-        if not candidates[0].is_file():
-            raise UsageError(f"no such config file: {path}")
-    else:
-        candidates = [p for p in (Path(search_dir) / "effkit.toml", Path(search_dir) / "pyproject.toml") if p.is_file()]
-    for file in candidates:
-        data = _read_toml(file)
-        table_name = "tool.effkit.gates" if file.name == "pyproject.toml" else "gates"
-        table = _lookup(data, table_name)
-        if table is None:
-            if path is not None:
-                raise UsageError(f"{file} has no [{table_name}] table", 'add e.g. fail-on = ["latency.p50:+5%"]')
-            continue
-        text = file.read_text()
-        if not isinstance(table, dict):
-            raise UsageError(f"{file}: {table_name} must be a table")
-        for key in table:
-            if key not in CONFIG_KEYS:
-                line = _key_line(text, key)
-                raise UsageError(f"{file}:{line or '?'}: unknown key {key!r} in [{table_name}]",
-                                 f"known keys: {', '.join(CONFIG_KEYS)}")
-        fail_on = table.get("fail-on", [])
-        if isinstance(fail_on, str):
-            fail_on = [fail_on]
-        if not isinstance(fail_on, list) or not all(isinstance(x, str) for x in fail_on):
-            raise UsageError(f"{file}:{_key_line(text, 'fail-on') or '?'}: fail-on must be a list of strings",
-                             'e.g. fail-on = ["latency.p50:+5%", "size:<=12MB"]')
-        strict = table.get("strict", False)
-        if not isinstance(strict, bool):
-            raise UsageError(f"{file}:{_key_line(text, 'strict') or '?'}: strict must be true or false")
-        for item in fail_on:  # a bad threshold names the file it came from
-            try:
-                parse_threshold(item)
-            except UsageError as e:
-                raise UsageError(f"{file}:{_key_line(text, 'fail-on') or '?'}: {e.message}", e.hint) from None
-        return list(fail_on), strict, file
-    return [], False, None
-
-
-# ---------------------------------------------------------------- CI outputs
-
-def write_reports(report: GateReport, *, junit: str | Path | None = None, force: bool = False,
-                  summary_text: str | None = None) -> list[str]:
-    """Write JUnit XML, and append Markdown (default: the gate table) to $GITHUB_STEP_SUMMARY when it is set."""
-    written = []
-    if junit:
-        write_text(junit, report.junit(), force)
-        written.append(str(junit))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
-            f.write((summary_text or report.markdown()) + "\n")
-        written.append(summary)
-    return written
-
-
-def thresholds_from(fail_on: Sequence[str] | None, config: str | Path | None) -> tuple[list[Threshold], bool]:
-    """The gates to check: --fail-on when given, else the config file's; plus its `strict`."""
-    if fail_on:
-        items, strict = list(fail_on), load_gate_config(config)[1] if config else False
-    else:
-        items, strict, _ = load_gate_config(config)
-    parsed = [parse_threshold(t) for t in items]
-    for t in parsed:  # before any measuring: a compare takes a while
-        check_units(t)
-    return parsed, strict

@@ -122,3 +122,10 @@ def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray,
         reps = -(-batch_size // a.shape[0])
         out.append(np.ascontiguousarray(np.concatenate([a] * reps)[:batch_size]) if reps > 1 else a[:batch_size])
     return tuple(out)
+
+
+def torch_inputs(model: Model) -> tuple:
+    """The model's example inputs as torch tensors (sharing memory with the arrays)."""
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)

@@ -32,9 +32,6 @@ MODEL_SPEC_HELP = (
 )
 
 
-
-
-
 def _call_factory(spec: str) -> tuple[Any, Any]:
     """Call a factory; return (module, example_inputs or None)."""
     import torch
@@ -370,7 +367,6 @@ def _fmt_dims(dims: list, fill: bool = False) -> str:
 
 
 # ---------------------------------------------------------------- running once
-
 
 
 def check_runs(model: Model) -> list[np.ndarray]:

@@ -23,7 +23,9 @@ from effkit.fidelity import compare_outputs
 from effkit.files import _umask, write_text
 from effkit.load import load_model
 from effkit.onnx_files import save_onnx_file
-from effkit.pipeline import SCHEMA, CompressFailed, CompressResult, Recipe, run_pipeline
+from effkit.pipeline import CompressFailed, run_pipeline
+from effkit.pipeline_result import SCHEMA, CompressResult
+from effkit.recipe import Recipe
 from effkit.report.compress import compress_markdown
 from effkit.report.html import compress_html
 from effkit.runners import native_runner

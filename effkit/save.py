@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from effkit.errors import ModelLoadError, UsageError, first_line
 from effkit.export import export_onnx
 from effkit.files import atomic_path
+from effkit.inputs import torch_inputs
 from effkit.load import PT2_META
 from effkit.model import Model
 from effkit.onnx_files import save_onnx_file
 from effkit.util import quiet_torch
-
-
-def torch_inputs(model: Model) -> tuple:
-    import torch
-
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
 
 
 def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path]:

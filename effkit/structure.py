@@ -6,13 +6,15 @@ from collections import Counter
 
 import numpy as np
 
+from effkit.errors import EffkitError
+from effkit.inputs import torch_inputs
 from effkit.load import check_runs
+from effkit.passes.prune_graph import dependency_graph, output_layers, prunable_types
 from effkit.util import quiet_torch
 
 # Layers with int8 kernels (dynamic: Linear/LSTM/GRU; static: also convolutions).
 QUANTIZABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "LSTM", "GRU", "Embedding")
 QUANTIZABLE_ONNX = ("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "Gather")
-PRUNABLE_TORCH = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d")
 
 
 def describe(model) -> dict:
@@ -31,8 +33,6 @@ def describe(model) -> dict:
 
 
 def _describe_torch(model) -> dict:
-    import torch
-
     layers, by_type = [], Counter()
     params_by_type: Counter = Counter()
     for name, module in model.module.named_modules():
@@ -49,10 +49,10 @@ def _describe_torch(model) -> dict:
         layers.append({"name": name, "type": kind, "parameters": count,
                        "sparsity": zeros / count if count else 0.0,
                        "quantizable": kind in QUANTIZABLE_TORCH,
-                       "prunable": kind in PRUNABLE_TORCH})
-    output_layers = _output_layers(model)
+                       "prunable": isinstance(module, prunable_types())})
+    kept, why = _kept_whole(model)
     for layer in layers:
-        if layer["name"] in output_layers:
+        if layer["name"] in kept:
             layer["prunable"] = False
     total = sum(p.numel() for p in model.module.parameters())
     macs = _macs(model)
@@ -64,24 +64,29 @@ def _describe_torch(model) -> dict:
         "layers": layers,
         "quantizable_layers": [l["name"] for l in layers if l["quantizable"]],
         "prunable_layers": [l["name"] for l in layers if l["prunable"]],
-        "notes": ([] if not isinstance(model.module, torch.jit.ScriptModule)
-                  else ["TorchScript: channel pruning needs an nn.Module, not a TorchScript archive"]),
+        "notes": [why] if why else [],
     }
 
 
-def _output_layers(model) -> set[str]:
-    """The last Linear/Conv layer: its outputs are the model's outputs, so pruning keeps it."""
-    names = [n for n, m in model.module.named_modules() if type(m).__name__ in PRUNABLE_TORCH]
-    return set(names[-1:])
+def _kept_whole(model) -> tuple[set[str], str | None]:
+    """The layers `effkit prune` leaves whole, found the way prune finds them (its dependency graph and
+    output layers), and why, when the model cannot be pruned at all."""
+    names = {n for n, _ in model.module.named_modules() if n}
+    if model.format in ("torchscript", "pt2"):
+        return names, f"{model.format}: channel pruning needs the model's nn.Module (a factory or a state_dict)"
+    try:
+        graph = dependency_graph(model.module, torch_inputs(model))
+    except EffkitError as e:
+        return names, f"not prunable: {e.message}"
+    return set(output_layers(graph, {m: n for n, m in model.module.named_modules()})), None
 
 
 def _macs(model) -> int | None:
     """Multiply-accumulates for one forward pass at the example batch (Torch-Pruning's counter)."""
     try:
-        import torch
         import torch_pruning as tp
 
-        args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+        args = torch_inputs(model)
         with quiet_torch():
             macs, _ = tp.utils.count_ops_and_params(model.module, args if len(args) > 1 else args[0])
         return int(macs)

@@ -19,7 +19,8 @@ from effkit.data import Data
 from effkit.errors import InputError, UsageError
 from effkit.load import load_model
 from effkit.specs import parse_input_shape
-from effkit.passes.distill import DistillConfig, Interrupted, distill
+from effkit.passes.distill import DistillConfig, distill
+from effkit.passes.distill_checkpoint import Interrupted
 
 MODELS = TESTS / "models_distill.py"
 ROOT = TESTS.parent

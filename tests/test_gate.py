@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from effkit.errors import UsageError
-from effkit.gates import GateReport, gate, load_gate_config
+from effkit.gates import GateReport, gate
+from effkit.gate_config import load_gate_config
 from effkit.specs import Threshold, parse_threshold
 
 ROOT = Path(__file__).resolve().parent.parent

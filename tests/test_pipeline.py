@@ -363,9 +363,9 @@ def test_report_json_round_trips_its_numbers(pruned_result):
 def test_report_json_thins_long_sample_lists_but_keeps_them_in_memory(pruned_result, monkeypatch):
     import json
 
-    import effkit.pipeline
+    import effkit.pipeline_result
 
-    monkeypatch.setattr(effkit.pipeline, "JSON_SAMPLES", 2)
+    monkeypatch.setattr(effkit.pipeline_result, "JSON_SAMPLES", 2)
     data = json.loads(pruned_result.to_json())
     run = data["states"][0]["bench"]["runs"][0]
     assert (len(run["samples_ms"]), run["samples_ms_every"]) == (2, 2)

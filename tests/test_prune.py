@@ -12,7 +12,8 @@ from effkit.errors import ModelLoadError, UsageError
 from effkit.load import load_model
 from effkit.save import save_model
 from effkit.export import export_onnx
-from effkit.passes.prune import PruneConfig, nm_mask, prune
+from effkit.passes.prune import PruneConfig, prune
+from effkit.passes.prune_unstructured import nm_mask
 from effkit.export import make_runner
 
 PATTERNS = TESTS / "models_prune.py"

@@ -8,8 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from effkit import __version__
-from effkit.cli import (bench_cmd, compare_cmd, compress_cmd, distill_cmd, export_cmd, gate_cmd, inspect_cmd, prune_cmd,
-                        quantize_cmd)
+# Importing a command module registers its command; this order is the order of `effkit --help`.
+from effkit.cli import (  # noqa: F401
+    bench_cmd,
+    inspect_cmd,
+    export_cmd,
+    quantize_cmd,
+    prune_cmd,
+    distill_cmd,
+    compress_cmd,
+    compare_cmd,
+    gate_cmd,
+)
 from effkit.cli.common import DEBUG, app
 
 

@@ -12,7 +12,8 @@ from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, Json
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
 from effkit.errors import UsageError
-from effkit.gates import gate, thresholds_from
+from effkit.gate_config import thresholds_from
+from effkit.gates import gate
 from effkit.report.text import fmt_ms
 from effkit.specs import InputShape, parse_input_shape, parse_threshold
 

@@ -13,8 +13,8 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
 from effkit.data import load_data
 from effkit.errors import UsageError
 from effkit.onnx_files import save_onnx_file
-from effkit.pipeline import CompressFailed
 from effkit.outdir import check_outdir, compress
+from effkit.pipeline import CompressFailed
 from effkit.recipe import Recipe
 from effkit.report.compress import compress_table
 from effkit.specs import parse_ratio

@@ -10,7 +10,8 @@ import typer
 
 from effkit.cli.common import (ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
                                write_outputs)
-from effkit.gates import gate, thresholds_from, write_reports
+from effkit.gate_config import thresholds_from, write_reports
+from effkit.gates import gate
 
 FailOnOpt = Annotated[Optional[list[str]], typer.Option(
     "--fail-on", help="A gate, repeatable: METRIC:+5% (relative to the baseline), METRIC:<=12MB / <=3ms (absolute), "

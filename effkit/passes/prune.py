@@ -16,7 +16,6 @@ so the output shapes cannot change.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,13 +23,15 @@ from typing import Any, Callable
 import numpy as np
 
 from effkit.benchmark import time_calls
-from effkit.errors import ModelLoadError, StepFailed, UsageError, first_line
+from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import accuracy
 from effkit.passes import PassResult
 from effkit.passes.distill import DistillConfig, distill
+from effkit.passes.prune_graph import (count_macs_params, dependency_graph, head_counts, match_ignore, modules_named,
+                                       output_layers, prunable_types, widths)
+from effkit.passes.prune_unstructured import prune_unstructured, unstructured_notes
 from effkit.runners import TorchRunner, flatten_outputs
-from effkit.size import size_info
 from effkit.util import quiet_torch
 
 SCOPES = ("layer", "global")
@@ -39,10 +40,6 @@ RUNTIMES = ("torch", "onnxruntime")
 # The most a target search removes: past this, models are rarely worth keeping.
 MAX_SEARCH_RATIO = 0.9
 SEARCH_STEPS = 18  # ratio increments of MAX_SEARCH_RATIO / SEARCH_STEPS (0.05)
-# Attribute names under which hand-written attention modules keep their head count, and the names of
-# their query/key/value projections: these are pruned head by head so every head keeps the same size.
-HEAD_COUNT_ATTRS = ("num_heads", "n_heads", "n_head", "num_attention_heads", "heads")
-QKV_NAME = re.compile(r"(to_)?(q|k|v|qk|kv|qkv|query|key|value|c_attn)(_proj|_lin|_linear)?")
 
 
 @dataclass(frozen=True)
@@ -165,10 +162,10 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
     reference = _run(module, example)
 
-    graph = _dependency_graph(module, example)
+    graph = dependency_graph(module, example)
     names = {m: n for n, m in module.named_modules()}
-    outputs = _output_layers(graph, names)
-    ignored = sorted(set(outputs) | _match_ignore(module, config.ignore))
+    outputs = output_layers(graph, names)
+    ignored = sorted(set(outputs) | match_ignore(module, config.ignore))
     details: dict[str, Any] = {"method": "unstructured" if config.unstructured else "structured",
                                "ignored_layers": ignored, "output_layers": outputs}
     notes: list[str] = []
@@ -177,15 +174,15 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
         accuracy["before"] = _accuracy(module, eval_data)
 
     if config.unstructured:
-        _prune_unstructured(module, config, ignored, details)
+        prune_unstructured(module, config, ignored, details)
     else:
-        macs_before, params_before = _count(module, example)
-        widths_before = _widths(module)
+        macs_before, params_before = count_macs_params(module, example)
+        widths_before = widths(module)
         _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress)
-        macs_after, params_after = _count(module, example)
+        macs_after, params_after = count_macs_params(module, example)
         details["macs"] = {"before": macs_before, "after": macs_after}
         details["parameters"] = {"before": params_before, "after": params_after}
-        widths_after = _widths(module)
+        widths_after = widths(module)
         details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
         if macs_after >= macs_before:
             notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
@@ -202,7 +199,7 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
         if accuracy:
             accuracy["recovered"] = _accuracy(module, eval_data)
     if config.unstructured:
-        _unstructured_notes(model, module, details, notes)
+        unstructured_notes(model, module, details, notes)
     if accuracy:
         details["accuracy"] = accuracy
     pruned = model.replace(module=module.eval(), format="derived", path=None, save_suffix=".pt2",
@@ -238,124 +235,6 @@ def _check_same_outputs(reference: list, pruned: list) -> None:
                          "add the layers that produce those outputs to --ignore")
 
 
-# ---------------------------------------------------------------- dependency graph and layers
-
-def _dependency_graph(module, example):
-    """Trace the module into Torch-Pruning's dependency graph; a model that cannot be traced says why.
-
-    The graph is read from autograd, so every layer that runs must be reachable from the outputs
-    through autograd: a forward under torch.no_grad(), detach() or numpy round trips breaks that.
-    """
-    import torch
-    import torch_pruning as tp
-
-    hint = ("pruning traces forward() with autograd on the example inputs to find coupled layers; keep forward "
-            "differentiable (no torch.no_grad(), detach() or numpy inside it)")
-    ran = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m))
-             for m in module.modules() if isinstance(m, _prunable_types())]
-    try:
-        with quiet_torch(), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(module, example_inputs=list(example))
-    except Exception as e:
-        first = first_line(e)
-        raise ModelLoadError(f"cannot trace the model to find which layers are coupled: {type(e).__name__}: {first}",
-                             hint) from e
-    finally:
-        for h in hooks:
-            h.remove()
-    names = {m: n for n, m in module.named_modules()}
-    lost = sorted({names[m] for m in ran if m not in graph.module2node})
-    if lost:
-        raise ModelLoadError(f"cannot trace the model: layers {', '.join(lost[:8])} ran but are not connected to "
-                             "the outputs through autograd", hint)
-    return graph
-
-
-def _prunable_types() -> tuple:
-    from torch import nn
-
-    return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-            nn.LSTM, nn.GRU, nn.Embedding, nn.MultiheadAttention)
-
-
-def _output_layers(graph, names: dict) -> list[str]:
-    """The layers whose outputs reach the model's outputs through shape-keeping ops (activations,
-    norms, adds, reshapes): pruning their output channels would change the output shapes."""
-    prunable = _prunable_types()
-    terminals = [n for n in graph.module2node.values() if not n.outputs]
-    found, seen, stack = set(), set(), list(terminals)
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node.module, prunable):
-            if node.module in names:
-                found.add(names[node.module])
-            continue
-        stack.extend(node.inputs)
-    return sorted(found)
-
-
-def _match_ignore(module, patterns: tuple[str, ...]) -> set[str]:
-    """Layer names matched by --ignore globs (a name also matches every layer inside it)."""
-    names = [n for n, _ in module.named_modules() if n]
-    matched: set[str] = set()
-    for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n.startswith(pattern + ".")]
-        if not hits:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise UsageError(f"--ignore {pattern!r} matches no layer", f"layer names: {shown}")
-        matched.update(hits)
-    return matched
-
-
-def _modules_named(module, wanted) -> list:
-    wanted = set(wanted)
-    return [m for n, m in module.named_modules() if n in wanted]
-
-
-def _head_counts(module) -> dict:
-    """Query/key/value projections of hand-written attention modules, mapped to their head count, so
-    that heads shrink alike. (nn.MultiheadAttention is handled by Torch-Pruning itself.)"""
-    from torch import nn
-
-    heads = {}
-    for parent in module.modules():
-        if isinstance(parent, nn.MultiheadAttention):
-            continue
-        count = next((getattr(parent, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(parent, a, None), int)), None)
-        if not count or count < 2:
-            continue
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Linear) and QKV_NAME.fullmatch(name):
-                heads[child] = count
-    return heads
-
-
-def _widths(module) -> dict[str, list[int]]:
-    """[input, output] width of every Linear and convolution."""
-    from torch import nn
-
-    widths = {}
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            widths[name] = [m.in_features, m.out_features]
-        elif isinstance(m, nn.modules.conv._ConvNd):
-            widths[name] = [m.in_channels, m.out_channels]
-    return widths
-
-
-def _count(module, example) -> tuple[int, int]:
-    """(MACs, parameters) on the example inputs."""
-    import torch_pruning as tp
-
-    with quiet_torch():
-        macs, params = tp.utils.count_ops_and_params(module, list(example))
-    return int(macs), int(params)
-
-
 # ---------------------------------------------------------------- structured
 
 def _importance(name: str):
@@ -374,8 +253,8 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
     with quiet_torch():
         return tp.pruner.BasePruner(
             module, list(example), importance=_importance(config.importance), global_pruning=config.scope == "global",
-            pruning_ratio=ratio, iterative_steps=steps, ignored_layers=_modules_named(module, ignored),
-            round_to=config.round_to, num_heads=_head_counts(module), in_channel_groups={}, out_channel_groups={},
+            pruning_ratio=ratio, iterative_steps=steps, ignored_layers=modules_named(module, ignored),
+            round_to=config.round_to, num_heads=head_counts(module), in_channel_groups={}, out_channel_groups={},
         )
 
 
@@ -383,9 +262,9 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
                       progress) -> None:
     import torch_pruning as tp
 
-    if not any(isinstance(m, _prunable_types()) for m in module.modules()):
+    if not any(isinstance(m, prunable_types()) for m in module.modules()):
         raise UsageError("the model has no Linear, convolution, recurrent or attention layers to prune")
-    groups = graph.get_all_groups(ignored_layers=_modules_named(module, ignored),
+    groups = graph.get_all_groups(ignored_layers=modules_named(module, ignored),
                                   root_module_types=[tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM])
     if next(groups, None) is None:
         raise UsageError("nothing to prune: every prunable layer is an output layer or ignored",
@@ -429,7 +308,7 @@ def _search_target(model, module, example, config: PruneConfig, ignored, data, d
     """Prune in steps of increasing ratio, measuring after each, until the MACs or latency target is met."""
     target = config.target_latency if config.target_latency is not None else config.target_macs
     kind = "latency" if config.target_latency is not None else "macs"
-    measure = _latency_meter(model, config) if kind == "latency" else (lambda m: _count(m, example)[0])
+    measure = _latency_meter(model, config) if kind == "latency" else (lambda m: count_macs_params(m, example)[0])
     baseline = measure(module)
     pruner = _pruner(module, example, config, ignored, MAX_SEARCH_RATIO, SEARCH_STEPS)
     trail = []
@@ -465,79 +344,6 @@ def _latency_meter(model, config: PruneConfig):
         return float(np.median(time_calls(call, warmup=5, min_time=0.3)))
 
     return measure
-
-
-# ---------------------------------------------------------------- unstructured
-
-def _weight_layers(module, ignored) -> list[tuple[str, Any]]:
-    from torch import nn
-
-    skip = set(ignored)
-    return [(n, m) for n, m in module.named_modules()
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and n not in skip]
-
-
-def _prune_unstructured(module, config: PruneConfig, ignored, details) -> None:
-    """Zero weights by magnitude (or N:M) and make it permanent: no masks, no *_orig tensors."""
-    import torch
-    from torch.nn.utils import prune as tprune
-
-    layers = _weight_layers(module, ignored)
-    if not layers:
-        raise UsageError("the model has no Linear or convolution weights left to prune",
-                         f"ignored: {', '.join(ignored) or 'none'}")
-    skipped = []
-    if config.pattern is not None:
-        n, m = config.nm()
-        with torch.no_grad():
-            for name, layer in layers:
-                if layer.weight.shape[1] % m:
-                    skipped.append(name)
-                    continue
-                layer.weight.mul_(nm_mask(layer.weight, n, m))
-        details["pattern"] = config.pattern
-        if skipped:
-            details["skipped_layers"] = skipped
-        if len(skipped) == len(layers):
-            raise UsageError(f"no layer's input width is a multiple of {m}, so --pattern {config.pattern} fits none",
-                             f"layers: {', '.join(skipped[:8])}")
-    elif config.scope == "global":
-        tprune.global_unstructured([(layer, "weight") for _, layer in layers], pruning_method=tprune.L1Unstructured,
-                                   amount=config.sparsity)
-        for _, layer in layers:
-            tprune.remove(layer, "weight")
-    else:
-        for _, layer in layers:
-            tprune.l1_unstructured(layer, "weight", amount=config.sparsity)
-            tprune.remove(layer, "weight")
-    details["sparsity"] = {name: float((layer.weight == 0).float().mean()) for name, layer in layers
-                           if name not in skipped}
-    total = sum(layer.weight.numel() for _, layer in layers)
-    details["overall_sparsity"] = float(sum(int((layer.weight == 0).sum()) for _, layer in layers) / total)
-
-
-def nm_mask(weight, n: int, m: int):
-    """Keep the `n` largest-magnitude weights of every `m` consecutive ones along the input dimension (dim 1)."""
-    import torch
-
-    moved = weight.detach().abs().movedim(1, -1)  # input dimension last
-    blocks = moved.reshape(-1, m)
-    keep = torch.zeros_like(blocks, dtype=torch.bool)
-    keep.scatter_(1, blocks.topk(n, dim=1).indices, True)
-    return keep.reshape(moved.shape).movedim(-1, 1).to(weight.dtype)
-
-
-def _unstructured_notes(model, module, details, notes) -> None:
-    before = size_info(model.replace(path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
-    after = size_info(model.replace(module=module, path=None, format="derived", save_suffix=".pt2"))["gzip_bytes"]
-    details["gzip_bytes"] = {"before": before, "after": after}
-    notes.append(f"unstructured: {100 * details['overall_sparsity']:.0f}% of the pruned layers' weights are zero, but "
-                 f"dense size and latency do not drop (kernels still multiply the zeros); only the compressed size "
-                 f"does (gzip {before / 1e6:.2f} MB -> {after / 1e6:.2f} MB)")
-    notes.append("sparsity per layer: " + ", ".join(f"{n} {100 * v:.0f}%" for n, v in details["sparsity"].items()))
-    if details.get("skipped_layers"):
-        notes.append(f"left dense (input width not divisible into {details['pattern']} groups): "
-                     + ", ".join(details["skipped_layers"]))
 
 
 # ---------------------------------------------------------------- recovery

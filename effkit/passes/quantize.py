@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +21,12 @@ import numpy as np
 from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
-from effkit.export import make_runner, onnx_path_for
+from effkit.export import make_runner
 from effkit.fidelity import accuracy, compare_outputs, held_out_inputs
 from effkit.inputs import batched
-from effkit.model import Model
-from effkit.passes import PassResult, quantize_ort, quantize_torch
-from effkit.passes.quantize_ort import matching, preprocess
-from effkit.passes.quantize_torch import to_torchscript
+from effkit.passes import PassResult
+from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for
+from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
@@ -44,7 +43,6 @@ DEFAULT_CALIB_SAMPLES = 128
 TOLERANCE_METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "cosine_mean",
                      "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
                      "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy"}
-SUFFIX_OF = {"onnxruntime": ".onnx", "torch": ".ts"}
 
 
 @dataclass(frozen=True)
@@ -161,158 +159,12 @@ def _score(t: Threshold, fid: dict, accuracy: dict | None) -> float:
     return -value if t.metric == "max_abs_diff" else value
 
 
-# ---------------------------------------------------------------- candidates
-
-@dataclass
-class Candidate:
-    """One way to quantize: a backend and a method, built with a set of layers kept in float."""
-
-    backend: str
-    method: str
-    label: str
-    layers: list[dict]
-    build: Callable[[list[str], Callable[[float], None] | None], Any]  # (excluded names, progress) -> Model
-    excluded: list[str] = field(default_factory=list)  # user --exclude, resolved to this backend's names
-    model: Any = None
-    error: str | None = None
-    fidelity: dict | None = None
-    accuracy: dict | None = None
-    failures: list[str] = field(default_factory=list)
-    latency_ms: float | None = None
-    size_bytes: int | None = None
-    kept_float: list[str] = field(default_factory=list)  # added by the tolerance loop
-    kept_cost: dict | None = None  # what keeping them in float cost against all-int8
-
-    def display(self, names: Sequence[str]) -> list[str]:
-        """Layer names as users know them: the torch module name where the ONNX node kept it."""
-        alias = {layer["name"]: layer["alias"] for layer in self.layers}
-        return [alias.get(n, n) for n in names]
-
-    def summary(self) -> dict:
-        return {"label": self.label, "backend": self.backend, "method": self.method, "error": self.error,
-                "latency_ms": self.latency_ms, "size_bytes": self.size_bytes, "fidelity": self.fidelity,
-                "accuracy": self.accuracy, "tolerance_missed": self.failures,
-                "kept_in_float": self.display(self.kept_float)}
-
-
-class _Context:
-    """What every candidate shares: the model, its ONNX file, calibration batches, reference outputs."""
-
-    def __init__(self, model, config: QuantizeConfig, calib_batches: list[tuple] | None, eval_data, progress):
-        self.model, self.config, self.calib_batches, self.eval_data = model, config, calib_batches, eval_data
-        self.progress = progress
-        self.threads = config.threads
-        self._onnx = None
-        self.preprocess_notes: list[str] = []
-
-    def onnx_path(self):
-        """The model as a pre-processed ONNX file (exported first for torch models)."""
-        if self._onnx is None:
-            self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
-        return self._onnx
-
-    def step(self, label: str) -> Callable[[float], None] | None:
-        return (lambda f: self.progress(label, f)) if self.progress else None
-
-
-def _ort_model(ctx: _Context, path) -> Any:
-    m = ctx.model
-    return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
-                 output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
-
-
-def _torch_model(ctx: _Context, module) -> Any:
-    scripted = to_torchscript(module, ctx.model.example_inputs)
-    return ctx.model.replace(module=scripted, path=None, format="derived", save_suffix=".ts", meta=dict(ctx.model.meta))
-
-
-def _candidates(ctx: _Context) -> list[Candidate]:
-    """Every (backend, method) pair that applies to this model, config and calibration data."""
-    cfg, model = ctx.config, ctx.model
-    methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static"] if ctx.calib_batches else [])
-    backends = ["onnxruntime", "torch"] if cfg.backend == "auto" else [cfg.backend]
-    if cfg.output_format:
-        backends = [b for b in backends if SUFFIX_OF[b] == cfg.output_format]
-    if model.kind == "onnx":
-        if cfg.backend == "torch":
-            raise UsageError("an ONNX model is quantized with ONNX Runtime", "use --backend onnxruntime or auto")
-        backends = [b for b in backends if b == "onnxruntime"]
-        if not backends:
-            raise UsageError("an ONNX model quantizes to .onnx only", "name the output .onnx")
-    out = []
-    for backend in backends:
-        for method in methods:
-            for per_channel in _per_channel_choices(cfg, method):
-                out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
-                           else _torch_candidate(ctx, method, per_channel))
-    return out
-
-
-def _per_channel_choices(cfg: QuantizeConfig, method: str) -> list[bool]:
-    """Per-channel scales keep fidelity; per-tensor ones can be faster for dynamic int8 (ONNX Runtime's
-    MatMulInteger path measured 0.026 against 0.034 ms on a 784-1024-1024-10 MLP at batch 1 here),
-    so unless the user chose, dynamic candidates come in both kinds and the tolerance decides."""
-    if cfg.per_channel is not None:
-        return [cfg.per_channel]
-    return [True, False] if method == "dynamic" else [True]
-
-
-def _ort_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate:
-    cfg = ctx.config
-    if method == "dynamic":
-        label = f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
-            ctx.onnx_path(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex))
-    elif method == "static":
-        label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
-            ctx.onnx_path(), ctx.calib_batches, per_channel=per_channel, activation_type=cfg.activation_type,
-            weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
-    else:
-        label = "ORT weight-only int8"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
-            ctx.onnx_path(), per_channel=per_channel, exclude=ex))
-    candidate = Candidate("onnxruntime", method, label, [], build)
-    try:
-        candidate.layers = quantize_ort.layers(ctx.onnx_path())
-    except Exception as e:  # the export or the pre-processing failed: other candidates may still work
-        candidate.error = first_line(e)
-    return candidate
-
-
-def _torch_candidate(ctx: _Context, method: str, per_channel: bool) -> Candidate:
-    cfg, module = ctx.config, ctx.model.module
-    candidate = Candidate("torch", method, "", quantize_torch.layers(module, method), lambda ex, p: None)
-    if method == "dynamic":
-        candidate.label = f"torch.ao dynamic {'per-channel' if per_channel else 'per-tensor'}"
-        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_dynamic(module, per_channel=per_channel,
-                                                                             exclude=ex))
-    elif method == "static":
-        candidate.label = f"torch.ao FX static x86 u8/s8 {cfg.calib_method}"
-        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_static(
-            module, ctx.model.example_inputs, ctx.calib_batches, per_channel=per_channel,
-            calib_method=cfg.calib_method, exclude=ex, progress=p))
-        if cfg.calib_method == "percentile":
-            candidate.error = "torch.ao has no percentile calibration (use minmax or entropy)"
-        elif cfg.activation_type != "u8":
-            candidate.error = "torch's x86 int8 kernels take u8 activations only"
-    else:
-        candidate.label = "torch weight-only int8"
-        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_weight_only(module, per_channel=per_channel,
-                                                                                  exclude=ex))
-    if cfg.weight_type != "s8" and method != "weight-only" and candidate.error is None:
-        candidate.error = "torch's int8 kernels take s8 weights only"
-    if not candidate.layers and candidate.error is None:
-        candidate.error = f"no layers that torch {method} int8 handles"
-    return candidate
-
-
 # ---------------------------------------------------------------- measuring
 
 FIDELITY_ROWS = 64  # real samples the candidates are compared on, when there are some
 
 
-def _fidelity_batches(ctx: _Context) -> list[tuple] | None:
+def _fidelity_batches(ctx: CandidateContext) -> list[tuple] | None:
     """Real inputs to judge candidates on: the eval data, else the calibration batches.
 
     Random normal inputs are far from what a trained model sees (digits pixels lie in [0, 1]):
@@ -333,7 +185,7 @@ def _fidelity_batches(ctx: _Context) -> list[tuple] | None:
 class _Judge:
     """Fidelity (and accuracy) of candidates against the original, on the same held-out inputs."""
 
-    def __init__(self, ctx: _Context):
+    def __init__(self, ctx: CandidateContext):
         model = ctx.model
         self.ctx = ctx
         self.inputs = _fidelity_batches(ctx) or held_out_inputs(model.example_inputs, ctx.config.fidelity_samples)
@@ -384,7 +236,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, ite
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
-def _time(ctx: _Context, models: dict[str, Any]) -> dict[str, float]:
+def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
     calls = {}
     for key, m in models.items():
         runtime = "torch" if key == "torch fp32" or (m.kind == "torch" and key != "onnxruntime fp32") else "onnxruntime"
@@ -447,8 +299,8 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
-    ctx = _Context(model, config, batches, eval_data, progress)
-    candidates = _candidates(ctx)
+    ctx = CandidateContext(model, config, batches, eval_data, progress)
+    candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
     judge = _Judge(ctx)
     for c in candidates:
@@ -524,7 +376,7 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
 
 
-def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: _Context) -> Candidate:
+def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: CandidateContext) -> Candidate:
     """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
     metric with only that layer kept in float) and keep the worst in float, a few at a time."""
     thresholds = ctx.config.thresholds
@@ -568,5 +420,5 @@ def _size(m) -> int:
         return size_info(m)["bytes_on_disk"]
 
 
-def _bind(ctx: _Context, m) -> Callable[[], Any]:
+def _bind(ctx: CandidateContext, m) -> Callable[[], Any]:
     return native_runner(m, ctx.threads).bind(m.example_inputs)

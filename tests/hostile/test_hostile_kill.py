@@ -110,7 +110,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     import onnx
     from onnx import numpy_helper
-    from effkit.model import write_onnx
+    from effkit.onnx_files import write_onnx
 
     proto = onnx.load(sys.argv[1])
     proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.full((4, 2), 2.0, np.float32), "W"))
