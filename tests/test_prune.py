@@ -288,3 +288,38 @@ def test_cli_reports_accuracy_before_right_after_and_after_recovery(cli, tmp_pat
     details = result["details"]["accuracy"]
     assert result["accuracy"] == {"before": details["before"], "after": details["recovered"],
                                   "right_after_pruning": details["pruned"]}
+
+
+TWO_HEADS = """
+import torch
+from torch import nn
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head_a = nn.Linear(16, 3)
+        self.head_b = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.head_a(h), self.head_b(h)
+
+
+def build():
+    torch.manual_seed(0)
+    return TwoHeads().eval(), torch.randn(2, 8)
+"""
+
+
+def test_inspect_shows_the_layers_prune_prunes(tmp_path):
+    """Both heads produce outputs, so prune keeps both whole; inspect must not call the first one prunable."""
+    from effkit.structure import describe
+
+    (tmp_path / "two_heads.py").write_text(TWO_HEADS)
+    model = load_model(f"{tmp_path / 'two_heads.py'}:build")
+    result = prune(model, PruneConfig(ratio=0.5))
+    assert result.details["output_layers"] == ["head_a", "head_b"]
+    assert describe(model)["prunable_layers"] == ["body"]
+    assert result.model.module.body.out_features < 16
