@@ -22,7 +22,6 @@ configs themselves (`dataclasses.fields`), so recipes and commands never drift a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import re
@@ -34,18 +33,12 @@ from typing import Any
 
 from effkit.errors import EffkitError, UsageError
 from effkit.files import loads_toml
-from effkit.specs import _finite, parse_threshold
+from effkit.judge import parse_bar_tolerance
+from effkit.passes import registry
+from effkit.specs import _finite
 
-# The order steps run in, whatever order the recipe lists them in.
-STEPS = ("prune", "distill", "quantize", "export")
-# step -> (module, config class); imported only when a recipe uses the step.
-PASS_CONFIGS = {
-    "prune": ("effkit.passes.prune", "PruneConfig"),
-    "distill": ("effkit.passes.distill", "DistillConfig"),
-    "quantize": ("effkit.passes.quantize", "QuantizeConfig"),
-    "export": ("effkit.export", "ExportConfig"),
-}
-SECTIONS = (*STEPS, "pipeline", "bench")
+# The built-in steps, each a field of Recipe; third-party passes (effkit.passes.registry) go to `extra`.
+BUILTIN_STEPS = ("prune", "distill", "quantize", "export")
 
 
 def parse_accuracy_drop(text: str) -> float:
@@ -55,22 +48,6 @@ def parse_accuracy_drop(text: str) -> float:
         raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
                          "write percentage points of accuracy, e.g. 1pt or 0.5pt")
     return _finite(float(m.group(1)), str(text))
-
-
-# Fidelity metrics a tolerance may bound, and the key in effkit.fidelity.compare_outputs() they read.
-FIDELITY_METRICS = {"cosine": "cosine_min", "sqnr": "sqnr_db", "top1": "top1_agreement",
-                    "top1_agreement": "top1_agreement", "max_abs_diff": "max_abs_diff"}
-
-
-def parse_tolerance(text: str):
-    """A whole-pipeline tolerance: `cosine>=0.99`, `sqnr>=20`, `top1>=0.98` or `accuracy:-1pt`."""
-    t = parse_threshold(text)
-    if t.metric == "accuracy" and t.kind == "points" and t.value <= 0:
-        return t
-    if t.metric in FIDELITY_METRICS and t.kind == "absolute":
-        return t
-    raise UsageError(f"tolerance {text!r} is not supported by compress",
-                     "use cosine>=X, sqnr>=DB, top1>=X, max_abs_diff<=X or accuracy:-Npt")
 
 
 @dataclass(frozen=True)
@@ -85,7 +62,7 @@ class PipelineConfig:
         if self.max_accuracy_drop is not None:
             parse_accuracy_drop(self.max_accuracy_drop)
         for t in self.tolerance:
-            parse_tolerance(t)
+            parse_bar_tolerance(t)
         if self.backoff_tries < 0:
             raise UsageError("backoff-tries must be 0 or more")
 
@@ -93,12 +70,12 @@ class PipelineConfig:
     def accuracy_drop_points(self) -> float | None:
         """The tightest accuracy bound in points, from max-accuracy-drop and `accuracy:-Npt` tolerances."""
         bounds = [parse_accuracy_drop(self.max_accuracy_drop)] if self.max_accuracy_drop is not None else []
-        bounds += [-t.value for t in map(parse_tolerance, self.tolerance) if t.metric == "accuracy"]
+        bounds += [-t.value for t in map(parse_bar_tolerance, self.tolerance) if t.metric == "accuracy"]
         return min(bounds) if bounds else None
 
     @property
     def fidelity_bounds(self) -> list:
-        return [t for t in map(parse_tolerance, self.tolerance) if t.metric != "accuracy"]
+        return [t for t in map(parse_bar_tolerance, self.tolerance) if t.metric != "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -121,18 +98,10 @@ _LOCAL_CONFIGS = {"pipeline": PipelineConfig, "bench": BenchConfig}
 
 
 def config_class(section: str) -> type:
-    """The dataclass behind a recipe section; a step whose pass is not installed is a clear error."""
+    """The dataclass behind a recipe section: a pass's config, or the pipeline's or bench's settings."""
     if section in _LOCAL_CONFIGS:
         return _LOCAL_CONFIGS[section]
-    module_name, class_name = PASS_CONFIGS[section]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise UsageError(f"the {section} step is not available in this effkit ({module_name} is missing)",
-                         f"drop [{section}] / --{section} from the pipeline") from None
-    return getattr(module, class_name)
+    return registry.by_section(section).config
 
 
 @dataclass(frozen=True)
@@ -145,15 +114,27 @@ class Recipe:
     export: Any = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    extra: tuple[tuple[str, Any], ...] = ()  # (section, config) of third-party passes, in recipe order
 
     def __post_init__(self) -> None:
         if self.export is None:
             object.__setattr__(self, "export", config_class("export")())
+        object.__setattr__(self, "extra", tuple((name, config) for name, config in self.extra))
 
     @property
     def steps(self) -> list[str]:
-        """The steps that run, in pipeline order."""
-        return [s for s in STEPS if getattr(self, s) is not None]
+        """The steps that run, in pipeline order (third-party ones after prune and distill, in recipe order)."""
+        extra = [name for name, _ in self.extra]
+        order = [name for name in BUILTIN_STEPS]
+        at = order.index(registry.THIRD_PARTY_AFTER) + 1
+        order[at:at] = extra
+        return [name for name in order if self.config(name) is not None]
+
+    def config(self, section: str) -> Any:
+        """The config of a step or setting section (None when the step is off)."""
+        if section in BUILTIN_STEPS or section in registry.SETTINGS:
+            return getattr(self, section)
+        return dict(self.extra).get(section)
 
     # ------------------------------------------------------------ reading
 
@@ -183,13 +164,14 @@ class Recipe:
             return f"{source}{f' line {line}' if line else ''}"
 
         configs: dict[str, Any] = {}
+        sections = (*registry.passes(), *registry.SETTINGS)
         for section, values in data.items():
-            if section not in SECTIONS:
+            if section not in sections:
                 if not isinstance(values, dict):
                     raise UsageError(f"{where(None, section)}: key {section!r} is outside any section",
-                                     f"put it under one of [{'], ['.join(SECTIONS)}]")
+                                     f"put it under one of [{'], ['.join(sections)}]")
                 raise UsageError(f"{where(section)}: unknown section [{section}]",
-                                 f"sections are [{'], ['.join(SECTIONS)}]")
+                                 f"sections are [{'], ['.join(sections)}]")
             if not isinstance(values, dict):
                 raise UsageError(f"{where(None, section)}: {section!r} must be a section [{section}], not a value")
             config_cls = config_class(section)
@@ -212,7 +194,8 @@ class Recipe:
             except EffkitError as e:
                 line_key = next(iter(values), None) if len(values) == 1 else None
                 raise UsageError(f"{where(section, line_key)}: [{section}] {e.message}", e.hint) from None
-        return cls(**configs)
+        own = {s: c for s, c in configs.items() if s in BUILTIN_STEPS or s in registry.SETTINGS}
+        return cls(**own, extra=tuple((s, c) for s, c in configs.items() if s not in own))
 
     # ------------------------------------------------------------ writing
 
@@ -220,7 +203,7 @@ class Recipe:
         """{section: {kebab-key: value}} for every step that runs (all defaults filled) and the settings."""
         out = {}
         for section in (*self.steps, "pipeline", "bench"):
-            config = getattr(self, section)
+            config = self.config(section)
             out[section] = {_toml_key(f.name): _plain(getattr(config, f.name))
                             for f in dataclasses.fields(config) if f.init and getattr(config, f.name) is not None}
         return out
@@ -237,9 +220,13 @@ class Recipe:
 
     def with_changes(self, section: str, **changes: Any) -> Recipe:
         """A copy with some fields of one section changed (the section is turned on if it was off)."""
-        config = getattr(self, section) or config_class(section)()
+        config = self.config(section) or config_class(section)()
         try:
-            return dataclasses.replace(self, **{section: dataclasses.replace(config, **changes)})
+            changed = dataclasses.replace(config, **changes)
+            if section in BUILTIN_STEPS or section in registry.SETTINGS:
+                return dataclasses.replace(self, **{section: changed})
+            others = tuple((s, c) for s, c in self.extra if s != section)
+            return dataclasses.replace(self, extra=others + ((section, changed),))
         except TypeError as e:  # a field the installed pass does not have
             raise UsageError(f"[{section}] has no such option: {e}") from None
 

@@ -393,7 +393,7 @@ def test_written_outdir_holds_models_that_load_back(pruned_result, tmp_path):
 
 @pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
 def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, monkeypatch, interruption):
-    import effkit.report.html as html_mod
+    import effkit.outdir as outdir_mod  # write_outdir renders the HTML report through its own name
     from effkit.outdir import write_outdir
 
     out = tmp_path / "out"
@@ -404,7 +404,7 @@ def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, m
     def boom(result):  # the models are written by now: the reports come last
         raise interruption("stopped")
 
-    monkeypatch.setattr(html_mod, "compress_html", boom)
+    monkeypatch.setattr(outdir_mod, "compress_html", boom)
     with pytest.raises(interruption):
         write_outdir(pruned_result, out, force=True)
     assert [p.name for p in out.iterdir()] == ["report.json"] and (out / "report.json").read_text() == previous

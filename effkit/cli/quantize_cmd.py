@@ -14,9 +14,10 @@ from effkit.data import load_data
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
 from effkit.export import export_onnx as export_to_onnx
+from effkit.judge import parse_tolerance
 from effkit.onnx_files import save_onnx_file
 from effkit.outcome import measure_before_after
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, parse_tolerance, quantize
+from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, quantize
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_model
 from effkit.util import quiet_torch

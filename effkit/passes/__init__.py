@@ -1,19 +1,40 @@
-"""Passes: each takes a Model and a frozen config and returns a new Model (the original survives).
+"""Passes: each is a frozen config dataclass (validated on construction) and one function
 
-Every pass function returns a `PassResult`: the new model, step-specific details for the
-report (JSON-ready), and notes to show the user.
+    run(model, config, ctx) -> PassResult
+
+that returns a *new* Model (the original survives for the before/after comparison). `ctx` is a
+`PassContext`: the data, the evaluation data, threads, progress, and for passes that learn from
+another model (distill) the teacher. `effkit.passes.registry` finds a pass by its config type or
+its recipe section, built-in or installed through the `effkit.passes` entry-point group.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass
 class PassResult:
-    """What a pass produced: the new Model, JSON-ready details, and plain-language notes."""
+    """What a pass produced: the new Model, JSON-ready details, and plain-language notes.
+
+    `kept` is False when the pass declines its own result (quantize: the int8 model is slower than
+    its input and slower models were not allowed); `model` is then the input, unchanged.
+    """
 
     model: Any
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    kept: bool = True
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may use besides the model and its config."""
+
+    data: Any = None  # effkit.data.Data: training or calibration data
+    eval_data: Any = None  # effkit.data.Data with labels: accuracy before and after
+    threads: int | None = None  # None: the pass's own default
+    progress: Callable[[str, float], None] | None = None  # progress(label, fraction)
+    teacher: Any = None  # the Model a pass learns from (distill); compress gives the original

@@ -34,7 +34,7 @@ from pathlib import Path
 from effkit.env import available_cores
 from effkit.errors import EffkitError, InputError, UsageError, first_line
 from effkit.export import make_runner
-from effkit.passes import PassResult
+from effkit.passes import PassContext, PassResult
 from effkit.passes.distill_training import (EVAL_BATCH, Features, Training, TrainStatus, is_classifier, tensors_of,
                                             to_tensors)
 
@@ -244,6 +244,15 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     module.eval().cpu()
     trained = student.replace(module=module, path=None, format="derived")
     return PassResult(trained, run.details(data, val_data), run.notes())
+
+
+def run(student, config: DistillConfig, ctx: PassContext) -> PassResult:
+    """The pass interface: train `student` towards `ctx.teacher` on `ctx.data`."""
+    if ctx.teacher is None:
+        raise UsageError("distill needs a teacher", "give the model to learn from (compress uses the original)")
+    if ctx.data is None:
+        raise UsageError("distill needs training data", "pass --data FILE")
+    return distill(ctx.teacher, student, config, data=ctx.data, progress=ctx.progress, threads=ctx.threads)
 
 
 def _default_threads() -> int:

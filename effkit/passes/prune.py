@@ -16,6 +16,7 @@ so the output shapes cannot change.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,7 +27,7 @@ from effkit.benchmark import time_calls
 from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import accuracy
-from effkit.passes import PassResult
+from effkit.passes import PassContext, PassResult
 from effkit.passes.distill import DistillConfig, distill
 from effkit.passes.prune_graph import (count_macs_params, dependency_graph, head_counts, match_ignore, modules_named,
                                        output_layers, prunable_types, widths)
@@ -205,6 +206,38 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     pruned = model.replace(module=module.eval(), format="derived", path=None, save_suffix=".pt2",
                            meta={**model.meta, "pruned": details["method"]})
     return PassResult(pruned, details, notes)
+
+
+def run(model, config: PruneConfig, ctx: PassContext) -> PassResult:
+    """The pass interface: `prune` with the context's data, evaluation data and progress."""
+    return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress)
+
+
+def setting(config: PruneConfig) -> str:
+    """What a prune config asks for, in words: "ratio 0.5", "sparsity 0.9", "target-latency 0.5x"."""
+    if config.unstructured:
+        return f"sparsity {config.sparsity:g}" if config.sparsity is not None else f"pattern {config.pattern}"
+    if config.target_latency is not None:
+        return f"target-latency {config.target_latency:g}x"
+    if config.target_macs is not None:
+        return f"target-macs {config.target_macs:g}x"
+    return f"ratio {config.ratio:g}"
+
+
+def back_off(config: PruneConfig, bar, attempt: int) -> PruneConfig | None:
+    """The same prune removing about half as much (the bar does not matter: less pruning is closer to
+    the original); None when the setting cannot be lessened (N:M)."""
+    if config.unstructured:
+        return dataclasses.replace(config, sparsity=config.sparsity / 2) if config.sparsity is not None else None
+    if config.target_latency is not None:
+        return dataclasses.replace(config, target_latency=(1 + config.target_latency) / 2)
+    if config.target_macs is not None:
+        return dataclasses.replace(config, target_macs=(1 + config.target_macs) / 2)
+    return dataclasses.replace(config, ratio=config.ratio / 2)
+
+
+def backoff_note(asked: PruneConfig, used: PruneConfig, result: PassResult) -> str:
+    return f"backed off: {setting(asked)} broke the bar; {setting(used)} keeps it"
 
 
 def _check_prunable(model) -> None:

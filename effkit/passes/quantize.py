@@ -11,6 +11,7 @@ measurement tells.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.export import make_runner
-from effkit.fidelity import accuracy, compare_outputs, held_out_inputs
+from effkit.fidelity import held_out_inputs
 from effkit.inputs import batched
-from effkit.passes import PassResult
+from effkit.judge import Judge, check_tolerance, score, tolerance_failures
+from effkit.passes import PassContext, PassResult
 from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
@@ -39,10 +41,6 @@ INT8_TYPES = ("u8", "s8")
 OUTPUT_FORMATS = (".onnx", ".ts")
 DEFAULT_TOLERANCE = "cosine>=0.99"
 DEFAULT_CALIB_SAMPLES = 128
-# tolerance metric -> key in effkit.fidelity.compare_outputs (accuracy comes from --eval data)
-TOLERANCE_METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "cosine_mean",
-                     "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
-                     "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -108,57 +106,6 @@ def _choice(option: str, value: str, allowed: Sequence[str]) -> None:
         raise UsageError(f"unknown {option} {value!r}", f"use one of {', '.join(allowed)}")
 
 
-def check_tolerance(t: Threshold) -> None:
-    """Raise UsageError unless `t` bounds a fidelity metric absolutely, or accuracy in any form."""
-    if t.metric not in TOLERANCE_METRICS:
-        raise UsageError(f"--tolerance {t.text!r}: unknown metric {t.metric!r}",
-                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1 or accuracy, e.g. cosine>=0.99")
-    if t.metric != "accuracy" and t.kind != "absolute":
-        raise UsageError(f"--tolerance {t.text!r}: {t.metric} takes an absolute bound",
-                         f"e.g. {t.metric}>=0.99; only accuracy takes a change such as accuracy:-1pt")
-
-
-def parse_tolerance(text: str) -> Threshold:
-    """Parse and check one --tolerance value."""
-    t = parse_threshold(text)
-    check_tolerance(t)
-    return t
-
-
-def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dict | None) -> list[str]:
-    """The thresholds a result misses, each as 'TEXT (got VALUE)'; empty when it passes."""
-    failures = []
-    for t in thresholds:
-        if t.metric == "accuracy":
-            before, after = accuracy["before"], accuracy["after"]
-            if t.kind == "absolute":
-                ok, got = t.holds(after), f"{100 * after:.2f}%"
-            elif t.kind == "points":
-                change = 100 * (after - before)
-                ok, got = change >= t.value, f"{change:+.2f} pt"
-            else:
-                change = after / before - 1 if before else 0.0
-                ok, got = change >= t.value, f"{100 * change:+.2f}%"
-        else:
-            value = fid.get(TOLERANCE_METRICS[t.metric])
-            if value is None:
-                raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to classifiers ([batch, classes] outputs)",
-                                 "use cosine or sqnr for this model")
-            ok, got = t.holds(value), f"{value:.5g}"
-        if not ok:
-            failures.append(f"{t.text} (got {got})")
-    return failures
-
-
-def _score(t: Threshold, fid: dict, accuracy: dict | None) -> float:
-    """How well a result does on threshold `t`'s metric; higher is better."""
-    if t.metric == "accuracy":
-        return accuracy["after"]
-    value = fid[TOLERANCE_METRICS[t.metric]]
-    value = 1e9 if value == math.inf else value
-    return -value if t.metric == "max_abs_diff" else value
-
-
 # ---------------------------------------------------------------- measuring
 
 FIDELITY_ROWS = 64  # real samples the candidates are compared on, when there are some
@@ -182,39 +129,21 @@ def _fidelity_batches(ctx: CandidateContext) -> list[tuple] | None:
     return None
 
 
-class _Judge:
-    """Fidelity (and accuracy) of candidates against the original, on the same held-out inputs."""
-
-    def __init__(self, ctx: CandidateContext):
-        model = ctx.model
-        self.ctx = ctx
-        self.inputs = _fidelity_batches(ctx) or held_out_inputs(model.example_inputs, ctx.config.fidelity_samples)
-        ref = native_runner(model, ctx.threads)
-        self.reference = [ref.run(b) for b in self.inputs]
-        self.accuracy_before = None
-        if ctx.eval_data is not None and ctx.eval_data.labels is not None:
-            self.accuracy_before = accuracy(ref, ctx.eval_data.inputs, ctx.eval_data.labels)
-
-    def runner(self, m):
-        return native_runner(m, self.ctx.threads)
-
-    def judge(self, m) -> tuple[dict, dict | None, list[str]]:
-        runner = self.runner(m)
-        fid = compare_outputs(self.reference, [runner.run(b) for b in self.inputs])
-        acc = None
-        if self.accuracy_before is not None:
-            acc = {"before": self.accuracy_before,
-                   "after": accuracy(runner, self.ctx.eval_data.inputs, self.ctx.eval_data.labels)}
-        return fid, acc, tolerance_failures(self.ctx.config.thresholds, fid, acc)
+def _judge(ctx: CandidateContext) -> Judge:
+    """The judge of every candidate: the original's outputs on real inputs when there are some."""
+    inputs = _fidelity_batches(ctx) or held_out_inputs(ctx.model.example_inputs, ctx.config.fidelity_samples)
+    return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data)
 
 
-def _build(candidate: Candidate, judge: _Judge, exclude: list[str], label: str) -> bool:
+def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: list[str], label: str) -> bool:
     """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
     candidate.error = None
     try:
         with quiet_torch():
-            model = candidate.build(exclude, judge.ctx.step(label))
-            fid, acc, failures = judge.judge(model)
+            model = candidate.build(exclude, ctx.step(label))
+            runner = native_runner(model, ctx.threads)
+            fid, acc = judge.fidelity(runner), judge.accuracy_change(runner)
+            failures = tolerance_failures(ctx.config.thresholds, fid, acc)
     except (UsageError, InputError):
         raise
     except Exception as e:
@@ -302,10 +231,10 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     ctx = CandidateContext(model, config, batches, eval_data, progress)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
-    judge = _Judge(ctx)
+    judge = _judge(ctx)
     for c in candidates:
         if c.error is None:
-            _build(c, judge, c.excluded, f"quantizing: {c.label}")
+            _build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
     built = [c for c in candidates if c.model is not None]
     if not built:
         raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{c.label}: {c.error}" for c in candidates))
@@ -352,6 +281,64 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     return PassResult(model=chosen.model, details=details, notes=notes)
 
 
+def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+    """The pass interface: `quantize` with the context's calibration and evaluation data. An int8 model
+    slower than its input is declined (kept=False) unless `allow_slower`."""
+    result = quantize(model, config, calib=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress)
+    if result.details.get("slower_than_original") and not config.allow_slower:
+        return PassResult(model, result.details, [
+            f"the int8 model ({result.details.get('label')}) was slower than its float input, so the float model "
+            "was kept; allow-slower = true in [quantize] keeps it"], kept=False)
+    return result
+
+
+def setting(config: QuantizeConfig) -> str:
+    """The tolerance a quantize config is held to, in words."""
+    return f"tolerance {_texts(config.tolerance)}" if config.tolerance else "as configured"
+
+
+def for_pipeline(config: QuantizeConfig) -> QuantizeConfig:
+    """compress ends in a verified ONNX export, and only ONNX Runtime int8 exports verifiably."""
+    return dataclasses.replace(config, output_format=".onnx") if config.output_format is None else config
+
+
+def back_off(config: QuantizeConfig, bar, attempt: int) -> QuantizeConfig | None:
+    """Quantize again with the pipeline's bar as quantize's own tolerance, which it meets by keeping
+    layers in float. Quantize measures against its input, so the accuracy bound is the budget the
+    earlier steps left, halved with every further attempt; fidelity bounds tighten likewise (see
+    `_tightened`). None when there is no bar to pass on."""
+    tolerance = []
+    if bar.accuracy_left_pt is not None:
+        tolerance.append(f"accuracy:-{bar.accuracy_left_pt / 2 ** attempt:.3g}pt")
+    tolerance += [_tightened(bound, attempt) for bound in bar.bounds]
+    return dataclasses.replace(config, tolerance=tuple(tolerance)) if tolerance else None
+
+
+def _tightened(bound, attempt: int) -> str:
+    """A fidelity bound made stricter with each attempt: the gap to perfect halves (cosine, top-1,
+    max diff) or the SQNR rises 6 dB, because errors of the earlier steps add up with quantize's."""
+    if attempt == 0:
+        return bound.text
+    if bound.metric == "sqnr":
+        return f"sqnr>={bound.value + 6 * attempt:g}"
+    if bound.metric == "max_abs_diff":
+        return f"max_abs_diff<={bound.value / 2 ** attempt:.3g}"
+    return f"{bound.metric}>={1 - (1 - bound.value) / 2 ** attempt:.6g}"
+
+
+def backoff_note(asked: QuantizeConfig, used: QuantizeConfig, result: PassResult) -> str:
+    return (f"backed off: quantized again with tolerance {_texts(used.tolerance)}, which keeps "
+            f"{len(result.details.get('kept_in_float') or [])} layer(s) in float")
+
+
+def attempt_details(result: PassResult) -> dict:
+    return {"kept_in_float": result.details.get("kept_in_float")}
+
+
+def _texts(thresholds) -> str:
+    return ", ".join(str(t) for t in thresholds)
+
+
 def _status(c: Candidate, chosen: Candidate) -> str:
     if c is chosen:
         return "chosen"
@@ -376,7 +363,7 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
 
 
-def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: CandidateContext) -> Candidate:
+def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext) -> Candidate:
     """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
     metric with only that layer kept in float) and keep the worst in float, a few at a time."""
     thresholds = ctx.config.thresholds
@@ -389,13 +376,13 @@ def _tolerance_loop(built: list[Candidate], judge: _Judge, ctx: CandidateContext
         for i, name in enumerate(free):
             if ctx.progress:
                 ctx.progress(f"layer sensitivity: {c.label}", i / max(1, len(free)))
-            if _build(c, judge, c.excluded + [name], "calibrating"):
-                scores[name] = _score(primary, c.fidelity, c.accuracy)
+            if _build(c, judge, ctx, c.excluded + [name], "calibrating"):
+                scores[name] = score(primary, c.fidelity, c.accuracy)
         ranked = sorted(scores, key=lambda n: -scores[n])
         step = max(1, math.ceil(len(ranked) / 10))
         passed = False
         for k in range(step, len(ranked), step):  # at least one layer stays int8, or it is no int8 model
-            if _build(c, judge, c.excluded + ranked[:k], "calibrating") and not c.failures:
+            if _build(c, judge, ctx, c.excluded + ranked[:k], "calibrating") and not c.failures:
                 c.kept_float, passed = ranked[:k], True
                 break
         if passed:

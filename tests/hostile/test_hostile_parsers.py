@@ -167,7 +167,7 @@ def test_recipe_parse(text):
 @SETTINGS
 @given(TEXTS)
 def test_recipe_tolerance(text):
-    from effkit.recipe import parse_tolerance
+    from effkit.judge import parse_bar_tolerance as parse_tolerance
 
     _valid_or_usage_error(parse_tolerance, text, _threshold_ok)
 
