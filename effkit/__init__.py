@@ -48,6 +48,8 @@ _API = {
     "DistillConfig": "effkit.passes.distill",
     "prune": "effkit.passes.prune",
     "PruneConfig": "effkit.passes.prune",
+    "PassContext": "effkit.passes",
+    "PassResult": "effkit.passes",
     "compare_outputs": "effkit.fidelity",
     "EffkitError": "effkit.errors",
     "quantize": "effkit.passes.quantize",

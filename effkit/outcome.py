@@ -81,6 +81,20 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     return outcome
 
 
+def speed_verdict(outcome: Outcome, runtime: str, allow_slower: bool) -> float | None:
+    """Whether the changed model measured slower than the original on `runtime`: recorded in the details
+    (`slower_than_original`) and, when it is, as the first note. Returns the slowdown factor, or None."""
+    speedup = outcome.speedup(runtime)
+    slower = speedup is not None and speedup < 1.0
+    outcome.details["slower_than_original"] = slower
+    if not slower:
+        return None
+    outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on {runtime}"
+                            + ("" if allow_slower else "; nothing was written (pass --allow-slower to write it "
+                                                        "anyway)"))
+    return 1 / speedup
+
+
 def _prefixed(progress, prefix: str):
     if progress is None:
         return None

@@ -56,6 +56,21 @@ def save_model(model: Model, path: str | Path, force: bool = False) -> list[Path
     return [path]
 
 
+def save_with_onnx(model: Model, path: str | Path, onnx_path: str | Path | None = None,
+                   force: bool = False) -> list[Path]:
+    """Save `model` at `path` and, when `onnx_path` is given, a verified ONNX copy there, the ONNX first:
+    a failed verification (exit 1) leaves the model unwritten too. Returns the files written."""
+    written = []
+    if onnx_path is not None:
+        if model.kind == "onnx":
+            save_onnx_file(model.onnx_path, Path(onnx_path), force)
+        else:
+            export_onnx(model, onnx_path, force=force)
+        written.append(Path(onnx_path))
+    with quiet_torch():
+        return save_model(model, path, force) + written
+
+
 def export_program(model: Model) -> Any:
     """torch.export the model with a dynamic batch dimension where the model allows it.
 

@@ -21,13 +21,12 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
                                command, console_for, err, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
-from effkit.export import export_onnx as export_to_onnx
 from effkit.load import load_model
 from effkit.outcome import measure_before_after
 from effkit.passes.distill import DistillConfig, distill, parse_feature_pair
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.save import save_model
+from effkit.save import save_with_onnx
 from effkit.specs import InputShape, parse_input_shape, parse_ratio
 from effkit.util import quiet_torch
 
@@ -238,12 +237,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
                                 if agreement is not None else ""))
     console = console_for(json)
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
-        # The verified export first: when it fails (exit 1), the student is not written either.
-        if export_onnx is not None:
-            export_to_onnx(trained, export_onnx, force=force)
-        outcome.outputs = [str(p) for p in save_model(trained, output, force)]
-        if export_onnx is not None:
-            outcome.outputs.append(str(export_onnx))
+        outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
     ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
     console.print(f"wrote {', '.join(outcome.outputs)}")

@@ -13,13 +13,11 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
                                command, console_for, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
-from effkit.export import export_onnx as export_to_onnx
 from effkit.outcome import measure_before_after
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.save import save_model
+from effkit.save import save_with_onnx
 from effkit.specs import parse_factor, parse_ratio
-from effkit.util import quiet_torch
 
 
 @command("prune")
@@ -117,13 +115,7 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     accuracy = result.details.get("accuracy")  # before and after: measure_before_after has them on the same data
     if accuracy and "recovered" in accuracy and outcome.accuracy:
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
-    # The verified export first: when it fails (exit 1), the pruned model is not written either.
-    if export_onnx is not None:
-        export_to_onnx(result.model, export_onnx, force=force)
-    with quiet_torch():
-        outcome.outputs = [str(p) for p in save_model(result.model, output, force)]
-    if export_onnx is not None:
-        outcome.outputs.append(str(export_onnx))
+    outcome.outputs = [str(p) for p in save_with_onnx(result.model, output, export_onnx, force)]
     console.print(outcome_table(outcome))
     for warning in outcome.before.warnings + outcome.after.warnings:
         console.print(f"[yellow]warning:[/] {warning}")

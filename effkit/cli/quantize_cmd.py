@@ -13,13 +13,11 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
 from effkit.data import load_data
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
-from effkit.export import export_onnx as export_to_onnx
 from effkit.judge import parse_tolerance
-from effkit.onnx_files import save_onnx_file
-from effkit.outcome import measure_before_after
+from effkit.outcome import measure_before_after, speed_verdict
 from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, quantize
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
-from effkit.save import save_model
+from effkit.save import save_with_onnx
 from effkit.util import quiet_torch
 
 
@@ -113,31 +111,16 @@ torch.ao's packed int8 weights serialize and load back without your model's code
             outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
                                            warmup=warmup, iterations=iterations, min_time=min_time,
                                            eval_data=labelled, progress=progress)
-    outcome.details = result.details
-    outcome.notes = [n for n in result.notes if "SLOWER" not in n]
-    speedup = outcome.speedup(runtime)
-    slower = speedup is not None and speedup < 1.0
-    outcome.details["slower_than_original"] = slower
-    if slower:
-        outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on "
-                                f"{runtime}" + ("" if allow_slower else "; nothing was written (pass --allow-slower "
-                                                                        "to write it anyway)"))
+    outcome.details, outcome.notes = result.details, list(result.notes)
+    slowdown = speed_verdict(outcome, runtime, allow_slower)
 
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
-    if slower and not allow_slower:
-        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({1 / speedup:.2f}x)",
+    if slowdown and not allow_slower:
+        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown:.2f}x)",
                          "nothing was written; pass --allow-slower to write it anyway")
 
-    with quiet_torch():
-        if export_onnx is not None:
-            if chosen.kind == "onnx":
-                save_onnx_file(chosen.onnx_path, export_onnx, force)
-            else:
-                export_to_onnx(chosen, export_onnx, force=force)
-            outcome.outputs.append(str(export_onnx))
-        save_model(chosen, target, force=force)
-    outcome.outputs.insert(0, str(target))
+    outcome.outputs = [str(p) for p in save_with_onnx(chosen, target, export_onnx, force)]
     console.print(f"wrote {', '.join(outcome.outputs)}")
 
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
