@@ -13,7 +13,6 @@ import numpy as np
 from effkit.errors import StepFailed
 
 FIDELITY_SAMPLES = 16
-DATA_BATCH = 32  # rows per batch when fidelity runs on real data
 
 
 def check_finite(outputs: Sequence[np.ndarray], what: str) -> None:
@@ -86,21 +85,6 @@ def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequen
     }
     if top1_total:
         result["top1_agreement"] = top1_same / top1_total
-    return result
-
-
-def fidelity(reference_runner, candidate_runner, example: Sequence[np.ndarray],
-             samples: int = FIDELITY_SAMPLES, data=None) -> dict:
-    """Compare two runners on held-out inputs: batches of `data` (real inputs, when given),
-    else random inputs shaped like `example` (out of distribution for a trained model)."""
-    if data is not None:
-        batches = [inputs for inputs, _ in data.take(samples * DATA_BATCH).batches(DATA_BATCH)]
-    else:
-        batches = held_out_inputs(example, samples)
-    reference = [reference_runner.run(b) for b in batches]
-    candidate = [candidate_runner.run(b) for b in batches]
-    result = compare_outputs(reference, candidate)
-    result["inputs"] = data.source if data is not None else "random"
     return result
 
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 from effkit.errors import UsageError
-from effkit.fidelity import accuracy, compare_outputs
+from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
 from effkit.specs import Threshold, parse_threshold
 
 
@@ -97,6 +97,17 @@ def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accur
         if value is not None and not bound.holds(value):
             found.append(f"{bound.metric} is {value:.4g}, breaking {bound.text}")
     return found
+
+
+DATA_BATCH = 32  # rows per batch when a before/after record compares outputs on real data
+
+
+def held_out_batches(example, data=None, samples: int = FIDELITY_SAMPLES) -> tuple[list[tuple], str]:
+    """Inputs to compare a changed model on, and where they came from: batches of `data` (real inputs,
+    when given), else random inputs shaped like `example` (out of distribution for a trained model)."""
+    if data is not None:
+        return [inputs for inputs, _ in data.take(samples * DATA_BATCH).batches(DATA_BATCH)], data.source
+    return held_out_inputs(example, samples), "random"
 
 
 class Judge:

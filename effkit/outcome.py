@@ -9,7 +9,7 @@ from typing import Any
 
 from effkit.benchmark import BenchResult, bench
 from effkit.export import make_runner
-from effkit.fidelity import accuracy, fidelity
+from effkit.judge import Judge, held_out_batches
 from effkit.runners import native_runner
 from effkit.util import jsonable
 
@@ -71,14 +71,11 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)
     after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)
     runtime = fidelity_runtime or runtimes[0]
-    ref_runner = native_runner(original, threads)
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    outcome = Outcome(step, before, after,
-                      fidelity=fidelity(ref_runner, new_runner, original.example_inputs, data=eval_data))
-    if eval_data is not None and eval_data.labels is not None:
-        outcome.accuracy = {"before": accuracy(ref_runner, eval_data.inputs, eval_data.labels),
-                            "after": accuracy(new_runner, eval_data.inputs, eval_data.labels)}
-    return outcome
+    inputs, source = held_out_batches(original.example_inputs, eval_data)
+    judge = Judge(native_runner(original, threads), inputs, eval_data)
+    return Outcome(step, before, after, fidelity={**judge.fidelity(new_runner), "inputs": source},
+                   accuracy=judge.accuracy_change(new_runner))
 
 
 def speed_verdict(outcome: Outcome, runtime: str, allow_slower: bool) -> float | None:
