@@ -139,7 +139,9 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
     on the result, and while it breaks the bar run it again backed off, up to backoff-tries times.
     Returns the steps to time; none when the pass declined its own result."""
     asked, attempts = config, []
-    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, teacher=ctx.original)
+    timing = ctx.recipe.bench
+    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.eval_data, threads=ctx.threads, min_time=timing.min_time,
+                           iterations=timing.iterations, progress=ctx.progress, teacher=ctx.original)
     for attempt in range(ctx.recipe.pipeline.backoff_tries + 1):
         ctx.log(f"{step.name}: {step.describe(config)}")
         try:
