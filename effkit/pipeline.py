@@ -73,10 +73,8 @@ class _Context:
         if real is not None:  # compare outputs on real inputs: random ones are off the data's distribution
             sample = real.take(FIDELITY_SAMPLES)
             inputs = [inputs for inputs, _ in sample.batches(FIDELITY_BATCH)]
-            self.fidelity_source = f"{len(sample)} samples of {real.source}"
         else:
             inputs = held_out_inputs(original.example_inputs)
-            self.fidelity_source = f"{len(inputs)} random inputs shaped like the example"
         self.judge = Judge(self.runner(original), inputs, self.eval_data)
         self.states: list[State] = []  # the accepted states so far; [0] is the original
         self.notes: list[str] = []  # for the whole result
