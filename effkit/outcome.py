@@ -1,4 +1,9 @@
-"""The before/after record every pass produces: both benchmarks, fidelity, accuracy, notes."""
+"""The before/after record every pass produces: both measurements, fidelity, accuracy, notes.
+
+Before and after are timed side by side, interleaved in A/B pairs (`effkit.comparison.measure_paired`),
+so that load from other processes hits both alike; the speedup is the paired ratio with its 95%
+interval, never the quotient of two separately timed medians.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from effkit.benchmark import BenchResult, _jsonable, bench
+from effkit.benchmark import BenchResult, _jsonable
 
 SCHEMA = "effkit.step/1"
 
@@ -24,15 +29,26 @@ class Outcome:
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    paired: dict = field(default_factory=dict)  # runtime -> effkit.comparison.PairedResult (A before, B after)
+
+    def comparison(self, runtime: str | None = None, stat: str = "p50") -> dict | None:
+        """The paired speedup (before/after) on `runtime` (default: the first measured): estimate,
+        ci95, verdict (faster/slower/same/inconclusive), reasons, pairs kept and discarded."""
+        result = self.paired.get(runtime or next(iter(self.paired), None))
+        return result.speedup(stat) if result is not None else None
 
     def speedup(self, runtime: str | None = None) -> float | None:
-        """before p50 / after p50 on `runtime` (default: the first measured)."""
-        try:
-            b = self.before.run(runtime)["latency_ms"]["p50"]
-            a = self.after.run(runtime)["latency_ms"]["p50"]
-        except KeyError:
-            return None
-        return b / a if a else None
+        """The paired p50 speedup's estimate on `runtime` (see `comparison` for its interval)."""
+        found = self.comparison(runtime)
+        return found["estimate"] if found else None
+
+    def timing_notes(self) -> list[str]:
+        """Why a speedup is inconclusive, per runtime, for the reports."""
+        notes = []
+        for runtime, result in self.paired.items():
+            if result.verdict == "inconclusive":
+                notes.append(f"timing on {runtime} inconclusive: {'; '.join(result.reasons)}")
+        return notes
 
     def size_ratio(self) -> float | None:
         b, a = self.before.size.get("bytes_on_disk"), self.after.size.get("bytes_on_disk")
@@ -42,7 +58,7 @@ class Outcome:
         return {
             "schema": SCHEMA,
             "step": self.step,
-            "speedup": {r["runtime"]: self.speedup(r["runtime"]) for r in self.after.runs},
+            "speedup": {rt: dict(self.comparison(rt), p90=self.comparison(rt, "p90")) for rt in self.paired},
             "size_ratio": self.size_ratio(),
             "fidelity": self.fidelity,
             "accuracy": self.accuracy,
@@ -57,27 +73,64 @@ class Outcome:
         return json.dumps(_jsonable(self.to_dict()), indent=2)
 
 
+PAIRS = 20  # A/B pairs per before/after comparison
+
+
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
                          fidelity_runtime: str | None = None) -> Outcome:
-    """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
-    `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
-    from effkit.fidelity import accuracy, fidelity
-    from effkit.runtime import make_runner, native_runner
+    """Time `original` against `changed` side by side on each runtime, compare their outputs on
+    held-out inputs (those of `eval_data` when given, else random ones), and with labels in
+    `eval_data` their accuracy.
 
-    kwargs: dict[str, Any] = dict(threads=threads, warmup=warmup, iterations=iterations, min_time=min_time)
-    before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)
-    after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)
+    Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
+    `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
+    The before/after latencies are those of the quiet pairs only.
+    """
+    from effkit.benchmark import model_info
+    from effkit.comparison import measure_paired
+    from effkit.env import environment
+    from effkit.fidelity import accuracy, fidelity
+    from effkit.model import size_info
+    from effkit.runtime import available_cores, make_runner, native_runner
+
+    threads = threads or available_cores()
+    inputs = original.example_inputs
+    batch = inputs[0].shape[0] if inputs and inputs[0].ndim else 1
+    paired, runs_before, runs_after = {}, [], []
+    for runtime in runtimes:
+        result = measure_paired(make_runner(original, runtime, threads), make_runner(changed, runtime, threads),
+                                inputs, pairs=PAIRS, block_time=max(min_time / PAIRS, 1e-3), iterations=iterations,
+                                warmup=warmup, progress=_prefixed(progress, f"before/after on {runtime}"))
+        paired[runtime] = result
+        runs_before.append(_paired_run(result, "a", runtime, batch, warmup, []))
+        runs_after.append(_paired_run(result, "b", runtime, batch, warmup, result.warnings))
+    env = environment(threads)
+    before = BenchResult(model=model_info(original), size=size_info(original), runs=runs_before, environment=env)
+    after = BenchResult(model=model_info(changed), size=size_info(changed), runs=runs_after, environment=env)
     runtime = fidelity_runtime or runtimes[0]
     ref_runner = native_runner(original, threads)
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    outcome = Outcome(step, before, after,
+    outcome = Outcome(step, before, after, paired=paired,
                       fidelity=fidelity(ref_runner, new_runner, original.example_inputs, data=eval_data))
     if eval_data is not None and eval_data.labels is not None:
         outcome.accuracy = {"before": accuracy(ref_runner, eval_data.inputs, eval_data.labels),
                             "after": accuracy(new_runner, eval_data.inputs, eval_data.labels)}
     return outcome
+
+
+def _paired_run(result, side: str, runtime: str, batch_size: int, warmup: int, warnings: list[str]) -> dict:
+    """One side of a paired measurement as a bench run: statistics of the quiet pairs' samples."""
+    from effkit.benchmark import latency_stats
+
+    samples = result.samples(side)
+    stats = latency_stats(samples, batch_size) if samples else {}
+    return {"runtime": runtime, "batch_size": batch_size, "threads": result.threads, "warmup": warmup,
+            "latency_ms": {k: v for k, v in stats.items() if k != "throughput"},
+            "throughput_per_s": stats.get("throughput"), "peak_rss_bytes": None,
+            "timing": "interleaved A/B pairs, quiet pairs only", "contention": {},
+            "warnings": list(warnings), "samples_ms": samples}
 
 
 def _prefixed(progress, prefix: str):

@@ -50,7 +50,8 @@ def quantize_command(
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
     allow_slower: Annotated[bool, typer.Option(
-        "--allow-slower", help="Write the result even when it is slower than the original.")] = False,
+        "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
+                                "paired timing's 95% interval above +5%).")] = False,
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -116,19 +117,27 @@ torch.ao's packed int8 weights serialize and load back without your model's code
                                            eval_data=labelled, progress=progress)
     outcome.details = result.details
     outcome.notes = [n for n in result.notes if "SLOWER" not in n]
-    speedup = outcome.speedup(runtime)
-    slower = speedup is not None and speedup < 1.0
+    # Slower only when the paired interval says so; an inconclusive timing is written with a plain
+    # "no measurable speedup" note: refusing would turn a busy machine into a failed quantization.
+    timing = outcome.comparison(runtime) or {"verdict": "inconclusive", "estimate": None, "ci95": None}
+    slower = timing["verdict"] == "slower"
     outcome.details["slower_than_original"] = slower
+    outcome.details["speedup_verdict"] = timing["verdict"]
+    from effkit.report import fmt_speedup
+
     if slower:
-        outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on "
-                                f"{runtime}" + ("" if allow_slower else "; nothing was written (pass --allow-slower "
-                                                                        "to write it anyway)"))
+        outcome.notes.insert(0, f"SLOWER: the int8 model runs {fmt_speedup(timing)} than the original on {runtime}"
+                                + ("" if allow_slower else "; nothing was written (pass --allow-slower to write it "
+                                                           "anyway)"))
+    elif timing["verdict"] == "inconclusive":
+        outcome.notes.insert(0, f"no measurable speedup on {runtime}: the before/after timing was inconclusive, so "
+                                "neither faster nor slower is claimed; the int8 model is written")
     from effkit.report import outcome_table
 
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
     if slower and not allow_slower:
-        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({1 / speedup:.2f}x)",
+        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({fmt_speedup(timing)})",
                          "nothing was written; pass --allow-slower to write it anyway")
 
     from effkit.model import save_model, save_onnx_file

@@ -7,10 +7,11 @@ from effkit.report.text import (
     bench_table,
     fmt_bytes,
     fmt_ms,
+    fmt_speedup,
     inspect_tables,
     outcome_markdown,
     outcome_table,
 )
 
-__all__ = ["bench_markdown", "bench_table", "fmt_bytes", "fmt_ms", "inspect_tables", "outcome_markdown",
+__all__ = ["bench_markdown", "bench_table", "fmt_bytes", "fmt_ms", "fmt_speedup", "inspect_tables", "outcome_markdown",
            "outcome_table"]

@@ -32,6 +32,21 @@ def fmt_count(n: float | None) -> str:
     return str(int(n))
 
 
+def fmt_speedup(speedup: dict | None, sep: str = " ") -> str:
+    """A paired speedup (before/after) as every report shows it: "2.07x faster [1.95, 2.20]",
+    "1.32x slower [1.20, 1.45]" (the slowdown and its interval), "1.01x same [0.98, 1.04]" or
+    "1.01x inconclusive [0.70, 1.40]" (the reason goes beside the table). `sep` goes before the
+    interval (a newline keeps a terminal column narrow)."""
+    if not speedup:
+        return "-"
+    est, ci, verdict = speedup.get("estimate"), speedup.get("ci95"), speedup.get("verdict")
+    if est is None or ci is None:
+        return "inconclusive"
+    if verdict == "slower":
+        return f"{1 / est:.2f}x slower{sep}[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}]"
+    return f"{est:.2f}x {verdict}{sep}[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -88,15 +103,15 @@ def bench_markdown(result) -> str:
 
 # ---------------------------------------------------------------- before / after
 
-def _outcome_rows(outcome) -> list[list[str]]:
+def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
     b, a = outcome.before, outcome.after
     rows = []
-    for run_a in a.runs:
+    for run_a in a.runs:  # side by side: the latencies of the quiet A/B pairs, the paired speedup
         run_b = b.run(run_a["runtime"], run_a["batch_size"])
         for stat in ("p50", "p90"):
-            vb, va = run_b["latency_ms"][stat], run_a["latency_ms"][stat]
+            vb, va = run_b["latency_ms"].get(stat), run_a["latency_ms"].get(stat)
             label = f"latency {stat} ({run_a['runtime']}, batch {run_a['batch_size']})"
-            rows.append([label, fmt_ms(vb), fmt_ms(va), _ratio(vb, va) + (" faster" if va < vb else " slower")])
+            rows.append([label, fmt_ms(vb), fmt_ms(va), fmt_speedup(outcome.comparison(run_a["runtime"], stat), sep)])
     sb, sa = b.size, a.size
     rows.append(["size on disk", fmt_bytes(sb["bytes_on_disk"]), fmt_bytes(sa["bytes_on_disk"]),
                  _ratio(sa["bytes_on_disk"], sb["bytes_on_disk"])])
@@ -130,11 +145,12 @@ def outcome_table(outcome) -> Table:
     """The before/after table every pass prints."""
     table = Table(title=f"effkit {outcome.step}: {outcome.before.model['source']}", title_justify="left")
     for h in ("", "before", "after", "change"):
-        table.add_column(h, justify="left" if not h else "right")
-    for row in _outcome_rows(outcome):
+        table.add_column(h, justify="left" if not h else "right", no_wrap=h == "change")
+    for row in _outcome_rows(outcome, sep="\n"):
         table.add_row(*row)
-    if outcome.notes:
-        table.caption = "\n".join(outcome.notes)
+    notes = outcome.timing_notes() + outcome.notes
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
     return table
 
@@ -143,7 +159,7 @@ def outcome_markdown(outcome) -> str:
     lines = [f"### effkit {outcome.step}: `{outcome.before.model['source']}`", "",
              "| | before | after | change |", "|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in _outcome_rows(outcome)]
-    lines += [""] + [f"- {n}" for n in outcome.notes]
+    lines += [""] + [f"- {n}" for n in outcome.timing_notes() + outcome.notes]
     return "\n".join(lines) + "\n"
 
 
