@@ -1,11 +1,13 @@
 """`compress`: prune → recover (distill) → quantize → export, measured after every step.
 
-Every model along the way (a *state*: the original, then the result of each step) is timed once
-with `effkit.benchmark.bench` on the same runtimes, threads and inputs: torch models on torch eager
-and on ONNX Runtime (a verified temporary export), ONNX models on ONNX Runtime. A step's "before"
-is the previous state's measurement and its "after" its own, so each comparison is side by side
-on identical settings, and the original's torch fp32 eager time stays the reference of the
-overall speedup.
+Every model along the way (a *state*: the original, then the result of each step) is timed with
+`effkit.benchmark.bench` on the same runtimes, threads and inputs: torch models on torch eager
+and on ONNX Runtime (a verified temporary export), ONNX models on ONNX Runtime; those runs give
+each state's own latency table. Every speedup is measured side by side instead, interleaved in
+A/B pairs (`effkit.comparison.measure_paired`), and reported with its 95% interval: a step's
+before against its after on each runtime, every state against the original's torch fp32 eager
+time (the reference of the overall speedup), and the final model against the original on the
+final runtime.
 
 Quality bar: `[pipeline] max-accuracy-drop` (points, on labelled --eval data) and `tolerance`
 thresholds (cosine, SQNR, top-1 agreement against the original's outputs) hold for the whole
@@ -68,6 +70,7 @@ class State:
     accuracy: float | None  # fraction, on the eval data
     fidelity: dict | None  # against the original's outputs (None for the original)
     bench: Any = None  # BenchResult, once timed
+    vs_reference: dict = field(default_factory=dict)  # runtime -> PairedResult: A the original on torch, B this
 
     def to_dict(self) -> dict:
         bench = self.bench.to_dict() if self.bench is not None else None
@@ -96,17 +99,17 @@ class Step:
     attempts: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    paired: dict = field(default_factory=dict)  # runtime -> PairedResult: A the previous state, B this one
 
     def speedup(self, runtime: str) -> float | None:
-        """Previous state's p50 / this state's p50 on the same runtime."""
-        b, a = _p50(self.before, runtime), _p50(self.after, runtime)
-        return b / a if a and b else None
+        """The paired p50 speedup of this state over the previous one on `runtime` (estimate)."""
+        found = self.paired.get(runtime)
+        return found.speedup()["estimate"] if found is not None else None
 
     def to_dict(self) -> dict:
         return {"step": self.name, "config": self.config, "attempts": self.attempts, "details": self.details,
                 "notes": self.notes, "before": self.before.name, "after": self.after.name,
-                "speedup": {r["runtime"]: self.speedup(r["runtime"]) for r in self.after.bench.runs}
-                if self.after.bench else {},
+                "speedup": {rt: dict(p.speedup(), p90=p.speedup("p90")) for rt, p in self.paired.items()},
                 "size_ratio": _size(self.after) / _size(self.before)
                 if _size(self.after) and _size(self.before) else None}
 
@@ -126,6 +129,7 @@ class CompressResult:
     outputs: list[str] = field(default_factory=list)
     data_source: str | None = None  # --data
     eval_source: str | None = None  # --eval
+    same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
 
     @property
     def original(self) -> State:
@@ -140,13 +144,12 @@ class CompressResult:
         first, last = self.original, self.final
         runtime = _final_runtime(last)
         out: dict[str, Any] = {"final_runtime": runtime, "reference": "torch fp32 eager (the original model)"}
-        ref = _run(first, "torch")
-        fin = _run(last, runtime)
-        if ref and fin:
-            out["speedup_vs_torch_fp32"] = {s: ref["latency_ms"][s] / fin["latency_ms"][s] for s in ("p50", "p90")}
-        same = _run(first, runtime)
-        if same and fin:
-            out["speedup_same_runtime"] = {s: same["latency_ms"][s] / fin["latency_ms"][s] for s in ("p50", "p90")}
+        # estimates under the old keys; "speedup" holds them with their intervals and verdicts
+        for key, paired in (("vs_torch_fp32", last.vs_reference.get(runtime) if last is not first else None),
+                            ("same_runtime", self.same_runtime)):
+            if paired is not None:
+                out[f"speedup_{key}"] = {s: paired.speedup(s)["estimate"] for s in ("p50", "p90")}
+                out.setdefault("speedup", {})[key] = {s: paired.speedup(s) for s in ("p50", "p90")}
         if _size(first) and _size(last):
             out["size_before"], out["size_after"] = _size(first), _size(last)
             out["size_ratio"] = _size(last) / _size(first)
@@ -160,18 +163,22 @@ class CompressResult:
         """The summary table: one row per state and runtime, with changes against the previous state
         (same runtime) and against the original's torch fp32 eager time."""
         rows = []
-        ref = _run(self.original, "torch")
+        made_by = {step.after.name: step for step in self.steps}
         for i, state in enumerate(self.states):
             if state.bench is None:
                 continue
             prev = self.states[i - 1] if i else None
             for run in state.bench.runs:
                 lat = run["latency_ms"]
-                prev_run = _run(prev, run["runtime"]) if prev is not None else None
+                step = made_by.get(state.name) if prev is not None else None
+                step_pair = step.paired.get(run["runtime"]) if step is not None else None
+                ref_pair = state.vs_reference.get(run["runtime"])
                 rows.append({
                     "state": state.name, "runtime": run["runtime"], "p50_ms": lat["p50"], "p90_ms": lat["p90"],
-                    "speedup_step": prev_run["latency_ms"]["p50"] / lat["p50"] if prev_run else None,
-                    "speedup_vs_torch_fp32": ref["latency_ms"]["p50"] / lat["p50"] if ref else None,
+                    "speedup_step": step_pair.speedup()["estimate"] if step_pair else None,
+                    "speedup_vs_torch_fp32": ref_pair.speedup()["estimate"] if ref_pair else None,
+                    "speedup_step_paired": step_pair.speedup() if step_pair else None,
+                    "speedup_vs_torch_fp32_paired": ref_pair.speedup() if ref_pair else None,
                     "size_bytes": _size(state),
                     "size_ratio_step": _size(state) / _size(prev) if prev is not None and _size(prev) else None,
                     "accuracy": state.accuracy,
@@ -239,11 +246,6 @@ def _run(state: State | None, runtime: str) -> dict | None:
     if state is None or state.bench is None:
         return None
     return next((r for r in state.bench.runs if r["runtime"] == runtime), None)
-
-
-def _p50(state: State, runtime: str) -> float | None:
-    run = _run(state, runtime)
-    return run["latency_ms"]["p50"] if run else None
 
 
 def _size(state: State | None) -> int | None:
@@ -327,6 +329,30 @@ class _Context:
         with quiet_torch():  # sizing a torch model saves it with torch.export, which logs shape notes
             state.bench = bench(state.model, runtimes=runtimes, threads=self.threads, warmup=b.warmup,
                                 iterations=b.iterations, min_time=b.min_time, progress=progress)
+        for runtime in runtimes:  # side by side with the reference, the original on torch fp32 eager
+            if not (state.name == "original" and runtime == "torch") and self.states[0].model.kind == "torch":
+                state.vs_reference[runtime] = self.pair(self.states[0].model, "torch", state.model, runtime)
+
+    def pair(self, a, runtime_a: str, b, runtime_b: str):
+        """Model `a` on `runtime_a` against `b` on `runtime_b`, interleaved (`measure_paired`)."""
+        from effkit.comparison import measure_paired
+        from effkit.outcome import PAIRS
+        from effkit.passes.export import quiet_torch
+        from effkit.runtime import make_runner
+
+        b_ = self.recipe.bench
+        progress = (lambda label, f: self.progress(f"side by side: {label}", f)) if self.progress else None
+        with quiet_torch():
+            return measure_paired(make_runner(a, runtime_a, self.threads), make_runner(b, runtime_b, self.threads),
+                                  a.example_inputs, pairs=PAIRS, block_time=max(b_.min_time / PAIRS, 1e-3),
+                                  iterations=b_.iterations, warmup=b_.warmup, progress=progress)
+
+    def pair_step(self, step: Step) -> None:
+        """The step's before against its after, on every runtime both were timed on."""
+        for run in step.after.bench.runs:
+            if _run(step.before, run["runtime"]) is not None:
+                step.paired[run["runtime"]] = self.pair(step.before.model, run["runtime"], step.after.model,
+                                                        run["runtime"])
 
 
 def _config_dict(config: Any) -> dict:
@@ -546,17 +572,22 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
         for step in steps:
             ctx.log(f"timing {step.name}")
             ctx.bench(step.after)
+            ctx.pair_step(step)
             ctx.states.append(step.after)
             result.steps.append(step)
         current = ctx.states[-1]
     if current.model.kind == "torch":
         step = _export(ctx, current)
         ctx.bench(step.after)
+        ctx.pair_step(step)
         ctx.states.append(step.after)
         result.steps.append(step)
     else:
         result.notes.append("the final model is ONNX already, so it is the export (reloaded and checked when "
                             "written)")
+    if len(ctx.states) > 1:
+        runtime = _final_runtime(ctx.states[-1])
+        result.same_runtime = ctx.pair(original.model, runtime, ctx.states[-1].model, runtime)
     broken = ctx.violations(ctx.states[-1], original)
     if broken:  # export is verified to tolerance, so this is rare, but the bar is the bar
         result.status, result.message = "failed", f"the final model breaks the quality bar: {'; '.join(broken)}"
