@@ -163,3 +163,26 @@ def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
     assert reason in Path("r.md").read_text()
     assert "| latency p50 (torch, batch 2) | - | - | inconclusive |" in Path("r.md").read_text()
     assert reason in " ".join(out.split()) and "inconclusive" in out
+
+
+def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monkeypatch):
+    import effkit.comparison
+
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    assert code == 0, err
+    report = json.loads(Path("out/report.json").read_text())
+    speedup = report["overall"]["speedup"]["vs_torch_fp32"]["p50"]
+    from effkit.report import fmt_speedup
+
+    shown = fmt_speedup(speedup)
+    for name in ("report.md", "report.html"):
+        assert shown in Path("out", name).read_text(), name
+    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out2", *FAST)
+    assert code == 0, err
+    report = json.loads(Path("out2/report.json").read_text())
+    assert report["overall"]["speedup"]["vs_torch_fp32"]["p50"]["verdict"] == "inconclusive"
+    reason = "inconclusive at p50 (inconclusive at p90) against torch fp32 eager, on onnxruntime (only 0 of 60 pairs"
+    for name in ("report.md", "report.html"):
+        assert reason in Path("out2", name).read_text(), name
+    assert "inconclusive" in out
