@@ -9,6 +9,7 @@ functions that use them, so `import effkit` stays cheap.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import gzip
 import importlib
@@ -304,29 +305,6 @@ def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input
     return model
 
 
-# Entries of a .pt2 archive (below its root folder) that torch.export.load unpickles with plain
-# pickle or loads as native code. Everything else is JSON or raw tensor bytes.
-_PT2_CODE_PREFIXES = ("data/aotinductor/", "data/constants/custom_obj_", "data/constants/opaque_obj_")
-_PT2_PICKLED = ("data/weights/model.pt", "data/constants/model.pt")  # the legacy layout: pickled dicts
-
-
-def _pt2_code_entries(path: Path) -> list[str]:
-    """What in a .pt2 archive would run code when torch.export.load opens it."""
-    risky = []
-    try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                inner = name.split("/", 1)[1] if "/" in name else name
-                if inner.startswith(_PT2_CODE_PREFIXES) or inner in _PT2_PICKLED:
-                    risky.append(name)
-                elif inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
-                    config = json.loads(z.read(name)).get("config", {})
-                    risky += [f"{name}: {key}" for key, entry in config.items() if entry.get("use_pickle")]
-    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
-        raise _corrupt(path, "torch.export (.pt2) archive", e) from e
-    return risky
-
-
 # effkit's own note inside .pt2 archives it writes: the example inputs' real batch size
 _PT2_META = "effkit.json"
 
@@ -338,17 +316,30 @@ def _pt2_example_batch(text: str) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def _refusing_unsafe_pt2(path: Path):
+    """Turn what pt2_guard finds into one error line; an unreadable archive is a corrupt file."""
+    from effkit.pt2_guard import UnsafeArchive
+
+    try:
+        yield
+    except UnsafeArchive as e:
+        raise ModelLoadError(f"{path} holds {e}", "re-run with --trust only if you trust its source") from e
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _corrupt(path, "torch.export (.pt2) archive", e) from e
+
+
 def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     import os
 
     import torch
 
+    from effkit import pt2_guard
     from effkit.passes.export import quiet_torch
 
-    if not trust and (risky := _pt2_code_entries(path)):
-        raise ModelLoadError(f"{path} holds pickled Python objects or compiled code ({risky[0]}), "
-                             "which would run when loaded",
-                             "re-run with --trust only if you trust its source")
+    if not trust:
+        with _refusing_unsafe_pt2(path):
+            pt2_guard.check_archive(path)
     # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
     # plain tensors; without --trust, force every torch.load inside it to weights-only.
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
@@ -366,6 +357,9 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     finally:
         os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         os.environ.update({k: v for k, v in saved.items() if v is not None})
+    if not trust:  # their dict keys go into the guard code torch builds with the module
+        with _refusing_unsafe_pt2(path):
+            pt2_guard.check_example_inputs(program.example_inputs)
     example = None
     if program.example_inputs is not None:
         example = program.example_inputs[0]

@@ -47,7 +47,8 @@ ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
 ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="Factory that builds the architecture for a state_dict or .safetensors file (runs its code).")]
 TrustOpt = Annotated[bool, typer.Option(
-    "--trust", help="Allow loading pickled whole models and Hugging Face remote code: this runs code from the file.")]
+    "--trust", help="Allow loading pickled whole models, .pt2 archives that hold code and Hugging Face remote "
+                    "code: this runs code from the file.")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", help="Example input shape, e.g. 1x3x224x224 or int64:1x128; repeat for several inputs.")]
 InputsOpt = Annotated[Optional[Path], typer.Option(
