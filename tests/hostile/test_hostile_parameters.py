@@ -28,9 +28,9 @@ def test_bad_input_shape(cli, command, shape, expected):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_shape_too_big_for_memory_is_refused_before_allocating(cli, command, monkeypatch):
-    import effkit.model
+    import effkit.limits
 
-    monkeypatch.setattr(effkit.model, "_available_memory", lambda: 8 * 2**30)  # the message names the amount
+    monkeypatch.setattr(effkit.limits, "available_memory", lambda: 8 * 2**30)  # the message names the amount
     code, _, stderr = cli(command, spec("mlp_no_inputs"), "--input-shape", "100000x100000x100", *EXTRA_ARGS[command])
     assert (code, error_line(stderr)) == (
         2, "Error: an input of shape 100000x100000x100 float32 needs 3725.3 GiB, more than half the free memory "
