@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ MAX_SAMPLES = 100_000
 # Spread that makes a measurement suspect: IQR above 20% of the median, or p99 above 3x it.
 NOISY_IQR = 0.20
 NOISY_TAIL = 3.0
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- statistics
@@ -157,6 +159,7 @@ def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: in
     from effkit.env import CpuMonitor
 
     call = runner.bind(inputs)
+    log.debug("measuring %s at batch size %d", runner.name, batch_size)
     with PeakMemory() as memory, CpuMonitor(runner.threads) as load:
         samples = time_calls(call, warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
     stats = latency_stats(samples, batch_size)
@@ -277,13 +280,12 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
     `progress(label, fraction)` is called while timing, for progress bars.
     """
     from effkit.env import environment
-    from effkit.limits import check_fits_in_memory
+    from effkit.limits import check_fits_in_memory, check_threads
     from effkit.model import size_info
     from effkit.runtime import available_cores, make_runner
 
+    check_threads(threads)
     threads = threads or available_cores()
-    if threads < 1:
-        raise UsageError("--threads must be at least 1")
     default_batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
     batch_sizes = list(batch_sizes or [default_batch])
     if any(b < 1 for b in batch_sizes):

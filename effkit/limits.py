@@ -1,9 +1,10 @@
-"""Bounds on what one run may take: memory for the arrays it makes or reads.
+"""Bounds on what one run may take: memory for the arrays it makes or reads, and threads.
 
 Memory: every allocation whose size comes from outside effkit (an `--input-shape`, a `--batch-size`,
 the sizes and shapes an archive declares) is checked against one budget before it is made: half
 the memory free at that moment, or `EFFKIT_MAX_MEMORY` when that is lower. Archives are judged by
-what they declare, before anything is decompressed.
+what they declare, before anything is decompressed. Threads: at most THREADS_PER_CORE per core.
+Time is bounded by `--timeout` (effkit/interrupts.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from effkit.errors import InputError, UsageError
 
 MAX_MEMORY_ENV = "EFFKIT_MAX_MEMORY"
+THREADS_PER_CORE = 4  # beyond this nothing gets faster; torch segfaults on --threads 100000
 FALLBACK_FREE_MEMORY = 8 * 2**30  # when /proc/meminfo cannot tell
 
 
@@ -105,3 +107,19 @@ def zip_declared_bytes(path: str | Path) -> int:
     """
     with zipfile.ZipFile(path) as archive:
         return sum(info.file_size for info in archive.infolist())
+
+
+# ---------------------------------------------------------------- threads
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count below 1 or above THREADS_PER_CORE per core (None means the default: fine)."""
+    from effkit.runtime import available_cores
+
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError("--threads must be at least 1")
+    cores = available_cores()
+    if threads > THREADS_PER_CORE * cores:
+        raise UsageError(f"--threads {threads} is more than {THREADS_PER_CORE} per core ({cores} cores here)",
+                         f"pass at most --threads {THREADS_PER_CORE * cores}")

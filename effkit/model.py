@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import re
 import shutil
 import sys
@@ -40,6 +41,7 @@ MODEL_SPEC_HELP = (
 DEFAULT_BATCH = 1
 DEFAULT_DYNAMIC_DIM = 128
 SEED = 0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,8 +83,11 @@ def workdir() -> Path:
     """A private temporary folder for intermediate artifacts, removed at exit."""
     global _WORKDIR
     if _WORKDIR is None:
+        from effkit.files import track_temporary
+
         _WORKDIR = tempfile.TemporaryDirectory(prefix="effkit-")
         atexit.register(_WORKDIR.cleanup)
+        track_temporary(_WORKDIR.name)
     return Path(_WORKDIR.name)
 
 
@@ -711,6 +716,7 @@ def check_runs(model: Model) -> list[np.ndarray]:
     from effkit.runtime import native_runner
 
     runner = native_runner(model)
+    log.debug("running the model once on its example inputs (%s)", model.describe_inputs())
     try:
         return runner.run(model.example_inputs)
     except EffkitError:
@@ -823,14 +829,14 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    from effkit.files import atomic_path
+    from effkit.files import atomic_path, forget_temporary, track_temporary
 
     dst = Path(dst)
     if not external_data:
         with atomic_path(dst, force) as tmp:
             onnx.save_model(proto, str(tmp))
         return [dst]
-    stage = Path(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
+    stage = track_temporary(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
     try:
         onnx.save_model(proto, str(stage / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="m.data", size_threshold=0)
@@ -854,6 +860,7 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
         return [dst, dst.parent / data_name]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget_temporary(stage)
 
 
 def _external_files(path: Path) -> set[str]:

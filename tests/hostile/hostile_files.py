@@ -222,6 +222,48 @@ def hf_pickled_weights_folder(path: Path, marker: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- models that never finish
+
+def onnx_endless_loop(path: Path) -> Path:
+    """y = x after an ONNX `Loop` of 2**62 iterations whose body does nothing: it never returns."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("t", TensorProto.INT64, [], [2**62])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def torchscript_endless(path: Path) -> Path:
+    """A TorchScript archive whose forward loops until its input sums to 1e30, which never happens."""
+    import torch
+
+    class Endless(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            while bool(x.abs().sum() < 1e30):
+                x = x * 1.0
+            return x
+
+    torch.jit.save(torch.jit.script(Endless()), str(path))
+    return path
+
+
 # ---------------------------------------------------------------- decompression bombs
 
 BOMB_ELEMENTS = 200 * 2**20  # float32 zeros: 800 MiB once decompressed, under 4 MB compressed
