@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import spec
-from hostile_helpers import EXTRA_ARGS, error_line, hostile_spec, model_commands
+from hostile_helpers import EXTRA_ARGS, bounds_spec, error_line, model_commands
 
 import hostile_files as hf
 
@@ -254,7 +254,7 @@ def test_ctrl_c_inside_a_native_loop_while_writing_removes_the_temporary(tmp_pat
     """export verifies out.onnx while it is still a temporary; the model never returns from that
     verification (a TorchScript loop), so Ctrl-C ends the process without unwinding: the registry
     of temporaries removes it, and the old file stays."""
-    proc = _start([sys.executable, "-m", "effkit", "export", hostile_spec("endless_after_first_call"),
+    proc = _start([sys.executable, "-m", "effkit", "export", bounds_spec("endless_after_first_call"),
                    "-o", "out.onnx", "--force"], tmp_path)
     assert _wait_for(proc, lambda: _temps(tmp_path, "out.onnx")), "export ended before writing"
     cpu = _cpu_seconds(proc.pid)
@@ -287,7 +287,7 @@ def test_timeout_stops_every_command(cli, tmp_path, monkeypatch, command):
 
     monkeypatch.setattr(effkit.interrupts, "GRACE_S", 60.0)  # the main thread unwinds; never end pytest itself
     np.savez(tmp_path / "data.npz", x=np.zeros((8, 4), np.float32))
-    code, _, stderr = cli(command, hostile_spec("endless_python"), *TIMEOUT_ARGS[command], "--timeout", "0.5")
+    code, _, stderr = cli(command, bounds_spec("endless_python"), *TIMEOUT_ARGS[command], "--timeout", "0.5")
     assert (code, error_line(stderr)) == (
         124, f"Error: {command} ran past --timeout 0.5 s; no output was left half-written "
              "(raise --timeout if the model needs longer)")

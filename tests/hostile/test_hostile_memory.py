@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import spec
-from hostile_helpers import error_line, hostile_spec
+from hostile_helpers import bounds_spec, error_line
 
 import hostile_files as hf
 
@@ -180,7 +180,7 @@ def test_random_float16_inputs_are_made_without_a_float64_copy(tmp_path):
     naive = "import numpy as np; np.random.default_rng(0).standard_normal((1, 100000000)).astype(np.float16)"
     _, _, naive_peak = _peak([sys.executable, "-c", naive], tmp_path)
     assert naive_peak > 800 > PEAK_BOUND_MB  # the float64 array alone
-    code, stderr, peak_mb = _peak([sys.executable, "-m", "effkit", "inspect", hostile_spec("first_values"),
+    code, stderr, peak_mb = _peak([sys.executable, "-m", "effkit", "inspect", bounds_spec("first_values"),
                                    "--input-shape", "float16:1x100000000"], tmp_path)
     assert code == 0, stderr
     assert peak_mb < PEAK_BOUND_MB
