@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ MAX_SAMPLES = 100_000
 # Spread that makes a measurement suspect: IQR above 20% of the median, or p99 above 3x it.
 NOISY_IQR = 0.20
 NOISY_TAIL = 3.0
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- statistics
@@ -125,15 +127,29 @@ class PeakMemory:
 
 
 def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
-    """The example inputs repeated (or cut) along the first dimension to `batch_size` rows."""
+    """The example inputs repeated (or cut) along the first dimension to `batch_size` rows.
+
+    A repeated input is allocated once at its final size (`batch_bytes` is what that takes).
+    """
     out = []
     for a in example:
-        if a.ndim == 0:
-            out.append(a)
+        if a.ndim == 0 or batch_size <= a.shape[0]:
+            out.append(a if a.ndim == 0 else a[:batch_size])
             continue
-        reps = -(-batch_size // a.shape[0])
-        out.append(np.ascontiguousarray(np.concatenate([a] * reps)[:batch_size]) if reps > 1 else a[:batch_size])
+        reps, rest = divmod(batch_size, a.shape[0])
+        repeated = np.empty((batch_size, *a.shape[1:]), a.dtype)
+        repeated[:reps * a.shape[0]].reshape(reps, *a.shape)[...] = a
+        repeated[reps * a.shape[0]:] = a[:rest]
+        out.append(repeated)
     return tuple(out)
+
+
+def batch_bytes(example: Sequence[np.ndarray], batch_size: int) -> int:
+    """Memory that `batched(example, batch_size)` allocates: the inputs it has to repeat, at the new size."""
+    from effkit.limits import array_bytes
+
+    return sum(array_bytes((batch_size, *a.shape[1:]), a.dtype) for a in example
+               if a.ndim > 0 and batch_size > a.shape[0])
 
 
 def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: int = DEFAULT_WARMUP,
@@ -143,6 +159,7 @@ def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: in
     from effkit.env import CpuMonitor
 
     call = runner.bind(inputs)
+    log.debug("measuring %s at batch size %d", runner.name, batch_size)
     with PeakMemory() as memory, CpuMonitor(runner.threads) as load:
         samples = time_calls(call, warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
     stats = latency_stats(samples, batch_size)
@@ -263,16 +280,19 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
     `progress(label, fraction)` is called while timing, for progress bars.
     """
     from effkit.env import environment
+    from effkit.limits import check_fits_in_memory, check_threads
     from effkit.model import size_info
     from effkit.runtime import available_cores, make_runner
 
+    check_threads(threads)
     threads = threads or available_cores()
-    if threads < 1:
-        raise UsageError("--threads must be at least 1")
     default_batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
     batch_sizes = list(batch_sizes or [default_batch])
     if any(b < 1 for b in batch_sizes):
         raise UsageError("--batch-size must be at least 1")
+    for b in batch_sizes:
+        check_fits_in_memory(batch_bytes(model.example_inputs, b), f"--batch-size {b}",
+                             "use a smaller --batch-size")
     runs = []
     for runtime in runtimes:
         runner = make_runner(model, runtime, threads)
@@ -288,4 +308,5 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
                                  f"{first_line(e, 200)}", "its batch dimension may be fixed") from e
             runs.append(measure(runner, inputs, batch_size=b, warmup=warmup, iterations=iterations, min_time=min_time,
                                 progress=(lambda f, label=label: progress(label, f)) if progress else None))
+            del inputs  # before the next batch's are made: one batch of inputs at a time, as checked above
     return BenchResult(model=model_info(model), size=size_info(model), runs=runs, environment=environment(threads))

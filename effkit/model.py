@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import re
 import shutil
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line
+from effkit.limits import array_bytes, check_fits_in_memory, npz_bytes, zip_declared_bytes
 from effkit.specs import InputShape
 
 MODEL_SPEC_HELP = (
@@ -40,6 +42,7 @@ MODEL_SPEC_HELP = (
 DEFAULT_BATCH = 1
 DEFAULT_DYNAMIC_DIM = 128
 SEED = 0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,8 +84,11 @@ def workdir() -> Path:
     """A private temporary folder for intermediate artifacts, removed at exit."""
     global _WORKDIR
     if _WORKDIR is None:
+        from effkit.files import track_temporary
+
         _WORKDIR = tempfile.TemporaryDirectory(prefix="effkit-")
         atexit.register(_WORKDIR.cleanup)
+        track_temporary(_WORKDIR.name)
     return Path(_WORKDIR.name)
 
 
@@ -203,6 +209,8 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
     if suffix == ".safetensors":
         state = _read_safetensors(path)
         return _from_state_dict(state, path, spec, arch, input_shapes, "safetensors")
+    if zipfile.is_zipfile(path):  # .pt, .pt2 and TorchScript: judged by what they declare, before reading
+        _check_archive_fits(path, "torch.export (.pt2) archive" if suffix == ".pt2" else "PyTorch checkpoint")
     if suffix == ".pt2":
         return _load_pt2(path, spec, trust, input_shapes)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
@@ -210,6 +218,15 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar") or zipfile.is_zipfile(path):
         return _load_checkpoint(path, spec, arch, trust, input_shapes)
     raise ModelLoadError(f"unknown model format: {path.name}", MODEL_SPEC_HELP)
+
+
+def _check_archive_fits(path: Path, what: str) -> None:
+    """Refuse a zip archive whose members declare more than the memory budget (a decompression bomb)."""
+    try:
+        declared = zip_declared_bytes(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _corrupt(path, what, e) from e
+    check_fits_in_memory(declared, f"reading {path}", "free memory or use a smaller file")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -427,7 +444,7 @@ def _load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     vocab = config.get("vocab_size")
     vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     if input_shapes:
-        example = tuple(_random_array(s, vocab=vocab) for s in input_shapes)
+        example = random_inputs(input_shapes, vocab=vocab)
     else:  # the default length, unless the model's position embeddings are shorter
         positions = config.get("max_position_embeddings")
         length = min(DEFAULT_DYNAMIC_DIM, positions) if isinstance(positions, int) and positions > 0 else DEFAULT_DYNAMIC_DIM
@@ -496,7 +513,7 @@ def _torch_model(module: Any, example: Any, spec: str, fmt: str, path: Path | No
     except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
         pass
     if input_shapes:
-        arrays = tuple(_random_array(s) for s in input_shapes)
+        arrays = random_inputs(input_shapes)
     elif example is not None:
         arrays = to_numpy_inputs(example)
     else:
@@ -526,37 +543,47 @@ def expected_input_hint(module: Any) -> str | None:
     return None
 
 
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
+# Elements generated at a time where the target dtype is not one numpy's generator makes (float16):
+# the values come in float32 chunks of this size and are converted chunk by chunk.
+GENERATION_CHUNK = 2**22
 
 
-def check_fits_in_memory(shape: tuple[int, ...], dtype: str, what: str) -> None:
-    """Refuse, before allocating, inputs that would take more than half the free memory."""
-    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-    nbytes = itemsize * int(np.prod(np.array(shape, dtype=object)))
-    limit = _available_memory() // 2
-    if nbytes > limit:
-        raise InputError(f"{what} of shape {'x'.join(map(str, shape))} {dtype} needs {nbytes / 2**30:.1f} GiB, "
-                         f"more than half the free memory ({limit * 2 / 2**30:.1f} GiB)", "use a smaller shape")
+def _generation_bytes(shape: InputShape) -> int:
+    """Memory that generating one random input takes: the array itself, and a float32 chunk for float16."""
+    nbytes = array_bytes(shape.shape, shape.dtype)
+    if shape.dtype == "float16":
+        nbytes += 4 * min(GENERATION_CHUNK, nbytes // 2)
+    return nbytes
+
+
+def random_inputs(shapes: list[InputShape] | tuple[InputShape, ...], vocab: int = 10) -> tuple[np.ndarray, ...]:
+    """Seeded random arrays of `shapes`, refused before anything is allocated when they do not fit in memory."""
+    if not shapes:
+        return ()
+    dims = [f"{'x'.join(map(str, s.shape))} {s.dtype}" for s in shapes]
+    what = f"an input of shape {dims[0]}" if len(dims) == 1 else f"generating inputs {', '.join(dims)}"
+    check_fits_in_memory(sum(_generation_bytes(s) for s in shapes), what, "use a smaller shape")
+    return tuple(_random_array(s, vocab) for s in shapes)
 
 
 def _random_array(shape: InputShape, vocab: int = 10) -> np.ndarray:
-    """Seeded random values of the given shape: normal floats, small non-negative ints."""
-    check_fits_in_memory(shape.shape, shape.dtype, "an input")
+    """Seeded random values made in the input's own dtype: normal floats, small non-negative ints."""
     rng = np.random.default_rng(SEED)
-    if shape.dtype == "bool":
-        return rng.integers(0, 2, shape.shape).astype(bool)
-    if shape.dtype.startswith(("int", "uint")):
-        return rng.integers(0, max(2, min(vocab, 10)), shape.shape).astype(shape.dtype)
     if shape.dtype == "bfloat16":
         raise InputError("bfloat16 inputs cannot be generated as numpy arrays", "use float32 or float16")
-    return rng.standard_normal(shape.shape).astype(shape.dtype)
+    if shape.dtype == "bool":
+        return rng.integers(0, 2, shape.shape, dtype=bool)
+    if shape.dtype.startswith(("int", "uint")):
+        return rng.integers(0, max(2, min(vocab, 10)), shape.shape, dtype=shape.dtype)
+    out = np.empty(shape.shape, shape.dtype)
+    if shape.dtype in ("float32", "float64"):
+        rng.standard_normal(dtype=shape.dtype, out=out)
+        return out
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, GENERATION_CHUNK):
+        stop = min(start + GENERATION_CHUNK, flat.size)
+        flat[start:stop] = rng.standard_normal(stop - start, dtype=np.float32)
+    return out
 
 
 def with_inputs_file(model: Model, inputs: str | Path) -> Model:
@@ -564,6 +591,11 @@ def with_inputs_file(model: Model, inputs: str | Path) -> Model:
     path = Path(inputs)
     if not path.is_file():
         raise InputError(f"no such inputs file: {path}", "pass an .npz file holding one array per model input")
+    try:
+        declared = npz_bytes(path)
+    except Exception as e:
+        raise _corrupt(path, ".npz file", e) from e
+    check_fits_in_memory(declared, f"reading {path}", "give smaller example arrays")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -623,7 +655,7 @@ def _load_onnx(path: Path, spec: str, input_shapes) -> Model:
     if input_shapes and len(input_shapes) != len(graph_inputs):
         raise InputError(f"{path.name} takes {len(graph_inputs)} inputs ({', '.join(names)}); "
                          f"--input-shape was given {len(input_shapes)} times")
-    arrays = []
+    shapes = []
     for i, inp in enumerate(graph_inputs):
         ttype = inp.type.tensor_type
         dtype = _ONNX_TO_NUMPY.get(ttype.elem_type, "float32")
@@ -637,8 +669,8 @@ def _load_onnx(path: Path, spec: str, input_shapes) -> Model:
         else:
             filled = [d if d is not None else (DEFAULT_BATCH if j == 0 else DEFAULT_DYNAMIC_DIM) for j, d in enumerate(dims)]
             shape = InputShape(dtype, tuple(filled))
-        arrays.append(_random_array(shape))
-    model = Model(kind="onnx", onnx_path=path, example_inputs=tuple(arrays), input_names=names,
+        shapes.append(shape)
+    model = Model(kind="onnx", onnx_path=path, example_inputs=random_inputs(shapes), input_names=names,
                   output_names=[o.name for o in proto.graph.output], source=spec, format="onnx", path=path,
                   save_suffix=".onnx")
     model.meta["input_dims"] = {inp.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
@@ -678,6 +710,7 @@ def check_runs(model: Model) -> list[np.ndarray]:
     from effkit.runtime import native_runner
 
     runner = native_runner(model)
+    log.debug("running the model once on its example inputs (%s)", model.describe_inputs())
     try:
         return runner.run(model.example_inputs)
     except EffkitError:
@@ -790,14 +823,14 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    from effkit.files import atomic_path
+    from effkit.files import atomic_path, forget_temporary, track_temporary
 
     dst = Path(dst)
     if not external_data:
         with atomic_path(dst, force) as tmp:
             onnx.save_model(proto, str(tmp))
         return [dst]
-    stage = Path(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
+    stage = track_temporary(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
     try:
         onnx.save_model(proto, str(stage / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="m.data", size_threshold=0)
@@ -821,6 +854,7 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
         return [dst, dst.parent / data_name]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget_temporary(stage)
 
 
 def _external_files(path: Path) -> set[str]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import OutputExistsError, StepFailed, UsageError
-from effkit.files import _umask
+from effkit.files import _umask, forget_temporary, track_temporary
 from effkit.recipe import Recipe, config_class
 
 SCHEMA = "effkit.compress/1"
@@ -645,7 +645,7 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside OUTDIR to build it in; moved onto OUTDIR when the block succeeds,
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
     outdir = outdir.resolve()
-    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
+    stage = track_temporary(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
     try:
         yield stage
@@ -659,6 +659,7 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget_temporary(stage)
 
 
 def _verify_saved(path: Path, model, reference: list[np.ndarray]) -> None:

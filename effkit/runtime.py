@@ -50,6 +50,9 @@ class TorchRunner(Runner):
     def __init__(self, module: Any, threads: int | None = None):
         import torch
 
+        from effkit.limits import check_threads
+
+        check_threads(threads)
         self.module = module
         # None: whatever torch uses now (OMP_NUM_THREADS, torchrun's setting), left untouched
         self.threads = threads or torch.get_num_threads()
@@ -87,6 +90,9 @@ class OrtRunner(Runner):
     def __init__(self, onnx_path: Path, threads: int):
         import onnxruntime as ort
 
+        from effkit.limits import check_threads
+
+        check_threads(threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -9,7 +9,7 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, ModelArg, ThreadsOpt,
-    TrustOpt, check_outputs_free, command, console_for, err, load, progress_bar, write_outputs,
+    TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, err, load, progress_bar, write_outputs,
 )
 
 # `--quantize int8` asks for int8 with quantize's own choice of method; a method name picks one.
@@ -88,6 +88,7 @@ def compress_command(
     json: JsonOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Prune, recover, quantize and export in one go, timing every step, within one quality bar.
 

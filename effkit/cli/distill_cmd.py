@@ -17,7 +17,8 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, write_outputs,
+    ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load,
+    write_outputs,
 )
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.errors import EffkitError, UsageError
@@ -158,6 +159,7 @@ def distill_command(
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Distill TEACHER into a smaller student on your data, then compare them: latency, size, accuracy.
 

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from effkit.cli.common import (
-    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt, check_outputs_free, command,
-    console_for, load, write_outputs,
+    ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt, check_outputs_free,
+    command, console_for, load, write_outputs,
 )
 from effkit.passes.export import DEFAULT_OPSET
 
@@ -30,6 +30,7 @@ def export_command(
     inputs: InputsOpt = None,
     json: JsonOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Export to ONNX, then check every output against torch in ONNX Runtime on fresh inputs."""
     from effkit.errors import UsageError

@@ -9,8 +9,8 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar,
-    write_outputs,
+    ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load,
+    progress_bar, write_outputs,
 )
 
 
@@ -60,6 +60,7 @@ def prune_command(
     json: JsonOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Prune a model for real: a smaller dense model (or permanent unstructured zeros), measured before and after."""
     from effkit.cli.bench_cmd import parse_runtimes

@@ -9,8 +9,8 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
-    ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, progress_bar,
-    write_outputs,
+    ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load,
+    progress_bar, write_outputs,
 )
 from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE
 
@@ -64,6 +64,7 @@ def quantize_command(
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Quantize to int8, keep the fastest candidate that meets the tolerance, and compare before/after.
 

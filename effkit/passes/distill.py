@@ -445,6 +445,9 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     """
     import torch
 
+    from effkit.limits import check_threads
+
+    check_threads(threads)
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:

@@ -371,3 +371,95 @@ def hf_pickled_weights_folder(path: Path, marker: Path) -> Path:
     torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(30, 8), "x": Touch(marker)},
                path / "pytorch_model.bin")
     return path
+
+
+# ---------------------------------------------------------------- models that never finish
+
+def onnx_endless_loop(path: Path) -> Path:
+    """y = x after an ONNX `Loop` of 2**62 iterations whose body does nothing: it never returns."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("t", TensorProto.INT64, [], [2**62])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def torchscript_endless(path: Path) -> Path:
+    """A TorchScript archive whose forward loops until its input sums to 1e30, which never happens."""
+    import torch
+
+    class Endless(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            while bool(x.abs().sum() < 1e30):
+                x = x * 1.0
+            return x
+
+    torch.jit.save(torch.jit.script(Endless()), str(path))
+    return path
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+BOMB_ELEMENTS = 200 * 2**20  # float32 zeros: 800 MiB once decompressed, under 4 MB compressed
+
+
+def _npy_header(elements: int) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (elements,)})
+    return header.getvalue()
+
+
+def _write_zeros(stream, nbytes: int) -> None:
+    chunk = bytes(2**24)
+    for start in range(0, nbytes, len(chunk)):
+        stream.write(chunk[:min(len(chunk), nbytes - start)])
+
+
+def npz_bomb(path: Path, elements: int = BOMB_ELEMENTS) -> Path:
+    """An .npz holding one float32 array of `elements` zeros, deflated (level 1: fast to make)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("x.npy", "w") as member:
+            member.write(_npy_header(elements))
+            _write_zeros(member, 4 * elements)
+    return path
+
+
+def pt_bomb(path: Path, elements: int = BOMB_ELEMENTS) -> Path:
+    """torch.save of a float32 tensor of `elements` zeros, with its storage record deflated.
+
+    Made from the archive of a small tensor: its pickle is patched to declare `elements`.
+    """
+    import struct
+
+    import torch
+
+    small, count = io.BytesIO(), 70_001  # a count that the pickle holds as a 4-byte BININT, twice
+    torch.save(torch.zeros(count), small)
+    with zipfile.ZipFile(small) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for info in original.infolist():
+            if info.filename.endswith("/data/0"):
+                with out.open(info.filename, "w") as member:
+                    _write_zeros(member, 4 * elements)
+                continue
+            data = original.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = data.replace(b"J" + struct.pack("<i", count), b"J" + struct.pack("<i", elements))
+            out.writestr(info.filename, data)
+    return path
