@@ -9,16 +9,16 @@ functions. tests/test_layers.py checks all of it against this table:
 
     cli: cli, __main__
     outputs: outdir, report
-    verdicts: gate_config, gates, results, comparison
+    verdicts: gate_config, gates, results
     pipeline: pipeline, pipeline_result, recipe
     passes: passes, structure
     judge: judge, outcome
-    benchmark: benchmark, size
+    benchmark: benchmark, comparison, size
     save: save
     export: export
     load: load, load_hf, data
     runners: runners
-    base: effkit, errors, specs, files, util, env, factory, model, inputs, onnx_files, fidelity
+    base: effkit, errors, specs, files, util, env, limits, interrupts, factory, model, inputs, onnx_files, fidelity, pt2_guard
 
 base: errors and their exit codes, parsers, atomic files, the machine, the Model value, example
 inputs, ONNX files, output agreement metrics. runners: torch and ONNX Runtime behind one interface.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,8 @@ import numpy as np
 from effkit.env import CpuMonitor, available_cores, environment
 from effkit.errors import InputError, UsageError, first_line
 from effkit.export import make_runner
-from effkit.inputs import batched
+from effkit.inputs import batch_bytes, batched
+from effkit.limits import check_fits_in_memory, check_threads
 from effkit.size import size_info
 from effkit.util import jsonable
 
@@ -27,6 +29,7 @@ MAX_SAMPLES = 100_000
 # Spread that makes a measurement suspect: IQR above 20% of the median, or p99 above 3x it.
 NOISY_IQR = 0.20
 NOISY_TAIL = 3.0
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- statistics
@@ -134,6 +137,7 @@ def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: in
             progress: Callable[[float], None] | None = None) -> dict:
     """One timed run of `runner` on `inputs`: samples, statistics, memory, machine load, warnings."""
     call = runner.bind(inputs)
+    log.debug("measuring %s at batch size %d", runner.name, batch_size)
     with PeakMemory() as memory, CpuMonitor(runner.threads) as load:
         samples = time_calls(call, warmup=warmup, iterations=iterations, min_time=min_time, progress=progress)
     stats = latency_stats(samples, batch_size)
@@ -240,13 +244,15 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
 
     `progress(label, fraction)` is called while timing, for progress bars.
     """
+    check_threads(threads)
     threads = threads or available_cores()
-    if threads < 1:
-        raise UsageError("--threads must be at least 1")
     default_batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
     batch_sizes = list(batch_sizes or [default_batch])
     if any(b < 1 for b in batch_sizes):
         raise UsageError("--batch-size must be at least 1")
+    for b in batch_sizes:
+        check_fits_in_memory(batch_bytes(model.example_inputs, b), f"--batch-size {b}",
+                             "use a smaller --batch-size")
     runs = []
     for runtime in runtimes:
         runner = make_runner(model, runtime, threads)
@@ -260,4 +266,5 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
                                  f"{first_line(e, 200)}", "its batch dimension may be fixed") from e
             runs.append(measure(runner, inputs, batch_size=b, warmup=warmup, iterations=iterations, min_time=min_time,
                                 progress=(lambda f, label=label: progress(label, f)) if progress else None))
+            del inputs  # before the next batch's are made: one batch of inputs at a time, as checked above
     return BenchResult(model=model_info(model), size=size_info(model), runs=runs, environment=environment(threads))

@@ -152,21 +152,20 @@ def ratio_verdict(lo: float, hi: float, threshold: float) -> str:
 # ---------------------------------------------------------------- result
 
 @dataclass
-class CompareResult:
-    """Two models measured interleaved: per-pair samples, ratios B/A with intervals, verdict."""
+class PairedResult:
+    """Two runners measured interleaved: kept pairs, ratios B/A with 95% intervals, verdict, discards.
 
-    a: dict
-    b: dict
-    runtime: str
-    threads: int
-    threshold: float
-    calls_per_block: int
-    pairs: list[dict]  # kept pairs: {"order": "AB"|"BA", "a_ms": [...], "b_ms": [...], "load": [a, b]}
-    attempts: int
-    discarded: dict  # reason -> count
-    size: dict  # {"a": size_info, "b": size_info}
-    environment: dict
-    duration_s: float
+    `stats[stat]` holds `a_ms`/`b_ms` (the statistic over the quiet pairs' samples only), `ratio`
+    (B/A), `ci` (its 95% interval) and `verdict`. With fewer quiet pairs than asked, every verdict
+    is "inconclusive" and `reasons` says why.
+    """
+
+    threads: int = 1
+    threshold: float = DEFAULT_THRESHOLD
+    calls_per_block: int = 0
+    pairs: list[dict] = field(default_factory=list)  # kept: {"order", "a_ms", "b_ms", "load": [a, b], "cpu_share"}
+    attempts: int = 0
+    discarded: dict = field(default_factory=dict)  # reason -> count
     stats: dict = field(default_factory=dict)  # stat -> {"a_ms", "b_ms", "ratio", "ci", "verdict"}
     verdict: str = "inconclusive"
     reasons: list[str] = field(default_factory=list)
@@ -200,6 +199,28 @@ class CompareResult:
                 lo, hi = self.stats["p50"]["ci"]
                 self.reasons.append(f"the 95% interval of p50 B/A [{lo:.3f}, {hi:.3f}] straddles the "
                                     f"±{100 * self.threshold:g}% threshold")
+
+    def speedup(self, stat: str = "p50") -> dict:
+        """A/B as a speedup of B over A ("before" over "after"), for reports: estimate, 95% interval,
+        verdict (faster/slower/same/inconclusive, B against A), reasons, pairs kept and discarded."""
+        s = self.stats.get(stat)
+        return {"estimate": 1 / s["ratio"] if s else None, "ci95": [1 / s["ci"][1], 1 / s["ci"][0]] if s else None,
+                "verdict": s["verdict"] if s else "inconclusive", "reasons": list(self.reasons),
+                "pairs": len(self.pairs), "attempts": self.attempts,
+                "discarded": {k: n for k, n in self.discarded.items() if n},
+                "before_ms": s["a_ms"] if s else None, "after_ms": s["b_ms"] if s else None}
+
+
+@dataclass
+class CompareResult(PairedResult):
+    """Two models measured interleaved (`PairedResult`), with what they are, their sizes and the machine."""
+
+    a: dict = field(default_factory=dict)
+    b: dict = field(default_factory=dict)
+    runtime: str = ""
+    size: dict = field(default_factory=dict)  # {"a": size_info, "b": size_info}
+    environment: dict = field(default_factory=dict)
+    duration_s: float = 0.0
 
     @property
     def metrics(self) -> dict:
@@ -288,48 +309,36 @@ def _discard_reason(load_a: dict, load_b: dict, threads: int) -> str | None:
     return None
 
 
-def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: int | None = None,
-            pairs: int = DEFAULT_PAIRS, block_time: float = DEFAULT_BLOCK_TIME, iterations: int | None = None,
-            warmup: int = 10, threshold: float = DEFAULT_THRESHOLD, rerun_inconclusive: int = 0,
-            conclusive: Callable[[CompareResult], bool] | None = None, seed: int = 0,
-            load_options: dict | None = None, progress: Callable[[str, float], None] | None = None) -> CompareResult:
-    """Measure B against A interleaved; return ratios B/A with 95% intervals and a verdict.
+def measure_paired(runner_a: Any, runner_b: Any, inputs: Sequence[np.ndarray], *, pairs: int = DEFAULT_PAIRS,
+                   block_time: float = DEFAULT_BLOCK_TIME, iterations: int | None = None, warmup: int = 10,
+                   threshold: float = DEFAULT_THRESHOLD, min_pairs: int | None = None, rerun_inconclusive: int = 0,
+                   conclusive: Callable[[PairedResult], bool] | None = None, seed: int = 0,
+                   result: PairedResult | None = None,
+                   progress: Callable[[str, float], None] | None = None) -> PairedResult:
+    """Measure runner B against runner A interleaved on the same `inputs`; return ratios B/A.
 
-    `model_a`/`model_b`: Models or specs (loaded with `load_options`: arch, trust, input_shapes,
-    inputs). Both run A's example inputs, on `runtime` (default torch when both are torch models,
-    else onnxruntime) with `threads` (default: the cores free when the comparison starts).
-    `pairs` A/B block pairs are kept; each block is `iterations` calls (default: as many as fill
-    `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
-    p50 verdict), up to `rerun_inconclusive` more rounds of `pairs` pairs are measured.
+    A and B run in blocks of `iterations` calls each (default: as many as fill `block_time`
+    seconds, sized by the slower one's warm-up), paired A B or B A in random order, every block
+    under `CpuMonitor`. A pair measured while other processes took the cores it needed, or whose
+    load changed between its two blocks, is discarded and measured again (at most
+    MAX_ATTEMPTS_FACTOR times `pairs` attempts). With fewer than `min_pairs` quiet pairs (default:
+    half of `pairs`) the verdict is "inconclusive" with the reason. While `conclusive(result)` is
+    false (default: the p50 verdict is not inconclusive), up to `rerun_inconclusive` more rounds
+    of `pairs` are measured. `result`: a PairedResult (or subclass) to fill in, else a new one.
+    Runners are anything with `bind(inputs)` -> call and `threads`: those of `effkit.runtime`.
     """
     if pairs < 2 or block_time <= 0 or warmup < 0 or rerun_inconclusive < 0 or not (0 < threshold < 10):
         raise UsageError("need --pairs >= 2, --block-time > 0, --warmup >= 0, --rerun-inconclusive >= 0 "
                          "and a threshold between 0% and 1000%")
-    started = time.perf_counter()
-    load_options = load_options or {}
-    a, b = _as_model(model_a, load_options), _as_model(model_b, load_options)
-    runtime = runtime or ("torch" if a.kind == b.kind == "torch" else "onnxruntime")
-    threads = threads or free_threads()
-    runner_a, runner_b = make_runner(a, runtime, threads), make_runner(b, runtime, threads)
-    inputs = a.example_inputs
-    call_a = runner_a.bind(inputs)
-    try:
-        call_b = runner_b.bind(inputs)
-        call_b()
-    except Exception as e:
-        if isinstance(e, UsageError):
-            raise
-        raise InputError(f"model B does not run on model A's example inputs ({a.describe_inputs()}): "
-                         f"{first_line(e, 200)}",
-                         "compare two versions of the same model, with the same inputs") from e
+    threads = max(runner_a.threads, runner_b.threads)
+    call_a, call_b = runner_a.bind(inputs), runner_b.bind(inputs)
     # the warm-up calls' median time, of the slower model, sizes the blocks
     cost = max(float(np.median(time_calls(call, warmup=0, iterations=max(1, warmup)))) for call in (call_a, call_b))
     per_block = iterations or max(3, min(100_000, round(block_time * 1000.0 / max(cost, 1e-4))))
-
-    result = CompareResult(a=_model_info(a), b=_model_info(b), runtime=runtime, threads=threads, threshold=threshold,
-                           calls_per_block=per_block, pairs=[], attempts=0,
-                           discarded={"descheduled": 0, "oversubscribed": 0, "load changed": 0},
-                           size={"a": size_info(a), "b": size_info(b)}, environment={}, duration_s=0.0, seed=seed)
+    result = result if result is not None else PairedResult()
+    result.threads, result.threshold, result.calls_per_block, result.seed = threads, threshold, per_block, seed
+    result.pairs, result.attempts, result.warnings = [], 0, []
+    result.discarded = {"descheduled": 0, "oversubscribed": 0, "load changed": 0}
     rng = np.random.default_rng(seed)
     conclusive = conclusive or (lambda r: r.verdict != "inconclusive")
     target = 0
@@ -352,7 +361,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
                                      "cpu_share": [block[s][1]["cpu_share"] for s in "ab"]})
             if progress is not None:
                 progress(f"A/B pairs (round {round_ + 1})", min(1.0, (len(result.pairs) - target + pairs) / pairs))
-        result.analyse(min_pairs=target // 2)
+        result.analyse(min_pairs=target // 2 if min_pairs is None else min_pairs * (round_ + 1))
         if conclusive(result):
             break
     if result.attempts > len(result.pairs) and result.pairs:
@@ -363,6 +372,47 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
         result.warnings.append(f"other processes used {float(np.median(loads)):.2f} cores (median) during the kept "
                                "pairs; steady load hits A and B alike, but the absolute times are slower than on an "
                                "idle machine")
+    return result
+
+
+def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: int | None = None,
+            pairs: int = DEFAULT_PAIRS, block_time: float = DEFAULT_BLOCK_TIME, iterations: int | None = None,
+            warmup: int = 10, threshold: float = DEFAULT_THRESHOLD, rerun_inconclusive: int = 0,
+            conclusive: Callable[[CompareResult], bool] | None = None, seed: int = 0,
+            load_options: dict | None = None, progress: Callable[[str, float], None] | None = None) -> CompareResult:
+    """Measure B against A interleaved; return ratios B/A with 95% intervals and a verdict.
+
+    `model_a`/`model_b`: Models or specs (loaded with `load_options`: arch, trust, input_shapes,
+    inputs). Both run A's example inputs, on `runtime` (default torch when both are torch models,
+    else onnxruntime) with `threads` (default: the cores free when the comparison starts).
+    `pairs` A/B block pairs are kept; each block is `iterations` calls (default: as many as fill
+    `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
+    p50 verdict), up to `rerun_inconclusive` more rounds of `pairs` pairs are measured. The
+    measuring itself is `measure_paired`.
+    """
+    if pairs < 2 or block_time <= 0 or warmup < 0 or rerun_inconclusive < 0 or not (0 < threshold < 10):
+        raise UsageError("need --pairs >= 2, --block-time > 0, --warmup >= 0, --rerun-inconclusive >= 0 "
+                         "and a threshold between 0% and 1000%")
+    started = time.perf_counter()
+    load_options = load_options or {}
+    a, b = _as_model(model_a, load_options), _as_model(model_b, load_options)
+    runtime = runtime or ("torch" if a.kind == b.kind == "torch" else "onnxruntime")
+    threads = threads or free_threads()
+    runner_a, runner_b = make_runner(a, runtime, threads), make_runner(b, runtime, threads)
+    inputs = a.example_inputs
+    try:
+        runner_b.bind(inputs)()
+    except Exception as e:
+        if isinstance(e, UsageError):
+            raise
+        raise InputError(f"model B does not run on model A's example inputs ({a.describe_inputs()}): "
+                         f"{first_line(e, 200)}",
+                         "compare two versions of the same model, with the same inputs") from e
+    result = CompareResult(a=_model_info(a), b=_model_info(b), runtime=runtime,
+                           size={"a": size_info(a), "b": size_info(b)})
+    measure_paired(runner_a, runner_b, inputs, pairs=pairs, block_time=block_time, iterations=iterations,
+                   warmup=warmup, threshold=threshold, rerun_inconclusive=rerun_inconclusive,
+                   conclusive=conclusive, seed=seed, result=result, progress=progress)
     result.environment = environment(threads)
     result.duration_s = round(time.perf_counter() - started, 3)
     return result

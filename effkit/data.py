@@ -15,6 +15,7 @@ effkit distills on; stream-friendly loading is future work.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from effkit.errors import InputError, UsageError, first_line
 from effkit.factory import is_factory_spec, resolve_factory
+from effkit.limits import check_fits_in_memory, npy_header_bytes, npz_bytes, zip_declared_bytes
 from effkit.runners import native_runner
 
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
@@ -157,6 +159,19 @@ def _from_iterable(items: Any, source: str, limit: int | None) -> Data:
     return Data(tuple(_as_input(a) for a in stacked), _as_labels(label_array, source), source).take(limit)
 
 
+def _check_fits(path: Path, nbytes: int) -> None:
+    check_fits_in_memory(nbytes, f"reading {path}", "use fewer or smaller samples")
+
+
+def _npy_file_bytes(path: Path) -> int:
+    """What a .npy file's header declares (np.load allocates that much before reading)."""
+    try:
+        with open(path, "rb") as fp:
+            return npy_header_bytes(fp)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable .npy file: {first_line(e, 200)}") from e
+
+
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
     path = Path(spec)
@@ -166,6 +181,7 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
             raise InputError(f"{path} holds no .npy files", "put one sample per .npy file, labels in labels.npy")
         if limit is not None:
             files = files[:limit]
+        _check_fits(path, 2 * sum(_npy_file_bytes(f) for f in files))  # the files, then np.stack's copy
         try:
             x = np.stack([np.load(f, allow_pickle=False) for f in files])
             labels = np.load(path / "labels.npy", allow_pickle=False)[: len(files)] if (path / "labels.npy").exists() else None
@@ -176,6 +192,11 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
         suffix = path.suffix.lower()
         if suffix == ".npz":
             try:
+                declared = npz_bytes(path)
+            except Exception as e:
+                raise InputError(f"{path} is not a readable .npz file: {e}") from e
+            _check_fits(path, declared)
+            try:
                 with np.load(path, allow_pickle=False) as npz:
                     arrays = {k: npz[k] for k in npz.files}
             except Exception as e:
@@ -184,6 +205,12 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
         if suffix in (".pt", ".pth"):
             import torch
 
+            if zipfile.is_zipfile(path):  # torch's format; the legacy one holds no more than the file's size
+                try:
+                    declared = zip_declared_bytes(path)
+                except (zipfile.BadZipFile, OSError, ValueError) as e:
+                    raise InputError(f"{path} is not a readable tensor file: {first_line(e, 200)}") from e
+                _check_fits(path, declared)
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:

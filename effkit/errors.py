@@ -60,3 +60,19 @@ def unreadable(path: Path, what: str, e: Exception) -> ModelLoadError:
     first = first_line(e)
     return ModelLoadError(f"{path} is not a readable {what}: {first[:300]}",
                           "the file may be truncated or corrupt; save or download it again")
+class RunTimedOut(BaseException):
+    """A command ran past --timeout. Exit code 124, as GNU timeout(1) gives.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way turns it into
+    another error: it comes from a timer, not from the code it interrupts.
+    """
+
+    exit_code = 124
+
+    def __init__(self, command: str, seconds: float):
+        super().__init__(command, seconds)
+        self.message = (f"{command} ran past --timeout {seconds:g} s; no output was left half-written "
+                        "(raise --timeout if the model needs longer)")
+
+    def __str__(self) -> str:
+        return self.message

@@ -19,7 +19,7 @@ import numpy as np
 from effkit.env import available_cores
 from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
 from effkit.fidelity import check_finite
-from effkit.files import atomic_path
+from effkit.files import atomic_path, forget_temporary, track_temporary
 from effkit.inputs import batched
 from effkit.load import load_onnx
 from effkit.model import Model
@@ -148,13 +148,14 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
     if proto.ByteSize() > EXTERNAL_DATA_BYTES:
         # staged and verified beside the target, then copied in data-first: a failed verification
         # leaves the old output as it was
-        stage = Path(tempfile.mkdtemp(prefix=".effkit-export-", dir=path.parent))
+        stage = track_temporary(tempfile.mkdtemp(prefix=".effkit-export-", dir=path.parent))
         try:
             staged = write_onnx(proto, stage / path.name, force=True, external_data=True)[0]
             report = verify_onnx(model, staged, config)
             save_onnx_file(staged, path, force)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+            forget_temporary(stage)
     else:
         with atomic_path(path, force) as tmp:
             onnx.save_model(proto, str(tmp))

@@ -8,11 +8,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from effkit.errors import OutputExistsError, UsageError
+
+
+# Temporary files and folders that exist right now. A run ended without unwinding (effkit/interrupts.py:
+# Ctrl-C or --timeout while a model never returns to Python) runs no `finally` block, so it removes
+# them from here.
+_TEMPORARIES: set[Path] = set()
+
+
+def track_temporary(path: str | Path) -> Path:
+    """Register a temporary file or folder for `remove_temporaries`; returns it as a Path."""
+    path = Path(path)
+    _TEMPORARIES.add(path)
+    return path
+
+
+def forget_temporary(path: str | Path) -> None:
+    """Unregister a temporary that was renamed into place or removed."""
+    _TEMPORARIES.discard(Path(path))
+
+
+def remove_temporaries() -> None:
+    """Delete every registered temporary (for a run that ends without unwinding)."""
+    for path in list(_TEMPORARIES):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def check_output(path: str | Path, force: bool, inputs: tuple[str | Path | None, ...] = ()) -> Path:
@@ -38,13 +67,14 @@ def atomic_path(path: str | Path, force: bool = False) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    tmp_path = Path(tmp)
+    tmp_path = track_temporary(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        forget_temporary(tmp_path)
 
 
 def _umask() -> int:

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import InputError, unreadable
+from effkit.limits import array_bytes, check_fits_in_memory, npz_bytes
 from effkit.model import Model
 from effkit.specs import InputShape
-
 
 # Dynamic ONNX dimensions without a value from --input-shape: the first is the batch, the rest
 # (sequence lengths, image sizes) get a common default.
@@ -58,37 +58,47 @@ def expected_input_hint(module: Any) -> str | None:
     return None
 
 
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
+# Elements generated at a time where the target dtype is not one numpy's generator makes (float16):
+# the values come in float32 chunks of this size and are converted chunk by chunk.
+GENERATION_CHUNK = 2**22
 
 
-def check_fits_in_memory(shape: tuple[int, ...], dtype: str, what: str) -> None:
-    """Refuse, before allocating, inputs that would take more than half the free memory."""
-    itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
-    nbytes = itemsize * int(np.prod(np.array(shape, dtype=object)))
-    limit = _available_memory() // 2
-    if nbytes > limit:
-        raise InputError(f"{what} of shape {'x'.join(map(str, shape))} {dtype} needs {nbytes / 2**30:.1f} GiB, "
-                         f"more than half the free memory ({limit * 2 / 2**30:.1f} GiB)", "use a smaller shape")
+def _generation_bytes(shape: InputShape) -> int:
+    """Memory that generating one random input takes: the array itself, and a float32 chunk for float16."""
+    nbytes = array_bytes(shape.shape, shape.dtype)
+    if shape.dtype == "float16":
+        nbytes += 4 * min(GENERATION_CHUNK, nbytes // 2)
+    return nbytes
 
 
-def random_array(shape: InputShape, vocab: int = 10) -> np.ndarray:
-    """Seeded random values of the given shape: normal floats, small non-negative ints."""
-    check_fits_in_memory(shape.shape, shape.dtype, "an input")
+def random_inputs(shapes: list[InputShape] | tuple[InputShape, ...], vocab: int = 10) -> tuple[np.ndarray, ...]:
+    """Seeded random arrays of `shapes`, refused before anything is allocated when they do not fit in memory."""
+    if not shapes:
+        return ()
+    dims = [f"{'x'.join(map(str, s.shape))} {s.dtype}" for s in shapes]
+    what = f"an input of shape {dims[0]}" if len(dims) == 1 else f"generating inputs {', '.join(dims)}"
+    check_fits_in_memory(sum(_generation_bytes(s) for s in shapes), what, "use a smaller shape")
+    return tuple(_random_array(s, vocab) for s in shapes)
+
+
+def _random_array(shape: InputShape, vocab: int = 10) -> np.ndarray:
+    """Seeded random values made in the input's own dtype: normal floats, small non-negative ints."""
     rng = np.random.default_rng(SEED)
-    if shape.dtype == "bool":
-        return rng.integers(0, 2, shape.shape).astype(bool)
-    if shape.dtype.startswith(("int", "uint")):
-        return rng.integers(0, max(2, min(vocab, 10)), shape.shape).astype(shape.dtype)
     if shape.dtype == "bfloat16":
         raise InputError("bfloat16 inputs cannot be generated as numpy arrays", "use float32 or float16")
-    return rng.standard_normal(shape.shape).astype(shape.dtype)
+    if shape.dtype == "bool":
+        return rng.integers(0, 2, shape.shape, dtype=bool)
+    if shape.dtype.startswith(("int", "uint")):
+        return rng.integers(0, max(2, min(vocab, 10)), shape.shape, dtype=shape.dtype)
+    out = np.empty(shape.shape, shape.dtype)
+    if shape.dtype in ("float32", "float64"):
+        rng.standard_normal(dtype=shape.dtype, out=out)
+        return out
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, GENERATION_CHUNK):
+        stop = min(start + GENERATION_CHUNK, flat.size)
+        flat[start:stop] = rng.standard_normal(stop - start, dtype=np.float32)
+    return out
 
 
 def with_inputs_file(model: Model, inputs: str | Path) -> Model:
@@ -96,6 +106,11 @@ def with_inputs_file(model: Model, inputs: str | Path) -> Model:
     path = Path(inputs)
     if not path.is_file():
         raise InputError(f"no such inputs file: {path}", "pass an .npz file holding one array per model input")
+    try:
+        declared = npz_bytes(path)
+    except Exception as e:
+        raise unreadable(path, ".npz file", e) from e
+    check_fits_in_memory(declared, f"reading {path}", "give smaller example arrays")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -112,16 +127,6 @@ def with_inputs_file(model: Model, inputs: str | Path) -> Model:
                          if len(chosen) == len(model.input_names) else [f"input_{i}" for i in range(len(chosen))])
 
 
-def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
-    """The example inputs repeated (or cut) along the first dimension to `batch_size` rows."""
-    out = []
-    for a in example:
-        if a.ndim == 0:
-            out.append(a)
-            continue
-        reps = -(-batch_size // a.shape[0])
-        out.append(np.ascontiguousarray(np.concatenate([a] * reps)[:batch_size]) if reps > 1 else a[:batch_size])
-    return tuple(out)
 
 
 def torch_inputs(model: Model) -> tuple:
@@ -129,3 +134,27 @@ def torch_inputs(model: Model) -> tuple:
     import torch
 
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
+
+
+def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
+    """The example inputs repeated (or cut) along the first dimension to `batch_size` rows.
+
+    A repeated input is allocated once at its final size (`batch_bytes` is what that takes).
+    """
+    out = []
+    for a in example:
+        if a.ndim == 0 or batch_size <= a.shape[0]:
+            out.append(a if a.ndim == 0 else a[:batch_size])
+            continue
+        reps, rest = divmod(batch_size, a.shape[0])
+        repeated = np.empty((batch_size, *a.shape[1:]), a.dtype)
+        repeated[:reps * a.shape[0]].reshape(reps, *a.shape)[...] = a
+        repeated[reps * a.shape[0]:] = a[:rest]
+        out.append(repeated)
+    return tuple(out)
+
+
+def batch_bytes(example: Sequence[np.ndarray], batch_size: int) -> int:
+    """Memory that `batched(example, batch_size)` allocates: the inputs it has to repeat, at the new size."""
+    return sum(array_bytes((batch_size, *a.shape[1:]), a.dtype) for a in example
+               if a.ndim > 0 and batch_size > a.shape[0])

@@ -6,18 +6,22 @@ stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
-from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, random_array, to_numpy_inputs,
+from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, random_inputs, to_numpy_inputs,
                            with_inputs_file)
+from effkit.limits import check_fits_in_memory, zip_declared_bytes
 from effkit.load_hf import load_hf
 from effkit.model import Model
 from effkit.onnx_files import check_external_data
@@ -25,6 +29,7 @@ from effkit.runners import native_runner
 from effkit.specs import InputShape
 from effkit.util import quiet_torch
 
+log = logging.getLogger(__name__)
 MODEL_SPEC_HELP = (
     "a MODEL is a file (.pt/.pth state_dict with --arch, .safetensors with --arch, .pt2, "
     "TorchScript, .onnx), a Hugging Face folder (hf:PATH), or a factory: path/to/file.py:function "
@@ -103,6 +108,8 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
     if suffix == ".safetensors":
         state = _read_safetensors(path)
         return _from_state_dict(state, path, spec, arch, input_shapes, "safetensors")
+    if zipfile.is_zipfile(path):  # .pt, .pt2 and TorchScript: judged by what they declare, before reading
+        _check_archive_fits(path, "torch.export (.pt2) archive" if suffix == ".pt2" else "PyTorch checkpoint")
     if suffix == ".pt2":
         return _load_pt2(path, spec, trust, input_shapes)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
@@ -110,6 +117,15 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar") or zipfile.is_zipfile(path):
         return _load_checkpoint(path, spec, arch, trust, input_shapes)
     raise ModelLoadError(f"unknown model format: {path.name}", MODEL_SPEC_HELP)
+
+
+def _check_archive_fits(path: Path, what: str) -> None:
+    """Refuse a zip archive whose members declare more than the memory budget (a decompression bomb)."""
+    try:
+        declared = zip_declared_bytes(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise unreadable(path, what, e) from e
+    check_fits_in_memory(declared, f"reading {path}", "free memory or use a smaller file")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -199,29 +215,6 @@ def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input
     return model
 
 
-# Entries of a .pt2 archive (below its root folder) that torch.export.load unpickles with plain
-# pickle or loads as native code. Everything else is JSON or raw tensor bytes.
-_PT2_CODE_PREFIXES = ("data/aotinductor/", "data/constants/custom_obj_", "data/constants/opaque_obj_")
-_PT2_PICKLED = ("data/weights/model.pt", "data/constants/model.pt")  # the legacy layout: pickled dicts
-
-
-def _pt2_code_entries(path: Path) -> list[str]:
-    """What in a .pt2 archive would run code when torch.export.load opens it."""
-    risky = []
-    try:
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                inner = name.split("/", 1)[1] if "/" in name else name
-                if inner.startswith(_PT2_CODE_PREFIXES) or inner in _PT2_PICKLED:
-                    risky.append(name)
-                elif inner.startswith(("data/weights/", "data/constants/")) and inner.endswith("_config.json"):
-                    config = json.loads(z.read(name)).get("config", {})
-                    risky += [f"{name}: {key}" for key, entry in config.items() if entry.get("use_pickle")]
-    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
-        raise unreadable(path, "torch.export (.pt2) archive", e) from e
-    return risky
-
-
 # effkit's own note inside .pt2 archives it writes: the example inputs' real batch size
 PT2_META = "effkit.json"
 
@@ -233,15 +226,25 @@ def _pt2_example_batch(text: str) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def _refusing_unsafe_pt2(path: Path):
+    """Turn what pt2_guard finds into one error line; an unreadable archive is a corrupt file."""
+    try:
+        yield
+    except pt2_guard.UnsafeArchive as e:
+        raise ModelLoadError(f"{path} holds {e}", "re-run with --trust only if you trust its source") from e
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise unreadable(path, "torch.export (.pt2) archive", e) from e
+
+
 def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     import os
 
     import torch
 
-    if not trust and (risky := _pt2_code_entries(path)):
-        raise ModelLoadError(f"{path} holds pickled Python objects or compiled code ({risky[0]}), "
-                             "which would run when loaded",
-                             "re-run with --trust only if you trust its source")
+    if not trust:
+        with _refusing_unsafe_pt2(path):
+            pt2_guard.check_archive(path)
     # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
     # plain tensors; without --trust, force every torch.load inside it to weights-only.
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
@@ -259,6 +262,9 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     finally:
         os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         os.environ.update({k: v for k, v in saved.items() if v is not None})
+    if not trust:  # their dict keys go into the guard code torch builds with the module
+        with _refusing_unsafe_pt2(path):
+            pt2_guard.check_example_inputs(program.example_inputs)
     example = None
     if program.example_inputs is not None:
         example = program.example_inputs[0]
@@ -298,7 +304,7 @@ def _torch_model(module: Any, example: Any, spec: str, fmt: str, path: Path | No
     except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
         pass
     if input_shapes:
-        arrays = tuple(random_array(s) for s in input_shapes)
+        arrays = random_inputs(input_shapes)
     elif example is not None:
         arrays = to_numpy_inputs(example)
     else:
@@ -337,7 +343,7 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
     if input_shapes and len(input_shapes) != len(graph_inputs):
         raise InputError(f"{path.name} takes {len(graph_inputs)} inputs ({', '.join(names)}); "
                          f"--input-shape was given {len(input_shapes)} times")
-    arrays = []
+    shapes = []
     for i, inp in enumerate(graph_inputs):
         ttype = inp.type.tensor_type
         dtype = _ONNX_TO_NUMPY.get(ttype.elem_type, "float32")
@@ -351,8 +357,8 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
         else:
             filled = [d if d is not None else (DEFAULT_BATCH if j == 0 else DEFAULT_DYNAMIC_DIM) for j, d in enumerate(dims)]
             shape = InputShape(dtype, tuple(filled))
-        arrays.append(random_array(shape))
-    model = Model(kind="onnx", onnx_path=path, example_inputs=tuple(arrays), input_names=names,
+        shapes.append(shape)
+    model = Model(kind="onnx", onnx_path=path, example_inputs=random_inputs(shapes), input_names=names,
                   output_names=[o.name for o in proto.graph.output], source=spec, format="onnx", path=path,
                   save_suffix=".onnx")
     model.meta["input_dims"] = {inp.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
@@ -372,6 +378,7 @@ def _fmt_dims(dims: list, fill: bool = False) -> str:
 def check_runs(model: Model) -> list[np.ndarray]:
     """Run the model once on its example inputs; a failure names the inputs and what the model expects."""
     runner = native_runner(model)
+    log.debug("running the model once on its example inputs (%s)", model.describe_inputs())
     try:
         return runner.run(model.example_inputs)
     except EffkitError:

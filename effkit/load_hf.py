@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import InputError, ModelLoadError, first_line, unreadable
-from effkit.inputs import DEFAULT_DYNAMIC_DIM, SEED, random_array
+from effkit.inputs import DEFAULT_DYNAMIC_DIM, SEED, random_inputs
 from effkit.model import Model
 from effkit.util import quiet_torch
 
@@ -56,7 +56,7 @@ def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     vocab = config.get("vocab_size")
     vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     if input_shapes:
-        example = tuple(random_array(s, vocab=vocab) for s in input_shapes)
+        example = random_inputs(input_shapes, vocab=vocab)
     else:  # the default length, unless the model's position embeddings are shorter
         positions = config.get("max_position_embeddings")
         length = min(DEFAULT_DYNAMIC_DIM, positions) if isinstance(positions, int) and positions > 0 else DEFAULT_DYNAMIC_DIM

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import ModelLoadError, OutputExistsError
-from effkit.files import atomic_path
+from effkit.files import atomic_path, forget_temporary, track_temporary
 
 
 def check_external_data(path: Path, proto: Any) -> None:
@@ -57,7 +57,7 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
         with atomic_path(dst, force) as tmp:
             onnx.save_model(proto, str(tmp))
         return [dst]
-    stage = Path(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
+    stage = track_temporary(tempfile.mkdtemp(prefix=".effkit-", dir=dst.parent))
     try:
         onnx.save_model(proto, str(stage / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="m.data", size_threshold=0)
@@ -79,6 +79,7 @@ def write_onnx(proto: Any, dst: Path, force: bool, external_data: bool = False) 
         return [dst, dst.parent / data_name]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget_temporary(stage)
 
 
 def external_files(path: Path) -> set[str]:

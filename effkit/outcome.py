@@ -1,17 +1,24 @@
-"""The before/after record every pass produces: both benchmarks, fidelity, accuracy, notes."""
+"""The before/after record every pass produces: both measurements, fidelity, accuracy, notes.
+
+Before and after are timed side by side, interleaved in A/B pairs (`effkit.comparison.measure_paired`),
+so that load from other processes hits both alike; the speedup is the paired ratio with its 95%
+interval, never the quotient of two separately timed medians.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from effkit.benchmark import BenchResult, bench
+from effkit.benchmark import BenchResult, latency_stats, model_info
+from effkit.comparison import measure_paired
+from effkit.env import available_cores, environment
 from effkit.export import make_runner
 from effkit.judge import Judge, held_out_batches
 from effkit.runners import native_runner
-from effkit.util import jsonable
+from effkit.size import size_info
+from effkit.util import fmt_speedup, jsonable
 
 SCHEMA = "effkit.step/1"
 
@@ -28,15 +35,26 @@ class Outcome:
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    paired: dict = field(default_factory=dict)  # runtime -> effkit.comparison.PairedResult (A before, B after)
+
+    def comparison(self, runtime: str | None = None, stat: str = "p50") -> dict | None:
+        """The paired speedup (before/after) on `runtime` (default: the first measured): estimate,
+        ci95, verdict (faster/slower/same/inconclusive), reasons, pairs kept and discarded."""
+        result = self.paired.get(runtime or next(iter(self.paired), None))
+        return result.speedup(stat) if result is not None else None
 
     def speedup(self, runtime: str | None = None) -> float | None:
-        """before p50 / after p50 on `runtime` (default: the first measured)."""
-        try:
-            b = self.before.run(runtime)["latency_ms"]["p50"]
-            a = self.after.run(runtime)["latency_ms"]["p50"]
-        except KeyError:
-            return None
-        return b / a if a else None
+        """The paired p50 speedup's estimate on `runtime` (see `comparison` for its interval)."""
+        found = self.comparison(runtime)
+        return found["estimate"] if found else None
+
+    def timing_notes(self) -> list[str]:
+        """Why a speedup is inconclusive, per runtime, for the reports."""
+        notes = []
+        for runtime, result in self.paired.items():
+            if result.verdict == "inconclusive":
+                notes.append(f"timing on {runtime} inconclusive: {'; '.join(result.reasons)}")
+        return notes
 
     def size_ratio(self) -> float | None:
         b, a = self.before.size.get("bytes_on_disk"), self.after.size.get("bytes_on_disk")
@@ -46,7 +64,7 @@ class Outcome:
         return {
             "schema": SCHEMA,
             "step": self.step,
-            "speedup": {r["runtime"]: self.speedup(r["runtime"]) for r in self.after.runs},
+            "speedup": {rt: dict(self.comparison(rt), p90=self.comparison(rt, "p90")) for rt in self.paired},
             "size_ratio": self.size_ratio(),
             "fidelity": self.fidelity,
             "accuracy": self.accuracy,
@@ -61,35 +79,72 @@ class Outcome:
         return json.dumps(jsonable(self.to_dict()), indent=2)
 
 
+PAIRS = 20  # A/B pairs per before/after comparison
+
+
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
                          fidelity_runtime: str | None = None) -> Outcome:
-    """Benchmark `original` and `changed` alike, compare their outputs on held-out inputs (those of
-    `eval_data` when given, else random ones), and with labels in `eval_data` their accuracy."""
-    kwargs: dict[str, Any] = dict(threads=threads, warmup=warmup, iterations=iterations, min_time=min_time)
-    before = bench(original, runtimes=runtimes, progress=_prefixed(progress, "before"), **kwargs)
-    after = bench(changed, runtimes=runtimes, progress=_prefixed(progress, "after"), **kwargs)
+    """Time `original` against `changed` side by side on each runtime, compare their outputs on
+    held-out inputs (those of `eval_data` when given, else random ones), and with labels in
+    `eval_data` their accuracy.
+
+    Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
+    `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
+    The before/after latencies are those of the quiet pairs only.
+    """
+    threads = threads or available_cores()
+    inputs = original.example_inputs
+    batch = inputs[0].shape[0] if inputs and inputs[0].ndim else 1
+    paired, runs_before, runs_after = {}, [], []
+    for runtime in runtimes:
+        result = measure_paired(make_runner(original, runtime, threads), make_runner(changed, runtime, threads),
+                                inputs, pairs=PAIRS, block_time=max(min_time / PAIRS, 1e-3), iterations=iterations,
+                                warmup=warmup, progress=_prefixed(progress, f"before/after on {runtime}"))
+        paired[runtime] = result
+        runs_before.append(_paired_run(result, "a", runtime, batch, warmup, []))
+        runs_after.append(_paired_run(result, "b", runtime, batch, warmup, result.warnings))
+    env = environment(threads)
+    before = BenchResult(model=model_info(original), size=size_info(original), runs=runs_before, environment=env)
+    after = BenchResult(model=model_info(changed), size=size_info(changed), runs=runs_after, environment=env)
     runtime = fidelity_runtime or runtimes[0]
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    inputs, source = held_out_batches(original.example_inputs, eval_data)
-    judge = Judge(native_runner(original, threads), inputs, eval_data)
-    return Outcome(step, before, after, fidelity={**judge.fidelity(new_runner), "inputs": source},
+    held_out, source = held_out_batches(original.example_inputs, eval_data)
+    judge = Judge(native_runner(original, threads), held_out, eval_data)
+    return Outcome(step, before, after, paired=paired, fidelity={**judge.fidelity(new_runner), "inputs": source},
                    accuracy=judge.accuracy_change(new_runner))
 
 
-def speed_verdict(outcome: Outcome, runtime: str, allow_slower: bool) -> float | None:
-    """Whether the changed model measured slower than the original on `runtime`: recorded in the details
-    (`slower_than_original`) and, when it is, as the first note. Returns the slowdown factor, or None."""
-    speedup = outcome.speedup(runtime)
-    slower = speedup is not None and speedup < 1.0
+def speed_verdict(outcome: Outcome, runtime: str, allow_slower: bool) -> str | None:
+    """The int8 model's paired before/after timing on `runtime` as a verdict, recorded in the details
+    (`slower_than_original`, `speedup_verdict`) and said in the first note. Slower only when the paired
+    interval says so; an inconclusive timing claims neither faster nor slower, because refusing it would
+    turn a busy machine into a failed quantization. Returns the slowdown in words when slower, else None."""
+    timing = outcome.comparison(runtime) or {"verdict": "inconclusive", "estimate": None, "ci95": None}
+    slower = timing["verdict"] == "slower"
     outcome.details["slower_than_original"] = slower
-    if not slower:
-        return None
-    outcome.notes.insert(0, f"SLOWER: the int8 model runs {1 / speedup:.2f}x slower than the original on {runtime}"
-                            + ("" if allow_slower else "; nothing was written (pass --allow-slower to write it "
-                                                        "anyway)"))
-    return 1 / speedup
+    outcome.details["speedup_verdict"] = timing["verdict"]
+    if slower:
+        outcome.notes.insert(0, f"SLOWER: the int8 model runs {fmt_speedup(timing)} than the original on {runtime}"
+                                + ("" if allow_slower else "; nothing was written (pass --allow-slower to write it "
+                                                           "anyway)"))
+        return fmt_speedup(timing)
+    if timing["verdict"] == "inconclusive":
+        outcome.notes.insert(0, f"no measurable speedup on {runtime}: the before/after timing was inconclusive, so "
+                                "neither faster nor slower is claimed; the int8 model is written")
+    return None
+
+
+def _paired_run(result, side: str, runtime: str, batch_size: int, warmup: int, warnings: list[str]) -> dict:
+    """One side of a paired measurement as a bench run: statistics of the quiet pairs' samples."""
+    samples = result.samples(side)
+    stats = latency_stats(samples, batch_size) if samples else {}
+    return {"runtime": runtime, "batch_size": batch_size, "threads": result.threads, "warmup": warmup,
+            "latency_ms": {k: v for k, v in stats.items() if k != "throughput"},
+            "throughput_per_s": stats.get("throughput"), "peak_rss_bytes": None,
+            "timing": "interleaved A/B pairs, quiet pairs only", "contention": {},
+            "warnings": list(warnings), "samples_ms": samples}
 
 
 def _prefixed(progress, prefix: str):

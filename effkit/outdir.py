@@ -20,7 +20,7 @@ import numpy as np
 from effkit.errors import OutputExistsError, StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import compare_outputs
-from effkit.files import _umask, write_text
+from effkit.files import _umask, forget_temporary, track_temporary, write_text
 from effkit.load import load_model
 from effkit.onnx_files import save_onnx_file
 from effkit.pipeline import CompressFailed, run_pipeline
@@ -66,7 +66,7 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     """A hidden folder beside OUTDIR to build it in; moved onto OUTDIR when the block succeeds,
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
     outdir = outdir.resolve()
-    stage = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
+    stage = track_temporary(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
     try:
         yield stage
@@ -80,6 +80,7 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        forget_temporary(stage)
 
 
 def _verify_saved(path: Path, model, reference: list[np.ndarray]) -> None:

@@ -3,12 +3,14 @@
 One loop runs every step through the pass interface (`effkit.passes.registry`): run the pass, check the
 quality bar (after the pass that recovers from it, when there is one), back off while it breaks it.
 
-Every model along the way (a *state*: the original, then the result of each step) is timed once
-with `effkit.benchmark.bench` on the same runtimes, threads and inputs: torch models on torch eager
-and on ONNX Runtime (a verified temporary export), ONNX models on ONNX Runtime. A step's "before"
-is the previous state's measurement and its "after" its own, so each comparison is side by side
-on identical settings, and the original's torch fp32 eager time stays the reference of the
-overall speedup.
+Every model along the way (a *state*: the original, then the result of each step) is timed with
+`effkit.benchmark.bench` on the same runtimes, threads and inputs: torch models on torch eager
+and on ONNX Runtime (a verified temporary export), ONNX models on ONNX Runtime; those runs give
+each state's own latency table. Every speedup is measured side by side instead, interleaved in
+A/B pairs (`effkit.comparison.measure_paired`), and reported with its 95% interval: a step's
+before against its after on each runtime, every state against the original's torch fp32 eager
+time (the reference of the overall speedup), and the final model against the original on the
+final runtime.
 
 Quality bar: `[pipeline] max-accuracy-drop` (points, on labelled --eval data) and `tolerance`
 thresholds (cosine, SQNR, top-1 agreement against the original's outputs) hold for the whole
@@ -29,13 +31,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from effkit.benchmark import bench
+from effkit.comparison import measure_paired
 from effkit.env import available_cores
 from effkit.errors import StepFailed, UsageError
+from effkit.export import make_runner
 from effkit.fidelity import held_out_inputs
 from effkit.judge import Judge, bar_violations
+from effkit.outcome import PAIRS
 from effkit.passes import PassContext, registry
 from effkit.passes.registry import Pass
-from effkit.pipeline_result import CompressResult, State, Step
+from effkit.pipeline_result import CompressResult, State, Step, _final_runtime, _run
 from effkit.recipe import Recipe, _plain, _toml_key
 from effkit.runners import native_runner
 from effkit.util import quiet_torch
@@ -99,6 +104,25 @@ class _Context:
         with quiet_torch():  # sizing a torch model saves it with torch.export, which logs shape notes
             state.bench = bench(state.model, runtimes=runtimes, threads=self.threads, warmup=b.warmup,
                                 iterations=b.iterations, min_time=b.min_time, progress=progress)
+        for runtime in runtimes:  # side by side with the reference, the original on torch fp32 eager
+            if not (state.name == "original" and runtime == "torch") and self.states[0].model.kind == "torch":
+                state.vs_reference[runtime] = self.pair(self.states[0].model, "torch", state.model, runtime)
+
+    def pair(self, a, runtime_a: str, b, runtime_b: str):
+        """Model `a` on `runtime_a` against `b` on `runtime_b`, interleaved (`measure_paired`)."""
+        b_ = self.recipe.bench
+        progress = (lambda label, f: self.progress(f"side by side: {label}", f)) if self.progress else None
+        with quiet_torch():
+            return measure_paired(make_runner(a, runtime_a, self.threads), make_runner(b, runtime_b, self.threads),
+                                  a.example_inputs, pairs=PAIRS, block_time=max(b_.min_time / PAIRS, 1e-3),
+                                  iterations=b_.iterations, warmup=b_.warmup, progress=progress)
+
+    def pair_step(self, step: Step) -> None:
+        """The step's before against its after, on every runtime both were timed on."""
+        for run in step.after.bench.runs:
+            if _run(step.before, run["runtime"]) is not None:
+                step.paired[run["runtime"]] = self.pair(step.before.model, run["runtime"], step.after.model,
+                                                        run["runtime"])
 
 
 def _config_dict(config: Any) -> dict:
@@ -225,8 +249,12 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
         for done in steps:
             ctx.log(f"timing {done.name}")
             ctx.bench(done.after)
+            ctx.pair_step(done)
             ctx.states.append(done.after)
             result.steps.append(done)
+    if len(ctx.states) > 1:
+        runtime = _final_runtime(ctx.states[-1])
+        result.same_runtime = ctx.pair(original.model, runtime, ctx.states[-1].model, runtime)
     broken = ctx.violations(ctx.states[-1], original)
     if broken:  # export is verified to tolerance, so this is rare, but the bar is the bar
         result.status, result.message = "failed", f"the final model breaks the quality bar: {'; '.join(broken)}"

@@ -29,6 +29,7 @@ class State:
     accuracy: float | None  # fraction, on the eval data
     fidelity: dict | None  # against the original's outputs (None for the original)
     bench: Any = None  # BenchResult, once timed
+    vs_reference: dict = field(default_factory=dict)  # runtime -> PairedResult: A the original on torch, B this
 
     def to_dict(self) -> dict:
         bench = self.bench.to_dict() if self.bench is not None else None
@@ -57,17 +58,17 @@ class Step:
     attempts: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    paired: dict = field(default_factory=dict)  # runtime -> PairedResult: A the previous state, B this one
 
     def speedup(self, runtime: str) -> float | None:
-        """Previous state's p50 / this state's p50 on the same runtime."""
-        b, a = _p50(self.before, runtime), _p50(self.after, runtime)
-        return b / a if a and b else None
+        """The paired p50 speedup of this state over the previous one on `runtime` (estimate)."""
+        found = self.paired.get(runtime)
+        return found.speedup()["estimate"] if found is not None else None
 
     def to_dict(self) -> dict:
         return {"step": self.name, "config": self.config, "attempts": self.attempts, "details": self.details,
                 "notes": self.notes, "before": self.before.name, "after": self.after.name,
-                "speedup": {r["runtime"]: self.speedup(r["runtime"]) for r in self.after.bench.runs}
-                if self.after.bench else {},
+                "speedup": {rt: dict(p.speedup(), p90=p.speedup("p90")) for rt, p in self.paired.items()},
                 "size_ratio": _size(self.after) / _size(self.before)
                 if _size(self.after) and _size(self.before) else None}
 
@@ -87,6 +88,7 @@ class CompressResult:
     outputs: list[str] = field(default_factory=list)
     data_source: str | None = None  # --data
     eval_source: str | None = None  # --eval
+    same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
 
     @property
     def original(self) -> State:
@@ -101,13 +103,12 @@ class CompressResult:
         first, last = self.original, self.final
         runtime = _final_runtime(last)
         out: dict[str, Any] = {"final_runtime": runtime, "reference": "torch fp32 eager (the original model)"}
-        ref = _run(first, "torch")
-        fin = _run(last, runtime)
-        if ref and fin:
-            out["speedup_vs_torch_fp32"] = {s: ref["latency_ms"][s] / fin["latency_ms"][s] for s in ("p50", "p90")}
-        same = _run(first, runtime)
-        if same and fin:
-            out["speedup_same_runtime"] = {s: same["latency_ms"][s] / fin["latency_ms"][s] for s in ("p50", "p90")}
+        # estimates under the old keys; "speedup" holds them with their intervals and verdicts
+        for key, paired in (("vs_torch_fp32", last.vs_reference.get(runtime) if last is not first else None),
+                            ("same_runtime", self.same_runtime)):
+            if paired is not None:
+                out[f"speedup_{key}"] = {s: paired.speedup(s)["estimate"] for s in ("p50", "p90")}
+                out.setdefault("speedup", {})[key] = {s: paired.speedup(s) for s in ("p50", "p90")}
         if _size(first) and _size(last):
             out["size_before"], out["size_after"] = _size(first), _size(last)
             out["size_ratio"] = _size(last) / _size(first)
@@ -121,18 +122,22 @@ class CompressResult:
         """The summary table: one row per state and runtime, with changes against the previous state
         (same runtime) and against the original's torch fp32 eager time."""
         rows = []
-        ref = _run(self.original, "torch")
+        made_by = {step.after.name: step for step in self.steps}
         for i, state in enumerate(self.states):
             if state.bench is None:
                 continue
             prev = self.states[i - 1] if i else None
             for run in state.bench.runs:
                 lat = run["latency_ms"]
-                prev_run = _run(prev, run["runtime"]) if prev is not None else None
+                step = made_by.get(state.name) if prev is not None else None
+                step_pair = step.paired.get(run["runtime"]) if step is not None else None
+                ref_pair = state.vs_reference.get(run["runtime"])
                 rows.append({
                     "state": state.name, "runtime": run["runtime"], "p50_ms": lat["p50"], "p90_ms": lat["p90"],
-                    "speedup_step": prev_run["latency_ms"]["p50"] / lat["p50"] if prev_run else None,
-                    "speedup_vs_torch_fp32": ref["latency_ms"]["p50"] / lat["p50"] if ref else None,
+                    "speedup_step": step_pair.speedup()["estimate"] if step_pair else None,
+                    "speedup_vs_torch_fp32": ref_pair.speedup()["estimate"] if ref_pair else None,
+                    "speedup_step_paired": step_pair.speedup() if step_pair else None,
+                    "speedup_vs_torch_fp32_paired": ref_pair.speedup() if ref_pair else None,
                     "size_bytes": _size(state),
                     "size_ratio_step": _size(state) / _size(prev) if prev is not None and _size(prev) else None,
                     "accuracy": state.accuracy,
@@ -192,11 +197,6 @@ def _run(state: State | None, runtime: str) -> dict | None:
     if state is None or state.bench is None:
         return None
     return next((r for r in state.bench.runs if r["runtime"] == runtime), None)
-
-
-def _p50(state: State, runtime: str) -> float | None:
-    run = _run(state, runtime)
-    return run["latency_ms"]["p50"] if run else None
 
 
 def _size(state: State | None) -> int | None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from effkit.env import available_cores
 from effkit.errors import InputError, UsageError
+from effkit.limits import check_threads
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -41,6 +42,7 @@ class TorchRunner(Runner):
     def __init__(self, module: Any, threads: int | None = None):
         import torch
 
+        check_threads(threads)
         self.module = module
         # None: whatever torch uses now (OMP_NUM_THREADS, torchrun's setting), left untouched
         self.threads = threads or torch.get_num_threads()
@@ -76,6 +78,7 @@ class OrtRunner(Runner):
     def __init__(self, onnx_path: Path, threads: int):
         import onnxruntime as ort
 
+        check_threads(threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

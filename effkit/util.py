@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from effkit.files import track_temporary
+
 
 @contextlib.contextmanager
 def quiet_torch():
@@ -42,6 +44,7 @@ def workdir() -> Path:
     if _WORKDIR is None:
         _WORKDIR = tempfile.TemporaryDirectory(prefix="effkit-")
         atexit.register(_WORKDIR.cleanup)
+        track_temporary(_WORKDIR.name)
     return Path(_WORKDIR.name)
 
 
@@ -65,3 +68,18 @@ def fmt_bytes(n: float | None, digits: int = 2) -> str:
         if abs(n) >= size:
             return f"{n / size:.{digits}f} {unit}"
     return f"{int(n)} B"
+
+
+def fmt_speedup(speedup: dict | None, sep: str = " ") -> str:
+    """A paired speedup (before/after) as every report shows it: "2.07x faster [1.95, 2.20]",
+    "1.32x slower [1.20, 1.45]" (the slowdown and its interval), "1.01x same [0.98, 1.04]" or
+    "1.01x inconclusive [0.70, 1.40]" (the reason goes beside the table). `sep` goes before the
+    interval (a newline keeps a terminal column narrow)."""
+    if not speedup:
+        return "-"
+    est, ci, verdict = speedup.get("estimate"), speedup.get("ci95"), speedup.get("verdict")
+    if est is None or ci is None:
+        return "inconclusive"
+    if verdict == "slower":
+        return f"{1 / est:.2f}x slower{sep}[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}]"
+    return f"{est:.2f}x {verdict}{sep}[{ci[0]:.2f}, {ci[1]:.2f}]"

@@ -355,9 +355,12 @@ def test_report_json_round_trips_its_numbers(pruned_result):
     assert [(r["state"], r["runtime"]) for r in data["summary"]] == [
         ("original", "torch"), ("original", "onnxruntime"), ("prune", "torch"), ("prune", "onnxruntime"),
         ("export", "onnxruntime")]
-    torch_p50 = data["states"][0]["bench"]["runs"][0]["latency_ms"]["p50"]
-    final_p50 = data["states"][-1]["bench"]["runs"][0]["latency_ms"]["p50"]
-    assert data["overall"]["speedup_vs_torch_fp32"]["p50"] == pytest.approx(torch_p50 / final_p50)
+    # the overall speedup is the paired one (final model against the original on torch), with its interval
+    paired = data["overall"]["speedup"]["vs_torch_fp32"]["p50"]
+    lo, hi = paired["ci95"]
+    assert lo <= paired["estimate"] <= hi and paired["pairs"] + sum(paired["discarded"].values()) == paired["attempts"]
+    assert data["overall"]["speedup_vs_torch_fp32"]["p50"] == paired["estimate"]
+    assert data["summary"][-1]["speedup_vs_torch_fp32_paired"] == paired
 
 
 def test_report_json_thins_long_sample_lists_but_keeps_them_in_memory(pruned_result, monkeypatch):

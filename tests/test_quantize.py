@@ -230,16 +230,35 @@ def test_cli_random_calibration_warns(cli):
 def test_cli_slower_result_is_not_written_without_allow_slower(cli, monkeypatch):
     from effkit.outcome import Outcome
 
-    monkeypatch.setattr(Outcome, "speedup", lambda self, runtime=None: 0.5)
+    slower = {"estimate": 0.5, "ci95": [0.45, 0.55], "verdict": "slower", "reasons": [], "pairs": 20,
+              "attempts": 20, "discarded": {}}
+    monkeypatch.setattr(Outcome, "comparison", lambda self, runtime=None, stat="p50": slower)
     args = ["quantize", spec("mlp"), "-o", "q.onnx", "--method", "dynamic", *FAST, "--threads", "1"]
     code, out, err = cli(*args)
     assert code == 1
-    assert "SLOWER: the int8 model runs 2.00x slower than the original on onnxruntime" in out
-    assert err.strip() == ("Error: the int8 model is slower than the original on onnxruntime (2.00x) "
-                           "(nothing was written; pass --allow-slower to write it anyway)")
+    assert "SLOWER: the int8 model runs 2.00x slower [1.82, 2.22] than the original on onnxruntime" in " ".join(
+        out.split())
+    assert err.strip() == ("Error: the int8 model is slower than the original on onnxruntime (2.00x slower "
+                           "[1.82, 2.22]) (nothing was written; pass --allow-slower to write it anyway)")
     assert not Path("q.onnx").exists()
     code, out, err = cli(*args, "--allow-slower")
     assert code == 0 and Path("q.onnx").exists()
+
+
+def test_cli_inconclusive_timing_is_written_and_claims_neither_faster_nor_slower(cli, monkeypatch):
+    from effkit.outcome import Outcome
+
+    unsure = {"estimate": 0.7, "ci95": [0.4, 1.3], "verdict": "inconclusive", "reasons": ["straddles"],
+              "pairs": 20, "attempts": 20, "discarded": {}}
+    monkeypatch.setattr(Outcome, "comparison", lambda self, runtime=None, stat="p50": unsure)
+    code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "dynamic", *FAST, "--threads", "1",
+                         "--markdown", "r.md")
+    assert code == 0 and Path("q.onnx").exists(), err
+    out = " ".join(out.split())
+    assert "0.70x inconclusive" in out and "[0.40, 1.30]" in out
+    out = Path("r.md").read_text()
+    assert "no measurable speedup on onnxruntime" in out and "SLOWER" not in out
+    assert "0.70x inconclusive [0.40, 1.30]" in out
 
 
 # ---------------------------------------------------------------- third-party ONNX

@@ -33,7 +33,8 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Show the version and exit.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (also accepted after the command).")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks and what effkit is doing (also accepted after the command).")] = False,
 ) -> None:
     if debug:
         DEBUG["on"] = True

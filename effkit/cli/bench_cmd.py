@@ -8,8 +8,8 @@ import typer
 
 from effkit.benchmark import bench
 from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
-                               MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command,
-                               console_for, load, progress_bar, write_outputs)
+                               MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free,
+                               command, console_for, load, progress_bar, write_outputs)
 from effkit.errors import UsageError
 from effkit.report.text import bench_markdown, bench_table
 
@@ -44,6 +44,7 @@ def bench_command(
     json: JsonOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
     check_outputs_free([json, markdown], force)

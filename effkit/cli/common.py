@@ -19,10 +19,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from effkit.errors import EffkitError, StepFailed, UsageError
+from effkit.errors import EffkitError, RunTimedOut, StepFailed, UsageError
 from effkit.factory import is_factory_spec
 from effkit.fidelity import check_finite
 from effkit.files import check_output, write_text
+from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, guard
+from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
 from effkit.specs import parse_input_shape
 
@@ -30,7 +32,7 @@ app = typer.Typer(
     name="effkit",
     help="Make PyTorch models smaller and faster (prune, int8, distill), measured before and after; "
          "gate the result in CI.\n\nExit codes: 0 success, 1 a gate or a step's quality bar failed, "
-         "2 usage or input error.",
+         "2 usage or input error, 124 --timeout expired, 130 interrupted (Ctrl-C).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,13 +54,17 @@ ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
 ArchOpt = Annotated[Optional[str], typer.Option(
     "--arch", help="Factory that builds the architecture for a state_dict or .safetensors file (runs its code).")]
 TrustOpt = Annotated[bool, typer.Option(
-    "--trust", help="Allow loading pickled whole models and Hugging Face remote code: this runs code from the file.")]
+    "--trust", help="Allow loading pickled whole models, .pt2 archives that hold code and Hugging Face remote "
+                    "code: this runs code from the file.")]
 InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
     "--input-shape", help="Example input shape, e.g. 1x3x224x224 or int64:1x128; repeat for several inputs.")]
 InputsOpt = Annotated[Optional[Path], typer.Option(
     "--inputs", help="An .npz file with one example array per model input.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="Threads for torch and ONNX Runtime (default: all cores)", min=1)]
+    "--threads", help="Threads for torch and ONNX Runtime, at most 4 per core (default: all cores)", min=1)]
+TimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Stop after SECONDS, with exit code 124 and no output written (default: no limit)",
+    show_default=False)]
 WarmupOpt = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)]
 IterationsOpt = Annotated[Optional[int], typer.Option(
     "--iterations", help="Timed calls per measurement (default: as many as fit in --min-time)", min=1)]
@@ -164,14 +170,19 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float], None] 
         yield update
 
 
-def handle_errors(func: Callable) -> Callable:
-    """Turn exceptions into one `Error:` line and an exit code; --debug shows the traceback."""
+def handle_errors(func: Callable, name: str | None = None) -> Callable:
+    """Turn exceptions into one `Error:` line and an exit code; --debug shows the traceback.
 
+    The command runs under effkit.interrupts.guard: Ctrl-C and its --timeout end it within
+    seconds even while a model runs in native code.
+    """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _RUNNING["params"] = kwargs
         try:
-            return func(*args, **kwargs)
+            check_shared_options(kwargs)
+            with _debug_log(), guard(name or func.__name__, kwargs.get("timeout")):
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except EffkitError as e:
@@ -179,9 +190,12 @@ def handle_errors(func: Callable) -> Callable:
                 traceback.print_exc()
             err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except RunTimedOut as e:
+            err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("Error: interrupted; no output was left half-written", markup=False, highlight=False)
-            raise typer.Exit(130) from None
+            err.print(f"Error: {INTERRUPTED}", markup=False, highlight=False)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
         except Exception as e:
             if DEBUG["on"]:
                 traceback.print_exc()
@@ -195,10 +209,39 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def command(*args, **kwargs) -> Callable:
-    """`@app.command` with effkit's error handling."""
+def command(name: str, **kwargs) -> Callable:
+    """`@app.command(name)` with effkit's error handling."""
 
     def decorate(func: Callable) -> Callable:
-        return app.command(*args, **kwargs)(handle_errors(func))
+        return app.command(name, **kwargs)(handle_errors(func, name))
 
     return decorate
+
+
+def check_shared_options(params: dict) -> None:
+    """Refuse bad values of the options many commands share, before any work."""
+    check_threads(params.get("threads"))
+    timeout = params.get("timeout")
+    if timeout is not None and not (0 < timeout < float("inf")):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {timeout:g}", "e.g. --timeout 600")
+
+
+@contextlib.contextmanager
+def _debug_log() -> Iterator[None]:
+    """With --debug, effkit's log messages (what it is doing now) go to stderr as `debug: ...` lines."""
+    if not DEBUG["on"]:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("effkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug: %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, progress_bar)
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TimeoutOpt, TrustOpt,
+                               WarmupOpt, check_outputs_free, command, console_for, progress_bar)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
 from effkit.errors import UsageError
@@ -39,7 +39,8 @@ def compare_command(
     runtime: Annotated[Optional[str], typer.Option(
         "--runtime", help="torch or onnxruntime (default: torch when both are torch models, else onnxruntime)")] = None,
     threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="Threads for both models \\[default: the cores free when the comparison starts]",
+        "--threads", help="Threads for both models, at most 4 per core \\[default: the cores free when the "
+                    "comparison starts]",
         min=1)] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="A/B block pairs to keep per round.", min=2)] = DEFAULT_PAIRS,
     block_time: Annotated[float, typer.Option(
@@ -56,6 +57,7 @@ def compare_command(
     json: JsonOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Compare B with A, measured interleaved (A B / B A blocks, same inputs and threads) in one process.
 

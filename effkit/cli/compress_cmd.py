@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
-                               ModelArg, ThreadsOpt, TrustOpt, check_outputs_free, command, console_for, err, load,
-                               progress_bar, write_outputs)
+                               ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for,
+                               err, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import UsageError
 from effkit.onnx_files import save_onnx_file
@@ -91,6 +91,7 @@ def compress_command(
     json: JsonOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Prune, recover, quantize and export in one go, timing every step, within one quality bar.
 

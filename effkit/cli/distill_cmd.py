@@ -17,8 +17,8 @@ import typer
 
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
-                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
-                               command, console_for, err, load, progress_bar, write_outputs)
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
+                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.load import load_model
@@ -160,6 +160,7 @@ def distill_command(
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Distill TEACHER into a smaller student on your data, then compare them: latency, size, accuracy.
 

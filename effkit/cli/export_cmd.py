@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt,
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, write_outputs)
 from effkit.errors import UsageError
 from effkit.export import DEFAULT_OPSET, ExportConfig, export_onnx
@@ -29,6 +29,7 @@ def export_command(
     inputs: InputsOpt = None,
     json: JsonOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Export to ONNX, then check every output against torch in ONNX Runtime on fresh inputs."""
     if output.suffix.lower() != ".onnx":

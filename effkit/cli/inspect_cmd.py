@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TrustOpt,
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, write_outputs)
 from effkit.report.text import inspect_tables
 from effkit.structure import describe
@@ -19,6 +19,7 @@ def inspect_command(
     inputs: InputsOpt = None,
     json: JsonOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
     check_outputs_free([json], force)

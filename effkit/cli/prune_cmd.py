@@ -9,8 +9,8 @@ import typer
 
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
-                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
-                               command, console_for, load, progress_bar, write_outputs)
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
+                               check_outputs_free, command, console_for, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.outcome import measure_before_after
@@ -66,6 +66,7 @@ def prune_command(
     json: JsonOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Prune a model for real: a smaller dense model (or permanent unstructured zeros), measured before and after."""
     if output.suffix.lower() != ".pt2":

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
-                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free,
-                               command, console_for, err, load, progress_bar, write_outputs)
+                               MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
+                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
 from effkit.data import load_data
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
@@ -56,7 +56,8 @@ def quantize_command(
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
     allow_slower: Annotated[bool, typer.Option(
-        "--allow-slower", help="Write the result even when it is slower than the original.")] = False,
+        "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
+                                "paired timing's 95% interval above +5%).")] = False,
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -69,6 +70,7 @@ def quantize_command(
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Quantize to int8, keep the fastest candidate that meets the tolerance, and compare before/after.
 
@@ -117,7 +119,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
     if slowdown and not allow_slower:
-        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown:.2f}x)",
+        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown})",
                          "nothing was written; pass --allow-slower to write it anyway")
 
     outcome.outputs = [str(p) for p in save_with_onnx(chosen, target, export_onnx, force)]

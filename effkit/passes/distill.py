@@ -34,6 +34,7 @@ from pathlib import Path
 from effkit.env import available_cores
 from effkit.errors import EffkitError, InputError, UsageError, first_line
 from effkit.export import make_runner
+from effkit.limits import check_threads
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill_training import (EVAL_BATCH, Features, Training, TrainStatus, is_classifier, tensors_of,
                                             to_tensors)
@@ -213,6 +214,7 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     """
     import torch
 
+    check_threads(threads)
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:

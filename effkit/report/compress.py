@@ -2,6 +2,8 @@
 
 Both read the same rows (`CompressResult.rows()`): one per model state and runtime, with the change
 against the previous step on the same runtime and against the original's torch fp32 eager time.
+Those changes are paired speedups with their 95% intervals ("2.07x faster [1.95, 2.20]", or
+"inconclusive"), the same text in every format.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from effkit.report.text import _num, fmt_ms
-from effkit.util import fmt_bytes
+from effkit.util import fmt_bytes, fmt_speedup
 
 HEADER = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "size (step)",
           "accuracy", "Δ accuracy", "cosine"]
@@ -28,8 +30,9 @@ def summary_cells(result) -> list[list[str]]:
     cells = []
     for row in result.rows():
         cells.append([
-            row["state"], row["runtime"], fmt_ms(row["p50_ms"]), fmt_ms(row["p90_ms"]), _x(row["speedup_step"]),
-            _x(row["speedup_vs_torch_fp32"]), fmt_bytes(row["size_bytes"]),
+            row["state"], row["runtime"], fmt_ms(row["p50_ms"]), fmt_ms(row["p90_ms"]),
+            fmt_speedup(row["speedup_step_paired"]), fmt_speedup(row["speedup_vs_torch_fp32_paired"]),
+            fmt_bytes(row["size_bytes"]),
             _x(row["size_ratio_step"]),
             f"{100 * row['accuracy']:.2f}%" if row["accuracy"] is not None else "-",
             f"{row['accuracy_change_pt']:+.2f} pt" if row["accuracy_change_pt"] is not None else "-",
@@ -38,17 +41,23 @@ def summary_cells(result) -> list[list[str]]:
     return cells
 
 
+def _unsure(speedup: dict) -> str:
+    """The reason an inconclusive speedup is one, in brackets; empty otherwise."""
+    return f" ({'; '.join(speedup['reasons'])})" if speedup["verdict"] == "inconclusive" and speedup["reasons"] else ""
+
+
 def headline(result) -> str:
     """One sentence: the whole pipeline's speedup, size and accuracy change (or why it failed)."""
     o = result.overall()
     parts = []
-    speed = o.get("speedup_vs_torch_fp32")
+    speed = o.get("speedup", {}).get("vs_torch_fp32")
     if speed:
-        parts.append(f"{speed['p50']:.2f}x faster at p50 ({speed['p90']:.2f}x at p90) than torch fp32 eager, "
-                     f"on {o['final_runtime']}")
-    same = o.get("speedup_same_runtime")
+        parts.append(f"{fmt_speedup(speed['p50'])} at p50 ({fmt_speedup(speed['p90'])} at p90) against torch fp32 "
+                     f"eager, on {o['final_runtime']}" + _unsure(speed["p50"]))
+    same = o.get("speedup", {}).get("same_runtime")
     if same and o["final_runtime"] != "torch":
-        parts.append(f"{same['p50']:.2f}x against the original on {o['final_runtime']}")
+        parts.append(f"{fmt_speedup(same['p50'])} against the original on {o['final_runtime']}"
+                     + _unsure(same["p50"]))
     if o.get("size_ratio"):
         parts.append(f"size {fmt_bytes(o['size_before'])} -> {fmt_bytes(o['size_after'])} "
                      f"({1 / o['size_ratio']:.2f}x smaller)")
@@ -91,7 +100,8 @@ def terminal_cells(result) -> list[list[str]]:
                    [f"{row['cosine_min']:.5f}" if row["cosine_min"] is not None else "1", ""])
         cells.append([
             row["state"], "ort" if row["runtime"] == "onnxruntime" else row["runtime"],
-            _num(row["p50_ms"]), _num(row["p90_ms"]), _x(row["speedup_step"]), _x(row["speedup_vs_torch_fp32"]),
+            _num(row["p50_ms"]), _num(row["p90_ms"]), fmt_speedup(row["speedup_step_paired"], "\n"),
+            fmt_speedup(row["speedup_vs_torch_fp32_paired"], "\n"),
             fmt_bytes(row["size_bytes"], digits=0), *quality,
         ])
     return cells

@@ -7,7 +7,7 @@ import math
 from rich import box
 from rich.table import Table
 
-from effkit.util import fmt_bytes
+from effkit.util import fmt_bytes, fmt_speedup
 
 
 def fmt_ms(ms: float | None) -> str:
@@ -81,15 +81,15 @@ def bench_markdown(result) -> str:
 
 # ---------------------------------------------------------------- before / after
 
-def _outcome_rows(outcome) -> list[list[str]]:
+def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
     b, a = outcome.before, outcome.after
     rows = []
-    for run_a in a.runs:
+    for run_a in a.runs:  # side by side: the latencies of the quiet A/B pairs, the paired speedup
         run_b = b.run(run_a["runtime"], run_a["batch_size"])
         for stat in ("p50", "p90"):
-            vb, va = run_b["latency_ms"][stat], run_a["latency_ms"][stat]
+            vb, va = run_b["latency_ms"].get(stat), run_a["latency_ms"].get(stat)
             label = f"latency {stat} ({run_a['runtime']}, batch {run_a['batch_size']})"
-            rows.append([label, fmt_ms(vb), fmt_ms(va), _ratio(vb, va) + (" faster" if va < vb else " slower")])
+            rows.append([label, fmt_ms(vb), fmt_ms(va), fmt_speedup(outcome.comparison(run_a["runtime"], stat), sep)])
     sb, sa = b.size, a.size
     rows.append(["size on disk", fmt_bytes(sb["bytes_on_disk"]), fmt_bytes(sa["bytes_on_disk"]),
                  _ratio(sa["bytes_on_disk"], sb["bytes_on_disk"])])
@@ -123,11 +123,12 @@ def outcome_table(outcome) -> Table:
     """The before/after table every pass prints."""
     table = Table(title=f"effkit {outcome.step}: {outcome.before.model['source']}", title_justify="left")
     for h in ("", "before", "after", "change"):
-        table.add_column(h, justify="left" if not h else "right")
-    for row in _outcome_rows(outcome):
+        table.add_column(h, justify="left" if not h else "right", no_wrap=h == "change")
+    for row in _outcome_rows(outcome, sep="\n"):
         table.add_row(*row)
-    if outcome.notes:
-        table.caption = "\n".join(outcome.notes)
+    notes = outcome.timing_notes() + outcome.notes
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
     return table
 
@@ -136,7 +137,7 @@ def outcome_markdown(outcome) -> str:
     lines = [f"### effkit {outcome.step}: `{outcome.before.model['source']}`", "",
              "| | before | after | change |", "|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in _outcome_rows(outcome)]
-    lines += [""] + [f"- {n}" for n in outcome.notes]
+    lines += [""] + [f"- {n}" for n in outcome.timing_notes() + outcome.notes]
     return "\n".join(lines) + "\n"
 
 

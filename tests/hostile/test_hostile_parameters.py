@@ -28,9 +28,9 @@ def test_bad_input_shape(cli, command, shape, expected):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_shape_too_big_for_memory_is_refused_before_allocating(cli, command, monkeypatch):
-    import effkit.inputs
+    import effkit.limits
 
-    monkeypatch.setattr(effkit.inputs, "_available_memory", lambda: 8 * 2**30)  # the message names the amount
+    monkeypatch.setattr(effkit.limits, "available_memory", lambda: 8 * 2**30)  # the message names the amount
     code, _, stderr = cli(command, spec("mlp_no_inputs"), "--input-shape", "100000x100000x100", *EXTRA_ARGS[command])
     assert (code, error_line(stderr)) == (
         2, "Error: an input of shape 100000x100000x100 float32 needs 3725.3 GiB, more than half the free memory "
@@ -120,3 +120,46 @@ def test_truncated_npz(tmp_path):
     np.savez(path, x=np.zeros((100, 4), np.float32))
     hf.truncated(path, path)
     assert _load_error(str(path)).startswith(f"{path} is not a readable .npz file: ")
+
+
+# ---------------------------------------------------------------- threads
+
+def test_absurd_thread_count_proves_live():
+    """torch itself segfaults when asked for 100000 threads."""
+    import subprocess
+    import sys
+
+    code = "import torch; torch.set_num_threads(100000); x = torch.randn(64, 64); print(float((x @ x).sum()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert done.returncode == -11, done  # SIGSEGV
+
+
+def _thread_commands() -> list[str]:
+    import typer
+
+    from effkit.cli.common import app
+
+    group = typer.main.get_command(app)
+    return sorted(name for name, command in group.commands.items() if any(p.name == "threads" for p in command.params))
+
+
+@pytest.mark.parametrize("command", _thread_commands())
+def test_absurd_thread_count_is_refused_before_any_work(cli, command):
+    from effkit.env import available_cores
+
+    cores = available_cores()
+    args = EXTRA_ARGS.get(command, [])
+    models = [spec("mlp")] * (2 if command == "compare" else 1)
+    extra = ["--student", spec("mlp"), "--data", "missing.npz", "-o", "out.pt2"] if command == "distill" else []
+    code, _, stderr = cli(command, *models, *args, *extra, "--threads", "100000")
+    assert (code, error_line(stderr)) == (
+        2, f"Error: --threads 100000 is more than 4 per core ({cores} cores here) (pass at most --threads {4 * cores})")
+
+
+def test_threads_up_to_the_cap_run(cli):
+    from effkit.env import available_cores
+
+    code, stdout, stderr = cli("bench", spec("mlp"), "--threads", str(4 * available_cores()), "--warmup", "1",
+                               "--iterations", "2", "--json", "-")
+    assert code == 0, stderr
+    assert f'"threads": {4 * available_cores()}' in stdout
