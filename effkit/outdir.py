@@ -27,7 +27,7 @@ from effkit.pipeline import CompressFailed, run_pipeline
 from effkit.pipeline_result import SCHEMA, CompressResult
 from effkit.recipe import Recipe
 from effkit.report.compress import compress_markdown
-from effkit.report.html import compress_html
+from effkit.report.render import render_html
 from effkit.runners import native_runner
 from effkit.save import save_model
 from effkit.util import quiet_torch
@@ -120,9 +120,10 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
                 names.append("model.pt2")
         result.outputs = [str(shown / n) for n in names + ["recipe.toml", "report.json", "report.md", "report.html"]]
         _write(stage / "recipe.toml", result.recipe.to_toml(_recipe_comments(result)))
-        _write(stage / "report.json", result.to_json() + "\n")
+        document = result.to_json()
+        _write(stage / "report.json", document + "\n")
         _write(stage / "report.md", compress_markdown(result))
-        _write(stage / "report.html", compress_html(result))
+        _write(stage / "report.html", render_html(json.loads(document)))
     return [Path(p) for p in result.outputs]
 
 

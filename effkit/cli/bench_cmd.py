@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.benchmark import bench
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
                                MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free,
                                command, console_for, load, progress_bar, write_outputs)
 from effkit.errors import UsageError
@@ -42,12 +42,13 @@ def bench_command(
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
 ) -> None:
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
-    check_outputs_free([json, markdown], force)
+    check_outputs_free([json, html, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:
@@ -57,4 +58,4 @@ def bench_command(
     console.print(bench_table(result))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force)
+    write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force, html_path=html)

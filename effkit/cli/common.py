@@ -71,7 +71,10 @@ IterationsOpt = Annotated[Optional[int], typer.Option(
 MinTimeOpt = Annotated[float, typer.Option("--min-time", help="Seconds of timed calls per measurement.", min=0.0)]
 JsonOpt = Annotated[Optional[str], typer.Option(
     "--json", help="Write the result as JSON to PATH; '-' writes JSON alone to stdout (the rest goes to stderr).")]
-MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown report to PATH.")]
+MarkdownOpt = Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown report to PATH.",
+                                                      metavar="PATH")]
+HtmlOpt = Annotated[Optional[Path], typer.Option(
+    "--html", help="Write a self-contained HTML report (charts, no network needed) to PATH.", metavar="PATH")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 ExportOnnxOpt = Annotated[Optional[Path], typer.Option(
     "--export-onnx", help="Also export the result to this .onnx path, verified in ONNX Runtime.")]
@@ -99,8 +102,10 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
-                  markdown_text: Callable[[], str], force: bool) -> None:
-    """Write --json and --markdown outputs (atomically; '-' means stdout for JSON)."""
+                  markdown_text: Callable[[], str], force: bool, html_path: Path | None = None) -> None:
+    """Write --json, --markdown and --html outputs (atomically; '-' means stdout for JSON).
+
+    The HTML page is rendered from the JSON document, so both always say the same."""
     if json_path == "-":
         sys.stdout.write(json_text() + "\n")
     elif json_path:
@@ -109,6 +114,13 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
     if markdown_path:
         write_text(markdown_path, markdown_text(), force)
         err.print(f"wrote {markdown_path}")
+    if html_path:
+        import json
+
+        from effkit.report.render import render_html
+
+        write_text(html_path, render_html(json.loads(json_text())), force)
+        err.print(f"wrote {html_path}")
 
 
 def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tuple = ()) -> None:

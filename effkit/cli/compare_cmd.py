@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TimeoutOpt, TrustOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TimeoutOpt, TrustOpt,
                                WarmupOpt, check_outputs_free, command, console_for, progress_bar)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
@@ -55,6 +55,7 @@ def compare_command(
     inputs: InputsOpt = None,
     junit: JunitOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
@@ -79,7 +80,7 @@ def compare_command(
     # (accuracy, memory) that a comparison does not measure.
     gates, config_strict = thresholds_from(fail_on, config) if fail_on or config else ([limit], False)
     strict = strict or config_strict
-    check_outputs_free([json, markdown, junit], force)
+    check_outputs_free([json, html, markdown, junit], force)
     shapes: list[InputShape] = [parse_input_shape(s) for s in input_shape or []]
     load_options = {"arch": arch, "trust": trust, "input_shapes": shapes, "inputs": inputs}
     with progress_bar() as progress:
@@ -102,7 +103,7 @@ def compare_command(
         data["gates"] = report.to_dict()
         return jsonlib.dumps(data, indent=2)
 
-    report_gates(report, json=json, markdown=markdown, junit=junit, force=force, json_text=json_text,
+    report_gates(report, json=json, markdown=markdown, junit=junit, force=force, html=html, json_text=json_text,
                  markdown_text=lambda: compare_markdown(result) + "\n" + report.markdown())
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for,
                                err, load, progress_bar, write_outputs)
 from effkit.data import load_data
@@ -89,6 +89,7 @@ def compress_command(
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
@@ -101,7 +102,7 @@ def compress_command(
                               max_accuracy_drop=max_accuracy_drop, tolerance=tolerance, opset=opset, threads=threads,
                               warmup=warmup, iterations=iterations, min_time=min_time)
     check_outdir(output, force)
-    check_outputs_free([json, export_onnx], force)
+    check_outputs_free([json, html, export_onnx], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     train = load_data(data, input_names=loaded.input_names) if data else None
     evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
@@ -113,7 +114,7 @@ def compress_command(
                                                                                highlight=False))
         except CompressFailed as failed:
             console.print(compress_table(failed.result))
-            write_outputs(json, failed.result.to_json, None, str, force)
+            write_outputs(json, failed.result.to_json, None, str, force, html_path=html)
             raise
     console.print(compress_table(result))
     if export_onnx is not None:
@@ -121,4 +122,4 @@ def compress_command(
         result.outputs.append(str(export_onnx))
     console.print(f"wrote {output}: {', '.join(Path(p).name for p in result.outputs)}", markup=False,
                   highlight=False)
-    write_outputs(json, result.to_json, None, str, force)
+    write_outputs(json, result.to_json, None, str, force, html_path=html)

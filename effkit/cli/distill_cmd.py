@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.cli.bench_cmd import parse_runtimes
-from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
 from effkit.data import load_data
@@ -157,6 +157,7 @@ def distill_command(
     iterations: IterationsOpt = None,
     min_time: MinTimeOpt = 1.0,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
@@ -183,7 +184,7 @@ def distill_command(
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     ckpt = checkpoint_path(output)
-    check_outputs_free([output, json, markdown, export_onnx], force)
+    check_outputs_free([output, json, html, markdown, export_onnx], force)
     if ckpt.exists() and not resume and not force:
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
@@ -242,4 +243,4 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
     console.print(f"wrote {', '.join(outcome.outputs)}")
-    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)
+    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)

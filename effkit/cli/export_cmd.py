@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, write_outputs)
 from effkit.errors import UsageError
 from effkit.export import DEFAULT_OPSET, ExportConfig, export_onnx
@@ -28,6 +28,7 @@ def export_command(
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
 ) -> None:
@@ -36,7 +37,7 @@ def export_command(
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)
     loaded = load(model, arch, trust, input_shape, inputs)
-    check_outputs_free([output, json], force, inputs=(loaded.path,))
+    check_outputs_free([output, json, html], force, inputs=(loaded.path,))
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)
     report = exported.meta["export"]
@@ -45,4 +46,4 @@ def export_command(
                             f"max abs diff {report['max_abs_diff']:.3g} at batch sizes "
                             f"{', '.join(map(str, report['batches_checked']))}")
     write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.export/1", "output": str(output), **report}, indent=2),
-                  None, str, force)
+                  None, str, force, html_path=html)

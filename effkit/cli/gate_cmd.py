@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
+from effkit.cli.common import (HtmlOpt, ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
                                write_outputs)
 from effkit.gate_config import thresholds_from, write_reports
 from effkit.gates import gate
@@ -28,8 +28,9 @@ JunitOpt = Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit X
 
 
 def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path | None, force: bool,
+                 html: Path | None = None,
                  json_text: Callable[[], str] | None = None, markdown_text: Callable[[], str] | None = None) -> None:
-    """Print one line per gate and the summary; write --json, --markdown, --junit and $GITHUB_STEP_SUMMARY; exit.
+    """Print one line per gate and the summary; write --json, --markdown, --html, --junit and $GITHUB_STEP_SUMMARY; exit.
 
     `json_text`/`markdown_text` replace the gate report's own (compare writes its measurements too).
     """
@@ -45,7 +46,7 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
     console.print(("[green]gates passed[/]: " if report.passed else "[bold red]gates failed[/]: ") + report.summary(),
                   highlight=False)
     markdown_text = markdown_text or report.markdown
-    write_outputs(json, json_text or report.to_json, markdown, markdown_text, force)
+    write_outputs(json, json_text or report.to_json, markdown, markdown_text, force, html_path=html)
     for path in write_reports(report, junit=junit, force=force, summary_text=markdown_text()):
         err.print(f"wrote {path}", highlight=False)
     raise typer.Exit(report.exit_code)
@@ -63,6 +64,7 @@ def gate_command(
     strict: StrictOpt = False,
     junit: JunitOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -73,6 +75,6 @@ def gate_command(
     The Markdown table is appended to $GITHUB_STEP_SUMMARY when it is set.
     """
     thresholds, config_strict = thresholds_from(fail_on, config)
-    check_outputs_free([json, markdown, junit], force, (result, baseline))
+    check_outputs_free([json, html, markdown, junit], force, (result, baseline))
     report = gate(result, thresholds, baseline, strict=strict or config_strict)
-    report_gates(report, json=json, markdown=markdown, junit=junit, force=force)
+    report_gates(report, json=json, markdown=markdown, junit=junit, force=force, html=html)

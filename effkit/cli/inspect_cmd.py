@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, write_outputs)
 from effkit.report.text import inspect_tables
 from effkit.structure import describe
@@ -18,13 +18,15 @@ def inspect_command(
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
 ) -> None:
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
-    check_outputs_free([json], force)
+    check_outputs_free([json, html], force)
     info = describe(load(model, arch, trust, input_shape, inputs))
     console = console_for(json)
     for table in inspect_tables(info):
         console.print(table)
-    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.inspect/1", **info}, indent=2), None, str, force)
+    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.inspect/1", **info}, indent=2), None, str,
+                  force, html_path=html)

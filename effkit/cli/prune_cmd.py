@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.cli.bench_cmd import parse_runtimes
-from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, load, progress_bar, write_outputs)
 from effkit.data import load_data
@@ -64,6 +64,7 @@ def prune_command(
     inputs: InputsOpt = None,
     export_onnx: ExportOnnxOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
@@ -83,9 +84,9 @@ def prune_command(
         finetune_epochs=finetune_epochs, distill=not no_distill, lr=lr, batch_size=batch_size, seed=seed,
         runtime=target_runtime,
     )
-    check_outputs_free([output, export_onnx, json, markdown], force)
+    check_outputs_free([output, export_onnx, json, html, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
-    check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
+    check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)
     _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
@@ -121,4 +122,4 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     for warning in outcome.before.warnings + outcome.after.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"wrote {', '.join(outcome.outputs)}")
-    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)
+    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)

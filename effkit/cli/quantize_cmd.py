@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
+from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
 from effkit.data import load_data
@@ -67,6 +67,7 @@ def quantize_command(
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
     json: JsonOpt = None,
+    html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
     export_onnx: ExportOnnxOpt = None,
     force: ForceOpt = False,
@@ -86,7 +87,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
-    check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
+    check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
@@ -107,7 +108,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         chosen = result.model
         target = output if suffix else output.with_name(output.name + chosen.save_suffix)
         if not suffix:  # known only now: check it before the long measurement
-            check_outputs_free([target, json, markdown, export_onnx], force, inputs=(loaded.path,))
+            check_outputs_free([target, json, html, markdown, export_onnx], force, inputs=(loaded.path,))
         runtime = "torch" if chosen.kind == "torch" else "onnxruntime"
         with quiet_torch():
             outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
@@ -126,7 +127,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     console.print(f"wrote {', '.join(outcome.outputs)}")
 
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
-        result.details), force)
+        result.details), force, html_path=html)
 
 
 def _candidate_rows(details: dict) -> list[list[str]]:
