@@ -19,6 +19,7 @@ from effkit.cli import (  # noqa: F401
     compress_cmd,
     compare_cmd,
     gate_cmd,
+    report_cmd,
 )
 from effkit.cli.common import DEBUG, app
 

@@ -29,6 +29,11 @@ def render_html(doc: dict) -> str:
     return renderer(doc)
 
 
+def can_render(doc) -> bool:
+    """Whether `doc` is an effkit result document this module renders."""
+    return isinstance(doc, dict) and str(doc.get("schema", "")).split("/")[0] in _RENDERERS
+
+
 def fmt_ms(ms: float | None) -> str:
     """Milliseconds with three significant digits."""
     return "-" if ms is None else f"{ms:.3g} ms"
