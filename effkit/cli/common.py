@@ -105,7 +105,15 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
                   markdown_text: Callable[[], str], force: bool, html_path: Path | None = None) -> None:
     """Write --json, --markdown and --html outputs (atomically; '-' means stdout for JSON).
 
-    The HTML page is rendered from the JSON document, so both always say the same."""
+    The HTML page is rendered from the JSON document, so both always say the same; it is rendered
+    before anything is written, so a rendering error leaves no partial set of outputs."""
+    html_text = None
+    if html_path:
+        import json
+
+        from effkit.report.render import render_html
+
+        html_text = render_html(json.loads(json_text()))
     if json_path == "-":
         sys.stdout.write(json_text() + "\n")
     elif json_path:
@@ -115,11 +123,7 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
         write_text(markdown_path, markdown_text(), force)
         err.print(f"wrote {markdown_path}")
     if html_path:
-        import json
-
-        from effkit.report.render import render_html
-
-        write_text(html_path, render_html(json.loads(json_text())), force)
+        write_text(html_path, html_text, force)
         err.print(f"wrote {html_path}")
 
 

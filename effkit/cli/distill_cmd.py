@@ -205,7 +205,7 @@ def distill_command(
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
         _report(teacher_model, result, val, output, ckpt, runtimes, threads, warmup, iterations,
-                min_time, json, markdown, export_onnx, force)
+                min_time, json, markdown, html, export_onnx, force)
 
 
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
@@ -225,7 +225,7 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
 
 
 def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
-            markdown, export_onnx, force) -> None:
+            markdown, html, export_onnx, force) -> None:
     trained = result.model
     with progress_bar() as progress, quiet_torch():  # measuring sizes saves models: keep torch.export's noise away
         outcome = measure_before_after("distill", teacher, trained, runtimes=runtimes, threads=threads, warmup=warmup,

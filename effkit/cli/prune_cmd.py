@@ -90,7 +90,7 @@ def prune_command(
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)
     _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
-         json, markdown, force)
+         json, markdown, html, force)
 
 
 def _data(data: str | None, eval_data: str | None, model):
@@ -103,7 +103,7 @@ def _data(data: str | None, eval_data: str | None, model):
 
 
 def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
-         json, markdown, force) -> None:
+         json, markdown, html, force) -> None:
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")

@@ -104,7 +104,7 @@ def point(name: str, doc: dict) -> dict:
         out.update(runtime=doc.get("runtime"), size=doc.get("metrics", {}).get("size"), time=env.get("time"),
                    commit=env.get("git_commit"))
         for stat in ("p50", "p90"):
-            out[stat], out[f"{stat}_ci"] = doc["stats"][stat]["b_ms"], None
+            out[stat], out[f"{stat}_ci"] = (doc["stats"].get(stat) or {}).get("b_ms"), None
     return out
 
 

@@ -340,15 +340,17 @@ def _compress_layers(doc: dict) -> list[str]:
 # ---------------------------------------------------------------- compare and gate
 
 def compare_page(doc: dict) -> str:
-    p50 = doc["stats"]["p50"]
+    p50 = doc["stats"].get("p50")
     status = {"slower": "fail", "inconclusive": "warn"}.get(doc["verdict"], "ok")
     if doc.get("warnings") and status == "ok":
         status = "warn"
-    text = (f"B is {doc['verdict']} than A on {doc['runtime']}: p50 {fmt_ms(p50['a_ms'])} -> {fmt_ms(p50['b_ms'])}, "
-            f"B/A {p50['ratio']:.3f} [{p50['ci'][0]:.3f}, {p50['ci'][1]:.3f}]" if p50.get("ci") else
-            f"B is {doc['verdict']} than A on {doc['runtime']}")
-    if doc["verdict"] == "same":
-        text = text.replace("is same than", "is the same as")
+    relation = "the same as" if doc["verdict"] == "same" else f"{doc['verdict']} than"
+    if doc["verdict"] == "inconclusive":
+        relation = "not clearly faster or slower than"
+    text = f"B is {relation} A on {doc['runtime']}"
+    if p50 and p50.get("ci"):
+        text += (f": p50 {fmt_ms(p50['a_ms'])} -> {fmt_ms(p50['b_ms'])}, B/A {p50['ratio']:.3f} "
+                 f"[{p50['ci'][0]:.3f}, {p50['ci'][1]:.3f}]")
     body = [verdict(status, text), bullets(doc.get("reasons", []))]
     body += warnings(doc.get("warnings", []))
     rows = []
@@ -356,13 +358,18 @@ def compare_page(doc: dict) -> str:
         s = doc["stats"].get(stat)
         for side in ("a", "b"):
             value = s.get(f"{side}_ms") if s else None
-            rows.append({"label": f"{side.upper()} {stat}", "value": value, "text": fmt_ms(value), "series": side.upper()})
+            rows.append({"label": f"{side.upper()} {stat}", "value": value, "text": fmt_ms(value), "series": side.upper(),
+                         "why": "no pair was measured on a quiet enough machine"})
     body += ["<h2>Latency, A against B</h2>", bar_chart("latency", "Latency per call (ms), A and B; shorter is faster.",
                                                        rows, series=["A", "B"])]
     body.append(table(["statistic", "A", "B", "B/A", "95% interval", "verdict"],
                       [[k, fmt_ms(s["a_ms"]), fmt_ms(s["b_ms"]), f"{s['ratio']:.3f}",
                         f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" if s.get("ci") else "-", s["verdict"]]
                        for k, s in doc["stats"].items()]))
+    if doc.get("gates"):
+        gates = doc["gates"]
+        body += ["<h2>Gates</h2>", _gate_table(gates),
+                 f"<p>{'passed' if gates.get('passed') else 'failed'}: {escape(gates.get('summary', ''))}</p>"]
     body += ["<h2>Models</h2>", table(["", "source", "format"], [["A", doc["a"]["source"], doc["a"]["format"]],
                                                                ["B", doc["b"]["source"], doc["b"]["format"]]], left=3)]
     body += _environment(doc.get("environment"))
@@ -374,11 +381,16 @@ def gate_page(doc: dict) -> str:
     status = "fail" if not doc.get("passed") else "warn" if "inconclusive" in statuses or doc.get("warnings") else "ok"
     body = [verdict(status, f"gates {'passed' if doc.get('passed') else 'failed'}: {doc.get('summary', '')}")]
     body += warnings(doc.get("warnings", []))
-    icons = {"passed": "✔ passed", "failed": "✖ failed", "inconclusive": "▲ inconclusive"}
-    body += ["<h2>Gates</h2>", table(["gate", "status", "value", "baseline", "limit", "message"], [
-        [v["gate"], icons.get(v["status"], v["status"]), _cell(v.get("value")), _cell(v.get("baseline")),
-         _cell(v.get("limit")), v.get("message")] for v in doc.get("verdicts", [])], left=2)]
+    body += ["<h2>Gates</h2>", _gate_table(doc)]
     return page(f"effkit gate: {doc.get('subject', '')}", body)
+
+
+def _gate_table(doc: dict) -> str:
+    icons = {"pass": "✔ pass", "passed": "✔ passed", "fail": "✖ fail", "failed": "✖ failed",
+             "inconclusive": "▲ inconclusive"}
+    return table(["gate", "status", "value", "baseline", "limit", "message"], [
+        [v["gate"], icons.get(v["status"], v["status"]), _cell(v.get("value")), _cell(v.get("baseline")),
+         _cell(v.get("limit")), v.get("message")] for v in doc.get("verdicts", [])], left=2)
 
 
 _RENDERERS = {"effkit.bench": bench_page, "effkit.inspect": inspect_page, "effkit.export": export_page,
