@@ -32,6 +32,6 @@ def report_command(
     else:
         html = history_html(found, skipped)
     for note in skipped:
-        err.print(note, markup=False, highlight=False)
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
     write_text(output, html, force)
-    err.print(f"wrote {output}", markup=False, highlight=False)
+    err.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)

@@ -17,6 +17,8 @@ from effkit.util import fmt_bytes, fmt_speedup
 
 # A step or pipeline that loses more accuracy than this (points) is shown as failed, whatever its bar.
 LARGE_LOSS_PT = 5.0
+# Candidates whose latencies are within this fraction of the chosen one's are shown as ties.
+TIE = 0.03
 
 
 def render_html(doc: dict) -> str:
@@ -136,7 +138,8 @@ def step_page(doc: dict) -> str:
     elif doc.get("fidelity"):
         parts.append(f"cosine to the original {doc['fidelity']['cosine_min']:.5f} (min)")
     every_warning = [f"before, {w}" for w in before.get("warnings", [])] + [f"after, {w}" for w in after.get("warnings", [])]
-    status = _status(doc.get("status"), change, every_warning)
+    slower = [f"slower on {rt}" for rt, sp in doc.get("speedup", {}).items() if sp.get("verdict") == "slower"]
+    status = _status(doc.get("status"), change, every_warning + slower)
     body = [verdict(status, "; ".join(p for p in parts if p))]
     body += _chosen_method(doc.get("details", {}))
     body += ["<h2>Latency, before and after</h2>"]
@@ -173,16 +176,34 @@ def _status(explicit: str | None, change_pt: float | None, warnings_: list[str])
 
 
 def _chosen_method(details: dict) -> list[str]:
-    """The method a step chose and the candidates it weighed (ties say so)."""
+    """The method a step chose, why, and every candidate it weighed; candidates as fast as the chosen
+    one (within TIE) are marked as ties."""
     candidates = details.get("candidates") or []
-    method = details.get("method") or details.get("chosen")
+    method = details.get("label") or details.get("method")
     if not candidates and not method:
         return []
+    chosen = next((c for c in candidates if c.get("status") == "chosen"), None)
+    why = ("the fastest candidate that met the quality bar" if chosen else "")
+    if details.get("slower_than_original"):
+        why += (", though slower than the original" if why else "slower than the original")
     out = ["<h2>Chosen method</h2>", f"<p><strong>{escape(str(method))}</strong>"
-           + (f": {escape(details['reason'])}" if details.get("reason") else "") + "</p>"]
+           + (f": {escape(why)}" if why else "") + "</p>"]
     if candidates:
-        keys = [k for k in candidates[0] if not isinstance(candidates[0][k], (dict, list))]
-        out.append(table(keys, [[_cell(c.get(k)) for k in keys] for c in candidates]))
+        reference = (details.get("baselines_ms") or {}).get("torch fp32")
+        rows = [[name, fmt_ms(ms), f"{reference / ms:.2f}x" if reference and ms else "-", "-", "-", "baseline"]
+                for name, ms in (details.get("baselines_ms") or {}).items()]
+        for c in candidates:
+            tie = (chosen is not None and c is not chosen and c.get("latency_ms") and chosen.get("latency_ms")
+                   and abs(c["latency_ms"] / chosen["latency_ms"] - 1) <= TIE)
+            size = details.get("original_size_bytes")
+            rows.append([c["label"], fmt_ms(c.get("latency_ms")),
+                         f"{reference / c['latency_ms']:.2f}x" if reference and c.get("latency_ms") else "-",
+                         f"{c['size_bytes'] / size:.2f}x" if size and c.get("size_bytes") else "-",
+                         f"{c['fidelity']['cosine_min']:.5f}" if c.get("fidelity") else "-",
+                         c.get("status", "-") + (" (tie with the chosen one)" if tie else "")
+                         + (f": {c['error']}" if c.get("error") else "")])
+        out.append(table(["candidate", "p50", "speedup vs torch fp32", "size vs original", "cosine (min)", "status"],
+                         rows))
     return out
 
 
