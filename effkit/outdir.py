@@ -67,8 +67,8 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
     outdir = outdir.resolve()
     stage = track_temporary(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
-    try:
+    try:  # from here on, Ctrl-C removes the stage: the signal often lands right after mkdtemp
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
         yield stage
         check_outdir(outdir, force)
         old = None
