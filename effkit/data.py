@@ -160,7 +160,11 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
     from effkit.model import is_factory_spec, resolve_factory
 
+    from effkit.files import mark_read
+
     path = Path(spec)
+    if path.is_dir() or path.is_file():
+        mark_read(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")
         if not files:

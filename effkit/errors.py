@@ -37,6 +37,10 @@ class OutputExistsError(EffkitError):
     """An output file exists and --force was not given."""
 
 
+class OutputError(EffkitError):
+    """An output cannot be written: the disk is full, or the path is a block device or socket."""
+
+
 class StepFailed(EffkitError):
     """A pass (quantize, prune, ...) ran but its result is unusable: NaN outputs, tolerance missed.
 

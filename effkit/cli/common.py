@@ -175,9 +175,12 @@ def handle_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from effkit.files import reading_scope
+
         _RUNNING["params"] = kwargs
         try:
-            return func(*args, **kwargs)
+            with reading_scope():
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except EffkitError as e:

@@ -445,11 +445,17 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     """
     import torch
 
+    from effkit.files import check_not_read, reading
+    from effkit.model import model_files
+
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:
         train, val = data, val_data
     _check_inputs(teacher, student, config, train, val)
+    if checkpoint is not None:  # it is written on a signal: never over a file this run reads
+        with reading(*model_files(teacher), *model_files(student)):
+            check_not_read(checkpoint, "checkpoint")
     device = _device()
     if teacher.kind == "torch":  # a private copy: the caller's teacher is neither moved nor hooked
         teacher = teacher.replace(module=copy.deepcopy(teacher.module).to(device).eval())
