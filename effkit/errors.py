@@ -54,3 +54,7 @@ class GateFailed(EffkitError):
     """A CI gate failed. Exit code 1."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs. Exit code 143."""

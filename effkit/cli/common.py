@@ -2,7 +2,8 @@
 
 This is the one place where errors become exit codes: EffkitError kinds carry their own (2 for
 user mistakes, 1 for a failed step or gate); anything unexpected is exit 2 with one line, and
-`--debug` shows the traceback.
+`--debug` shows the traceback. Ctrl-C (SIGINT) ends with exit 130 and SIGTERM with 143, both after
+the same cleanup: temporaries removed, old outputs left as they were.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from effkit.errors import EffkitError, UsageError
+from effkit.errors import EffkitError, Terminated, UsageError
 
 app = typer.Typer(
     name="effkit",
@@ -179,7 +182,7 @@ def handle_errors(func: Callable) -> Callable:
 
         _RUNNING["params"] = kwargs
         try:
-            with reading_scope():
+            with reading_scope(), _sigterm_interrupts():
                 return func(*args, **kwargs)
         except typer.Exit:
             raise
@@ -188,9 +191,10 @@ def handle_errors(func: Callable) -> Callable:
                 traceback.print_exc()
             err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("Error: interrupted; no output was left half-written", markup=False, highlight=False)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+            err.print(f"Error: {what}; no output was left half-written", markup=False, highlight=False)
+            raise typer.Exit(code) from None
         except Exception as e:
             if DEBUG["on"]:
                 traceback.print_exc()
@@ -202,6 +206,23 @@ def handle_errors(func: Callable) -> Callable:
             _RUNNING["params"] = {}
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt): the cleanup of Ctrl-C runs."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def terminate(_signum, _frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def command(*args, **kwargs) -> Callable:
