@@ -158,9 +158,8 @@ def _from_iterable(items: Any, source: str, limit: int | None) -> Data:
 
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
-    from effkit.model import is_factory_spec, resolve_factory
-
     from effkit.files import mark_read
+    from effkit.model import is_factory_spec, resolve_factory
 
     path = Path(spec)
     if path.is_dir() or path.is_file():

@@ -881,7 +881,7 @@ def _own_sidecars(real: Path) -> set[str]:
     """The data files that the ONNX file `real` names and that effkit wrote for it (named its way)."""
     import onnx
 
-    if not real.is_file():
+    if not real.is_file() or not _mentions(real, f"{real.name}.".encode()):  # cheap: no need to parse it
         return set()
     try:
         proto = onnx.load(str(real), load_external_data=False)
