@@ -245,7 +245,10 @@ class BenchResult:
 
     @classmethod
     def load(cls, path: str | Path) -> BenchResult:
+        from effkit.files import mark_read
+
         path = Path(path)
+        mark_read(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

@@ -173,9 +173,12 @@ def _npy_file_bytes(path: Path) -> int:
 
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
+    from effkit.files import mark_read
     from effkit.model import is_factory_spec, resolve_factory
 
     path = Path(spec)
+    if path.is_dir() or path.is_file():
+        mark_read(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")
         if not files:

@@ -182,7 +182,10 @@ def _fmt_interval(v: Verdict) -> str:
 
 def load_result(path: str | Path) -> dict:
     """Read a result JSON (bench, step outcome, or compare) and check its schema."""
+    from effkit.files import mark_read
+
     path = Path(path)
+    mark_read(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -505,8 +508,9 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def _read_toml(path: Path) -> dict:
-    from effkit.files import loads_toml
+    from effkit.files import loads_toml, mark_read
 
+    mark_read(path)
     try:
         return loads_toml(path.read_text(), str(path))
     except OSError as e:
@@ -565,7 +569,7 @@ def load_gate_config(path: str | Path | None = None,
 def write_reports(report: GateReport, *, junit: str | Path | None = None, force: bool = False,
                   summary_text: str | None = None) -> list[str]:
     """Write JUnit XML, and append Markdown (default: the gate table) to $GITHUB_STEP_SUMMARY when it is set."""
-    from effkit.files import write_text
+    from effkit.files import check_not_read, write_text
 
     written = []
     if junit:
@@ -573,6 +577,7 @@ def write_reports(report: GateReport, *, junit: str | Path | None = None, force:
         written.append(str(junit))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
+        check_not_read(summary, "$GITHUB_STEP_SUMMARY")
         with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
             f.write((summary_text or report.markdown()) + "\n")
         written.append(summary)

@@ -616,12 +616,16 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
 # ---------------------------------------------------------------- writing OUTDIR
 
 def check_outdir(outdir: str | Path, force: bool) -> Path:
-    """Refuse an OUTDIR that is a file, or that holds files (without --force, or that effkit did not write:
-    --force replaces a whole earlier OUTDIR, so it must never swallow a folder of the user's own files)."""
+    """Refuse an OUTDIR that is a file, that holds a file this command reads, or that holds files (without
+    --force, or that effkit did not write: --force replaces a whole earlier OUTDIR, so it must never swallow
+    a folder of the user's own files)."""
+    from effkit.files import check_not_read
+
     shown = Path(outdir)
     outdir = shown.resolve()  # "-o ." needs a real name and parent to stage beside
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{shown} is a file, not a folder", "pass a folder for -o")
+    check_not_read(shown, "output folder")
     if outdir.is_dir() and any(outdir.iterdir()):
         if not _is_effkit_outdir(outdir):
             raise OutputExistsError(f"{shown} holds files that effkit compress did not write",
@@ -632,12 +636,16 @@ def check_outdir(outdir: str | Path, force: bool) -> Path:
 
 
 def _is_effkit_outdir(outdir: Path) -> bool:
-    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes."""
+    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes
+    (model.onnx's external data file included)."""
+    from effkit.model import is_sidecar_name
+
     try:
         schema = json.loads((outdir / "report.json").read_text()).get("schema")
     except (OSError, ValueError, AttributeError):
         return False
-    return schema == SCHEMA and all(p.name in OUTDIR_FILES for p in outdir.iterdir())
+    return schema == SCHEMA and all(p.name in OUTDIR_FILES or is_sidecar_name(p.name, "model.onnx")
+                                    for p in outdir.iterdir())
 
 
 @contextlib.contextmanager
@@ -744,10 +752,15 @@ def compress(model, recipe: Recipe, outdir: str | Path, *, data=None, eval_data=
              progress: Callable[[str, float], None] | None = None,
              log: Callable[[str], None] | None = None) -> CompressResult:
     """Run the pipeline on `model` and write OUTDIR. Raises `CompressFailed` (exit 1) when the quality
-    bar cannot be met; OUTDIR then holds the recipe and the reports, no model."""
-    check_outdir(outdir, force)
-    result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
-    write_outdir(result, outdir, force)
+    bar cannot be met; OUTDIR then holds the recipe and the reports, no model. OUTDIR may not hold
+    the model's files (it is replaced whole)."""
+    from effkit.files import reading
+    from effkit.model import model_files
+
+    with reading(*model_files(model)):
+        check_outdir(outdir, force)
+        result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
+        write_outdir(result, outdir, force)
     if result.status != "ok":
         raise CompressFailed(result.message or "the quality bar could not be met", result.hint, result)
     return result

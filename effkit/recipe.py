@@ -161,7 +161,10 @@ class Recipe:
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read a TOML recipe file."""
+        from effkit.files import mark_read
+
         path = Path(path)
+        mark_read(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -22,6 +22,7 @@ from effkit.cli.common import (
 )
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.errors import EffkitError, UsageError
+from effkit.files import check_not_read, remove
 from effkit.specs import parse_ratio
 
 DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
@@ -199,6 +200,9 @@ def distill_command(
     else:
         student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
 
+    # everything is loaded now: no output, and not the checkpoint either, may be a file this run reads
+    check_not_read(ckpt, "checkpoint")
+    check_outputs_free([output, json, markdown, export_onnx, ckpt], True)
     result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume, threads)
     if prune_ratio is not None:
         result.details["prune"] = pruned.details
@@ -257,7 +261,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
         outcome.outputs = [str(p) for p in save_model(trained, output, force)]
         if export_onnx is not None:
             outcome.outputs.append(str(export_onnx))
-    ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
+    remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)

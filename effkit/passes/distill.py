@@ -105,9 +105,11 @@ def parse_feature_pair(text: str) -> tuple[str, str]:
 
 
 class Interrupted(EffkitError):
-    """Training stopped on SIGINT / SIGTERM after writing a checkpoint. Exit code 130."""
+    """Training stopped on SIGINT / SIGTERM after writing a checkpoint. Exit code 130 (SIGINT) or 143 (SIGTERM)."""
 
-    exit_code = 130
+    def __init__(self, message: str, hint: str | None = None, signum: int = signal.SIGINT):
+        super().__init__(message, hint)
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -395,6 +397,7 @@ class _StopSignal:
 
     def __init__(self, enabled: bool):
         self.requested = False
+        self.signum = signal.SIGINT  # the last signal received: its exit code is the run's
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.previous: dict = {}
 
@@ -408,6 +411,7 @@ class _StopSignal:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -448,11 +452,17 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     from effkit.limits import check_threads
 
     check_threads(threads)
+    from effkit.files import check_not_read, reading
+    from effkit.model import model_files
+
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:
         train, val = data, val_data
     _check_inputs(teacher, student, config, train, val)
+    if checkpoint is not None:  # it is written on a signal: never over a file this run reads
+        with reading(*model_files(teacher), *model_files(student)):
+            check_not_read(checkpoint, "checkpoint")
     device = _device()
     if teacher.kind == "torch":  # a private copy: the caller's teacher is neither moved nor hooked
         teacher = teacher.replace(module=copy.deepcopy(teacher.module).to(device).eval())
@@ -654,7 +664,7 @@ class _Training:
                         raise StepFailed(f"the training loss became NaN or Inf at epoch {self.epoch + 1}, step "
                                          f"{self.step}", "lower --lr or --temperature")
                     if stopping:
-                        self.interrupt()
+                        self.interrupt(stop.signum)
                 self.end_epoch()
 
     def train_step(self, global_idx: np.ndarray) -> bool:
@@ -685,14 +695,14 @@ class _Training:
         self.train_seconds += time.perf_counter() - began
         return finite
 
-    def interrupt(self) -> None:
+    def interrupt(self, signum: int) -> None:
         """Save where training stands (the epoch's bookkeeping first when it just ended), then stop."""
         epoch, step = self.epoch + 1, self.step
         if self.step == self.steps_per_epoch:
             self.end_epoch()
         self.save()
         raise Interrupted(f"interrupted at epoch {epoch}, step {step} of {self.steps_per_epoch}; checkpoint written "
-                          f"to {self.checkpoint}", "run the same command with --resume to continue")
+                          f"to {self.checkpoint}", "run the same command with --resume to continue", signum)
 
     def end_epoch(self) -> None:
         """Record the epoch's mean training loss (over all ranks) and validation; keep the best weights."""
