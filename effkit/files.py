@@ -132,10 +132,19 @@ def forget_temporary(path: str | Path) -> None:
 
 
 def remove_temporaries() -> None:
-    """Delete every registered temporary (for a run that ends without unwinding)."""
+    """Delete every registered temporary (for a run that ends without unwinding).
+
+    The main thread may still be writing into them: a folder is renamed first, so that nothing new
+    can be created in it by its path while it is deleted.
+    """
     for path in list(_TEMPORARIES):
         if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+            doomed = path.with_name(f"{path.name}.removing")
+            try:
+                os.rename(path, doomed)
+            except OSError:
+                doomed = path
+            shutil.rmtree(doomed, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -303,3 +303,37 @@ def test_timeout_stops_every_command(cli, tmp_path, monkeypatch, command):
 def test_timeout_must_be_positive_and_finite(cli, value):
     code, _, stderr = cli("inspect", spec("mlp"), "--timeout", value)
     assert code == 2 and error_line(stderr).startswith("Error: --timeout must be a positive number of seconds"), stderr
+
+
+def test_temporaries_are_removed_while_still_being_written(tmp_path):
+    """The watchdog removes temporaries while the main thread may go on writing into them: a staging
+    folder that keeps receiving files must still disappear, with nothing left beside it."""
+    import threading
+
+    from effkit.files import forget_temporary, remove_temporaries, track_temporary
+
+    stage = track_temporary(tmp_path / ".out.effkit-stage")
+    stage.mkdir()
+    started, stop = threading.Event(), threading.Event()
+
+    def keep_writing() -> None:
+        for i in range(10**6):
+            if stop.is_set():
+                return
+            try:
+                (stage / f"{i}.part").write_bytes(b"x")
+            except FileNotFoundError:  # the folder is gone: nothing can be created in it any more
+                return
+            if i == 2000:  # enough files that deleting them takes a while, with the writer still going
+                started.set()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    started.wait()
+    try:
+        remove_temporaries()
+    finally:
+        stop.set()
+        writer.join()
+        forget_temporary(stage)
+    assert list(tmp_path.iterdir()) == []
