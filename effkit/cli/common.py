@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json as jsonlib
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from effkit.files import check_output, reading_scope, write_text
 from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, TERMINATED, TERMINATED_EXIT, guard, received, stop_signals
 from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
+from effkit.report.render import render_html
 from effkit.specs import parse_input_shape
 
 app = typer.Typer(
@@ -109,13 +111,7 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
 
     The HTML page is rendered from the JSON document, so both always say the same; it is rendered
     before anything is written, so a rendering error leaves no partial set of outputs."""
-    html_text = None
-    if html_path:
-        import json
-
-        from effkit.report.render import render_html
-
-        html_text = render_html(json.loads(json_text()))
+    html_text = render_html(jsonlib.loads(json_text())) if html_path else None
     if json_path == "-":
         sys.stdout.write(json_text() + "\n")
     elif json_path:
