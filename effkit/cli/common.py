@@ -17,9 +17,10 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn, Optional, get_args
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 from rich.console import Console
 
 from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError
@@ -233,12 +234,41 @@ def _stopped(signum: int) -> NoReturn:
 
 
 def command(name: str, **kwargs) -> Callable:
-    """`@app.command(name)` with effkit's error handling."""
+    """`@app.command(name)` with effkit's error handling and help."""
 
     def decorate(func: Callable) -> Callable:
-        return app.command(name, **kwargs)(handle_errors(func, name))
+        return app.command(name, cls=HelpCommand, **kwargs)(handle_errors(func, name))
 
     return decorate
+
+
+# What --help shows for a value of each type, unless the option names its own metavar.
+_METAVARS = {int: "INT", float: "NUMBER", Path: "PATH", str: "TEXT"}
+
+
+class HelpCommand(TyperCommand):
+    """A command whose --help reads at 80 columns: metavars MODEL, PATH, INT instead of Typer's
+    `<str>`, `<bool>` and `{model}`; flags show no type at all."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # with --help, which click adds here
+        for param in params:
+            if isinstance(param, TyperArgument):  # its name is its metavar: no type column
+                param.metavar = param.metavar or param.name.upper()
+                param._usage_display_name = (lambda p=param: p.metavar if p.required else f"[{p.metavar}]")
+                shown = None
+            else:
+                shown = None if param.is_flag else param.metavar or _metavar(param)
+            param.display_type_rich = lambda ctx, shown=shown: shown
+        return params
+
+
+def _metavar(param) -> str:
+    annotation = param.type_descriptor.annotation
+    for kind in get_args(annotation) or (annotation,):  # list[int], Optional[Path]: the inner type
+        if kind in _METAVARS:
+            return _METAVARS[kind]
+    return "TEXT"
 
 
 def check_shared_options(params: dict) -> None:

@@ -139,8 +139,9 @@ def distill_command(
                                          "cross-entropy on the labels when the data has them.")] = 0.5,
     loss: Annotated[str, typer.Option("--loss", help="kl (classifier logits) or mse (regression outputs).")] = "kl",
     feature_pairs: Annotated[Optional[list[str]], typer.Option(
-        "--feature-pairs", help="Also match intermediate outputs by MSE: student.layer:teacher.layer (shapes equal but "
-                                "for the channels, which a learned linear map bridges); repeat for several.")] = None,
+        "--feature-pairs", metavar="STUDENT:TEACHER",
+        help="Also match intermediate outputs by MSE: STUDENT:TEACHER, two layer names (shapes equal but for the "
+             "channels, which a learned linear map bridges); repeat for several.")] = None,
     feature_weight: Annotated[float, typer.Option("--feature-weight", help="Weight of the feature loss.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and of torch's RNG "
                                       "(the same command gives the same weights on CPU).")] = 0,
