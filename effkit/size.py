@@ -30,10 +30,12 @@ def size_info(model: Model) -> dict:
     """Parameters, non-zero parameters, bytes in memory, bytes on disk (with sidecars) and gzip bytes."""
     info: dict[str, Any] = {}
     if model.kind == "torch":
-        tensors = list(_torch_tensors(model.module))
-        info["parameters"] = int(sum(t.numel() for t in tensors))
-        info["nonzero_parameters"] = int(sum(int((t != 0).sum()) for t in tensors))
-        info["bytes_in_memory"] = int(sum(t.numel() * t.element_size() for t in tensors))
+        # parameters are the learned weights, as `effkit inspect` counts them; buffers (BatchNorm
+        # statistics, ...) take memory but are not parameters
+        weights = list(_torch_tensors(model.module, buffers=False))
+        info["parameters"] = int(sum(t.numel() for t in weights))
+        info["nonzero_parameters"] = int(sum(int((t != 0).sum()) for t in weights))
+        info["bytes_in_memory"] = int(sum(t.numel() * t.element_size() for t in _torch_tensors(model.module)))
     else:
         arrays = _onnx_initializers(model.onnx_path)
         info["parameters"] = int(sum(a.size for a in arrays))
@@ -47,12 +49,12 @@ def size_info(model: Model) -> dict:
     return info
 
 
-def _torch_tensors(module: Any):
-    """Parameters and buffers, including those of quantized layers (packed weights)."""
+def _torch_tensors(module: Any, buffers: bool = True):
+    """Parameters (and buffers), including those of quantized layers (packed weights)."""
     import torch
 
     seen = set()
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in list(module.parameters()) + (list(module.buffers()) if buffers else []):
         if id(t) not in seen:
             seen.add(id(t))
             yield t

@@ -61,12 +61,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def fmt_bytes(n: float | None, digits: int = 2) -> str:
+def fmt_bytes(n: float | None) -> str:
+    """A size with three significant digits, everywhere the same: 4.51 MB, 309 KB, 10.2 KB, 512 B."""
     if n is None:
         return "-"
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.{digits}f} {unit}"
+            value = n / size
+            return f"{value:.{2 if abs(value) < 10 else 1 if abs(value) < 100 else 0}f} {unit}"
     return f"{int(n)} B"
 
 

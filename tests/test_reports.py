@@ -95,3 +95,23 @@ def test_report_errors_are_one_line(cli, tmp_path, bench_doc):
     code, _, stderr = cli("report", "b.json", "-o", "h.html")
     assert (code, stderr.strip()) == (2, "Error: h.html already exists (pass --force to overwrite it)")
     assert (tmp_path / "h.html").read_text() == "mine"
+
+
+def test_one_parameter_count_everywhere(cli):
+    """inspect and the size every step reports count the same parameters: weights, not BatchNorm buffers."""
+    from effkit.load import load_model
+    from effkit.size import size_info
+    from effkit.structure import describe
+
+    model = load_model(spec("cnn"))
+    assert sum(b.numel() for b in model.module.buffers()) > 0  # the model has buffers to leave out
+    assert size_info(model)["parameters"] == describe(model)["parameters"] == sum(
+        p.numel() for p in model.module.parameters())
+
+
+@pytest.mark.parametrize("n, text", [(4_510_000, "4.51 MB"), (309_390, "309 KB"), (10_185, "10.2 KB"),
+                                     (45_600, "45.6 KB"), (512, "512 B"), (None, "-")])
+def test_sizes_have_three_significant_digits(n, text):
+    from effkit.util import fmt_bytes
+
+    assert fmt_bytes(n) == text

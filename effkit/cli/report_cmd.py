@@ -23,8 +23,10 @@ def report_command(
 ) -> None:
     """Render saved results as a self-contained HTML page.
 
-    One result gives its own report; several (or a folder) give a history: p50/p90 latency with 95%
-    intervals, size and accuracy per result, regressions marked."""
+    One result gives its own report.
+
+    Several (or a folder) give a history: p50/p90 latency with 95% intervals, size and accuracy per
+    result, regressions marked."""
     check_outputs_free([output], force, inputs=tuple(results))
     found, skipped = read_results(results)
     if len(found) == 1 and not any(p.is_dir() for p in results):

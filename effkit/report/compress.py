@@ -102,7 +102,7 @@ def terminal_cells(result) -> list[list[str]]:
             row["state"], "ort" if row["runtime"] == "onnxruntime" else row["runtime"],
             _num(row["p50_ms"]), _num(row["p90_ms"]), fmt_speedup(row["speedup_step_paired"], "\n"),
             fmt_speedup(row["speedup_vs_torch_fp32_paired"], "\n"),
-            fmt_bytes(row["size_bytes"], digits=0), *quality,
+            fmt_bytes(row["size_bytes"]), *quality,
         ])
     return cells
 

@@ -37,7 +37,7 @@ def _bench_rows(result) -> list[list[str]]:
         lat = r["latency_ms"]
         rows.append([r["runtime"], str(r["batch_size"])]
                     + [_num(lat[k]) for k in ("p50", "p90", "p99", "mean")]
-                    + [f"{r['throughput_per_s']:,.0f}", fmt_bytes(r["peak_rss_bytes"], digits=0)])
+                    + [f"{r['throughput_per_s']:,.0f}", fmt_bytes(r["peak_rss_bytes"])])
     return rows
 
 
@@ -59,7 +59,7 @@ def bench_table(result) -> Table:
         table.add_row(*row)
     s = result.size
     threads = ", ".join(sorted({str(r["threads"]) for r in result.runs}))
-    table.caption = (f"{threads} threads; {fmt_count(s['parameters'])} parameters ({fmt_count(s['nonzero_parameters'])} non-zero), "
+    table.caption = (f"{threads} threads; {s['parameters']:,} parameters ({s['nonzero_parameters']:,} non-zero), "
                      f"{fmt_bytes(s['bytes_on_disk'])} on disk, {fmt_bytes(s['gzip_bytes'])} gzipped")
     table.caption_justify = "left"
     return table
@@ -95,10 +95,10 @@ def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
                  _ratio(sa["bytes_on_disk"], sb["bytes_on_disk"])])
     rows.append(["size gzipped", fmt_bytes(sb["gzip_bytes"]), fmt_bytes(sa["gzip_bytes"]),
                  _ratio(sa["gzip_bytes"], sb["gzip_bytes"])])
-    rows.append(["parameters", fmt_count(sb["parameters"]), fmt_count(sa["parameters"]),
+    rows.append(["parameters", f"{sb['parameters']:,}", f"{sa['parameters']:,}",
                  _ratio(sa["parameters"], sb["parameters"])])
     if sb.get("nonzero_parameters") != sb.get("parameters") or sa.get("nonzero_parameters") != sa.get("parameters"):
-        rows.append(["non-zero parameters", fmt_count(sb["nonzero_parameters"]), fmt_count(sa["nonzero_parameters"]),
+        rows.append(["non-zero parameters", f"{sb['nonzero_parameters']:,}", f"{sa['nonzero_parameters']:,}",
                      _ratio(sa["nonzero_parameters"], sb["nonzero_parameters"])])
     if "macs" in outcome.details:
         mb, ma = outcome.details["macs"].get("before"), outcome.details["macs"].get("after")
