@@ -90,7 +90,10 @@ def test_a_bar_that_cannot_be_met_exits_1_and_writes_no_model(cli, tmp_path):
     assert code == 1
     assert stderr.strip().splitlines()[-1].startswith(
         "Error: pruning breaks the quality bar even at ratio 0.0625: cosine is ")
-    assert "FAILED: pruning breaks the quality bar" in stdout  # the summary still shows what was tried
+    assert "prune: try 1 (ratio 0.5) broke the bar" in stdout  # the summary still shows what was tried
+    assert "pruning breaks the quality bar" not in stdout  # the reason is said once, on the Error: line
+    assert stdout.strip().endswith("wrote out: recipe.toml, report.json, report.md, report.html (the reports of the "
+                                   "failed run, no model)")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["recipe.toml", "report.html", "report.json",
                                                                      "report.md"]
 

@@ -108,15 +108,17 @@ def compress_command(
     evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
     check_outputs_free([json, html, export_onnx], force)  # against every file read (compress checks OUTDIR again)
     console = console_for(json)
-    with progress_bar() as progress:
-        try:
+    try:
+        with progress_bar() as progress:  # closed (and cleared) before anything else is printed
             result = compress(loaded, the_recipe, output, data=train, eval_data=evaluation, force=force,
                               progress=progress, log=lambda message: err.print(message, markup=False,
                                                                                highlight=False))
-        except CompressFailed as failed:
-            console.print(compress_table(failed.result))
-            write_outputs(json, failed.result.to_json, None, str, force, html_path=html)
-            raise
+    except CompressFailed as failed:  # the table and where the reports are; the reason is the Error: line
+        console.print(compress_table(failed.result))
+        console.print(f"wrote {output}: {', '.join(Path(p).name for p in failed.result.outputs)} "
+                      "(the reports of the failed run, no model)", markup=False, highlight=False, soft_wrap=True)
+        write_outputs(json, failed.result.to_json, None, str, force, html_path=html)
+        raise
     console.print(compress_table(result))
     if export_onnx is not None:
         save_onnx_file(output / "model.onnx", export_onnx, force)

@@ -116,7 +116,9 @@ def compress_table(result) -> Table:
         table.add_column(h, justify="left" if i < 2 else "right", no_wrap=True)
     for cells in terminal_cells(result):
         table.add_row(*cells)
-    caption = [("" if result.status == "ok" else "FAILED: ") + headline(result)] + step_lines(result) + result.notes
+    # a failed run's reason is its Error: line, printed once, after the table
+    notes = [n for n in result.notes if n != f"stopped: {result.message}"]
+    caption = ([headline(result)] if result.status == "ok" else []) + step_lines(result) + notes
     table.caption = escape("\n".join(c for c in caption if c))  # notes hold [section] names, not markup
     table.caption_justify = "left"
     return table

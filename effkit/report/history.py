@@ -150,8 +150,9 @@ def history_html(results: list[tuple[str, dict]], notes: list[str] = ()) -> str:
         "latency-history", "p50 and p90 latency per result, oldest first (ms, axis from zero).",
         [{"x": i, "y": p[stat], "label": p["label"] if stat == "p50" else "", "series": stat}
          for stat in ("p50", "p90") for i, p in enumerate(points) if p.get(stat) is not None],
-        "result (oldest first)", "latency (ms)",
-        (0.0, 1.1 * max((p.get("p90") or 0) for p in points) or 1.0), x_range=(0, max(1, len(points) - 1)))]
+        "result (oldest first, numbered from 0)", "latency (ms)",
+        (0.0, 1.1 * max((p.get("p90") or 0) for p in points) or 1.0), x_range=(0, max(1, len(points) - 1)),
+        x_ticks=list(range(len(points))))]
     body.append(bar_chart("p50", "p50 latency per result, with its 95% interval.", [
         {"label": p["label"] + (" ▲" if p["regressions"] else ""), "value": p.get("p50"),
          "text": fmt_ms(p.get("p50")) + _interval(p.get("p50_ci")), "why": "no latency in this result"}

@@ -39,7 +39,8 @@ figure.chart { margin: 1.2em 0; }
 figcaption { color: #444; font-size: 0.92em; margin-bottom: 0.4em; }
 .bars { display: grid; grid-template-columns: minmax(6em, max-content) 1fr; gap: 3px 8px; align-items: center; }
 .bars .label { font-size: 0.9em; text-align: right; }
-.bars .track { position: relative; min-height: 1.3em; display: flex; align-items: center; gap: 6px; }
+.bars .track { position: relative; min-height: 1.3em; display: flex; flex-wrap: wrap; align-items: center;
+  gap: 0 6px; }
 .bars .bar { height: 1.1em; min-width: 1px; border-radius: 2px; }
 .bars .value { font-size: 0.85em; white-space: nowrap; }
 .bars .missing { font-size: 0.85em; color: #555; font-style: italic; }
@@ -145,10 +146,12 @@ def bar_chart(name: str, caption: str, rows: list[dict], series: list[str] | Non
 
 
 def scatter(name: str, caption: str, points: list[dict], x_label: str, y_label: str,
-            y_range: tuple[float, float], x_range: tuple[float, float] | None = None) -> str:
+            y_range: tuple[float, float], x_range: tuple[float, float] | None = None,
+            x_ticks: list[float] | None = None) -> str:
     """A small SVG scatter with labelled points, axes from the given ranges (never zoomed to the data).
 
-    points: {"x", "y", "label", "series"}; points of one series are joined in order.
+    points: {"x", "y", "label", "series"}; points of one series are joined in order. x_ticks: where
+    the x axis is labelled (default: five even steps).
     """
     width, height, left, bottom, top, right = 640, 300, 60, 40, 12, 110
     xs = [p["x"] for p in points]
@@ -165,9 +168,10 @@ def scatter(name: str, caption: str, points: list[dict], x_label: str, y_label: 
            "font-size=\"12\" font-family=\"sans-serif\">",
            f"<line x1=\"{left}\" y1=\"{py(y0)}\" x2=\"{width - right}\" y2=\"{py(y0)}\" stroke=\"#444\"/>",
            f"<line x1=\"{left}\" y1=\"{py(y0)}\" x2=\"{left}\" y2=\"{top}\" stroke=\"#444\"/>"]
-    for frac in (0, 0.25, 0.5, 0.75, 1):
-        y, x = y0 + frac * (y1 - y0), x0 + frac * (x1 - x0)
+    steps = (0, 0.25, 0.5, 0.75, 1)
+    for y in (y0 + frac * (y1 - y0) for frac in steps):
         out.append(f"<text x=\"{left - 4}\" y=\"{py(y) + 4:.1f}\" text-anchor=\"end\">{_tick(y)}</text>")
+    for x in x_ticks if x_ticks is not None else (x0 + frac * (x1 - x0) for frac in steps):
         out.append(f"<text x=\"{px(x):.1f}\" y=\"{height - bottom + 15}\" text-anchor=\"middle\">{_tick(x)}</text>")
     out.append(f"<text x=\"{(left + width - right) / 2}\" y=\"{height - 6}\" text-anchor=\"middle\">{escape(x_label)}</text>")
     out.append(f"<text transform=\"translate(14 {(top + height - bottom) / 2}) rotate(-90)\" "
