@@ -257,7 +257,7 @@ def test_cli_pass_fail_and_outputs(cli, tmp_path, monkeypatch):
                                "size:<=12MB", "--junit", "gate.xml", "--json", "gate.json", "--markdown", "gate.md")
     assert code == 1, stderr
     assert re.search(r"^FAIL +latency\.p50:\+5%: ratio 1\.5\d\d \[", stdout, re.M)
-    assert re.search(r"^PASS +size:<=12MB: 10\.00 MB <= 12\.00 MB$", stdout, re.M)
+    assert re.search(r"^PASS +size:<=12MB: 10\.0 MB <= 12\.0 MB$", stdout, re.M)
     assert "gates failed: 1 passed, 1 failed, 0 inconclusive" in stdout
     assert ET.parse(tmp_path / "gate.xml").getroot().find("testsuite").get("failures") == "1"
     assert json.loads((tmp_path / "gate.json").read_text())["passed"] is False

@@ -393,10 +393,10 @@ def test_an_interrupted_write_leaves_outdir_as_it_was(pruned_result, tmp_path, m
     previous = '{"schema": "effkit.compress/1", "note": "the previous result"}'
     (out / "report.json").write_text(previous)
 
-    def boom(result):  # the models are written by now: the reports come last
+    def boom(document):  # the models are written by now: the reports come last
         raise interruption("stopped")
 
-    monkeypatch.setattr(outdir_mod, "compress_html", boom)
+    monkeypatch.setattr(outdir_mod, "render_html", boom)
     with pytest.raises(interruption):
         write_outdir(pruned_result, out, force=True)
     assert [p.name for p in out.iterdir()] == ["report.json"] and (out / "report.json").read_text() == previous

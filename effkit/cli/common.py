@@ -260,6 +260,9 @@ class HelpCommand(TyperCommand):
             else:
                 shown = None if param.is_flag else param.metavar or _metavar(param)
             param.display_type_rich = lambda ctx, shown=shown: shown
+            # no "[x>=0.0]" beside the type: it squeezed option names at 80 columns (the range is
+            # still checked, and its error says it)
+            param._get_number_range_help_str = lambda: ""
         return params
 
 

@@ -278,7 +278,11 @@ def _compress_headline(doc: dict) -> str:
     parts = []
     speed = (o.get("speedup") or {}).get("vs_torch_fp32")
     if speed:
-        parts.append(f"{fmt_speedup(speed['p50'])} at p50 against torch fp32 eager, on {o['final_runtime']}")
+        parts.append(f"{fmt_speedup(speed['p50'])} at p50 ({fmt_speedup(speed['p90'])} at p90) against torch fp32 "
+                     f"eager, on {o['final_runtime']}" + _unsure(speed["p50"]))
+    same = (o.get("speedup") or {}).get("same_runtime")
+    if same and o.get("final_runtime") != "torch":
+        parts.append(f"{fmt_speedup(same['p50'])} against the original on {o['final_runtime']}" + _unsure(same["p50"]))
     if o.get("size_ratio"):
         parts.append(f"size {fmt_bytes(o['size_before'])} -> {fmt_bytes(o['size_after'])} "
                      f"({1 / o['size_ratio']:.3g}x smaller)")
@@ -288,6 +292,12 @@ def _compress_headline(doc: dict) -> str:
     elif o.get("fidelity"):
         parts.append(f"cosine to the original {o['fidelity']['cosine_min']:.5f} (min)")
     return "; ".join(parts) or "done"
+
+
+def _unsure(speedup: dict) -> str:
+    """Why an inconclusive speedup is one, in brackets; empty otherwise."""
+    reasons = speedup.get("reasons") or []
+    return f" ({'; '.join(reasons)})" if speedup.get("verdict") == "inconclusive" and reasons else ""
 
 
 def _compress_charts(doc: dict) -> list[str]:
