@@ -15,7 +15,8 @@ from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
 from effkit.judge import parse_tolerance
 from effkit.outcome import measure_before_after, speed_verdict
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, quantize
+from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, quantize,
+                                   random_inputs_warning)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_with_onnx
 from effkit.util import quiet_torch
@@ -57,6 +58,9 @@ def quantize_command(
         "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is slower than the original.")] = False,
+    initializer_inputs: Annotated[bool, typer.Option(
+        "--initializer-inputs", help="List the int8 model's weights as graph inputs too, as IR 3 (old converter) "
+                                     "graphs did; effkit takes them off the inputs to calibrate.")] = False,
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -82,7 +86,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, threads=threads,
-        candidate_time=min_time / 2, candidate_iterations=iterations)
+        candidate_time=min_time / 2, candidate_iterations=iterations, initializer_inputs=initializer_inputs)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
@@ -100,6 +104,9 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
 
+    unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
+    if unrepresentative:
+        err.print(f"[yellow]warning:[/] {unrepresentative}")
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress)
         chosen = result.model

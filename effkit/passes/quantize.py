@@ -27,8 +27,8 @@ from effkit.fidelity import held_out_inputs
 from effkit.inputs import batched
 from effkit.judge import Judge, check_tolerance, score, tolerance_failures
 from effkit.passes import PassContext, PassResult
-from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for
-from effkit.passes.quantize_ort import matching
+from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, ort_model, candidates_for
+from effkit.passes.quantize_ort import matching, with_initializers_as_inputs
 from effkit.runners import native_runner
 from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
@@ -66,6 +66,7 @@ class QuantizeConfig:
     candidate_time: float = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
     candidate_iterations: int | None = None  # or exactly this many calls per round
     fidelity_samples: int = 8
+    initializer_inputs: bool = False  # list the int8 graph's weights as inputs too (IR 3 style)
 
     def __post_init__(self) -> None:
         _choice("--method", self.method, METHODS)
@@ -85,6 +86,8 @@ class QuantizeConfig:
         if self.output_format and self.backend != "auto" and SUFFIX_OF[self.backend] != self.output_format:
             raise UsageError(f"--backend {self.backend} writes {SUFFIX_OF[self.backend]}, not {self.output_format}",
                              f"name the output {SUFFIX_OF[self.backend]} or drop --backend")
+        if self.initializer_inputs and (self.backend == "torch" or self.output_format == ".ts"):
+            raise UsageError("--initializer-inputs applies to ONNX outputs", "write OUT.onnx, or drop the flag")
         if self.random_calibration and self.method in ("dynamic", "weight-only"):
             raise UsageError(f"--calib random applies to static quantization, not --method {self.method}")
         for pattern in self.exclude:
@@ -203,6 +206,30 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]
 
 
+def input_kind(model) -> str | None:
+    """"images" or "text" when the model's inputs look like them (a float NCHW batch with 1-4 channels;
+    integer token ids), else None: what random inputs misrepresent most."""
+    arrays = model.example_inputs
+    if any(np.issubdtype(a.dtype, np.integer) and a.ndim == 2 for a in arrays) or \
+            any(n in ("input_ids", "token_ids", "tokens") for n in model.input_names):
+        return "text"
+    if any(np.issubdtype(a.dtype, np.floating) and a.ndim == 4 and a.shape[1] in (1, 3, 4) for a in arrays):
+        return "images"
+    return None
+
+
+def random_inputs_warning(model, calib, eval_data) -> str | None:
+    """The warning for a model of images or text judged (and calibrated) with no real data, else None."""
+    kind = input_kind(model)
+    if calib is not None or eval_data is not None or kind is None:
+        return None
+    how = ("a folder of images (--calib photos/ --image-size 224) or an .npz of preprocessed arrays"
+           if kind == "images" else "a text or JSONL file (--calib lines.txt with a tokenizer) or an .npz of token ids")
+    return (f"no real data was given, so this model of {kind} is calibrated and judged on random inputs, which "
+            f"are not representative of {kind}: a verdict on them says little about real inputs; pass --calib "
+            f"DATA and --eval DATA with real samples: {how}")
+
+
 # ---------------------------------------------------------------- the pass
 
 def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
@@ -225,6 +252,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     batches = calibration_batches(model, config, calib)
     if calib is not None and batches is None:
         notes.append(f"calibration data is not used by --method {config.method}")
+    unrepresentative = random_inputs_warning(model, calib, eval_data)
+    if unrepresentative:
+        notes.append(unrepresentative)
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
@@ -246,7 +276,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         c.latency_ms = timings[c.label]
         c.size_bytes = _size(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx)
+    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx, unrepresentative)
+    if config.initializer_inputs and chosen.backend == "onnxruntime":
+        chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
     original_size = _size(model)
     same_runtime = timings["torch fp32" if chosen.backend == "torch" else "onnxruntime fp32"]
     slower = chosen.latency_ms > same_runtime  # worded by who acts on it: compress (run) or the command
@@ -362,7 +394,7 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
 
 
-def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext) -> Candidate:
+def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, unrepresentative: str | None) -> Candidate:
     """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
     metric with only that layer kept in float) and keep the worst in float, a few at a time."""
     thresholds = ctx.config.thresholds
@@ -395,7 +427,8 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext)
         c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures = all_int8
         c.error = None
         tried.append(f"{c.label}: {'; '.join(c.failures)}")
-    raise StepFailed("no int8 model meets the tolerance, even with sensitive layers kept in float: "
+    raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")
+                     + "no int8 model meets the tolerance, even with sensitive layers kept in float: "
                      + " | ".join(tried) + "; nothing was written",
                      "loosen --tolerance, or pass --calib with representative data")
 

@@ -70,7 +70,8 @@ class CandidateContext:
         return (lambda f: self.progress(label, f)) if self.progress else None
 
 
-def _ort_model(ctx: CandidateContext, path) -> Any:
+def ort_model(ctx: CandidateContext, path) -> Any:
+    """An ONNX Runtime Model for the int8 file at `path`, with the original's inputs and outputs."""
     m = ctx.model
     return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
                  output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
@@ -116,16 +117,16 @@ def _ort_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> Can
     cfg = ctx.config
     if method == "dynamic":
         label = f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex))
     elif method == "static":
         label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
             ctx.onnx_path(), ctx.calib_batches, per_channel=per_channel, activation_type=cfg.activation_type,
             weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
     else:
         label = "ORT weight-only int8"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, exclude=ex))
     candidate = Candidate("onnxruntime", method, label, [], build)
     try:
