@@ -185,6 +185,11 @@ def _npy_folder(path: Path, spec: str, limit: int | None) -> Data:
                          "put images in it (one sub-folder per class), or one sample per .npy file with labels.npy")
     files = files[:limit] if limit is not None else files
     first = np.load(files[0], allow_pickle=False, mmap_mode="r")
+    for f in files[1:]:  # headers only: a sample of another shape is found before any work starts
+        shape = np.load(f, allow_pickle=False, mmap_mode="r").shape
+        if shape != first.shape:
+            raise InputError(f"{path}: the .npy files do not stack into one array: {f.name} holds shape "
+                             f"{list(shape)}, {files[0].name} {list(first.shape)}", "give every sample the same shape")
 
     def read(k: np.ndarray) -> np.ndarray:
         rows = []

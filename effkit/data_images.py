@@ -78,6 +78,11 @@ def _resize_and_crop(img, prep: ImagePreprocess):
 
 def image_samples(root: Path, prep: ImagePreprocess, limit: int | None) -> tuple[Samples, np.ndarray | None]:
     """The folder as lazily decoded Samples and its labels (None when unlabelled)."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"{root} is a folder of images, and reading them needs Pillow",
+                         "pip install 'effkit[images]'") from e
     files, labels, _ = image_files(root)
     if not files:
         raise InputError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)})",

@@ -122,7 +122,7 @@ def npy_file(path: Path):
         if version in readers:
             shape, fortran, dtype = readers[version](f, max_header_size=100_000)
             if dtype.hasobject:
-                raise InputError(f"{path} holds Python objects", "store numeric arrays only")
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
             if not fortran and len(shape) >= 1:
                 needed = f.tell() + int(np.prod(shape)) * dtype.itemsize
                 if needed > path.stat().st_size:
@@ -147,8 +147,8 @@ def npz_members(path: Path) -> dict[str, Any]:
                     arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
                 continue
             shape, fortran, dtype = header
-            if dtype.hasobject:
-                raise InputError(f"{path}: member {name} holds Python objects", "store numeric arrays only")
+            if dtype.hasobject:  # numpy's own words, as np.load would refuse it
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
             needed = int(np.prod(shape)) * dtype.itemsize
             if raw.tell() + needed > path.stat().st_size:
                 raise InputError(f"{path}: member {name} is shorter than its header says (truncated file?)")
