@@ -11,7 +11,7 @@ from effkit.errors import UsageError, first_line
 from effkit.export import onnx_path_for
 from effkit.model import Model
 from effkit.passes import quantize_ort, quantize_torch
-from effkit.passes.quantize_ort import preprocess
+from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
 
 
@@ -71,7 +71,8 @@ class CandidateContext:
         return (lambda f: self.progress(label, f)) if self.progress else None
 
 
-def _ort_model(ctx: CandidateContext, path) -> Any:
+def ort_model(ctx: CandidateContext, path) -> Any:
+    """An ONNX Runtime Model for the int8 file at `path`, with the original's inputs and outputs."""
     m = ctx.model
     return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
                  output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
@@ -117,7 +118,7 @@ def _ort_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
     cfg = ctx.config
     algorithm = "rtn" if bits == 8 else cfg.weight_algorithm
     label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
-    build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
+    build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
         ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex))
     candidate = Candidate("onnxruntime", "weight-only", label, [], build)
     try:
@@ -149,16 +150,16 @@ def _ort_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> Can
     cfg = ctx.config
     if method == "dynamic":
         label = f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex))
     elif method == "static":
         label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
             ctx.onnx_path(), ctx.calib_batches, per_channel=per_channel, activation_type=cfg.activation_type,
             weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
     else:
         label = "ORT weight-only int8"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, exclude=ex))
     candidate = Candidate("onnxruntime", method, label, [], build)
     try:
