@@ -28,8 +28,12 @@ def quantize_command(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
                                "torch), or OUT without suffix (the suffix of the backend chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, and static when "
-                         "--calib is given).")] = "auto",
+        "--method", help="dynamic, static (needs --calib), smoothquant (needs --calib: outlier channels' scale "
+                         "moved into the weights, for transformers), weight-only, or auto (dynamic, and static and "
+                         "smoothquant when --calib is given).")] = "auto",
+    alpha: Annotated[Optional[float], typer.Option(
+        "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
+                        "calibration data).")] = None,
     backend: Annotated[str, typer.Option(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
@@ -82,7 +86,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, threads=threads,
-        candidate_time=min_time / 2, candidate_iterations=iterations)
+        candidate_time=min_time / 2, candidate_iterations=iterations, alpha=alpha)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)

@@ -34,7 +34,8 @@ from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
 from effkit.util import quiet_torch
 
-METHODS = ("auto", "dynamic", "static", "weight-only")
+METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
+CALIBRATED = ("static", "smoothquant")  # the methods that need calibration data
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
@@ -45,7 +46,8 @@ DEFAULT_CALIB_SAMPLES = 128
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """How to quantize. `method="auto"` tries dynamic, and static when calibration data is given;
+    """How to quantize. `method="auto"` tries dynamic, and static and SmoothQuant when calibration data
+    is given; `alpha` is SmoothQuant's migration strength (None: searched per LayerNorm);
     `backend="auto"` tries ONNX Runtime and (for torch models) torch. `tolerance` defaults to
     cosine>=0.99 on held-out inputs. `output_format` (".onnx" or ".ts") limits the candidates to
     those that produce it."""
@@ -66,6 +68,7 @@ class QuantizeConfig:
     candidate_time: float = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
     candidate_iterations: int | None = None  # or exactly this many calls per round
     fidelity_samples: int = 8
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         _choice("--method", self.method, METHODS)
@@ -73,6 +76,12 @@ class QuantizeConfig:
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
         _choice("--activation-type", self.activation_type, INT8_TYPES)
         _choice("--weight-type", self.weight_type, INT8_TYPES)
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha {self.alpha:g} is outside [0, 1]",
+                             "pass a migration strength such as 0.5, or leave it out to search it per layer")
+        if self.alpha is not None and self.method not in ("auto", "smoothquant"):
+            raise UsageError(f"--alpha applies to SmoothQuant, not --method {self.method}",
+                             "use --method smoothquant (or auto with --calib)")
         if self.calib_samples < 1:
             raise UsageError("--calib-samples must be at least 1")
         if self.threads is not None and self.threads < 1:
@@ -182,8 +191,8 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     for) and InputError when the data does not fit the model.
     """
     if calib is None and not config.random_calibration:
-        if config.method == "static":
-            raise UsageError("--method static needs calibration data",
+        if config.method in CALIBRATED:
+            raise UsageError(f"--method {config.method} needs calibration data",
                              "pass --calib DATA (.npz, .pt, a folder of .npy, or module:factory), "
                              "or --calib random to calibrate on random inputs (less accurate)")
         return None
@@ -273,6 +282,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
             "method": config.calib_method, "activation_type": config.activation_type,
             "weight_type": config.weight_type},
         "preprocessing": ctx.preprocess_notes,
+        "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
     }
     return PassResult(model=chosen.model, details=details, notes=notes)
 
