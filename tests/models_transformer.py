@@ -139,3 +139,27 @@ def token_data(n: int = 48, seq: int = 16, seed: int = 11) -> dict:
     """Token batches for --calib / --eval files: {'input_ids', 'attention_mask'}."""
     ids, mask = token_batch(n, seq, 1000, seed)
     return {"input_ids": ids, "attention_mask": mask}
+
+
+class PostNorm(nn.Module):
+    """A BERT-style post-LayerNorm block: the LayerNorm output feeds two Linears AND the residual,
+    so SmoothQuant cannot fold its scale into the LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.ln = nn.LayerNorm(32)
+        self.a, self.b, self.c = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+        with torch.no_grad():
+            self.ln.weight[3] *= 80.0
+            self.a.weight[:, 3] /= 80.0
+            self.b.weight[:, 3] /= 80.0
+
+    def forward(self, x):
+        y = self.ln(self.inp(x))
+        return self.c(y + torch.relu(self.a(y)) * self.b(y))
+
+
+def post_norm():
+    torch.manual_seed(0)
+    return PostNorm().eval(), torch.randn(4, 16)
