@@ -71,13 +71,13 @@ def variants(case: dict, quick: bool) -> tuple[dict, dict]:
     calib = Data((rng.standard_normal((CALIB, *case["shape"][1:])).astype(np.float32),), None, "random")
     model = Model(kind="torch", module=module, example_inputs=(x,), input_names=["x"], source=case["name"],
                   format="factory")
-    qconfig = QuantizeConfig(calib_samples=CALIB, candidate_time=0.1 if quick else 0.5)
+    qconfig = QuantizeConfig(calib_samples=CALIB)
     recipe = (Recipe().with_changes("prune", ratio=0.5).with_changes("quantize", **_fields(qconfig))
               .with_changes("bench", threads=THREADS, min_time=0.05 if quick else 0.2, warmup=2))
     out: dict = {"torch fp32": model}
     with quiet_torch():
         out["prune"] = prune(model, PruneConfig(ratio=0.5)).model
-        out["int8"] = quantize(model, qconfig, calib=calib).model
+        out["int8"] = quantize(model, qconfig, calib=calib, candidate_time=0.1 if quick else 0.5).model
         start = time.perf_counter()
         result = run_pipeline(model, recipe, data=calib)
     seconds = time.perf_counter() - start

@@ -350,9 +350,9 @@ def run_case(case: dict, args) -> list[Anchor]:
 
         m = Model(kind="torch", module=copy.deepcopy(model), example_inputs=example, input_names=["x"],
                   source=case["name"], format="factory")
-        config = QuantizeConfig(backend="auto", threads=THREADS, calib_samples=len(calib_rows),
-                                candidate_time=args.candidate_time, tolerance=("cosine>=0.999",))
-        result = quantize(m, config, calib=Data((calib_rows,), None, "bench"))
+        config = QuantizeConfig(backend="auto", calib_samples=len(calib_rows), tolerance=("cosine>=0.999",))
+        result = quantize(m, config, calib=Data((calib_rows,), None, "bench"), threads=THREADS,
+                          candidate_time=args.candidate_time)
         chosen = result.model
         runner = make_runner(chosen, "torch" if chosen.kind == "torch" else "onnxruntime", THREADS)
         size = next(c["size_bytes"] for c in result.details["candidates"] if c["status"] == "chosen")

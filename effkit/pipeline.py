@@ -73,10 +73,8 @@ class _Context:
         if real is not None:  # compare outputs on real inputs: random ones are off the data's distribution
             sample = real.take(FIDELITY_SAMPLES)
             inputs = [inputs for inputs, _ in sample.batches(FIDELITY_BATCH)]
-            self.fidelity_source = f"{len(sample)} samples of {real.source}"
         else:
             inputs = held_out_inputs(original.example_inputs)
-            self.fidelity_source = f"{len(inputs)} random inputs shaped like the example"
         self.judge = Judge(self.runner(original), inputs, self.eval_data)
         self.states: list[State] = []  # the accepted states so far; [0] is the original
         self.notes: list[str] = []  # for the whole result
@@ -139,7 +137,9 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
     on the result, and while it breaks the bar run it again backed off, up to backoff-tries times.
     Returns the steps to time; none when the pass declined its own result."""
     asked, attempts = config, []
-    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, teacher=ctx.original)
+    timing = ctx.recipe.bench
+    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.eval_data, threads=ctx.threads, min_time=timing.min_time,
+                           iterations=timing.iterations, progress=ctx.progress, teacher=ctx.original)
     for attempt in range(ctx.recipe.pipeline.backoff_tries + 1):
         ctx.log(f"{step.name}: {step.describe(config)}")
         try:

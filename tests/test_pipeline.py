@@ -76,7 +76,7 @@ def test_an_empty_section_turns_a_step_on_with_defaults():
     ("[prune]\nratio = 0.5\nration = 0.3\n",
      "bad.toml line 3: unknown key 'ration' in [prune] (known keys: unstructured, ratio, scope, importance, ignore, "
      "round-to, iterative-steps, target-latency, target-macs, sparsity, pattern, finetune-epochs, distill, lr, "
-     "batch-size, seed, runtime, threads)"),
+     "batch-size, seed, runtime)"),
     ("[export]\nopset = 18\n\n[prun]\nratio = 0.5\n",
      "bad.toml line 4: unknown section [prun] (sections are [prune], [distill], [quantize], [export], [pipeline], "
      "[bench])"),
@@ -162,7 +162,7 @@ def test_steps_run_in_pipeline_order_and_every_state_is_timed(monkeypatch):
                         lambda m, c, **kw: calls.append(("quantize", m.kind)) or real_quantize(m, c, **kw))
     model, data = _tiny()
     recipe = Recipe.parse("[quantize]\nbackend = \"onnxruntime\"\nmethod = \"dynamic\"\nallow-slower = true\n"
-                          "candidate-iterations = 2\n[prune]\nratio = 0.5\n[bench]\nwarmup = 1\niterations = 3\n")
+                          "[prune]\nratio = 0.5\n[bench]\nwarmup = 1\niterations = 3\n")
     result = run_pipeline(model, recipe, data=data, eval_data=data)
     assert calls == [("prune", "torch"), ("quantize", "torch")]
     assert [s.name for s in result.steps] == ["prune", "quantize"]  # quantize made ONNX: that is the export

@@ -137,7 +137,7 @@ def test_target_macs_stops_at_the_first_ratio_that_reaches_it():
 
 
 def test_target_latency_stops_at_its_target():
-    result = prune(load_model(pattern("wide_mlp")), PruneConfig(target_latency=0.9, threads=1))
+    result = prune(load_model(pattern("wide_mlp")), PruneConfig(target_latency=0.9), threads=1)
     target = result.details["target"]
     assert target["reached"] and target["runtime"] == "onnxruntime"
     assert target["steps"][-1]["factor"] <= 0.9

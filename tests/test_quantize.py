@@ -28,7 +28,10 @@ def _load(name: str, models=None):
 def _config(**kw):
     from effkit.passes.quantize import QuantizeConfig
 
-    return QuantizeConfig(**{"threads": 1, "candidate_time": 0.02, **kw})
+    return QuantizeConfig(**kw)
+
+
+FAST_Q = {"threads": 1, "candidate_time": 0.02}  # timing is the call's, not the config's
 
 
 def _calib(model, n=32):
@@ -87,7 +90,7 @@ def test_dynamic_keeps_fidelity_and_reloads(tmp_path, backend, model_name, suffi
     from effkit.passes.quantize import quantize
 
     model = _load(model_name)
-    result = quantize(model, _config(method="dynamic", backend=backend))
+    result = quantize(model, **FAST_Q, config=_config(method="dynamic", backend=backend))
     assert result.details["backend"] == backend and result.details["method"] == "dynamic"
     assert result.model.save_suffix == suffix
     example = _fresh(model)
@@ -107,7 +110,7 @@ def test_static_on_cnn_keeps_fidelity_and_reloads(tmp_path, backend, suffix):
     from effkit.passes.quantize import quantize
 
     model = _load("cnn", models="core")
-    result = quantize(model, _config(method="static", backend=backend, calib_samples=16), calib=_calib(model))
+    result = quantize(model, **FAST_Q, config=_config(method="static", backend=backend, calib_samples=16), calib=_calib(model))
     assert result.details["method"] == "static"
     assert result.details["calibration"]["samples"] == 16
     example = _fresh(model)
@@ -124,7 +127,7 @@ def test_weight_only_shrinks_the_file(backend):
     from effkit.passes.quantize import quantize
 
     model = _load("wide_mlp")
-    result = quantize(model, _config(method="weight-only", backend=backend))
+    result = quantize(model, **FAST_Q, config=_config(method="weight-only", backend=backend))
     chosen = next(c for c in result.details["candidates"] if c["status"] == "chosen")
     assert chosen["size_bytes"] / result.details["original_size_bytes"] < 0.35
     assert chosen["fidelity"]["cosine_min"] >= 0.999
@@ -134,7 +137,7 @@ def test_auto_measures_every_candidate_and_keeps_the_fastest_passing():
     from effkit.passes.quantize import quantize
 
     model = _load("cnn", models="core")
-    result = quantize(model, _config(), calib=_calib(model, 8))
+    result = quantize(model, **FAST_Q, config=_config(), calib=_calib(model, 8))
     candidates = result.details["candidates"]
     assert {(c["backend"], c["method"]) for c in candidates} == {
         ("onnxruntime", "dynamic"), ("onnxruntime", "static"), ("torch", "dynamic"), ("torch", "static")}
@@ -149,7 +152,7 @@ def test_output_format_limits_auto_to_backends_that_write_it():
     from effkit.passes.quantize import quantize
 
     model = _load("mlp", models="core")
-    result = quantize(model, _config(output_format=".onnx"))
+    result = quantize(model, **FAST_Q, config=_config(output_format=".onnx"))
     assert {c["backend"] for c in result.details["candidates"]} == {"onnxruntime"}
     assert result.model.kind == "onnx"
 
@@ -158,7 +161,7 @@ def test_exclude_keeps_that_layer_in_float():
     from effkit.passes.quantize import quantize
 
     model = _load("wide_mlp")
-    result = quantize(model, _config(method="dynamic", backend="onnxruntime", exclude=("2",)))
+    result = quantize(model, **FAST_Q, config=_config(method="dynamic", backend="onnxruntime", exclude=("2",)))
     assert result.details["excluded"] == ["2"]
     ops = _ops(result.model.onnx_path)
     assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 2
@@ -173,7 +176,7 @@ def test_tolerance_loop_keeps_the_sensitive_layer_in_float(backend):
 
     model = _load("one_sensitive")
     # per-channel only: per-tensor scales make more layers sensitive, and this test is about the one
-    result = quantize(model, _config(method="dynamic", backend=backend, per_channel=True,
+    result = quantize(model, **FAST_Q, config=_config(method="dynamic", backend=backend, per_channel=True,
                                      tolerance=("cosine>=0.999",)))
     kept = result.details["kept_in_float"]
     assert kept == ["fc2"]
@@ -268,7 +271,7 @@ def test_third_party_onnx_is_quantized(tmp_path, method):
     _third_party_onnx(tmp_path / "m.onnx")
     model = load_model(str(tmp_path / "m.onnx"))
     calib = _calib(model, 8) if method == "static" else None
-    result = quantize(model, _config(method=method), calib=calib)
+    result = quantize(model, **FAST_Q, config=_config(method=method), calib=calib)
     assert result.model.kind == "onnx"
     assert any("Constant-node" in n for n in result.details["preprocessing"])
     assert any("opset 11" in n for n in result.details["preprocessing"])
@@ -346,10 +349,10 @@ def test_dynamic_measures_per_tensor_too_unless_the_user_chose():
     from effkit.passes.quantize import quantize
 
     model = _load("mlp", models="core")
-    both = quantize(model, _config(method="dynamic", backend="onnxruntime"))
+    both = quantize(model, **FAST_Q, config=_config(method="dynamic", backend="onnxruntime"))
     assert sorted(c["label"] for c in both.details["candidates"]) == [
         "ORT dynamic s8 per-channel", "ORT dynamic s8 per-tensor"]
-    chosen = quantize(model, _config(method="dynamic", backend="onnxruntime", per_channel=False))
+    chosen = quantize(model, **FAST_Q, config=_config(method="dynamic", backend="onnxruntime", per_channel=False))
     assert [c["label"] for c in chosen.details["candidates"]] == ["ORT dynamic s8 per-tensor"]
 
 

@@ -20,7 +20,13 @@ OPTS = [*FAST, "--threads", "1", "--min-time", "0.05", "--allow-slower"]
 def _config(**kw):
     from effkit.passes.quantize import QuantizeConfig
 
-    return QuantizeConfig(**{"threads": 1, "candidate_time": 0.02, "allow_slower": True, **kw})
+    return QuantizeConfig(**{"allow_slower": True, **kw})
+
+
+def _quantize(model, config, **kw):
+    from effkit.passes.quantize import quantize
+
+    return quantize(model, config, threads=1, candidate_time=0.02, **kw)
 
 
 def _tokens(n: int, seed: int):
@@ -124,9 +130,7 @@ def test_smoothed_torch_module_computes_the_same_fp32_outputs(which):
 # ---------------------------------------------------------------- SmoothQuant int8 meets the bar
 
 def test_smoothquant_meets_cosine_099_where_plain_int8_does_not():
-    from effkit.passes.quantize import quantize
-
-    result = quantize(_encoder(), _config(method="smoothquant"), calib=_tokens(32, seed=3))
+    result = _quantize(_encoder(), _config(method="smoothquant"), calib=_tokens(32, seed=3))
     assert result.details["method"] == "smoothquant"
     assert result.details["candidates"]  # static, dynamic on ORT and torch.ao dynamic were all measured
     assert {c["label"].split(" (")[0] for c in result.details["candidates"]} == {

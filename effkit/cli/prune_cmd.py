@@ -80,7 +80,7 @@ def prune_command(
         target_macs=parse_factor(target_macs, "--target-macs") if target_macs else None,
         sparsity=parse_ratio(sparsity, "--sparsity") if sparsity is not None else None, pattern=pattern,
         finetune_epochs=finetune_epochs, distill=not no_distill, lr=lr, batch_size=batch_size, seed=seed,
-        runtime=target_runtime, threads=threads,
+        runtime=target_runtime,
     )
     check_outputs_free([output, export_onnx, json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
@@ -106,7 +106,7 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")
     with progress_bar() as progress:
-        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress)
+        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress, threads=threads)
         outcome = measure_before_after("prune", original, result.model, runtimes=runtimes, threads=threads,
                                        warmup=warmup, iterations=iterations, min_time=min_time,
                                        eval_data=evaluation, progress=progress)

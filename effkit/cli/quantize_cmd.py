@@ -85,8 +85,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
-        allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, threads=threads,
-        candidate_time=min_time / 2, candidate_iterations=iterations, alpha=alpha)
+        allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix,
+        alpha=alpha)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
@@ -105,7 +105,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
 
     with progress_bar() as progress:
-        result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress)
+        result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,
+                          candidate_time=min_time / 2, candidate_iterations=iterations)
         chosen = result.model
         target = output if suffix else output.with_name(output.name + chosen.save_suffix)
         if not suffix:  # known only now: check it before the long measurement

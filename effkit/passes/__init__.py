@@ -3,8 +3,9 @@
     run(model, config, ctx) -> PassResult
 
 that returns a *new* Model (the original survives for the before/after comparison). `ctx` is a
-`PassContext`: the data, the evaluation data, threads, progress, and for passes that learn from
-another model (distill) the teacher. `effkit.passes.registry` finds a pass by its config type or
+`PassContext`: the data, the evaluation data, threads and timing settings, progress, and for passes
+that learn from another model (distill) the teacher. Configs say what to do; the context says how to
+measure it. `effkit.passes.registry` finds a pass by its config type or
 its recipe section, built-in or installed through the `effkit.passes` entry-point group.
 """
 
@@ -36,5 +37,7 @@ class PassContext:
     data: Any = None  # effkit.data.Data: training or calibration data
     eval_data: Any = None  # effkit.data.Data with labels: accuracy before and after
     threads: int | None = None  # None: the pass's own default
+    min_time: float | None = None  # seconds of timed calls per measurement a pass makes (None: its default)
+    iterations: int | None = None  # or exactly this many timed calls
     progress: Callable[[str, float], None] | None = None  # progress(label, fraction)
     teacher: Any = None  # the Model a pass learns from (distill); compress gives the original

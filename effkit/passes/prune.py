@@ -76,7 +76,6 @@ class PruneConfig:
     batch_size: int = 64
     seed: int = 0
     runtime: str = "onnxruntime"
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -100,8 +99,6 @@ class PruneConfig:
             raise UsageError("--target-latency and --target-macs cannot be combined", "pick one target")
         if self.runtime not in RUNTIMES:
             raise UsageError(f"unknown runtime {self.runtime!r} for --target-latency", "use torch or onnxruntime")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be at least 1")
         if self.finetune_epochs < 0:
             raise UsageError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if self.lr <= 0 or self.batch_size < 1:
@@ -138,7 +135,7 @@ class PruneConfig:
 # ---------------------------------------------------------------- the pass
 
 def prune(model, config: PruneConfig, *, data=None, eval_data=None,
-          progress: Callable[[str, float], None] | None = None) -> PassResult:
+          progress: Callable[[str, float], None] | None = None, threads: int | None = None) -> PassResult:
     """Prune a torch Model as `config` says; return a new Model (saved as .pt2) with details and notes.
 
     `data` (labelled) is needed for taylor importance and for recovery fine-tuning; `eval_data`
@@ -148,6 +145,8 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     import torch
 
     _check_prunable(model)
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
     if config.importance == "taylor" and data is None:
         raise UsageError("--importance taylor needs --data", "pass --data file.npz, or use --importance l1")
     if config.finetune_epochs and data is None:
@@ -179,7 +178,7 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     else:
         macs_before, params_before = count_macs_params(module, example)
         widths_before = widths(module)
-        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress)
+        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads)
         macs_after, params_after = count_macs_params(module, example)
         details["macs"] = {"before": macs_before, "after": macs_after}
         details["parameters"] = {"before": params_before, "after": params_after}
@@ -210,7 +209,7 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
 
 def run(model, config: PruneConfig, ctx: PassContext) -> PassResult:
     """The pass interface: `prune` with the context's data, evaluation data and progress."""
-    return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress)
+    return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, threads=ctx.threads)
 
 
 def setting(config: PruneConfig) -> str:
@@ -292,7 +291,7 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
 
 
 def _prune_structured(model, module, example, graph, config: PruneConfig, ignored, data, details, notes,
-                      progress) -> None:
+                      progress, threads) -> None:
     import torch_pruning as tp
 
     if not any(isinstance(m, prunable_types()) for m in module.modules()):
@@ -310,7 +309,7 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
                 progress("pruning", (step + 1) / config.iterative_steps)
         details["ratio"] = config.ratio
         return
-    _search_target(model, module, example, config, ignored, data, details, notes, progress)
+    _search_target(model, module, example, config, ignored, data, details, notes, progress, threads)
 
 
 def _step(pruner, module, example, config: PruneConfig, data) -> None:
@@ -337,11 +336,13 @@ def _taylor_gradients(module, data, config: PruneConfig) -> None:
         torch.nn.functional.cross_entropy(logits, target).backward()
 
 
-def _search_target(model, module, example, config: PruneConfig, ignored, data, details, notes, progress) -> None:
+def _search_target(model, module, example, config: PruneConfig, ignored, data, details, notes, progress,
+                   threads) -> None:
     """Prune in steps of increasing ratio, measuring after each, until the MACs or latency target is met."""
     target = config.target_latency if config.target_latency is not None else config.target_macs
     kind = "latency" if config.target_latency is not None else "macs"
-    measure = _latency_meter(model, config) if kind == "latency" else (lambda m: count_macs_params(m, example)[0])
+    measure = (_latency_meter(model, config, threads) if kind == "latency"
+               else (lambda m: count_macs_params(m, example)[0]))
     baseline = measure(module)
     pruner = _pruner(module, example, config, ignored, MAX_SEARCH_RATIO, SEARCH_STEPS)
     trail = []
@@ -368,12 +369,12 @@ def _search_target(model, module, example, config: PruneConfig, ignored, data, d
                      f"({trail[-1]['factor']:.2f}x of the original)")
 
 
-def _latency_meter(model, config: PruneConfig):
-    """Median latency (ms) of a module on the config's runtime, on the model's example inputs."""
+def _latency_meter(model, config: PruneConfig, threads: int | None):
+    """Median latency (ms) of a module on the config's runtime and `threads`, on the model's example inputs."""
     def measure(module) -> float:
         # a snapshot: the ONNX export cache is keyed by module, and this one keeps changing
         snapshot = model.replace(module=copy.deepcopy(module).eval(), path=None, format="derived")
-        call = make_runner(snapshot, config.runtime, config.threads).bind(model.example_inputs)
+        call = make_runner(snapshot, config.runtime, threads).bind(model.example_inputs)
         return float(np.median(time_calls(call, warmup=5, min_time=0.3)))
 
     return measure

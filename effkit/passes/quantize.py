@@ -42,6 +42,7 @@ INT8_TYPES = ("u8", "s8")
 OUTPUT_FORMATS = (".onnx", ".ts")
 DEFAULT_TOLERANCE = "cosine>=0.99"
 DEFAULT_CALIB_SAMPLES = 128
+DEFAULT_CANDIDATE_TIME = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,6 @@ class QuantizeConfig:
     allow_slower: bool = False
     random_calibration: bool = False
     output_format: str | None = None
-    threads: int | None = None
-    candidate_time: float = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
-    candidate_iterations: int | None = None  # or exactly this many calls per round
     fidelity_samples: int = 8
     alpha: float | None = None
 
@@ -84,10 +82,6 @@ class QuantizeConfig:
                              "use --method smoothquant (or auto with --calib)")
         if self.calib_samples < 1:
             raise UsageError("--calib-samples must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be at least 1")
-        if self.candidate_time < 0 or (self.candidate_iterations is not None and self.candidate_iterations < 1):
-            raise UsageError("candidate timing needs a time >= 0 and iterations >= 1")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise UsageError(f"int8 models cannot be written as {self.output_format}",
                              "write .onnx (ONNX Runtime) or .ts (TorchScript, torch), or give no suffix")
@@ -179,7 +173,7 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
     for key, m in models.items():
         runtime = "torch" if key == "torch fp32" or (m.kind == "torch" and key != "onnxruntime fp32") else "onnxruntime"
         calls[key] = make_runner(m, runtime, ctx.threads).bind(m.example_inputs)
-    return time_interleaved(calls, seconds=ctx.config.candidate_time, iterations=ctx.config.candidate_iterations)
+    return time_interleaved(calls, seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
 
 
 # ---------------------------------------------------------------- calibration data
@@ -215,11 +209,13 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
 # ---------------------------------------------------------------- the pass
 
 def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
-             progress: Callable[[str, float], None] | None = None):
+             progress: Callable[[str, float], None] | None = None, threads: int | None = None,
+             candidate_time: float = DEFAULT_CANDIDATE_TIME, candidate_iterations: int | None = None):
     """Quantize `model` to int8 as `config` says; return a PassResult (the original is not modified).
 
     `calib` and `eval_data` are `effkit.data.Data`; `progress(label, fraction)` drives a progress
-    bar. details: the chosen backend and method, every candidate measured (latency, size, fidelity,
+    bar. Candidates are timed interleaved on `threads`, `candidate_time` seconds each (or exactly
+    `candidate_iterations` calls per round). details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
     """
     notes: list[str] = []
@@ -237,7 +233,11 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
-    ctx = CandidateContext(model, config, batches, eval_data, progress)
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if candidate_time < 0 or (candidate_iterations is not None and candidate_iterations < 1):
+        raise UsageError("candidate timing needs a time >= 0 and iterations >= 1")
+    ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
     judge = _judge(ctx)
@@ -290,7 +290,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
 def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
     """The pass interface: `quantize` with the context's calibration and evaluation data. An int8 model
     slower than its input is declined (kept=False) unless `allow_slower`."""
-    result = quantize(model, config, calib=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress)
+    result = quantize(model, config, calib=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress,
+                      threads=ctx.threads, candidate_iterations=ctx.iterations,
+                      candidate_time=DEFAULT_CANDIDATE_TIME if ctx.min_time is None else ctx.min_time)
     if result.details.get("slower_than_original"):
         if not config.allow_slower:
             return PassResult(model, result.details, [
@@ -396,7 +398,7 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext)
                 break
         if passed:
             after = time_interleaved({"all int8": _bind(ctx, all_int8[0]), "kept": _bind(ctx, c.model)},
-                                     seconds=ctx.config.candidate_time, iterations=ctx.config.candidate_iterations)
+                                     seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
             c.size_bytes = _size(c.model)
             c.latency_ms = all_int8[1] * after["kept"] / after["all int8"]
             c.kept_cost = {"size_bytes": {"all_int8": all_int8[2], "with_float_layers": c.size_bytes},

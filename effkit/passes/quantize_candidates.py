@@ -53,10 +53,11 @@ class Candidate:
 class CandidateContext:
     """What every candidate shares: the model, its ONNX file, calibration batches, reference outputs."""
 
-    def __init__(self, model, config, calib_batches: list[tuple] | None, eval_data, progress):
+    def __init__(self, model, config, calib_batches: list[tuple] | None, eval_data, progress, threads: int | None,
+                 candidate_time: float, candidate_iterations: int | None):
         self.model, self.config, self.calib_batches, self.eval_data = model, config, calib_batches, eval_data
         self.progress = progress
-        self.threads = config.threads
+        self.threads, self.candidate_time, self.candidate_iterations = threads, candidate_time, candidate_iterations
         self._onnx = None
         self.preprocess_notes: list[str] = []
         self._smoothed: dict[str, Any] = {}
