@@ -121,7 +121,8 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     for backend in backends:
         for method in methods:
             if method == "smoothquant":
-                out += _smoothquant_candidates(ctx, backend)
+                if cfg.method == "smoothquant" or _has_layer_norm(ctx, backend):  # auto: transformers only
+                    out += _smoothquant_candidates(ctx, backend)
                 continue
             for per_channel in _per_channel_choices(cfg, method):
                 out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
@@ -186,6 +187,16 @@ def _torch_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> C
     if not candidate.layers and candidate.error is None:
         candidate.error = f"no layers that torch {method} int8 handles"
     return candidate
+
+
+def _has_layer_norm(ctx: CandidateContext, backend: str) -> bool:
+    """Whether the model has a LayerNorm for SmoothQuant to work from."""
+    if backend == "torch":
+        return any(type(m).__name__ == "LayerNorm" for m in ctx.model.module.modules())
+    try:
+        return any(layer["op"] == "LayerNormalization" for layer in quantize_ort.nodes(ctx.onnx_path()))
+    except Exception:  # the export failed: the plain candidates report why
+        return False
 
 
 def _smoothquant_candidates(ctx: CandidateContext, backend: str) -> list[Candidate]:
