@@ -16,7 +16,7 @@ from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
 from effkit.judge import parse_tolerance, random_inputs_warning
 from effkit.outcome import measure_before_after, speed_verdict
-from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
+from effkit.passes.quantize import (CALIBRATED, DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
                                     quantize)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_with_onnx
@@ -30,8 +30,12 @@ def quantize_command(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
                                "torch), or OUT without suffix (the suffix of the backend chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, static when "
-                         "--calib is given, and weight-only int4/int8 for causal language models).")] = "auto",
+        "--method", help="dynamic, static (needs --calib), smoothquant (needs --calib: outlier channels' scale "
+                         "moved into the weights, for transformers), weight-only, or auto (dynamic; static and "
+                         "smoothquant when --calib is given; weight-only int4/int8 for causal language models).")] = "auto",
+    alpha: Annotated[Optional[float], typer.Option(
+        "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
+                        "calibration data).")] = None,
     bits: Annotated[Optional[int], typer.Option(
         "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; 8 also torch); "
                        "default: int8 per channel. With --method auto on a causal LM, 4 and 8 are both "
@@ -110,7 +114,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
-        group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs)
+        group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs,
+        alpha=alpha)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
@@ -133,7 +138,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)  # against every file read
 
     unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
-    if unrepresentative:
+    if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
         err.print(f"[yellow]warning:[/] {unrepresentative}")
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,

@@ -35,7 +35,8 @@ from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
 from effkit.util import quiet_torch
 
-METHODS = ("auto", "dynamic", "static", "weight-only")
+METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
+CALIBRATED = ("static", "smoothquant")  # the methods that need calibration data
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
@@ -50,7 +51,8 @@ DEFAULT_CANDIDATE_TIME = 0.5  # seconds of timed calls per candidate (split over
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """How to quantize. `method="auto"` tries dynamic, and static when calibration data is given;
+    """How to quantize. `method="auto"` tries dynamic, and static and SmoothQuant when calibration data
+    is given; `alpha` is SmoothQuant's migration strength (None: searched per LayerNorm);
     `backend="auto"` tries ONNX Runtime and (for torch models) torch. `tolerance` defaults to
     cosine>=0.99 on held-out inputs. `output_format` (".onnx" or ".ts") limits the candidates to
     those that produce it."""
@@ -72,6 +74,7 @@ class QuantizeConfig:
     group_size: int = DEFAULT_GROUP_SIZE  # weights per scale along the input axis, with `bits`
     weight_algorithm: str = "rtn"  # how `bits` weights are rounded: rtn (round to nearest) or hqq
     initializer_inputs: bool = False  # list the int8 graph's weights as inputs too (IR 3 style)
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -92,6 +95,12 @@ class QuantizeConfig:
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
         _choice("--activation-type", self.activation_type, INT8_TYPES)
         _choice("--weight-type", self.weight_type, INT8_TYPES)
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha {self.alpha:g} is outside [0, 1]",
+                             "pass a migration strength such as 0.5, or leave it out to search it per layer")
+        if self.alpha is not None and self.method not in ("auto", "smoothquant"):
+            raise UsageError(f"--alpha applies to SmoothQuant, not --method {self.method}",
+                             "use --method smoothquant (or auto with --calib)")
         if self.calib_samples < 1:
             raise UsageError("--calib-samples must be at least 1")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
@@ -199,8 +208,8 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     for) and InputError when the data does not fit the model.
     """
     if calib is None and not config.random_calibration:
-        if config.method == "static":
-            raise UsageError("--method static needs calibration data",
+        if config.method in CALIBRATED:
+            raise UsageError(f"--method {config.method} needs calibration data",
                              "pass --calib DATA (.npz, .pt, a folder of .npy, or module:factory), "
                              "or --calib random to calibrate on random inputs (less accurate)")
         return None
@@ -215,7 +224,6 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
     n = len(data)
     if n < batch:  # fewer samples than the model's batch: repeat them (a fixed batch dim must be filled)
-
         return [batched(tuple(inputs), batch)]
     return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]
 
@@ -301,6 +309,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
             "method": config.calib_method, "activation_type": config.activation_type,
             "weight_type": config.weight_type},
         "preprocessing": ctx.preprocess_notes,
+        "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
     }
     return PassResult(model=chosen.model, details=details, notes=notes)
 

@@ -10,7 +10,7 @@ from typing import Any
 from effkit.errors import UsageError, first_line
 from effkit.export import onnx_path_for
 from effkit.model import Model
-from effkit.passes import quantize_ort, quantize_torch
+from effkit.passes import quantize_ort, quantize_torch, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
 
@@ -60,6 +60,28 @@ class CandidateContext:
         self.threads, self.candidate_time, self.candidate_iterations = threads, candidate_time, candidate_iterations
         self._onnx = None
         self.preprocess_notes: list[str] = []
+        self._smoothed: dict[str, Any] = {}
+        self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
+
+    def smoothed_onnx(self):
+        """The pre-processed ONNX file with SmoothQuant applied (calibrated once, shared)."""
+        if "onnxruntime" not in self._smoothed:
+            path, self.smoothing["onnxruntime"] = smoothquant.smooth_onnx(
+                self.onnx_path(), self.calib_batches, self.config.alpha)
+            if not self.smoothing["onnxruntime"]:
+                raise ValueError("no LayerNorm feeds a MatMul here, so there is nothing to smooth")
+            self._smoothed["onnxruntime"] = path
+        return self._smoothed["onnxruntime"]
+
+    def smoothed_module(self):
+        """The torch module with SmoothQuant applied (calibrated once, shared)."""
+        if "torch" not in self._smoothed:
+            module, self.smoothing["torch"] = smoothquant.smooth_torch(
+                self.model.module, self.calib_batches, self.config.alpha)
+            if not self.smoothing["torch"]:
+                raise ValueError("no LayerNorm feeds a Linear here, so there is nothing to smooth")
+            self._smoothed["torch"] = module
+        return self._smoothed["torch"]
 
     def onnx_path(self):
         """The model as a pre-processed ONNX file (exported first for torch models)."""
@@ -86,7 +108,7 @@ def _torch_model(ctx: CandidateContext, module) -> Any:
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     """Every (backend, method) pair that applies to this model, config and calibration data."""
     cfg, model = ctx.config, ctx.model
-    methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static"] if ctx.calib_batches else [])
+    methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static", "smoothquant"] if ctx.calib_batches else [])
     bits: list[int | None] = [cfg.bits]
     if cfg.method == "auto" and (model.meta.get("causal_lm") or cfg.bits is not None):
         methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
@@ -106,6 +128,10 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
             if method == "weight-only" and bits != [None]:
                 out += [_ort_nbits_candidate(ctx, b) if backend == "onnxruntime" else _torch_nbits_candidate(ctx, b)
                         for b in bits]
+                continue
+            if method == "smoothquant":
+                if cfg.method == "smoothquant" or _has_layer_norm(ctx, backend):  # auto: transformers only
+                    out += _smoothquant_candidates(ctx, backend)
                 continue
             for per_channel in _per_channel_choices(cfg, method):
                 out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
@@ -194,3 +220,43 @@ def _torch_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> C
     if not candidate.layers and candidate.error is None:
         candidate.error = f"no layers that torch {method} int8 handles"
     return candidate
+
+
+def _has_layer_norm(ctx: CandidateContext, backend: str) -> bool:
+    """Whether the model has a LayerNorm for SmoothQuant to work from."""
+    if backend == "torch":
+        return any(type(m).__name__ == "LayerNorm" for m in ctx.model.module.modules())
+    try:
+        return any(layer["op"] == "LayerNormalization" for layer in quantize_ort.nodes(ctx.onnx_path()))
+    except Exception:  # the export failed: the plain candidates report why
+        return False
+
+
+def _smoothquant_candidates(ctx: CandidateContext, backend: str) -> list[Candidate]:
+    """SmoothQuant, then int8 with per-channel weights: static QDQ and dynamic on ONNX Runtime,
+    torch.ao dynamic on torch. The smoothing is calibrated once per backend and shared."""
+    cfg = ctx.config
+    alpha = f"alpha {cfg.alpha:g}" if cfg.alpha is not None else "alpha searched"
+    if backend == "torch":
+        candidate = Candidate("torch", "smoothquant", f"torch.ao SmoothQuant dynamic ({alpha})",
+                              quantize_torch.layers(ctx.model.module, "dynamic"), lambda ex, p: None)
+        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_dynamic(  # noqa: E731
+            ctx.smoothed_module(), per_channel=True, exclude=ex))
+        if cfg.weight_type != "s8":
+            candidate.error = "torch's int8 kernels take s8 weights only"
+        return [candidate]
+    static = Candidate("onnxruntime", "smoothquant",
+                       f"ORT SmoothQuant static QDQ {cfg.activation_type}/{cfg.weight_type} ({alpha})", [],
+                       lambda ex, p: ort_model(ctx, quantize_ort.quantize_static(
+                           ctx.smoothed_onnx(), ctx.calib_batches, per_channel=True,
+                           activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                           calib_method=cfg.calib_method, exclude=ex, progress=p)))
+    dynamic = Candidate("onnxruntime", "smoothquant", f"ORT SmoothQuant dynamic {cfg.weight_type} ({alpha})", [],
+                        lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(
+                            ctx.smoothed_onnx(), per_channel=True, weight_type=cfg.weight_type, exclude=ex)))
+    for candidate in (static, dynamic):
+        try:
+            candidate.layers = quantize_ort.layers(ctx.onnx_path())
+        except Exception as e:
+            candidate.error = first_line(e)
+    return [static, dynamic]

@@ -43,6 +43,14 @@ def layers(onnx_path: Path) -> list[dict]:
     return found
 
 
+def nodes(onnx_path: Path) -> list[dict]:
+    """Every node of the graph: [{name, op}]."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    return [{"name": n.name, "op": n.op_type} for n in proto.graph.node]
+
+
 def _alias(node, weight: str) -> str:
     if weight.endswith(".weight"):
         return weight[: -len(".weight")]
