@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from effkit.errors import UsageError
 from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
 from effkit.specs import Threshold, parse_threshold
@@ -17,14 +19,19 @@ from effkit.specs import Threshold, parse_threshold
 # tolerance metric -> key in effkit.fidelity.compare_outputs (accuracy comes from --eval data)
 METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "cosine_mean",
                      "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
-                     "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy"}
+                     "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy",
+                     # language models: next-token choices and distributions against the original's
+                     "agreement": "token_agreement", "token_agreement": "token_agreement", "kl": "kl_mean"}
+# metrics where lower is better
+LOWER_IS_BETTER = ("max_abs_diff", "kl")
 
 
 def check_tolerance(t: Threshold) -> None:
     """Raise UsageError unless `t` bounds a fidelity metric absolutely, or accuracy in any form."""
     if t.metric not in METRICS:
         raise UsageError(f"--tolerance {t.text!r}: unknown metric {t.metric!r}",
-                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1 or accuracy, e.g. cosine>=0.99")
+                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl or accuracy, "
+                         "e.g. cosine>=0.99")
     if t.metric != "accuracy" and t.kind != "absolute":
         raise UsageError(f"--tolerance {t.text!r}: {t.metric} takes an absolute bound",
                          f"e.g. {t.metric}>=0.99; only accuracy takes a change such as accuracy:-1pt")
@@ -54,7 +61,9 @@ def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dic
         else:
             value = fid.get(METRICS[t.metric])
             if value is None:
-                raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to classifiers ([batch, classes] outputs)",
+                applies = ("language models ([batch, sequence, vocabulary] logits)"
+                           if t.metric in ("agreement", "token_agreement", "kl") else "classifiers ([batch, classes] outputs)")
+                raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to {applies}",
                                  "use cosine or sqnr for this model")
             ok, got = t.holds(value), f"{value:.5g}"
         if not ok:
@@ -68,7 +77,7 @@ def score(t: Threshold, fid: dict, accuracy: dict | None) -> float:
         return accuracy["after"]
     value = fid[METRICS[t.metric]]
     value = 1e9 if value == math.inf else value
-    return -value if t.metric == "max_abs_diff" else value
+    return -value if t.metric in LOWER_IS_BETTER else value
 
 
 def parse_bar_tolerance(text: str) -> Threshold:
@@ -80,7 +89,7 @@ def parse_bar_tolerance(text: str) -> Threshold:
     if t.metric in METRICS and t.metric != "accuracy" and t.kind == "absolute":
         return t
     raise UsageError(f"tolerance {text!r} is not supported by compress",
-                     "use cosine>=X, sqnr>=DB, top1>=X, max_abs_diff<=X or accuracy:-Npt")
+                     "use cosine>=X, sqnr>=DB, top1>=X, agreement>=X, kl<=X, max_abs_diff<=X or accuracy:-Npt")
 
 
 def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accuracy_before: float | None,
@@ -135,3 +144,27 @@ class Judge:
         if self.eval_data is None:
             return None
         return {"before": self.accuracy_before, "after": self.accuracy(runner)}
+
+
+def input_kind(model) -> str | None:
+    """"images" or "text" when the model's inputs look like them (a float NCHW batch with 1-4 channels;
+    integer token ids), else None: what random inputs misrepresent most."""
+    arrays = model.example_inputs
+    if any(np.issubdtype(a.dtype, np.integer) and a.ndim == 2 for a in arrays) or \
+            any(n in ("input_ids", "token_ids", "tokens") for n in model.input_names):
+        return "text"
+    if any(np.issubdtype(a.dtype, np.floating) and a.ndim == 4 and a.shape[1] in (1, 3, 4) for a in arrays):
+        return "images"
+    return None
+
+
+def random_inputs_warning(model, calib, eval_data) -> str | None:
+    """The warning for a model of images or text judged (and calibrated) with no real data, else None."""
+    kind = input_kind(model)
+    if calib is not None or eval_data is not None or kind is None:
+        return None
+    how = ("a folder of images (--calib photos/ --image-size 224) or an .npz of preprocessed arrays"
+           if kind == "images" else "an .npz of real token ids (input_ids, attention_mask, ...)")
+    return (f"no real data was given, so this model of {kind} is calibrated and judged on random inputs, which "
+            f"are not representative of {kind}: a verdict on them says little about real inputs; pass --calib "
+            f"DATA and --eval DATA with real samples: {how}")

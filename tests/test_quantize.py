@@ -328,7 +328,7 @@ def test_exclude_that_matches_nothing(cli):
     ("cosine>>0.9", "Error: cannot parse the value in threshold 'cosine>>0.9' "
                     "(write e.g. size:<=12MB, latency.p50:<=3ms or cosine>=0.99)"),
     ("speed>=2", "Error: --tolerance 'speed>=2': unknown metric 'speed' "
-                 "(use cosine, cosine_mean, sqnr, max_abs_diff, top1 or accuracy, e.g. cosine>=0.99)"),
+                 "(use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl or accuracy, e.g. cosine>=0.99)"),
     ("cosine:-1%", "Error: --tolerance 'cosine:-1%': cosine takes an absolute bound "
                    "(e.g. cosine>=0.99; only accuracy takes a change such as accuracy:-1pt)"),
 ])
@@ -361,7 +361,7 @@ def test_bad_options_are_usage_errors(cli):
                            "(TorchScript, torch), or give no suffix)")
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "fast", *OPTS)
     assert code == 2
-    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, weight-only)"
+    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, smoothquant, weight-only)"
 
 
 def test_dynamic_measures_per_tensor_too_unless_the_user_chose():
