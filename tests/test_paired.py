@@ -75,8 +75,10 @@ def test_a_busy_first_half_inflates_separate_medians_but_not_the_paired_speedup(
     if speedup["verdict"] == "same":
         lo, hi = speedup["ci95"]
         assert lo < 1.06 and hi > 1 / 1.06 and speedup["estimate"] < 1.5
-    # the absolute latencies shown beside the ratio are the kept pairs' own
-    assert speedup["before_ms"] == result.stats["p50"]["a_ms"] == float(np.median(result.samples("a")))
+    if result.pairs:  # the absolute latencies shown beside the ratio are the kept pairs' own
+        assert speedup["before_ms"] == result.stats["p50"]["a_ms"] == float(np.median(result.samples("a")))
+    else:  # other processes left no quiet pair: no figure at all rather than one from a busy moment
+        assert (speedup["before_ms"], speedup["estimate"], speedup["verdict"]) == (None, None, "inconclusive")
 
 
 def _start_core_load() -> subprocess.Popen:
