@@ -7,11 +7,13 @@ every command's before/after record.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from effkit.errors import UsageError
 from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import Threshold, _finite, parse_threshold
 
 
 # tolerance metric -> key in effkit.fidelity.compare_outputs (accuracy comes from --eval data)
@@ -81,6 +83,59 @@ def parse_bar_tolerance(text: str) -> Threshold:
         return t
     raise UsageError(f"tolerance {text!r} is not supported by compress",
                      "use cosine>=X, sqnr>=DB, top1>=X, max_abs_diff<=X or accuracy:-Npt")
+
+
+DEFAULT_MAX_ACCURACY_DROP = "1pt"  # the bar with labelled --eval data, unless the user sets another
+DEFAULT_FIDELITY_BAR = "cosine>=0.99"  # the bar without labels (outputs against the original's)
+OFF = "none"  # `--max-accuracy-drop none` / `--tolerance none`: no such bar
+
+
+def parse_accuracy_drop(text: str) -> float | None:
+    """`1pt`, `0.5 pt` or `1` (percentage points of accuracy) as a number of points; `none`: None (off)."""
+    if str(text).strip().lower() == OFF:
+        return None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(pt|pts|points?)?\s*", str(text).lower())
+    if not m:
+        raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
+                         "write percentage points of accuracy, e.g. 1pt or 0.5pt, or none to switch the bar off")
+    return _finite(float(m.group(1)), str(text))
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    """The bar a changed model must meet against its original: an accuracy drop in points (on labelled
+    data) and fidelity bounds on its outputs. `source` says where it came from, for the reports."""
+
+    max_drop_pt: float | None
+    bounds: tuple[Threshold, ...]
+    source: str  # "default" or "set"
+
+    def describe(self) -> str:
+        parts = ([f"accuracy drop <= {self.max_drop_pt:g} pt"] if self.max_drop_pt is not None else [])
+        parts += [b.text for b in self.bounds]
+        return (" and ".join(parts) or "none") + (" (default)" if self.source == "default" else "")
+
+
+def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelled: bool) -> QualityBar:
+    """The bar in force for a command that changes a model: what the user set, else the default: with
+    labelled evaluation data an accuracy drop of at most DEFAULT_MAX_ACCURACY_DROP, without labels
+    DEFAULT_FIDELITY_BAR on held-out inputs. `none` switches a bar off (`--max-accuracy-drop none`,
+    `--tolerance none`); `accuracy:-Npt` tolerances count as accuracy bars."""
+    tolerance_off = any(str(t).strip().lower() == OFF for t in tolerance)
+    tolerance = [t for t in tolerance if str(t).strip().lower() != OFF]
+    bounds = [parse_bar_tolerance(t) for t in tolerance]
+    drops = [-t.value for t in bounds if t.metric == "accuracy"]
+    fidelity = tuple(t for t in bounds if t.metric != "accuracy")
+    if max_accuracy_drop is not None:
+        explicit = parse_accuracy_drop(max_accuracy_drop)
+        drops += [explicit] if explicit is not None else []
+    elif labelled:
+        drops.append(parse_accuracy_drop(DEFAULT_MAX_ACCURACY_DROP))
+    max_drop = min(drops) if drops else None
+    set_by_user = max_accuracy_drop is not None or bool(tolerance)
+    if not set_by_user and not labelled and not tolerance_off:
+        return QualityBar(None, (parse_threshold(DEFAULT_FIDELITY_BAR),), "default")
+    return QualityBar(max_drop, fidelity, "set" if set_by_user else "default")
 
 
 def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accuracy_before: float | None,

@@ -168,7 +168,7 @@ def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
 def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monkeypatch):
     import effkit.comparison
 
-    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", *FAST)
     assert code == 0, err
     report = json.loads(Path("out/report.json").read_text())
     speedup = report["overall"]["speedup"]["vs_torch_fp32"]["p50"]
@@ -178,7 +178,7 @@ def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monk
     for name in ("report.md", "report.html"):
         assert shown in Path("out", name).read_text(), name
     monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
-    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out2", *FAST)
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out2", *FAST)
     assert code == 0, err
     report = json.loads(Path("out2/report.json").read_text())
     assert report["overall"]["speedup"]["vs_torch_fp32"]["p50"]["verdict"] == "inconclusive"

@@ -12,7 +12,7 @@ import json
 from html import escape
 
 from effkit.report.charts import INSTALL_HINT, compress_charts
-from effkit.report.compress import HEADER, _attempt, headline, summary_cells
+from effkit.report.compress import HEADER, _attempt, headline, measurement_warnings, summary_cells
 from effkit.util import fmt_bytes, jsonable
 
 _STYLE = """
@@ -24,7 +24,8 @@ th, td { border-bottom: 1px solid #e4e4e4; padding: 3px 10px; text-align: right;
 th:first-child, td:first-child, td.l, th.l { text-align: left; }
 th { background: #f5f5f5; }
 .verdict { font-size: 1.05em; padding: 0.6em 0.9em; border-radius: 4px; background: #eef6ee; }
-.failed { background: #fbeaea; }
+.failed { background: #fbeaea; color: #a31515; border-left: 4px solid #c62828; }
+.warnings { background: #fff8e1; padding: 0.4em 0.9em; border-radius: 4px; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; }
 figcaption { color: #555; font-size: 0.92em; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 12px; }
@@ -39,6 +40,7 @@ def compress_html(result) -> str:
              f"<h1>effkit compress: <code>{escape(result.source)}</code></h1>",
              f"<p class=\"verdict{'' if result.status == 'ok' else ' failed'}\">"
              f"<strong>{'Result' if result.status == 'ok' else 'Failed'}:</strong> {escape(headline(result))}</p>",
+             *_bar_and_warnings(result),
              "<h2>Summary</h2>", _table(HEADER, summary_cells(result), left=2),
              "<p class=\"note\">Speedups compare p50 latencies measured in one run with the same threads and inputs; "
              "&ldquo;vs torch fp32&rdquo; is against the original model on torch eager. Cosine: against the original's "
@@ -52,6 +54,16 @@ def compress_html(result) -> str:
     parts += _environment(result)
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _bar_and_warnings(result) -> list[str]:
+    """The quality bar in force, and every measurement warning (the timings they make doubtful)."""
+    parts = [f"<p class=\"note\">Quality bar: {escape(result.bar)}</p>"] if result.bar else []
+    warnings = measurement_warnings(result)
+    if warnings:
+        parts += [f"<div class=\"warnings\"><strong>Measurement warnings ({len(warnings)})</strong>: the timings "
+                  "may be off<ul>"] + [f"<li>{escape(w)}</li>" for w in warnings] + ["</ul></div>"]
+    return parts
 
 
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:

@@ -1,0 +1,96 @@
+"""Verdicts a user can act on: a ruined model is never called a success (the default quality bar),
+and a failed result is marked failed, in red, in the terminal, Markdown and HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import FAST, spec
+from effkit.judge import quality_bar
+
+
+def _labelled_eval(path):
+    """Inputs for the tiny MLP with its own predictions as labels: the original is 100% accurate."""
+    from effkit.export import make_runner
+    from effkit.load import load_model
+
+    x = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
+    labels = make_runner(load_model(spec("mlp")), "torch").run((x,))[0].argmax(1)
+    np.savez(path, x=x, labels=labels)
+
+
+def test_the_default_bar_is_1pt_with_labels_and_cosine_without():
+    assert (quality_bar(None, (), labelled=True).max_drop_pt, quality_bar(None, (), labelled=True).bounds) == (1.0, ())
+    unlabelled = quality_bar(None, (), labelled=False)
+    assert unlabelled.max_drop_pt is None and [b.text for b in unlabelled.bounds] == ["cosine>=0.99"]
+    assert unlabelled.describe() == "cosine>=0.99 (default)"
+    off = quality_bar("none", (), labelled=True)
+    assert (off.max_drop_pt, off.bounds) == (None, ())
+    assert quality_bar(None, ("none",), labelled=False).bounds == ()
+    assert quality_bar("0.5pt", ("accuracy:-0.2pt",), labelled=True).max_drop_pt == 0.2
+    assert [b.text for b in quality_bar(None, ("sqnr>=20",), labelled=False).bounds] == ["sqnr>=20"]
+
+
+def test_a_ruined_model_is_a_failure_not_a_success(cli, tmp_path):
+    """The issue's case: pruning hard enough to lose most accuracy. Without the default bar this
+    exited 0 with a green result; now it backs off, misses the 1 pt bar, and exits 1."""
+    _labelled_eval(tmp_path / "eval.npz")
+    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.9", "--eval", "eval.npz", "-o", "out", *FAST,
+                               "--json", "-")
+    assert code == 1, stderr
+    error = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"Error: pruning breaks the quality bar even at ratio [0-9.]+: accuracy dropped [0-9.]+ pt "
+                        r"\(at most 1 pt allowed\) \(prune less \(a smaller --prune\), recover with --distill --data "
+                        r"FILE, or loosen --max-accuracy-drop / --tolerance\)", error), error
+    # every flag the hint names is a real option of compress
+    _, help_text, _ = cli("compress", "--help")
+    for flag in re.findall(r"--[a-z-]+", error.split(" (prune less", 1)[1]):
+        assert flag in help_text, flag
+    report = json.loads(stdout)
+    assert report["status"] == "failed" and report["bar"] == "accuracy drop <= 1 pt (default)"
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.toml", "report.html", "report.json", "report.md"]
+    md = (out / "report.md").read_text()
+    assert "> [!CAUTION]\n> **Failed:** pruning breaks the quality bar" in md and "**Result:**" not in md
+    html = (out / "report.html").read_text()
+    assert '<p class="verdict failed"><strong>Failed:</strong> pruning breaks the quality bar' in html
+    assert "FAILED: pruning breaks the quality bar" in stderr
+
+
+def test_the_failed_caption_is_red_in_the_terminal(cli, tmp_path):
+    from rich.console import Console
+
+    from effkit.data import Data
+    from effkit.load import load_model
+    from effkit.pipeline import run_pipeline
+    from effkit.recipe import Recipe
+    from effkit.report.compress import compress_table
+
+    _labelled_eval(tmp_path / "eval.npz")
+    with np.load(tmp_path / "eval.npz") as f:
+        data = Data((f["x"],), f["labels"], "eval.npz")
+    recipe = Recipe().with_changes("prune", ratio=0.9).with_changes("bench", warmup=1, iterations=3) \
+        .with_changes("pipeline", backoff_tries=0)
+    result = run_pipeline(load_model(spec("mlp")), recipe, eval_data=data)
+    assert result.status == "failed"
+    console = Console(force_terminal=True, color_system="standard", width=100, record=True)
+    console.print(compress_table(result))
+    assert "\x1b[1;31mFAILED: " in console.export_text(styles=True)
+
+
+def test_switching_the_bar_off_lets_a_ruined_model_through(cli, tmp_path):
+    _labelled_eval(tmp_path / "eval.npz")
+    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.9", "--eval", "eval.npz",
+                               "--max-accuracy-drop", "none", "-o", "out", *FAST, "--json", "-")
+    assert code == 0, stderr
+    assert json.loads(stdout)["bar"] == "none"
+
+
+@pytest.mark.parametrize("args", [["--max-accuracy-drop", "lots"], ["--tolerance", "cosine>>1"]])
+def test_a_bad_bar_is_a_usage_error(cli, args):
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", *args, "-o", "out")
+    assert code == 2 and stderr.startswith("Error: ")
