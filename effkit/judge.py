@@ -120,12 +120,14 @@ def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelle
     """The bar in force for a command that changes a model: what the user set, else the default: with
     labelled evaluation data an accuracy drop of at most DEFAULT_MAX_ACCURACY_DROP, without labels
     DEFAULT_FIDELITY_BAR on held-out inputs. `none` switches a bar off (`--max-accuracy-drop none`,
-    `--tolerance none`); `accuracy:-Npt` tolerances count as accuracy bars."""
+    `--tolerance none`); `accuracy:-Npt` tolerances count as accuracy drops, other bounds (fidelity, and
+    for quantize absolute or relative accuracy) stay bounds."""
     tolerance_off = any(str(t).strip().lower() == OFF for t in tolerance)
-    tolerance = [t for t in tolerance if str(t).strip().lower() != OFF]
-    bounds = [parse_bar_tolerance(t) for t in tolerance]
-    drops = [-t.value for t in bounds if t.metric == "accuracy"]
-    fidelity = tuple(t for t in bounds if t.metric != "accuracy")
+    tolerance = [t for t in tolerance if isinstance(t, Threshold) or str(t).strip().lower() != OFF]
+    bounds = [t if isinstance(t, Threshold) else parse_tolerance(t) for t in tolerance]
+    is_drop = lambda t: t.metric == "accuracy" and t.kind == "points"  # noqa: E731
+    drops = [-t.value for t in bounds if is_drop(t)]
+    fidelity = tuple(t for t in bounds if not is_drop(t))
     if max_accuracy_drop is not None:
         explicit = parse_accuracy_drop(max_accuracy_drop)
         drops += [explicit] if explicit is not None else []
@@ -154,15 +156,34 @@ def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accur
     return found
 
 
-DATA_BATCH = 32  # rows per batch when a before/after record compares outputs on real data
+JUDGE_ROWS = 512  # at most this many rows of real data are compared (all of them when fewer)
+HELD_OUT_FRACTION = 0.25  # of --calib, kept out of calibration to judge on when there is no --eval
+
+
+def judging_split(fit_data, eval_data):
+    """Which data fits a model (calibrates, fine-tunes, decides back-off) and which judges it, never the
+    same: (fit, judged). `eval_data` judges when given; else a seeded quarter of `fit_data` is held out
+    of fitting to judge on (when it has at least 2 samples); else `judged` is None (fresh inputs)."""
+    if eval_data is not None or fit_data is None:
+        return fit_data, eval_data
+    if len(fit_data) < 2:
+        return fit_data, None
+    fit, held_out = fit_data.split(HELD_OUT_FRACTION, seed=0)
+    return fit, type(held_out)(held_out.inputs, held_out.labels, f"held-out part of {fit_data.source}")
 
 
 def held_out_batches(example, data=None, samples: int = FIDELITY_SAMPLES) -> tuple[list[tuple], str]:
-    """Inputs to compare a changed model on, and where they came from: batches of `data` (real inputs,
-    when given), else random inputs shaped like `example` (out of distribution for a trained model)."""
-    if data is not None:
-        return [inputs for inputs, _ in data.take(samples * DATA_BATCH).batches(DATA_BATCH)], data.source
-    return held_out_inputs(example, samples), "random"
+    """Inputs to judge a changed model on, and where they came from: `data` (up to JUDGE_ROWS rows, in
+    batches of the example's batch size, so that a fixed batch dimension fits and the minimum is over
+    the same samples for every judge), else `samples` batches of random inputs shaped like `example`
+    (out of distribution for a trained model)."""
+    if data is None:
+        return held_out_inputs(example, samples), "random"
+    batch = example[0].shape[0] if example and example[0].ndim and example[0].shape[0] > 0 else 1
+    rows = data.take(JUDGE_ROWS)
+    inputs = [a.astype(e.dtype, copy=False) for a, e in zip(rows.inputs, example)]
+    found = [tuple(a[s:s + batch] for a in inputs) for s in range(0, len(rows) - batch + 1, batch)]
+    return (found or held_out_inputs(example, samples)), (data.source if found else "random")
 
 
 class Judge:

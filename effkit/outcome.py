@@ -85,10 +85,11 @@ PAIRS = 20  # A/B pairs per before/after comparison
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
-                         fidelity_runtime: str | None = None) -> Outcome:
+                         fidelity_runtime: str | None = None, judge_data=None) -> Outcome:
     """Time `original` against `changed` side by side on each runtime, compare their outputs on
-    held-out inputs (those of `eval_data` when given, else random ones), and with labels in
-    `eval_data` their accuracy.
+    held-out inputs (`judge_data`, else `eval_data`, else random ones: `effkit.judge.held_out_batches`,
+    as quantize judges its candidates), and with labels in `eval_data` their accuracy. The fidelity
+    record says which inputs and how many batches and rows.
 
     Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
     `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
@@ -110,9 +111,11 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     after = BenchResult(model=model_info(changed), size=size_info(changed), runs=runs_after, environment=env)
     runtime = fidelity_runtime or runtimes[0]
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    held_out, source = held_out_batches(original.example_inputs, eval_data)
+    held_out, source = held_out_batches(original.example_inputs, judge_data if judge_data is not None else eval_data)
     judge = Judge(native_runner(original, threads), held_out, eval_data)
-    return Outcome(step, before, after, paired=paired, fidelity={**judge.fidelity(new_runner), "inputs": source},
+    rows = int(sum(len(b[0]) if b and getattr(b[0], "ndim", 0) else 1 for b in held_out))
+    return Outcome(step, before, after, paired=paired,
+                   fidelity={**judge.fidelity(new_runner), "inputs": source, "rows": rows},
                    accuracy=judge.accuracy_change(new_runner))
 
 

@@ -94,3 +94,37 @@ def test_switching_the_bar_off_lets_a_ruined_model_through(cli, tmp_path):
 def test_a_bad_bar_is_a_usage_error(cli, args):
     code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", *args, "-o", "out")
     assert code == 2 and stderr.startswith("Error: ")
+
+
+# ---------------------------------------------------------------- judged on data it was not fitted on
+
+def test_the_judging_split_never_judges_on_what_calibrated():
+    from effkit.data import Data
+    from effkit.judge import judging_split
+
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    fit, judged = judging_split(Data((x,), None, "calib.npz"), None)
+    fitted, held = {tuple(r) for r in fit.inputs[0]}, {tuple(r) for r in judged.inputs[0]}
+    assert not fitted & held and len(fitted | held) == 20 and len(held) == 5
+    assert judged.source == "held-out part of calib.npz"
+    evaluation = Data((x[:4],), np.zeros(4, np.int64), "eval.npz")
+    assert judging_split(Data((x,), None, "calib.npz"), evaluation)[1] is evaluation  # --eval judges, all of calib fits
+    assert judging_split(None, None) == (None, None)
+
+
+def test_a_tolerance_is_judged_on_the_figures_reported(cli, tmp_path):
+    """The issue's case: a candidate passed on its own calibration data (0.99095) while the report of the
+    same run showed 0.98586 on other inputs. Now the verdict and the report are made on the same held-out
+    data, so the reported figure is the one the tolerance was checked against."""
+    x = np.random.default_rng(1).uniform(0, 1, (64, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    code, stdout, stderr = cli("quantize", spec("mlp"), "-o", "q.onnx", "--backend", "onnxruntime", "--method",
+                               "static", "--calib", "calib.npz", "--tolerance", "cosine>=0.9", "--allow-slower", *FAST,
+                               "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    chosen = next(c for c in report["details"]["candidates"] if c["status"].startswith("chosen"))
+    assert report["fidelity"]["inputs"] == "held-out part of calib.npz"
+    assert report["details"]["judged_on"] == {"source": "held-out part of calib.npz", "batches": 8, "rows": 16}
+    assert report["fidelity"]["cosine_min"] == pytest.approx(chosen["fidelity"]["cosine_min"], abs=1e-6)
+    assert report["fidelity"]["cosine_min"] >= 0.9
