@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import FAST, spec
+from conftest import FAST, NO_BAR, spec
 
 from effkit.benchmark import time_calls
 from effkit.comparison import measure_paired
@@ -130,7 +130,7 @@ def test_no_quiet_pair_is_inconclusive_with_the_reason(monkeypatch):
 # ---------------------------------------------------------------- every report says the same
 
 def test_prune_reports_carry_the_interval(cli):
-    code, out, err = cli("prune", spec("mlp"), "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
+    code, out, err = cli("prune", spec("mlp"), *NO_BAR, "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
                          "--json", "r.json", "--markdown", "r.md")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())
@@ -153,7 +153,7 @@ def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
     import effkit.comparison
 
     monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
-    code, out, err = cli("prune", spec("mlp"), "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
+    code, out, err = cli("prune", spec("mlp"), *NO_BAR, "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
                          "--json", "r.json", "--markdown", "r.md")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())

@@ -128,3 +128,68 @@ def test_a_tolerance_is_judged_on_the_figures_reported(cli, tmp_path):
     assert report["details"]["judged_on"] == {"source": "held-out part of calib.npz", "batches": 8, "rows": 16}
     assert report["fidelity"]["cosine_min"] == pytest.approx(chosen["fidelity"]["cosine_min"], abs=1e-6)
     assert report["fidelity"]["cosine_min"] >= 0.9
+
+
+# ---------------------------------------------------------------- gates that do not contradict themselves
+
+def _gate_doc(median_ms: float, busy: bool) -> dict:
+    from test_gate import QUIET, bench_doc
+
+    return bench_doc(median_ms, contention=dict(QUIET, other_cpu_cores=1.0, free_cores=1.0, busy=busy,
+                                                oversubscribed=busy))
+
+
+def test_an_upper_bound_on_latency_that_holds_under_load_passes():
+    """The issue's case: 0.020 ms measured on a busy machine against <=1ms was INCONCLUSIVE. Load only
+    makes latency worse, so the pass stands; a miss under load is still not evidence."""
+    from effkit.gates import gate
+
+    report = gate(_gate_doc(0.020, busy=True), ["latency.p50:<=1ms", "latency.p90:<1ms", "throughput:>=100"])
+    assert [v.status for v in report.verdicts] == ["pass", "pass", "pass"], [v.message for v in report.verdicts]
+    assert "busy machine, which only makes it slower, so the bound holds" in report.verdicts[0].message
+    assert any("hold even so" in w for w in report.warnings)
+    missed = gate(_gate_doc(2.0, busy=True), ["latency.p50:<=1ms", "throughput:>=1000", "latency.p50:>=5ms"])
+    assert [v.status for v in missed.verdicts] == ["inconclusive"] * 3
+    assert gate(_gate_doc(2.0, busy=False), ["latency.p50:<=1ms"]).verdicts[0].status == "fail"  # quiet: decided
+
+
+def test_size_gates_on_a_busy_machine_say_nothing_about_latency():
+    from effkit.gates import gate
+
+    report = gate(_gate_doc(1.0, busy=True), ["size:<=20MB"])
+    assert [v.status for v in report.verdicts] == ["pass"]
+    assert not any("latency" in w or "busy" in w for w in report.warnings), report.warnings
+
+
+def _compare_doc(kept_pairs: int, attempts: int, min_pairs: int, b_over_a: float) -> dict:
+    from effkit.comparison import CompareResult
+
+    rng = np.random.default_rng(0)
+    result = CompareResult(attempts=attempts, a={"source": "a.onnx"}, b={"source": "b.onnx"}, runtime="onnxruntime",
+                           environment={"cpu": {"model": "Test CPU"}})
+    for i in range(kept_pairs):
+        a = (1.0 + 0.01 * rng.standard_normal(5)).tolist()
+        result.pairs.append({"order": "ab", "a_ms": a, "b_ms": [b_over_a * x for x in a], "load": [0, 0],
+                             "cpu_share": 1.0})
+    result.analyse(min_pairs)
+    return json.loads(json.dumps(result.to_dict()))
+
+
+def test_a_relative_gate_on_too_few_quiet_pairs_is_inconclusive_in_every_output():
+    """The issue's case: compare said "inconclusive (only 2 of 180 pairs ... need 30)", then FAILED the gate
+    on a [1.599, 1.599] interval, and its JUnit file had failures. Now every output says inconclusive."""
+    from xml.etree import ElementTree as ET
+
+    from effkit.gates import gate
+
+    doc = _compare_doc(kept_pairs=2, attempts=180, min_pairs=30, b_over_a=1.6)
+    assert doc["verdict"] == "inconclusive" and "need 30" in doc["reasons"][0]
+    report = gate(doc, ["latency.p50:+5%", "latency.p90:+5%", "throughput:-5%"])
+    assert [v.status for v in report.verdicts] == ["inconclusive"] * 3
+    assert all("need 30" in v.message for v in report.verdicts)
+    assert report.exit_code == 0 and report.to_dict()["passed"]
+    junit = ET.fromstring(report.junit().split("\n", 1)[1]).find("testsuite")
+    assert (junit.get("failures"), junit.get("skipped")) == ("0", "3")
+    assert "❌" not in report.markdown() and report.markdown().count("⚠️ inconclusive") == 3
+    enough = gate(_compare_doc(kept_pairs=40, attempts=40, min_pairs=30, b_over_a=1.6), ["latency.p50:+5%"])
+    assert enough.verdicts[0].status == "fail"  # with enough quiet pairs the same ratio does fail

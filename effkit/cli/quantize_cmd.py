@@ -9,7 +9,8 @@ import typer
 
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
+                               write_outputs)
 from effkit.data import load_data
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
@@ -123,8 +124,12 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     outcome.details, outcome.notes = result.details, list(result.notes)
     slowdown = speed_verdict(outcome, runtime, allow_slower)
 
+    outcome.hold_to(bar)
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
+    refuse_below_bar(outcome, "the int8 model", "loosen --tolerance or --max-accuracy-drop, keep layers in float with "
+                     "--exclude, or pass --calib with representative data", json, markdown,
+                     lambda: outcome_markdown(outcome) + candidates_markdown(result.details), force)
     if slowdown and not allow_slower:
         raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown})",
                          "nothing was written; pass --allow-slower to write it anyway")
