@@ -49,6 +49,7 @@ def bench_command(
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
     check_outputs_free([json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
+    check_outputs_free([json, markdown], force)  # against the files loading read (an ONNX model's data, ...)
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:
         result = bench(loaded, runtimes=runtimes, batch_sizes=batch_size, threads=threads, warmup=warmup,

@@ -22,6 +22,7 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
                                refuse_below_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
+from effkit.files import check_not_read, remove
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.load import load_model
 from effkit.outcome import measure_before_after
@@ -205,6 +206,9 @@ def distill_command(
     else:
         student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
 
+    # everything is loaded now: no output, and not the checkpoint either, may be a file this run reads
+    check_not_read(ckpt, "checkpoint")
+    check_outputs_free([output, json, markdown, export_onnx, ckpt], True)
     result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume, threads)
     if prune_ratio is not None:
         result.details["prune"] = pruned.details
@@ -247,14 +251,14 @@ def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, 
     console = console_for(json)
     outcome.hold_to(bar)
     if outcome.status != "ok":
-        ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
+        remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
         console.print(outcome_table(outcome))
         refuse_below_bar(outcome, "the distilled student", "train longer (--epochs), use a larger student, or "
                          "loosen --max-accuracy-drop / --tolerance", json, markdown,
                          lambda: outcome_markdown(outcome), force)
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
         outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
-    ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
+    remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)
