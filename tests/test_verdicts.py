@@ -193,3 +193,19 @@ def test_a_relative_gate_on_too_few_quiet_pairs_is_inconclusive_in_every_output(
     assert "❌" not in report.markdown() and report.markdown().count("⚠️ inconclusive") == 3
     enough = gate(_compare_doc(kept_pairs=40, attempts=40, min_pairs=30, b_over_a=1.6), ["latency.p50:+5%"])
     assert enough.verdicts[0].status == "fail"  # with enough quiet pairs the same ratio does fail
+
+
+def test_prune_without_labels_is_held_to_cosine_and_writes_nothing_when_it_misses(cli, tmp_path):
+    code, stdout, stderr = cli("prune", spec("mlp"), "-o", "p.pt2", "--ratio", "0.9", "--runtime", "torch", *FAST,
+                               "--json", "-", "--markdown", "r.md")
+    assert code == 1, stderr
+    assert re.fullmatch(r"Error: the pruned model misses the quality bar \(cosine>=0\.99 \(default\)\): cosine is "
+                        r"[0-9.e-]+, breaking cosine>=0\.99; it was not written \(prune less \(a smaller --ratio\), "
+                        r"recover with --finetune-epochs N --data FILE, or loosen --max-accuracy-drop / --tolerance\)",
+                        stderr.strip().splitlines()[-1]), stderr
+    assert not (tmp_path / "p.pt2").exists()
+    report = json.loads(stdout)
+    assert report["status"] == "failed" and report["bar"] == "cosine>=0.99 (default)"
+    assert isinstance(report["warnings"], list)
+    assert "> [!CAUTION]\n> **Failed:** cosine is" in (tmp_path / "r.md").read_text()
+    assert "FAILED: cosine is" in stderr
