@@ -222,7 +222,7 @@ def test_prune_without_labels_is_held_to_cosine_and_writes_nothing_when_it_misse
 def test_candidates_within_noise_are_tied_and_resolved_by_a_stable_rule(monkeypatch, verdict, chosen, tied):
     from types import SimpleNamespace
 
-    import effkit.passes.quantize as q
+    import effkit.passes.quantize_choice as q
     from effkit.passes.quantize_candidates import Candidate
 
     def candidate(label, latency, size, kind="onnx"):
@@ -235,9 +235,9 @@ def test_candidates_within_noise_are_tied_and_resolved_by_a_stable_rule(monkeypa
         paired.append((a, b))
         return SimpleNamespace(speedup=lambda: {"verdict": verdict, "estimate": 1.0, "ci95": [0.9, 1.1]})
 
-    monkeypatch.setattr(q, "_pair", fake_pair)
+    monkeypatch.setattr(q, "paired_timing", fake_pair)
     a, b, c = candidate("A", 1.00, 200), candidate("B", 1.05, 100), candidate("C", 2.0, 50)
-    got, decision = q._choose([a, b, c], ctx=None, model=SimpleNamespace(kind="onnx"))
+    got, decision = q.choose([a, b, c], ctx=None, model=SimpleNamespace(kind="onnx"))
     assert (got.label, decision["tied"]) == (chosen, tied)
     assert paired == [(a.model, b.model)]  # C is far slower: not worth a paired timing
     assert [d["candidate"] for d in decision["compared"]] == ["B"]
@@ -246,7 +246,7 @@ def test_candidates_within_noise_are_tied_and_resolved_by_a_stable_rule(monkeypa
 def test_the_stable_rule_prefers_fewer_float_layers_then_smaller_then_the_originals_runtime():
     from types import SimpleNamespace
 
-    import effkit.passes.quantize as q
+    import effkit.passes.quantize_choice as q
     from effkit.passes.quantize_candidates import Candidate
 
     def candidate(label, size, kept, backend):
@@ -255,5 +255,5 @@ def test_the_stable_rule_prefers_fewer_float_layers_then_smaller_then_the_origin
     torch_model = SimpleNamespace(kind="torch")
     ranked = sorted([candidate("big", 300, [], "onnxruntime"), candidate("floaty", 100, ["fc"], "onnxruntime"),
                      candidate("ort", 200, [], "onnxruntime"), candidate("torch", 200, [], "torch")],
-                    key=lambda c: q._stable_rank(c, torch_model))
+                    key=lambda c: q.stable_rank(c, torch_model))
     assert [c.label for c in ranked] == ["torch", "ort", "big", "floaty"]

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from effkit.benchmark import time_calls
-from effkit.comparison import measure_paired
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.export import make_runner
@@ -29,6 +28,7 @@ from effkit.inputs import batched
 from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split, score, tolerance_failures
 from effkit.passes import PassContext, PassResult
 from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for
+from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
@@ -170,51 +170,6 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
     return time_interleaved(calls, seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
 
 
-NEAR = 1.2  # candidates whose interleaved median is within this factor of the fastest are timed against it in pairs
-DECISION_PAIRS = 10  # A/B pairs per paired decision
-
-
-def _runtime_of(model) -> str:
-    return "torch" if model.kind == "torch" else "onnxruntime"
-
-
-def _pair(ctx: CandidateContext, a, runtime_a: str, b, runtime_b: str):
-    """Model `b` on `runtime_b` against `a` on `runtime_a`, interleaved in A/B pairs (`measure_paired`), in
-    about the candidate timing budget."""
-    with quiet_torch():
-        return measure_paired(make_runner(a, runtime_a, ctx.threads), make_runner(b, runtime_b, ctx.threads),
-                              a.example_inputs, pairs=DECISION_PAIRS,
-                              block_time=max(ctx.candidate_time / DECISION_PAIRS, 1e-3),
-                              iterations=ctx.candidate_iterations, warmup=2)
-
-
-def _stable_rank(c: Candidate, model) -> tuple:
-    """Among candidates tied on speed: fewer float layers, then smaller, then the original's runtime."""
-    return (len(c.kept_float), c.size_bytes or 0, c.backend != _runtime_of(model), c.label)
-
-
-def _choose(passing: list[Candidate], ctx: CandidateContext, model) -> tuple[Candidate, dict]:
-    """The fastest passing candidate, decided with intervals rather than point estimates: every candidate
-    whose interleaved median is within NEAR of the fastest is timed against it in A/B pairs; one whose
-    interval says faster wins outright, those whose interval does not separate from it are tied, and a tie
-    goes by `_stable_rank`, so the same models give the same choice run after run."""
-    best, tied, faster, compared = passing[0], [passing[0]], [], []
-    for c in passing[1:]:
-        if c.latency_ms > best.latency_ms * NEAR:
-            break
-        timing = _pair(ctx, best.model, _runtime_of(best.model), c.model, _runtime_of(c.model)).speedup()
-        compared.append({"candidate": c.label, "against": best.label, "verdict": timing["verdict"],
-                         "speedup": timing["estimate"], "ci95": timing["ci95"]})
-        if timing["verdict"] == "faster":
-            faster.append((timing["estimate"], c))
-        elif timing["verdict"] in ("same", "inconclusive"):
-            tied.append(c)
-    if faster:
-        return max(faster, key=lambda f: f[0])[1], {"compared": compared, "tied": []}
-    chosen = min(tied, key=lambda c: _stable_rank(c, model))
-    return chosen, {"compared": compared, "tied": [c.label for c in tied] if len(tied) > 1 else []}
-
-
 # ---------------------------------------------------------------- calibration data
 
 def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | None:
@@ -295,14 +250,14 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         c.latency_ms = timings[c.label]
         c.size_bytes = _size(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen, decision = _choose(passing, ctx, model) if passing else (_tolerance_loop(built, judge, ctx), None)
+    chosen, decision = choose(passing, ctx, model) if passing else (_tolerance_loop(built, judge, ctx), None)
     if decision and decision["tied"]:
         notes.append(f"{' and '.join(decision['tied'])} are tied within timing noise (paired 95% intervals); "
                      f"{chosen.label} was chosen by the stable rule (fewer float layers, then smaller, then the "
                      "original's runtime)")
     original_size = _size(model)
     # slower only when the paired interval says so; worded by who acts on it: compress (run) or the command
-    against_float = _pair(ctx, model, _runtime_of(chosen.model), chosen.model, _runtime_of(chosen.model))
+    against_float = paired_timing(ctx, model, runtime_of(chosen.model), chosen.model, runtime_of(chosen.model))
     slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
