@@ -52,6 +52,7 @@ def test_a_ruined_model_is_a_failure_not_a_success(cli, tmp_path):
         assert flag in help_text, flag
     report = json.loads(stdout)
     assert report["status"] == "failed" and report["bar"] == "accuracy drop <= 1 pt (default)"
+    assert isinstance(report["warnings"], list)  # measurement warnings, as in the terminal and the reports
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["recipe.toml", "report.html", "report.json", "report.md"]
     md = (out / "report.md").read_text()

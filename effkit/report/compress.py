@@ -71,15 +71,10 @@ def headline(result) -> str:
     return "; ".join(parts)
 
 
-def measurement_warnings(result) -> list[str]:
-    """Every measurement warning of every state and runtime (noisy timing, a busy machine), once each."""
-    return sorted({f"{r['state']} {r['runtime']}: {w}" for r in result.rows() for w in r["warnings"]})
-
-
 def _bar_and_warnings(result) -> list[str]:
     """The quality bar in force and the measurement warnings, for the terminal."""
     lines = [f"quality bar: {result.bar}"] if result.bar else []
-    warnings = measurement_warnings(result)
+    warnings = result.warnings()
     if warnings:
         lines += [f"warning: {w}" for w in warnings]
     return lines
@@ -161,7 +156,7 @@ def compress_markdown(result) -> str:
     lines += [f"- {note}" for note in result.notes]
     if result.bar:
         lines.append(f"- quality bar: {result.bar}")
-    warnings = measurement_warnings(result)
+    warnings = result.warnings()
     if warnings:
         lines += ["", f"**Measurement warnings ({len(warnings)})**: the timings may be off", ""]
         lines += [f"- {w}" for w in warnings]

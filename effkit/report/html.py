@@ -12,7 +12,7 @@ import json
 from html import escape
 
 from effkit.report.charts import INSTALL_HINT, compress_charts
-from effkit.report.compress import HEADER, _attempt, headline, measurement_warnings, summary_cells
+from effkit.report.compress import HEADER, _attempt, headline, summary_cells
 from effkit.util import fmt_bytes, jsonable
 
 _STYLE = """
@@ -59,7 +59,7 @@ def compress_html(result) -> str:
 def _bar_and_warnings(result) -> list[str]:
     """The quality bar in force, and every measurement warning (the timings they make doubtful)."""
     parts = [f"<p class=\"note\">Quality bar: {escape(result.bar)}</p>"] if result.bar else []
-    warnings = measurement_warnings(result)
+    warnings = result.warnings()
     if warnings:
         parts += [f"<div class=\"warnings\"><strong>Measurement warnings ({len(warnings)})</strong>: the timings "
                   "may be off<ul>"] + [f"<li>{escape(w)}</li>" for w in warnings] + ["</ul></div>"]
