@@ -171,6 +171,7 @@ class PairedResult:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
+    min_pairs: int = 2  # the fewest quiet pairs a verdict may rest on (set by `analyse`)
 
     def samples(self, side: str) -> list[float]:
         """Every kept sample of side "a" or "b", pooled."""
@@ -179,6 +180,7 @@ class PairedResult:
     def analyse(self, min_pairs: int) -> None:
         """(Re)compute ratios, intervals and the verdict from the kept pairs."""
         self.stats, self.reasons = {}, []
+        self.min_pairs = max(2, min_pairs)
         if len(self.pairs) < max(2, min_pairs):
             self.verdict = "inconclusive"
             self.reasons.append(
@@ -237,6 +239,7 @@ class CompareResult(PairedResult):
         return {
             "schema": SCHEMA, "a": self.a, "b": self.b, "runtime": self.runtime, "threads": self.threads,
             "threshold": self.threshold, "verdict": self.verdict, "reasons": self.reasons, "warnings": self.warnings,
+            "min_pairs": self.min_pairs,
             "stats": self.stats, "ratios": ratios, "metrics": self.metrics,
             "baseline_metrics": _side_metrics(self.stats, self.size.get("a", {}), "a_ms"),
             "calls_per_block": self.calls_per_block, "attempts": self.attempts, "discarded": self.discarded,

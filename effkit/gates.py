@@ -9,8 +9,11 @@ verdict is "pass", "fail" or "inconclusive":
   contiguous chunks of both runs' samples (machine-normalized by the calibration workload when
   the two environments differ). A gate passes when the whole interval is on the good side of
   the limit, fails when the whole interval is on the bad side, and is inconclusive otherwise.
-- A latency gate whose measurement (or baseline) ran on a busy or oversubscribed machine is
-  inconclusive: the noise is then larger than any effect it could show.
+- A timing gate whose measurement (or baseline) ran on a busy or oversubscribed machine is
+  inconclusive, except a pass of an absolute latency upper bound (or throughput lower bound): load
+  only makes latency worse, so a bound that holds under load holds.
+- A relative gate on an `effkit compare` result with fewer quiet A/B pairs than the comparison
+  needed is inconclusive, never a failure: a ratio from two pairs decides nothing.
 
 Exit codes: 0 when no gate failed, 1 when one did, 2 for bad input. An inconclusive gate is a
 warning and exits 0 by default, because on shared CI machines noise must not fail builds at
@@ -225,7 +228,7 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
         verdict = Verdict(t, status, value=value, interval=(lo, hi) if lo != hi else None, limit=t.value,
                           message=f"{_fmt(value, metric)} {_interval_text(lo, hi) if lo != hi else ''} "
                                   f"{t.op} {_fmt(t.value, metric)}".replace("  ", " "))
-        return _contended(verdict, latency, cand, None)
+        return _contended(verdict, latency or (metric == "throughput" and ("mean", False)), cand, None)
 
     if base is None:
         raise UsageError(f"gate {t.text!r} compares with a baseline, and there is none",
@@ -241,6 +244,9 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
 
     limit = 1.0 + t.value
     op = "<=" if t.op == "+" else ">="
+    if paired and metric in paired and paired[metric].get("too_few_pairs"):  # never FAIL on too few pairs
+        return Verdict(t, "inconclusive", value=value, baseline=base_value, change=paired[metric]["ratio"],
+                       limit=limit, message=f"not decided: {paired[metric]['too_few_pairs']}")
     if paired and metric in paired:
         ratio, (lo, hi) = paired[metric]["ratio"], paired[metric]["ci"]
         how = "paired A/B, 95% interval"
@@ -268,15 +274,36 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
     return _contended(verdict, latency or (metric == "throughput" and ("mean", False)), cand, base)
 
 
+def holds_under_load(threshold: Threshold) -> bool:
+    """Whether a pass of this gate survives load from other processes: an absolute upper bound on latency
+    or lower bound on throughput, because load only makes latency longer and throughput lower."""
+    if threshold.kind != "absolute":
+        return False
+    if _latency_stat(threshold.metric) and not _latency_stat(threshold.metric)[1]:
+        return threshold.op in ("<=", "<")
+    return threshold.metric == "throughput" and threshold.op in (">=", ">")
+
+
 def _contended(verdict: Verdict, latency: Any, cand: Side, base: Side | None) -> Verdict:
-    """A latency verdict from a busy machine is not evidence either way: say so."""
+    """A timing verdict from a busy machine is evidence only in the direction load cannot fake: a latency
+    upper bound (or throughput lower bound) that holds under load holds, so it passes; anything else
+    measured under load is inconclusive."""
     if not latency or verdict.status == "inconclusive":
         return verdict
     busy = [name for name, side in (("this run", cand), ("the baseline", base)) if _busy(side)]
-    if busy:
-        verdict.status = "inconclusive"
-        verdict.message += f"; but the machine was busy during {' and '.join(busy)}: measure again on a quiet machine"
+    if not busy:
+        return verdict
+    if verdict.status == "pass" and holds_under_load(verdict.threshold):
+        verdict.message += "; measured on a busy machine, which only makes it slower, so the bound holds"
+        return verdict
+    verdict.status = "inconclusive"
+    verdict.message += f"; but the machine was busy during {' and '.join(busy)}: measure again on a quiet machine"
     return verdict
+
+
+def _timed(threshold: Threshold) -> bool:
+    """Whether a gate is decided on timing (latency or throughput), which load from other processes affects."""
+    return bool(_latency_stat(threshold.metric)) or threshold.metric == "throughput"
 
 
 def _environment_warnings(cand: Side, base: Side | None) -> tuple[list[str], bool]:
@@ -340,13 +367,16 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
     env_warnings, normalize = _environment_warnings(cand, base)
     warnings += env_warnings
+    verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
+    timed = [v for v in verdicts if _timed(v.threshold)]
     for name, side in (("this run", cand), ("the baseline", base)):
-        if side is not None and _busy(side):
+        if timed and side is not None and _busy(side):  # say it only when a gate asked for depends on timing
             c = side.contention
+            unsure = [v.name for v in timed if v.status == "inconclusive"]
             warnings.append(f"{name} was measured on a busy machine (other processes used "
                             f"{c.get('other_cpu_cores', 0):.2f} of {c.get('cores')} cores, {c.get('threads')} "
-                            "threads asked for): its latency gates are inconclusive")
-    verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
+                            "threads asked for)" + (f": {', '.join(unsure)} inconclusive" if unsure else
+                                                    ": the timing gates asked for hold even so"))
     subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source") \
         or doc.get("source", "")
     return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)

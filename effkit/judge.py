@@ -7,13 +7,15 @@ every command's before/after record.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from effkit.errors import UsageError
 from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import Threshold, _finite, parse_threshold
 
 
 # tolerance metric -> key in effkit.fidelity.compare_outputs (accuracy comes from --eval data)
@@ -92,6 +94,61 @@ def parse_bar_tolerance(text: str) -> Threshold:
                      "use cosine>=X, sqnr>=DB, top1>=X, agreement>=X, kl<=X, max_abs_diff<=X or accuracy:-Npt")
 
 
+DEFAULT_MAX_ACCURACY_DROP = "1pt"  # the bar with labelled --eval data, unless the user sets another
+DEFAULT_FIDELITY_BAR = "cosine>=0.99"  # the bar without labels (outputs against the original's)
+OFF = "none"  # `--max-accuracy-drop none` / `--tolerance none`: no such bar
+
+
+def parse_accuracy_drop(text: str) -> float | None:
+    """`1pt`, `0.5 pt` or `1` (percentage points of accuracy) as a number of points; `none`: None (off)."""
+    if str(text).strip().lower() == OFF:
+        return None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(pt|pts|points?)?\s*", str(text).lower())
+    if not m:
+        raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
+                         "write percentage points of accuracy, e.g. 1pt or 0.5pt, or none to switch the bar off")
+    return _finite(float(m.group(1)), str(text))
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    """The bar a changed model must meet against its original: an accuracy drop in points (on labelled
+    data) and fidelity bounds on its outputs. `source` says where it came from, for the reports."""
+
+    max_drop_pt: float | None
+    bounds: tuple[Threshold, ...]
+    source: str  # "default" or "set"
+
+    def describe(self) -> str:
+        parts = ([f"accuracy drop <= {self.max_drop_pt:g} pt"] if self.max_drop_pt is not None else [])
+        parts += [b.text for b in self.bounds]
+        return (" and ".join(parts) or "none") + (" (default)" if self.source == "default" else "")
+
+
+def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelled: bool) -> QualityBar:
+    """The bar in force for a command that changes a model: what the user set, else the default: with
+    labelled evaluation data an accuracy drop of at most DEFAULT_MAX_ACCURACY_DROP, without labels
+    DEFAULT_FIDELITY_BAR on held-out inputs. `none` switches a bar off (`--max-accuracy-drop none`,
+    `--tolerance none`); `accuracy:-Npt` tolerances count as accuracy drops, other bounds (fidelity, and
+    for quantize absolute or relative accuracy) stay bounds."""
+    tolerance_off = any(str(t).strip().lower() == OFF for t in tolerance)
+    tolerance = [t for t in tolerance if isinstance(t, Threshold) or str(t).strip().lower() != OFF]
+    bounds = [t if isinstance(t, Threshold) else parse_tolerance(t) for t in tolerance]
+    is_drop = lambda t: t.metric == "accuracy" and t.kind == "points"  # noqa: E731
+    drops = [-t.value for t in bounds if is_drop(t)]
+    fidelity = tuple(t for t in bounds if not is_drop(t))
+    if max_accuracy_drop is not None:
+        explicit = parse_accuracy_drop(max_accuracy_drop)
+        drops += [explicit] if explicit is not None else []
+    elif labelled:
+        drops.append(parse_accuracy_drop(DEFAULT_MAX_ACCURACY_DROP))
+    max_drop = min(drops) if drops else None
+    set_by_user = max_accuracy_drop is not None or bool(tolerance)
+    if not set_by_user and not labelled and not tolerance_off:
+        return QualityBar(None, (parse_threshold(DEFAULT_FIDELITY_BAR),), "default")
+    return QualityBar(max_drop, fidelity, "set" if set_by_user else "default")
+
+
 def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accuracy_before: float | None,
                    accuracy_after: float | None, fid: dict | None) -> list[str]:
     """How a result breaks a whole-pipeline bar (an accuracy drop in points and fidelity bounds against
@@ -108,15 +165,34 @@ def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accur
     return found
 
 
-DATA_BATCH = 32  # rows per batch when a before/after record compares outputs on real data
+JUDGE_ROWS = 512  # at most this many rows of real data are compared (all of them when fewer)
+HELD_OUT_FRACTION = 0.25  # of --calib, kept out of calibration to judge on when there is no --eval
+
+
+def judging_split(fit_data, eval_data):
+    """Which data fits a model (calibrates, fine-tunes, decides back-off) and which judges it, never the
+    same: (fit, judged). `eval_data` judges when given; else a seeded quarter of `fit_data` is held out
+    of fitting to judge on (when it has at least 2 samples); else `judged` is None (fresh inputs)."""
+    if eval_data is not None or fit_data is None:
+        return fit_data, eval_data
+    if len(fit_data) < 2:
+        return fit_data, None
+    fit, held_out = fit_data.split(HELD_OUT_FRACTION, seed=0)
+    return fit, type(held_out)(held_out.inputs, held_out.labels, f"held-out part of {fit_data.source}")
 
 
 def held_out_batches(example, data=None, samples: int = FIDELITY_SAMPLES) -> tuple[list[tuple], str]:
-    """Inputs to compare a changed model on, and where they came from: batches of `data` (real inputs,
-    when given), else random inputs shaped like `example` (out of distribution for a trained model)."""
-    if data is not None:
-        return [inputs for inputs, _ in data.take(samples * DATA_BATCH).batches(DATA_BATCH)], data.source
-    return held_out_inputs(example, samples), "random"
+    """Inputs to judge a changed model on, and where they came from: `data` (up to JUDGE_ROWS rows, in
+    batches of the example's batch size, so that a fixed batch dimension fits and the minimum is over
+    the same samples for every judge), else `samples` batches of random inputs shaped like `example`
+    (out of distribution for a trained model)."""
+    if data is None:
+        return held_out_inputs(example, samples), "random"
+    batch = example[0].shape[0] if example and example[0].ndim and example[0].shape[0] > 0 else 1
+    rows = data.take(JUDGE_ROWS)
+    inputs = [a.astype(e.dtype, copy=False) for a, e in zip(rows.inputs, example)]
+    found = [tuple(a[s:s + batch] for a in inputs) for s in range(0, len(rows) - batch + 1, batch)]
+    return (found or held_out_inputs(example, samples)), (data.source if found else "random")
 
 
 class Judge:

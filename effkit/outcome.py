@@ -15,7 +15,7 @@ from effkit.benchmark import BenchResult, latency_stats, model_info
 from effkit.comparison import measure_paired
 from effkit.env import available_cores, environment
 from effkit.export import make_runner
-from effkit.judge import Judge, held_out_batches
+from effkit.judge import Judge, bar_violations, held_out_batches, tolerance_failures
 from effkit.runners import native_runner
 from effkit.size import size_info
 from effkit.util import fmt_speedup, jsonable
@@ -36,6 +36,9 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     paired: dict = field(default_factory=dict)  # runtime -> effkit.comparison.PairedResult (A before, B after)
+    status: str = "ok"  # "failed": the changed model misses the quality bar (nothing is written then)
+    failure: str | None = None  # how it misses the bar, in words
+    bar: str | None = None  # the quality bar it was held to (effkit.judge.QualityBar.describe)
 
     def comparison(self, runtime: str | None = None, stat: str = "p50") -> dict | None:
         """The paired speedup (before/after) on `runtime` (default: the first measured): estimate,
@@ -56,6 +59,24 @@ class Outcome:
                 notes.append(f"timing on {runtime} inconclusive: {'; '.join(result.reasons)}")
         return notes
 
+    def warnings(self) -> list[str]:
+        """The measurement warnings of both sides (noisy timing, a busy machine), once each."""
+        return list(dict.fromkeys(self.before.warnings + self.after.warnings))
+
+    def hold_to(self, bar) -> list[str]:
+        """Check the changed model against `bar` (an `effkit.judge.QualityBar`) on the accuracy and fidelity
+        measured here; record the bar and, when missed, status "failed" and why. Returns the misses."""
+        self.bar = bar.describe()
+        acc = self.accuracy or {}
+        missed = bar_violations(bar.max_drop_pt, [b for b in bar.bounds if b.metric != "accuracy"],
+                                acc.get("before"), acc.get("after"), self.fidelity)
+        on_accuracy = [b for b in bar.bounds if b.metric == "accuracy"]
+        if on_accuracy and self.accuracy:
+            missed += [f"accuracy breaks {f}" for f in tolerance_failures(on_accuracy, {}, self.accuracy)]
+        if missed:
+            self.status, self.failure = "failed", "; ".join(missed)
+        return missed
+
     def size_ratio(self) -> float | None:
         b, a = self.before.size.get("bytes_on_disk"), self.after.size.get("bytes_on_disk")
         return a / b if a and b else None
@@ -64,6 +85,10 @@ class Outcome:
         return {
             "schema": SCHEMA,
             "step": self.step,
+            "status": self.status,
+            "failure": self.failure,
+            "bar": self.bar,
+            "warnings": self.warnings(),
             "speedup": {rt: dict(self.comparison(rt), p90=self.comparison(rt, "p90")) for rt in self.paired},
             "size_ratio": self.size_ratio(),
             "fidelity": self.fidelity,
@@ -85,10 +110,11 @@ PAIRS = 20  # A/B pairs per before/after comparison
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
-                         fidelity_runtime: str | None = None) -> Outcome:
+                         fidelity_runtime: str | None = None, judge_data=None) -> Outcome:
     """Time `original` against `changed` side by side on each runtime, compare their outputs on
-    held-out inputs (those of `eval_data` when given, else random ones), and with labels in
-    `eval_data` their accuracy.
+    held-out inputs (`judge_data`, else `eval_data`, else random ones: `effkit.judge.held_out_batches`,
+    as quantize judges its candidates), and with labels in `eval_data` their accuracy. The fidelity
+    record says which inputs and how many batches and rows.
 
     Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
     `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
@@ -110,9 +136,11 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     after = BenchResult(model=model_info(changed), size=size_info(changed), runs=runs_after, environment=env)
     runtime = fidelity_runtime or runtimes[0]
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
-    held_out, source = held_out_batches(original.example_inputs, eval_data)
+    held_out, source = held_out_batches(original.example_inputs, judge_data if judge_data is not None else eval_data)
     judge = Judge(native_runner(original, threads), held_out, eval_data)
-    return Outcome(step, before, after, paired=paired, fidelity={**judge.fidelity(new_runner), "inputs": source},
+    rows = int(sum(len(b[0]) if b and getattr(b[0], "ndim", 0) else 1 for b in held_out))
+    return Outcome(step, before, after, paired=paired,
+                   fidelity={**judge.fidelity(new_runner), "inputs": source, "rows": rows},
                    accuracy=judge.accuracy_change(new_runner))
 
 

@@ -72,8 +72,9 @@ class _Context:
         self.progress = progress
         self.log = log or (lambda message: None)
         self.threads = recipe.bench.threads or available_cores()
-        self.max_drop = recipe.pipeline.accuracy_drop_points
-        self.bounds = recipe.pipeline.fidelity_bounds
+        self.bar = recipe.pipeline.bar(labelled=self.eval_data is not None)
+        self.max_drop = self.bar.max_drop_pt
+        self.bounds = list(self.bar.bounds)
         real = eval_data if eval_data is not None else data
         if real is not None:  # compare outputs on real inputs: random ones are off the data's distribution
             sample = real.take(FIDELITY_SAMPLES)
@@ -234,7 +235,9 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     ctx.states.append(original)
     result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,
                             data_source=data.source if data is not None else None,
-                            eval_source=eval_data.source if eval_data is not None else None)
+                            eval_source=eval_data.source if eval_data is not None else None,
+                            bar=ctx.bar.describe())
+    ctx.log(f"quality bar: {ctx.bar.describe()}")
     ctx.log("timing the original")
     ctx.bench(original)
     for step, config, recovery in _plan(recipe):
@@ -268,7 +271,7 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
                          "add --prune (the pruned model is the student, the original its teacher)")
     if recipe.distill is not None and data is None:
         raise UsageError("distill needs training data", "pass --data FILE")
-    if recipe.pipeline.accuracy_drop_points is not None and (eval_data is None or eval_data.labels is None):
+    if recipe.pipeline.asks_accuracy and (eval_data is None or eval_data.labels is None):
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     if recipe.quantize is not None and (recipe.quantize.backend == "torch" or recipe.quantize.output_format == ".ts"):
         raise UsageError("compress ends in a verified ONNX export, and torch int8 models do not export to ONNX",

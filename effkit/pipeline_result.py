@@ -89,6 +89,7 @@ class CompressResult:
     data_source: str | None = None  # --data
     eval_source: str | None = None  # --eval
     same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
+    bar: str | None = None  # the quality bar in force, in words (effkit.judge.QualityBar.describe)
 
     @property
     def original(self) -> State:
@@ -162,9 +163,14 @@ class CompressResult:
                  "float": (name in floats) if quantized else None}
                 for name, (kind, total, _) in before.items() if total]
 
+    def warnings(self) -> list[str]:
+        """Every measurement warning of every state and runtime (noisy timing, a busy machine), once each."""
+        return sorted({f"{r['state']} {r['runtime']}: {w}" for r in self.rows() for w in r["warnings"]})
+
     def to_dict(self) -> dict:
         threads = self.original.bench.runs[0]["threads"] if self.original.bench else None
         return {"schema": SCHEMA, "source": self.source, "status": self.status, "message": self.message, "hint": self.hint,
+                "bar": self.bar, "warnings": self.warnings(),
                 "steps_run": [s.name for s in self.steps], "recipe": self.recipe.to_dict(),
                 "overall": self.overall(), "summary": self.rows(), "notes": self.notes, "layers": self.layers(),
                 "steps": [s.to_dict() for s in self.steps], "states": [s.to_dict() for s in self.states],

@@ -33,26 +33,18 @@ from typing import Any
 
 from effkit.errors import EffkitError, UsageError
 from effkit.files import loads_toml, mark_read
-from effkit.judge import parse_bar_tolerance
+from effkit.judge import OFF, QualityBar, parse_accuracy_drop, parse_bar_tolerance, quality_bar
 from effkit.passes import registry
-from effkit.specs import _finite
 
 # The built-in steps, each a field of Recipe; third-party passes (effkit.passes.registry) go to `extra`.
 BUILTIN_STEPS = ("prune", "distill", "quantize", "export")
 
 
-def parse_accuracy_drop(text: str) -> float:
-    """`1pt`, `0.5 pt` or `1` (percentage points of accuracy) as a number of points."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(pt|pts|points?)?\s*", str(text).lower())
-    if not m:
-        raise UsageError(f"cannot parse max-accuracy-drop {text!r}",
-                         "write percentage points of accuracy, e.g. 1pt or 0.5pt")
-    return _finite(float(m.group(1)), str(text))
-
-
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The quality bar of the whole pipeline and how hard to try to keep it."""
+    """The quality bar of the whole pipeline and how hard to try to keep it. Unset, the default bar
+    holds (`effkit.judge.quality_bar`: 1 pt of accuracy with labelled --eval data, else cosine >= 0.99
+    against the original's outputs); `none` switches a bar off."""
 
     max_accuracy_drop: str | None = None  # e.g. "1pt": against the original, on --eval data
     tolerance: tuple[str, ...] = ()  # e.g. ("cosine>=0.99",): against the original's outputs
@@ -62,20 +54,19 @@ class PipelineConfig:
         if self.max_accuracy_drop is not None:
             parse_accuracy_drop(self.max_accuracy_drop)
         for t in self.tolerance:
-            parse_bar_tolerance(t)
+            if str(t).strip().lower() != OFF:
+                parse_bar_tolerance(t)
         if self.backoff_tries < 0:
             raise UsageError("backoff-tries must be 0 or more")
 
-    @property
-    def accuracy_drop_points(self) -> float | None:
-        """The tightest accuracy bound in points, from max-accuracy-drop and `accuracy:-Npt` tolerances."""
-        bounds = [parse_accuracy_drop(self.max_accuracy_drop)] if self.max_accuracy_drop is not None else []
-        bounds += [-t.value for t in map(parse_bar_tolerance, self.tolerance) if t.metric == "accuracy"]
-        return min(bounds) if bounds else None
+    def bar(self, labelled: bool) -> QualityBar:
+        """The bar in force, with or without labelled evaluation data."""
+        return quality_bar(self.max_accuracy_drop, self.tolerance, labelled)
 
     @property
-    def fidelity_bounds(self) -> list:
-        return [t for t in map(parse_bar_tolerance, self.tolerance) if t.metric != "accuracy"]
+    def asks_accuracy(self) -> bool:
+        """Whether the user set an accuracy bar (which needs labelled --eval data)."""
+        return self.bar(labelled=False).max_drop_pt is not None
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,12 @@ def sides(doc: dict) -> tuple[Side, Side | None, dict | None]:
         cand = Side(doc, [s for p in pairs for s in p["b_ms"]] or None, None, doc.get("environment"))
         base = Side({"metrics": doc.get("baseline_metrics", {})}, [s for p in pairs for s in p["a_ms"]] or None,
                      None, doc.get("environment"))
-        return cand, base, doc.get("ratios", {})
+        # a ratio resting on fewer quiet pairs than the comparison needed decides nothing (see gates.decide)
+        too_few = None
+        if len(pairs) < doc.get("min_pairs", 2):
+            too_few = next((r for r in doc.get("reasons", []) if "pairs" in r), f"only {len(pairs)} quiet pairs")
+        ratios = {m: dict(r, too_few_pairs=too_few) for m, r in doc.get("ratios", {}).items()}
+        return cand, base, ratios
     if schema == "effkit.compress/1":  # the final state against the original
         states = [st for st in doc.get("states", []) if st.get("bench")]
         if not states:

@@ -13,6 +13,9 @@ MODELS = TESTS / "models.py"
 
 # Small, fast measurements everywhere in the tests: timings are never asserted.
 FAST = ["--warmup", "1", "--iterations", "3"]
+# No quality bar: for tests of what a command does to a model, not of whether the result is good enough
+# (a random tiny model pruned or distilled misses the default bar; tests/test_verdicts.py covers the bar).
+NO_BAR = ["--max-accuracy-drop", "none", "--tolerance", "none"]
 
 
 def spec(name: str) -> str:

@@ -26,7 +26,7 @@ def _outputs(model_path: Path) -> np.ndarray:
 
 
 def test_compress_end_to_end_with_json_and_a_reproducible_recipe(cli, tmp_path):
-    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST, "--json", "-",
+    code, stdout, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", *FAST, "--json", "-",
                                "--export-onnx", "copy.onnx")
     assert code == 0, stderr
     report = json.loads(stdout)  # JSON alone on stdout; the table went to stderr
@@ -51,7 +51,7 @@ def test_an_existing_outdir_needs_force(cli, tmp_path):
     (tmp_path / "out").mkdir()
     previous = '{"schema": "effkit.compress/1"}'
     (tmp_path / "out" / "report.json").write_text(previous)  # an earlier result
-    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", *FAST)
     assert code == 2
     assert stderr.strip() == "Error: out already holds files (pass --force to replace them)"
     assert (tmp_path / "out" / "report.json").read_text() == previous
@@ -99,8 +99,8 @@ def test_a_bar_that_cannot_be_met_exits_1_and_writes_no_model(cli, tmp_path):
 
 
 def _start(tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    return subprocess.Popen([sys.executable, "-m", "effkit", "compress", spec("mlp"), "--prune", "0.5", "-o", "out",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    return subprocess.Popen([sys.executable, "-m", "effkit", "compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out",
                              *FAST], cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
 
@@ -136,21 +136,21 @@ def test_force_never_replaces_a_folder_of_the_users_own_files(cli, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("months of work")
-    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "mine", "--force", *FAST)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "mine", "--force", *FAST)
     assert code == 2
     assert stderr.strip() == "Error: mine holds files that effkit compress did not write (pass an empty or new folder for -o)"
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
 
 
 def test_force_replaces_an_earlier_outdir_and_dot_works(cli, tmp_path):
-    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", *FAST)
     assert code == 0, stderr
-    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", "--force", *FAST)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", "--force", *FAST)
     assert code == 0, stderr
     empty = tmp_path / "here"
     empty.mkdir()
     os.chdir(empty)
-    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "-o", ".", *FAST)
+    code, _, stderr = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", ".", *FAST)
     assert code == 0, stderr
     assert sorted(p.name for p in empty.iterdir()) == ["model.onnx", "model.pt2", "recipe.toml", "report.html",
                                                         "report.json", "report.md"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, TESTS
+from conftest import FAST, NO_BAR, TESTS
 
 from effkit.data import Data
 from effkit.errors import InputError, UsageError
@@ -206,7 +206,7 @@ def test_config_is_validated(kwargs, message):
 
 
 def test_cli_distills_saves_and_reports(cli, files):
-    code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", files / "train.npz",
+    code, stdout, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), "--data", files / "train.npz",
                                "--val-data", files / "val.npz", "--epochs", "4", "--lr", "0.01", "-o", "s.pt2",
                                "--export-onnx", "s.onnx", *FAST, "--json", "-", "--markdown", "r.md")
     assert code == 0, stderr
@@ -216,7 +216,8 @@ def test_cli_distills_saves_and_reports(cli, files):
     assert result["accuracy"]["before"] == 1.0  # the labels are the teacher's own
     details = result["details"]
     assert result["accuracy"]["after"] == details["history"][details["best_epoch"] - 1]["val_accuracy"]
-    assert result["fidelity"]["samples"] == 3  # measured on the 96 validation samples, batches of 32
+    # measured on all 96 validation samples, in batches of the model's example batch (2), as quantize judges
+    assert (result["fidelity"]["rows"], result["fidelity"]["samples"]) == (96, 48)
     assert result["fidelity"]["inputs"] == str(files / "val.npz")
     assert "effkit distill" in stderr and "agrees with the teacher on" in " ".join(stderr.split())
     saved = load_model("s.pt2")  # loads back without code, any batch size
@@ -226,7 +227,7 @@ def test_cli_distills_saves_and_reports(cli, files):
 
 
 def test_cli_val_split_and_state_dict_output(cli, files):
-    code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data",
+    code, stdout, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), "--data",
                                files / "unlabelled.npz", "--val-split", "0.25", "--epochs", "1", "-o", "s.pt",
                                *FAST, "--json", "r.json")
     assert code == 0, stderr
@@ -238,7 +239,7 @@ def test_cli_val_split_and_state_dict_output(cli, files):
 
 
 def test_data_from_a_dataloader_factory(cli):
-    code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", spec("loader"),
+    code, stdout, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), "--data", spec("loader"),
                                "--val-split", "0.25", "--epochs", "1", "-o", "s.pt2", *FAST, "--json", "-")
     assert code == 0, stderr
     result = json.loads(stdout)
@@ -250,7 +251,7 @@ def test_onnx_teacher_is_measured_on_onnxruntime(cli, files, teacher):
     from effkit.export import export_onnx
 
     export_onnx(teacher, files / "teacher.onnx")
-    code, stdout, stderr = cli("distill", files / "teacher.onnx", "--student", spec("student"), "--data",
+    code, stdout, stderr = cli("distill", files / "teacher.onnx", *NO_BAR, "--student", spec("student"), "--data",
                                files / "train.npz", "--val-data", files / "val.npz", "--epochs", "6", "--lr", "0.02",
                                "-o", "s.pt2", *FAST, "--json", "-")
     assert code == 0, stderr
@@ -260,7 +261,7 @@ def test_onnx_teacher_is_measured_on_onnxruntime(cli, files, teacher):
 
 
 def test_student_from_prune_shrinks_the_teacher_then_distills(cli, files):
-    code, stdout, stderr = cli("distill", spec("teacher"), "--student-from-prune", "0.5", "--data", files / "train.npz",
+    code, stdout, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student-from-prune", "0.5", "--data", files / "train.npz",
                                "--val-data", files / "val.npz", "--epochs", "2", "-o", "s.pt2", *FAST, "--json", "-")
     assert code == 0, stderr
     result = json.loads(stdout)
@@ -272,7 +273,7 @@ def test_student_from_prune_shrinks_the_teacher_then_distills(cli, files):
 
 @pytest.mark.parametrize("student", [[], ["--student", spec("student"), "--student-from-prune", "0.5"]])
 def test_exactly_one_student_source(cli, files, student):
-    code, _, stderr = cli("distill", spec("teacher"), *student, "--data", files / "train.npz", "-o", "s.pt2")
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, *student, "--data", files / "train.npz", "-o", "s.pt2")
     assert code == 2
     assert stderr.strip() == ("Error: give exactly one of --student and --student-from-prune (--student SPEC trains "
                               "your model; --student-from-prune 0.5 prunes the teacher first)")
@@ -294,7 +295,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(cli, files, case, message
     data = {"wrong_input": "wide.npz", "empty": "empty.npz", "labels": "bad_labels.npz"}.get(case, "train.npz")
     student = "wrong_student" if case == "wrong_student" else "student"
     before = sorted(files.iterdir())
-    code, stdout, stderr = cli("distill", spec("teacher"), "--student", spec(student), "--data", files / data,
+    code, stdout, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec(student), "--data", files / data,
                                "--val-split", "0", "--epochs", "1", "-o", files / "out.pt2", *FAST)
     assert code == 2
     assert stderr.strip().splitlines() == [message.format(dir=files)]
@@ -305,7 +306,7 @@ def test_state_dict_student_needs_student_arch(cli, files):
     import models_distill
 
     torch.save(models_distill.student().state_dict(), files / "student.pt")
-    args = ["distill", spec("teacher"), "--student", files / "student.pt", "--data", files / "train.npz",
+    args = ["distill", spec("teacher"), *NO_BAR, "--student", files / "student.pt", "--data", files / "train.npz",
             "--epochs", "1", "-o", files / "out.pt2", *FAST]
     code, _, stderr = cli(*args)
     assert code == 2
@@ -318,12 +319,12 @@ def test_state_dict_student_needs_student_arch(cli, files):
 
 def test_leftover_checkpoint_needs_resume_or_force(cli, files):
     (files / "out.pt2.ckpt").write_bytes(b"not a checkpoint")
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", files / "train.npz",
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), "--data", files / "train.npz",
                           "-o", files / "out.pt2", *FAST)
     assert code == 2
     assert stderr.strip() == (f"Error: {files}/out.pt2.ckpt holds the checkpoint of an interrupted run (pass "
                               "--resume to continue it, or --force to start over)")
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), "--data", files / "train.npz",
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), "--data", files / "train.npz",
                           "-o", files / "out.pt2", "--resume", *FAST)
     assert code == 2
     assert stderr.strip().startswith(f"Error: {files}/out.pt2.ckpt is not a readable checkpoint")
@@ -334,17 +335,17 @@ def test_sigint_during_the_command_checkpoints_and_resume_matches_a_straight_run
     and exits 130; the same command with --resume finishes with the weights of an uninterrupted run."""
     common = ["--data", files / "train.npz", "--val-data", files / "val.npz", "--epochs", "3", "--batch-size", "32",
               *FAST]
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("interrupting_student"), *common,
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("interrupting_student"), *common,
                           "-o", files / "cut.pt")
     assert code == 130, stderr
     assert stderr.strip() == (f"Error: interrupted at epoch 2, step 1 of 6; checkpoint written to {files}/cut.pt.ckpt "
                               "(run the same command with --resume to continue)")
     assert not (files / "cut.pt").exists()
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), *common, "-o", files / "cut.pt",
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), *common, "-o", files / "cut.pt",
                           "--resume")
     assert code == 0, stderr
     assert not (files / "cut.pt.ckpt").exists()
-    code, _, stderr = cli("distill", spec("teacher"), "--student", spec("student"), *common,
+    code, _, stderr = cli("distill", spec("teacher"), *NO_BAR, "--student", spec("student"), *common,
                           "-o", files / "straight.pt")
     assert code == 0, stderr
     a, b = torch.load(files / "cut.pt"), torch.load(files / "straight.pt")
@@ -359,7 +360,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, files, teacher, data
     from models_distill import plain_student
 
     two = subprocess.run([str(VENV / "torchrun"), "--nproc-per-node", "2", "--master-port", str(_free_port()),
-                          "-m", "effkit", "distill", spec("teacher"), "--student", spec("plain_student"),
+                          "-m", "effkit", "distill", spec("teacher"), *NO_BAR, "--student", spec("plain_student"),
                           "--data", str(files / "train.npz"), "--val-data", str(files / "val.npz"), "--epochs", "2",
                           "--batch-size", "32", "--seed", "5", *FAST, "-o", str(tmp_path / "two.pt")],
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import FAST, spec
+from conftest import FAST, NO_BAR, spec
 
 from effkit.benchmark import time_calls
 from effkit.comparison import measure_paired
@@ -132,7 +132,7 @@ def test_no_quiet_pair_is_inconclusive_with_the_reason(monkeypatch):
 # ---------------------------------------------------------------- every report says the same
 
 def test_prune_reports_carry_the_interval(cli):
-    code, out, err = cli("prune", spec("mlp"), "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
+    code, out, err = cli("prune", spec("mlp"), *NO_BAR, "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
                          "--json", "r.json", "--markdown", "r.md")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())
@@ -155,7 +155,7 @@ def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
     import effkit.comparison
 
     monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
-    code, out, err = cli("prune", spec("mlp"), "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
+    code, out, err = cli("prune", spec("mlp"), *NO_BAR, "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
                          "--json", "r.json", "--markdown", "r.md")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())
@@ -170,7 +170,7 @@ def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
 def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monkeypatch):
     import effkit.comparison
 
-    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out", *FAST)
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out", *FAST)
     assert code == 0, err
     report = json.loads(Path("out/report.json").read_text())
     speedup = report["overall"]["speedup"]["vs_torch_fp32"]["p50"]
@@ -180,7 +180,7 @@ def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monk
     for name in ("report.md", "report.html"):
         assert shown in Path("out", name).read_text(), name
     monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
-    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "-o", "out2", *FAST)
+    code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out2", *FAST)
     assert code == 0, err
     report = json.loads(Path("out2/report.json").read_text())
     assert report["overall"]["speedup"]["vs_torch_fp32"]["p50"]["verdict"] == "inconclusive"

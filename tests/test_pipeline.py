@@ -55,7 +55,8 @@ def test_recipe_reads_every_section_with_its_types():
     assert (r.quantize.method, r.quantize.backend) == ("static", "onnxruntime")
     assert [t.text for t in r.quantize.tolerance] == ["cosine>=0.98"]
     assert r.export.opset == 17
-    assert r.pipeline.accuracy_drop_points == 1.0 and [t.text for t in r.pipeline.fidelity_bounds] == ["cosine>=0.99"]
+    bar = r.pipeline.bar(labelled=True)
+    assert bar.max_drop_pt == 1.0 and [t.text for t in bar.bounds] == ["cosine>=0.99"] and bar.source == "set"
     assert r.bench.min_time == 0.1  # snake_case keys are accepted too
 
 
@@ -90,7 +91,7 @@ def test_an_empty_section_turns_a_step_on_with_defaults():
      "bad.toml line 2: [prune] --ratio must be between 0 and 1 (exclusive), got 1.5 (e.g. 0.5 removes half)"),
     ("[pipeline]\nmax-accuracy-drop = \"a lot\"\n",
      "bad.toml line 2: [pipeline] cannot parse max-accuracy-drop 'a lot' (write percentage points of accuracy, "
-     "e.g. 1pt or 0.5pt)"),
+     "e.g. 1pt or 0.5pt, or none to switch the bar off)"),
     ("ratio = 0.5\n[prune]\n",
      "bad.toml line 1: key 'ratio' is outside any section (put it under one of [prune], [distill], [quantize], "
      "[export], [pipeline], [bench])"),
@@ -136,7 +137,10 @@ def _tiny():
 
 
 def _recipe(**sections) -> Recipe:
+    """A recipe with fast timing and, unless `pipeline` is given, no quality bar: these tests are about
+    the steps, and the tiny model loses more than the default bar's 1 pt to a 50% prune."""
     r = Recipe().with_changes("bench", **FAST_BENCH)
+    sections.setdefault("pipeline", {"max_accuracy_drop": "none"})
     for name, changes in sections.items():
         r = r.with_changes(name, **changes)
     return r
@@ -163,7 +167,8 @@ def test_steps_run_in_pipeline_order_and_every_state_is_timed(monkeypatch):
                         lambda m, c, **kw: calls.append(("quantize", m.kind)) or real_quantize(m, c, **kw))
     model, data = _tiny()
     recipe = Recipe.parse("[quantize]\nbackend = \"onnxruntime\"\nmethod = \"dynamic\"\nallow-slower = true\n"
-                          "[prune]\nratio = 0.5\n[bench]\nwarmup = 1\niterations = 3\n")
+                          "[prune]\nratio = 0.5\n[bench]\nwarmup = 1\niterations = 3\n"
+                          "[pipeline]\nmax-accuracy-drop = \"none\"\n")
     result = run_pipeline(model, recipe, data=data, eval_data=data)
     assert calls == [("prune", "torch"), ("quantize", "torch")]
     assert [s.name for s in result.steps] == ["prune", "quantize"]  # quantize made ONNX: that is the export

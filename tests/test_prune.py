@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST, TESTS, spec
+from conftest import FAST, NO_BAR, TESTS, spec
 
 from effkit.errors import ModelLoadError, UsageError
 from effkit.load import load_model
@@ -164,7 +164,7 @@ def test_digits_accuracy_recovers_within_one_point():
 def test_cli_prune_end_to_end(cli, tmp_path):
     import onnxruntime as ort
 
-    code, stdout, stderr = cli("prune", spec("cnn"), "-o", "small.pt2", "--export-onnx", "small.onnx",
+    code, stdout, stderr = cli("prune", spec("cnn"), *NO_BAR, "-o", "small.pt2", "--export-onnx", "small.onnx",
                                "--round-to", "4", *FAST, "--threads", "1", "--json", "-")
     assert code == 0, stderr
     result = json.loads(stdout)
@@ -182,7 +182,7 @@ def test_cli_prune_end_to_end(cli, tmp_path):
 
 def test_cli_refuses_to_overwrite(cli, tmp_path):
     (tmp_path / "out.pt2").write_bytes(b"x")
-    code, _, stderr = cli("prune", spec("mlp"), "-o", "out.pt2", *FAST)
+    code, _, stderr = cli("prune", spec("mlp"), *NO_BAR, "-o", "out.pt2", *FAST)
     assert code == 2
     assert stderr.strip().splitlines() == ["Error: out.pt2 already exists (pass --force to overwrite it)"]
 
@@ -200,16 +200,16 @@ def test_cli_refuses_to_overwrite(cli, tmp_path):
                          "code) (for ONNX, add --export-onnx PATH)"),
 ])
 def test_cli_bad_options_exit_2(cli, args, message):
-    full = ["prune", spec("mlp"), "-o", "out.pt2", *FAST, *args]
+    full = ["prune", spec("mlp"), *NO_BAR, "-o", "out.pt2", *FAST, *args]
     if "-o" in args:
-        full = ["prune", spec("mlp"), *FAST, *args]
+        full = ["prune", spec("mlp"), *NO_BAR, *FAST, *args]
     code, _, stderr = cli(*full)
     assert code == 2
     assert stderr.strip().splitlines() == [message]
 
 
 def test_cli_ignore_pattern_that_matches_nothing(cli):
-    code, _, stderr = cli("prune", spec("cnn"), "-o", "out.pt2", "--ignore", "encoder.*", *FAST)
+    code, _, stderr = cli("prune", spec("cnn"), *NO_BAR, "-o", "out.pt2", "--ignore", "encoder.*", *FAST)
     assert code == 2
     assert stderr.strip().splitlines() == [
         "Error: --ignore 'encoder.*' matches no layer (layer names: stem, stem.0, stem.1, stem.2, conv1, bn1, relu1, "
@@ -221,13 +221,13 @@ def test_cli_onnx_and_torchscript_models_cannot_be_pruned(cli, tmp_path):
 
     model = load_model(spec("mlp"))
     save_model(model, tmp_path / "m.onnx")
-    code, _, stderr = cli("prune", "m.onnx", "-o", "out.pt2", *FAST)
+    code, _, stderr = cli("prune", "m.onnx", *NO_BAR, "-o", "out.pt2", *FAST)
     assert code == 2
     assert stderr.strip().splitlines() == [
         "Error: m.onnx is an ONNX model, which effkit cannot prune (prune the PyTorch model it was exported from "
         "(a factory, or a state_dict with --arch))"]
     torch.jit.save(torch.jit.trace(model.module, torch.randn(2, 16)), str(tmp_path / "m.ts"))
-    code, _, stderr = cli("prune", "m.ts", "-o", "out.pt2", "--input-shape", "2x16", *FAST)
+    code, _, stderr = cli("prune", "m.ts", *NO_BAR, "-o", "out.pt2", "--input-shape", "2x16", *FAST)
     assert code == 2
     assert stderr.strip().startswith("Error: m.ts is a TorchScript archive: its layers are compiled code")
 
@@ -281,7 +281,7 @@ def test_cli_reports_accuracy_before_right_after_and_after_recovery(cli, tmp_pat
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 16)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, labels=(x[:, 0] > 0).astype(np.int64))
-    code, stdout, stderr = cli("prune", spec("mlp"), "-o", "p.pt2", "--ratio", "0.5", "--finetune-epochs", "1",
+    code, stdout, stderr = cli("prune", spec("mlp"), *NO_BAR, "-o", "p.pt2", "--ratio", "0.5", "--finetune-epochs", "1",
                                "--data", "d.npz", "--eval", "d.npz", *FAST, "--json", "-")
     assert code == 0, stderr
     result = json.loads(stdout)

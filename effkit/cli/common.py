@@ -126,6 +126,24 @@ def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_
         err.print(f"wrote {html_path}")
 
 
+def bar_options_help(default_drop: str, default_fidelity: str) -> tuple[str, str]:
+    """The help of --max-accuracy-drop and --tolerance, the same words for every command that changes a model."""
+    return (f"The most accuracy the result may lose on the labelled evaluation data, e.g. 0.5pt (default: "
+            f"{default_drop}; none: no accuracy bar). Missed: exit 1, nothing written.",
+            f"A bound on the result's outputs against the original's on held-out inputs, e.g. cosine>=0.999 or "
+            f"sqnr>=20; repeatable (default without labels: {default_fidelity}; none: no fidelity bar).")
+
+
+def refuse_below_bar(outcome, what: str, hint: str, json: str | None, markdown: Path | None, markdown_text,
+                     force: bool, html: Path | None = None) -> None:
+    """When `outcome` missed its quality bar: write the reports (they say why, in red) and exit 1 with
+    nothing else written (StepFailed); `what` names the result ("the pruned model")."""
+    if outcome.status == "ok":
+        return
+    write_outputs(json, outcome.to_json, markdown, markdown_text, force, html_path=html)
+    raise StepFailed(f"{what} misses the quality bar ({outcome.bar}): {outcome.failure}; it was not written", hint)
+
+
 def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tuple = ()) -> None:
     """Fail before any work when an output exists (without --force) or is an input.
 

@@ -72,11 +72,13 @@ def compress_command(
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled evaluation data: accuracy after every step (else fidelity to the original).")] = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
-        "--max-accuracy-drop", help="The most accuracy the whole pipeline may lose on --eval, e.g. 1pt; steps "
-                                    "that lose more are backed off.")] = None,
+        "--max-accuracy-drop", help="The most accuracy the whole pipeline may lose on --eval, e.g. 0.5pt "
+                                    "(default with --eval: 1pt; none: no accuracy bar); steps that lose more are "
+                                    "backed off, and a bar still missed is exit 1.")] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
-        "--tolerance", help="A bound on the final outputs against the original's, e.g. cosine>=0.99 or "
-                            "sqnr>=20; repeat for several.")] = None,
+        "--tolerance", help="A bound on the final outputs against the original's, e.g. cosine>=0.999 or "
+                            "sqnr>=20; repeat for several (default without --eval labels: cosine>=0.99; none: "
+                            "no fidelity bar).")] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset of the export (default 18).")] = None,
     threads: ThreadsOpt = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed calls before timing (default 5).",

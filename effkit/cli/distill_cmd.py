@@ -18,10 +18,12 @@ import typer
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
+                               bar_options_help, check_outputs_free, command, console_for, err, load, progress_bar,
+                               refuse_below_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.files import check_not_read, remove
+from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.load import load_model
 from effkit.outcome import measure_before_after
 from effkit.passes.distill import DistillConfig, distill, parse_feature_pair
@@ -123,6 +125,11 @@ def distill_command(
     student_arch: Annotated[Optional[str], typer.Option("--student-arch", help="Factory that builds the student's "
                                                         "architecture for a state_dict student.")] = None,
     val_data: Annotated[Optional[str], typer.Option("--val-data", help=f"Validation data: {DATA_HELP}.")] = None,
+    max_accuracy_drop: Annotated[Optional[str], typer.Option(
+        "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP + " on labelled validation data",
+                                                     DEFAULT_FIDELITY_BAR)[0])] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        "--tolerance", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP, DEFAULT_FIDELITY_BAR)[1])] = None,
     val_split: Annotated[float, typer.Option("--val-split", help="Fraction of --data held out for validation when "
                                              "--val-data is not given (0: no validation).")] = 0.1,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
@@ -209,7 +216,8 @@ def distill_command(
         result.details["prune"] = pruned.details
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
-        _report(teacher_model, result, val, output, ckpt, runtimes, threads, warmup, iterations,
+        bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=val is not None and val.labels is not None)
+        _report(teacher_model, result, val, bar, output, ckpt, runtimes, threads, warmup, iterations,
                 min_time, json, markdown, html, export_onnx, force)
 
 
@@ -229,7 +237,7 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
                        resume=resume, threads=threads)
 
 
-def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
+def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
             markdown, html, export_onnx, force) -> None:
     trained = result.model
     with progress_bar() as progress, quiet_torch():  # measuring sizes saves models: keep torch.export's noise away
@@ -243,6 +251,13 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
                              + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
                                 if agreement is not None else ""))
     console = console_for(json)
+    outcome.hold_to(bar)
+    if outcome.status != "ok":
+        remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
+        console.print(outcome_table(outcome))
+        refuse_below_bar(outcome, "the distilled student", "train longer (--epochs), use a larger student, or "
+                         "loosen --max-accuracy-drop / --tolerance", json, markdown,
+                         lambda: outcome_markdown(outcome), force, html)
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
         outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
     remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent

@@ -10,9 +10,11 @@ import typer
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, load, progress_bar, write_outputs)
+                               bar_options_help, check_outputs_free, command, console_for, load, progress_bar,
+                               refuse_below_bar, write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
+from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.outcome import measure_before_after
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
@@ -48,7 +50,12 @@ def prune_command(
     no_distill: Annotated[bool, typer.Option("--no-distill", help="Fine-tune on labels instead of distilling from "
                                                                   "the unpruned model.")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="Training data (for taylor and fine-tuning).")] = None,
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled data for accuracy before and after.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled data for accuracy before and after "
+                                                                    "(and the quality bar).")] = None,
+    max_accuracy_drop: Annotated[Optional[str], typer.Option(
+        "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP, DEFAULT_FIDELITY_BAR)[0])] = None,
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        "--tolerance", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP, DEFAULT_FIDELITY_BAR)[1])] = None,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Fine-tuning batch size.", min=1)] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
@@ -84,13 +91,16 @@ def prune_command(
         finetune_epochs=finetune_epochs, distill=not no_distill, lr=lr, batch_size=batch_size, seed=seed,
         runtime=target_runtime,
     )
+    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None)
+    if bar.max_drop_pt is not None and eval_data is None:
+        raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     check_outputs_free([output, export_onnx, json, html, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)
     check_outputs_free([output, export_onnx, json, html, markdown], force)  # against every file read so far
-    _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
+    _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
          json, markdown, html, force)
 
 
@@ -103,7 +113,7 @@ def _data(data: str | None, eval_data: str | None, model):
     return train, evaluation
 
 
-def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
+def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
          json, markdown, html, force) -> None:
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
@@ -118,9 +128,11 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     accuracy = result.details.get("accuracy")  # before and after: measure_before_after has them on the same data
     if accuracy and "recovered" in accuracy and outcome.accuracy:
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
-    outcome.outputs = [str(p) for p in save_with_onnx(result.model, output, export_onnx, force)]
+    outcome.hold_to(bar)
     console.print(outcome_table(outcome))
-    for warning in outcome.before.warnings + outcome.after.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+    refuse_below_bar(outcome, "the pruned model", "prune less (a smaller --ratio), recover with --finetune-epochs N "
+                     "--data FILE, or loosen --max-accuracy-drop / --tolerance", json, markdown,
+                     lambda: outcome_markdown(outcome), force, html)
+    outcome.outputs = [str(p) for p in save_with_onnx(result.model, output, export_onnx, force)]
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)

@@ -9,17 +9,19 @@ import typer
 
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
+                               write_outputs)
 from effkit.data import load_data
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
-from effkit.judge import parse_tolerance, random_inputs_warning
+from effkit.judge import judging_split, quality_bar, random_inputs_warning
 from effkit.outcome import measure_before_after, speed_verdict
 from effkit.passes.quantize import (CALIBRATED, DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
                                     quantize)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_with_onnx
+from effkit.specs import parse_threshold
 from effkit.util import quiet_torch
 
 
@@ -65,12 +67,16 @@ def quantize_command(
         "--exclude", help="Keep layers in float: a layer or node name, or a glob ('encoder.0.*'); repeatable.")]
     = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
-        "--tolerance", help=f"Quality bar, e.g. cosine>=0.99, sqnr>=20, accuracy:-1pt (needs --eval), for language "
-                            f"models agreement>=0.95 (next-token top-1) or kl<=0.05; repeatable "
-                            f"(default: {DEFAULT_TOLERANCE}). Missed: sensitive layers are kept in float until "
-                            f"it passes, else exit 1.")] = None,
+        "--tolerance", help=f"Quality bar on held-out inputs, e.g. cosine>=0.99, sqnr>=20, for language models "
+                            f"agreement>=0.95 (next-token top-1) or kl<=0.05; repeatable (default "
+                            f"without --eval: {DEFAULT_TOLERANCE}; none: no fidelity bar). Missed: sensitive layers "
+                            f"are kept in float until it passes, else exit 1.")] = None,
+    max_accuracy_drop: Annotated[Optional[str], typer.Option(
+        "--max-accuracy-drop", help="The most accuracy int8 may lose on --eval, e.g. 0.5pt (default with --eval: "
+                                    "1pt; none: no accuracy bar).")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
-        "--eval", help="Labelled data (inputs and labels) to measure accuracy before and after.")] = None,
+        "--eval", help="Labelled data (inputs and labels): accuracy before and after, and the data the "
+                       "tolerance is judged on (else a held-out quarter of --calib, else random inputs).")] = None,
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
                                 "paired timing's 95% interval above +5%).")] = False,
@@ -110,10 +116,11 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 (`effkit bench OUT.ts --input-shape ...` runs it).
     """
     suffix = output.suffix.lower() or None
+    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None)
     config = QuantizeConfig(
         method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
-        exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
+        exclude=tuple(exclude or ()), tolerance=bar_as_tolerance(bar),
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
         group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs,
         alpha=alpha)
@@ -152,12 +159,17 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         with quiet_torch():
             outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
                                            warmup=warmup, iterations=iterations, min_time=min_time,
-                                           eval_data=labelled, progress=progress)
+                                           eval_data=labelled, progress=progress,
+                                           judge_data=judging_split(calib_data, labelled)[1])
     outcome.details, outcome.notes = result.details, list(result.notes)
     slowdown = speed_verdict(outcome, runtime, allow_slower)
 
+    outcome.hold_to(bar)
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
+    refuse_below_bar(outcome, "the int8 model", "loosen --tolerance or --max-accuracy-drop, keep layers in float with "
+                     "--exclude, or pass --calib with representative data", json, markdown,
+                     lambda: outcome_markdown(outcome) + candidates_markdown(result.details), force, html)
     if slowdown and not allow_slower:
         raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown})",
                          "nothing was written; pass --allow-slower to write it anyway")
@@ -167,6 +179,15 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
         result.details), force, html_path=html)
+
+
+def bar_as_tolerance(bar) -> tuple:
+    """The quality bar as quantize's tolerance: its fidelity bounds and `accuracy:-Npt`. A bar switched
+    off entirely becomes a bound every model meets, so that quantize's own default does not return."""
+    tolerance = list(bar.bounds)
+    if bar.max_drop_pt is not None:
+        tolerance.append(parse_threshold(f"accuracy:-{bar.max_drop_pt:g}pt"))
+    return tuple(tolerance) or (parse_threshold("cosine>=-1"),)
 
 
 def _candidate_rows(details: dict) -> list[list[str]]:

@@ -23,12 +23,14 @@ from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.export import make_runner
-from effkit.fidelity import held_out_inputs
+from effkit.fidelity import FIDELITY_SAMPLES, held_out_inputs
 from effkit.inputs import batched
-from effkit.judge import Judge, check_tolerance, score, tolerance_failures, random_inputs_warning
+from effkit.judge import (Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning, score,
+                          tolerance_failures)
 from effkit.passes import PassContext, PassResult
-from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, ort_model, candidates_for
 from effkit.passes.onnx_preprocess import with_initializers_as_inputs
+from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for, ort_model
+from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
@@ -69,7 +71,7 @@ class QuantizeConfig:
     allow_slower: bool = False
     random_calibration: bool = False
     output_format: str | None = None
-    fidelity_samples: int = 8
+    fidelity_samples: int = FIDELITY_SAMPLES  # random input batches when there is no real data (as the record)
     bits: int | None = None  # weight-only: 4 or 8-bit blockwise weights (MatMulNBits); None: int8 per channel
     group_size: int = DEFAULT_GROUP_SIZE  # weights per scale along the input axis, with `bits`
     weight_algorithm: str = "rtn"  # how `bits` weights are rounded: rtn (round to nearest) or hqq
@@ -134,31 +136,14 @@ def _choice(option: str, value: str, allowed: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------- measuring
 
-FIDELITY_ROWS = 64  # real samples the candidates are compared on, when there are some
-
-
-def _fidelity_batches(ctx: CandidateContext) -> list[tuple] | None:
-    """Real inputs to judge candidates on: the eval data, else the calibration batches.
-
-    Random normal inputs are far from what a trained model sees (digits pixels lie in [0, 1]):
-    a statically calibrated model clips them and looks broken (cosine 0.57 against 0.9999 on
-    the real test images, measured on the digits MLP), so they are the last resort.
-    """
-    model = ctx.model
-    batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
-    if ctx.eval_data is not None:
-        data = ctx.eval_data.take(max(batch, FIDELITY_ROWS))
-        inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
-        return [tuple(a[s:s + batch] for a in inputs) for s in range(0, len(data) - batch + 1, batch)] or None
-    if ctx.calib_batches and not ctx.config.random_calibration:
-        return list(ctx.calib_batches[:max(1, FIDELITY_ROWS // batch)])
-    return None
-
-
-def _judge(ctx: CandidateContext) -> Judge:
-    """The judge of every candidate: the original's outputs on real inputs when there are some."""
-    inputs = _fidelity_batches(ctx) or held_out_inputs(ctx.model.example_inputs, ctx.config.fidelity_samples)
-    return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data)
+def _judge(ctx: CandidateContext, judged) -> tuple[Judge, str]:
+    """The judge of every candidate, and what it judges on: the original's outputs on data no candidate
+    was calibrated on (`effkit.judge.judging_split`: --eval, else a held-out part of --calib, else fresh
+    inputs), batched as the before/after record batches them, so the verdict is made on the figures
+    reported. Random normal inputs are far from what a trained model sees (a statically calibrated model
+    clips them and looks broken), so they are the last resort."""
+    inputs, source = held_out_batches(ctx.model.example_inputs, judged, ctx.config.fidelity_samples)
+    return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data), source
 
 
 def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: list[str], label: str) -> bool:
@@ -249,7 +234,8 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
     if eval_data is not None:
         eval_data.check_against(model)
-    batches = calibration_batches(model, config, calib)
+    fit, judged = judging_split(calib, eval_data)
+    batches = calibration_batches(model, config, fit)
     if calib is not None and batches is None:
         notes.append(f"calibration data is not used by --method {config.method}")
     unrepresentative = random_inputs_warning(model, calib, eval_data)
@@ -265,7 +251,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
-    judge = _judge(ctx)
+    judge, judged_on = _judge(ctx, judged)
     for c in candidates:
         if c.error is None:
             _build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
@@ -280,12 +266,17 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         c.latency_ms = timings[c.label]
         c.size_bytes = _size(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx, unrepresentative)
+    chosen, decision = choose(passing, ctx, model) if passing else (_tolerance_loop(built, judge, ctx, unrepresentative), None)
+    if decision and decision["tied"]:
+        notes.append(f"{' and '.join(decision['tied'])} are tied within timing noise (paired 95% intervals); "
+                     f"{chosen.label} was chosen by the stable rule (fewer float layers, then smaller, then the "
+                     "original's runtime)")
     if config.initializer_inputs and chosen.backend == "onnxruntime":
         chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
     original_size = _size(model)
-    same_runtime = timings["torch fp32" if chosen.backend == "torch" else "onnxruntime fp32"]
-    slower = chosen.latency_ms > same_runtime  # worded by who acts on it: compress (run) or the command
+    # slower only when the paired interval says so; worded by who acts on it: compress (run) or the command
+    against_float = paired_timing(ctx, model, runtime_of(chosen.model), chosen.model, runtime_of(chosen.model))
+    slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
                      f"{', '.join(chosen.display(chosen.kept_float))}")
@@ -295,17 +286,21 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         "method": chosen.method,
         "label": chosen.label,
         "tolerance": [t.text for t in config.thresholds],
+        "judged_on": {"source": judged_on, "batches": len(judge.inputs),
+                      "rows": int(sum(len(b[0]) if b and getattr(b[0], "ndim", 0) else 1 for b in judge.inputs))},
         "excluded": chosen.display(chosen.excluded),
         "kept_in_float": chosen.display(chosen.kept_float),
         "kept_cost": chosen.kept_cost,
         "slower_than_original": slower,
+        "against_float": against_float.speedup(),  # the chosen int8 model against fp32 on its runtime, paired
+        "decision": decision,  # how the fastest candidate was told apart from those near it (None: one passed)
         "baselines_ms": {k: timings[k] for k in baselines},
         "original_size_bytes": original_size,
         "candidates": [dict(c.summary(), status=_status(c, chosen)) for c in candidates],
         "cpu": cpu,
         "int8_outlook": outlook,
         "calibration": None if not batches else {
-            "source": "random" if calib is None else calib.source, "samples": int(sum(len(b[0]) for b in batches)),
+            "source": "random" if fit is None else fit.source, "samples": int(sum(len(b[0]) for b in batches)),
             "method": config.calib_method, "activation_type": config.activation_type,
             "weight_type": config.weight_type},
         "preprocessing": ctx.preprocess_notes,
@@ -437,7 +432,8 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext,
     raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")
                      + "no int8 model meets the tolerance, even with sensitive layers kept in float: "
                      + " | ".join(tried) + "; nothing was written",
-                     "loosen --tolerance, or pass --calib with representative data")
+                     "loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or pass --calib with "
+                     "representative data")
 
 
 def _size(m) -> int:

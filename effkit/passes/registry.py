@@ -48,7 +48,7 @@ class Pass:
     config: type
     run: Callable[[Any, Any, Any], PassResult]
     noun: str = ""  # "pruning": for messages such as "pruning breaks the quality bar"
-    hint: str = "loosen --max-accuracy-drop / --tolerance"  # what to do when it cannot meet the bar
+    hint: str = "loosen --max-accuracy-drop / --tolerance"  # what to do when it cannot meet the bar (compress's flags)
     setting: Callable[[Any], str] | None = None  # a config in words
     back_off: Callable[[Any, Any, int], Any] | None = None  # (config, bar, attempt) -> milder config or None
     backoff_note: Callable[[Any, Any, PassResult], str] | None = None  # (asked, used, result) -> note
@@ -62,7 +62,8 @@ class Pass:
 
 BUILTIN = (
     Pass("prune", PruneConfig, prune.run, "pruning",
-         "prune less, fine-tune longer (finetune-epochs), or loosen --max-accuracy-drop / --tolerance",
+         "prune less (a smaller --prune), recover with --distill --data FILE, or loosen --max-accuracy-drop / "
+         "--tolerance",
          prune.setting, prune.back_off, prune.backoff_note),
     Pass("distill", DistillConfig, distill.run, "distillation", setting=lambda c: "recovering from the original",
          recovers=True),

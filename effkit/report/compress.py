@@ -9,8 +9,8 @@ Those changes are paired speedups with their 95% intervals ("2.07x faster [1.95,
 from __future__ import annotations
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from effkit.report.text import _num, fmt_ms
 from effkit.util import fmt_bytes, fmt_speedup
@@ -71,6 +71,15 @@ def headline(result) -> str:
     return "; ".join(parts)
 
 
+def _bar_and_warnings(result) -> list[str]:
+    """The quality bar in force and the measurement warnings, for the terminal."""
+    lines = [f"quality bar: {result.bar}"] if result.bar else []
+    warnings = result.warnings()
+    if warnings:
+        lines += [f"warning: {w}" for w in warnings]
+    return lines
+
+
 def step_lines(result) -> list[str]:
     """One line per step: its setting, the attempts (back-off) and its notes."""
     lines = []
@@ -118,8 +127,11 @@ def compress_table(result) -> Table:
         table.add_row(*cells)
     # a failed run's reason is its Error: line, printed once, after the table
     notes = [n for n in result.notes if n != f"stopped: {result.message}"]
-    caption = ([headline(result)] if result.status == "ok" else []) + step_lines(result) + notes
-    table.caption = escape("\n".join(c for c in caption if c))  # notes hold [section] names, not markup
+    lines = ([headline(result)] if result.status == "ok" else []) + step_lines(result) + notes + _bar_and_warnings(result)
+    caption = Text("\n".join(c for c in lines if c))  # Text, not markup: notes hold [section] names
+    if result.status != "ok":  # red, so that nobody mistakes it for a result; the reason is the Error: line
+        caption = Text.assemble(("FAILED: no model was written (the reason follows)", "bold red"), "\n", caption)
+    table.caption = caption
     table.caption_justify = "left"
     return table
 
@@ -127,7 +139,8 @@ def compress_table(result) -> Table:
 def compress_markdown(result) -> str:
     """A compact Markdown report that fits a pull-request comment."""
     lines = [f"### effkit compress: `{result.source}`", "",
-             f"**{'Result' if result.status == 'ok' else 'Failed'}:** {headline(result)}", "",
+             *(["> [!CAUTION]", f"> **Failed:** {headline(result)}"] if result.status != "ok" else
+               [f"**Result:** {headline(result)}"]), "",
              "| " + " | ".join(HEADER) + " |",
              "|---|---|" + "---:|" * (len(HEADER) - 2)]
     lines += ["| " + " | ".join(cells) + " |" for cells in summary_cells(result)]
@@ -142,10 +155,12 @@ def compress_markdown(result) -> str:
                                                   if step.attempts else ""))
             lines += [f"  - {note}" for note in step.notes]
     lines += [f"- {note}" for note in result.notes]
-    warnings = sorted({f"{r['state']} {r['runtime']}: {w}" for r in result.rows() for w in r["warnings"]})
+    if result.bar:
+        lines.append(f"- quality bar: {result.bar}")
+    warnings = result.warnings()
     if warnings:
-        lines += ["", "<details><summary>measurement warnings</summary>", ""]
-        lines += [f"- {w}" for w in warnings] + ["", "</details>"]
+        lines += ["", f"**Measurement warnings ({len(warnings)})**: the timings may be off", ""]
+        lines += [f"- {w}" for w in warnings]
     if result.original.bench is not None:
         env = result.original.bench.environment
         lines += ["", f"<sub>{env['cpu']['model']}, {result.original.bench.runs[0]['threads']} threads, "

@@ -6,6 +6,7 @@ import math
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from effkit.util import fmt_bytes, fmt_speedup
 
@@ -175,18 +176,29 @@ def outcome_table(outcome) -> Table:
         table.add_column(h, justify="left" if not h else "right", no_wrap=h == "change")
     for row in _outcome_rows(outcome, sep="\n"):
         table.add_row(*row)
-    notes = outcome.timing_notes() + outcome.notes
-    if notes:
-        table.caption = "\n".join(notes)
+    lines = outcome.timing_notes() + outcome.notes + ([f"quality bar: {outcome.bar}"] if outcome.bar else [])
+    lines += [f"warning: {w}" for w in outcome.warnings()]
+    caption = Text("\n".join(lines))  # Text, not markup: notes may hold [brackets]
+    if outcome.status != "ok":  # red, so that a model that misses the bar is never read as a result
+        caption = Text.assemble(("FAILED: ", "bold red"), (outcome.failure or "", "red"), "\n" if lines else "",
+                                caption)
+    if caption.plain:
+        table.caption = caption
         table.caption_justify = "left"
     return table
 
 
 def outcome_markdown(outcome) -> str:
-    lines = [f"### effkit {outcome.step}: `{outcome.before.model['source']}`", "",
-             "| | before | after | change |", "|---|---:|---:|---:|"]
+    lines = [f"### effkit {outcome.step}: `{outcome.before.model['source']}`", ""]
+    if outcome.status != "ok":
+        lines += ["> [!CAUTION]", f"> **Failed:** {outcome.failure}", ""]
+    lines += ["| | before | after | change |", "|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in _outcome_rows(outcome)]
     lines += [""] + [f"- {n}" for n in outcome.timing_notes() + outcome.notes]
+    lines += [f"- quality bar: {outcome.bar}"] if outcome.bar else []
+    if outcome.warnings():
+        lines += ["", f"**Measurement warnings ({len(outcome.warnings())})**: the timings may be off", ""]
+        lines += [f"- {w}" for w in outcome.warnings()]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ EXTRA_ARGS = {
     "export": ["-o", "out.onnx"],
     "quantize": ["-o", "out.onnx", "--allow-slower", "--warmup", "1", "--iterations", "2"],
     "prune": ["-o", "out.pt2", "--warmup", "1", "--iterations", "2"],
-    "compress": ["--prune", "0.5", "-o", "out", "--warmup", "1", "--iterations", "2"],
+    "compress": ["--prune", "0.5", "--tolerance", "none", "-o", "out", "--warmup", "1", "--iterations", "2"],
 }
 
 
