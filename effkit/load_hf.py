@@ -68,6 +68,7 @@ def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     model = Model(kind="torch", module=wrapper, example_inputs=tuple(example), input_names=names,
                   source=spec, format="hf", path=path, save_suffix=".pt2")
     model.meta["hf_architecture"] = arch_names[0]
+    model.meta["inputs_from"] = "--input-shape" if input_shapes else f"random token ids, length {example[0].shape[-1]}"
     return model
 
 

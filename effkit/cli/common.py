@@ -82,13 +82,23 @@ def console_for(json_path: str | None) -> Console:
     return err if json_path == "-" else out
 
 
-def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None):
-    """Load MODEL with the shared options; parse shapes first so a typo fails before any import."""
+def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
+         data: tuple[str | None, ...] = ()):
+    """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
+
+    `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
+    one given supplies example inputs when neither --inputs, --input-shape nor the model does.
+    The inputs used are printed on stderr.
+    """
     from rich.markup import escape
 
     shapes = [parse_input_shape(s) for s in input_shape or []]
+    first_data = next((d for d in data if d is not None and d != "random"), None)
     with err.status(f"loading {model}", spinner="dots"):
-        loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, check=False)
+        loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
+                            check=False)
+        err.print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
+                  markup=False, highlight=False, soft_wrap=True)
         outputs = check_runs(loaded)
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")

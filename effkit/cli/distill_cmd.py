@@ -188,7 +188,7 @@ def distill_command(
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
 
-    teacher_model = load(teacher, arch, trust, input_shape, inputs)
+    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data))
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)

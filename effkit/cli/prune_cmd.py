@@ -84,7 +84,7 @@ def prune_command(
         runtime=target_runtime,
     )
     check_outputs_free([output, export_onnx, json, markdown], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data))
     check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)
