@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.env import CpuMonitor, available_cores, environment
+from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError, first_line
 from effkit.export import make_runner
 from effkit.inputs import batch_bytes, batched
@@ -245,7 +245,7 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
     `progress(label, fraction)` is called while timing, for progress bars.
     """
     check_threads(threads)
-    threads = threads or available_cores()
+    threads = threads or default_threads()
     default_batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
     batch_sizes = list(batch_sizes or [default_batch])
     if any(b < 1 for b in batch_sizes):

@@ -9,7 +9,8 @@ import typer
 from effkit.benchmark import bench
 from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
                                MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free,
-                               command, console_for, load, progress_bar, write_outputs)
+                               command, console_for, load, progress_bar, resolve_threads,
+                               write_outputs)
 from effkit.errors import UsageError
 from effkit.report.text import bench_markdown, bench_table
 
@@ -49,6 +50,7 @@ def bench_command(
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
     check_outputs_free([json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs)
+    threads = resolve_threads(threads)
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:
         result = bench(loaded, runtimes=runtimes, batch_sizes=batch_size, threads=threads, warmup=warmup,

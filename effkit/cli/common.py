@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from effkit.env import available_cores, default_threads
 from effkit.errors import EffkitError, RunTimedOut, StepFailed, UsageError
 from effkit.factory import is_factory_spec
 from effkit.fidelity import check_finite
@@ -27,6 +28,7 @@ from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, guard
 from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
 from effkit.specs import parse_input_shape
+from effkit.util import plural
 
 app = typer.Typer(
     name="effkit",
@@ -61,7 +63,8 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
 InputsOpt = Annotated[Optional[Path], typer.Option(
     "--inputs", help="An .npz file with one example array per model input.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="Threads for torch and ONNX Runtime, at most 4 per core (default: all cores)", min=1)]
+    "--threads", help="Threads for torch and ONNX Runtime, at most 4 per core (default: the cores free when the "
+                      "command starts)", min=1)]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Stop after SECONDS, with exit code 124 and no output written (default: no limit)",
     show_default=False)]
@@ -106,6 +109,14 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
         err.print(f"[yellow]warning:[/] {escape(e.message)}; any step that compares its outputs will fail",
                   soft_wrap=True)
     return loaded
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The one thread policy of every command: --threads, else the cores free now; printed on stderr."""
+    chosen = threads or default_threads()
+    origin = "--threads" if threads else f"the free cores of {available_cores()}; --threads N to change"
+    err.print(f"{plural(chosen, 'thread')} ({origin})", markup=False, highlight=False)
+    return chosen
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,

@@ -18,7 +18,8 @@ import typer
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, err, load, progress_bar,
+                               resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.load import load_model
@@ -203,7 +204,7 @@ def distill_command(
         result.details["prune"] = pruned.details
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
-        _report(teacher_model, result, val, output, ckpt, runtimes, threads, warmup, iterations,
+        _report(teacher_model, result, val, output, ckpt, runtimes, resolve_threads(threads), warmup, iterations,
                 min_time, json, markdown, export_onnx, force)
 
 

@@ -10,7 +10,8 @@ import typer
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, load, progress_bar, resolve_threads,
+                               write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.outcome import measure_before_after
@@ -85,6 +86,7 @@ def prune_command(
     )
     check_outputs_free([output, export_onnx, json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data))
+    threads = resolve_threads(threads)
     check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)

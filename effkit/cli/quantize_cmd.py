@@ -9,7 +9,8 @@ import typer
 
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, err, load, progress_bar,
+                               resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
@@ -88,6 +89,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
     loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib))
+    threads = resolve_threads(threads)
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
         check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))

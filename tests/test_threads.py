@@ -1,0 +1,48 @@
+"""One thread policy for every command: --threads, else the cores free now, printed the same way."""
+
+import json
+import re
+
+import pytest
+
+from conftest import FAST, spec
+
+POLICY = re.compile(r"^(1 thread|\d+ threads) \(the free cores of \d+; --threads N to change\)$", re.M)
+
+
+def _threads_line(stderr: str) -> str:
+    found = POLICY.search(stderr)
+    assert found, stderr
+    return found.group(0)
+
+
+def test_bench_and_compare_default_to_the_free_cores_and_say_so(cli):
+    code, _, bench_err = cli("bench", spec("mlp"), *FAST, "--json", "b.json")
+    assert code == 0, bench_err
+    code, _, compare_err = cli("compare", spec("mlp"), spec("mlp"), "--pairs", "2", "--block-time", "0.01",
+                               "--warmup", "1", "--json", "c.json")
+    assert code in (0, 1), compare_err
+    for err in (bench_err, compare_err):
+        assert "1 threads" not in err
+        _threads_line(err)
+    bench_threads = json.load(open("b.json"))["runs"][0]["threads"]
+    assert _threads_line(bench_err).startswith(f"{bench_threads} thread")
+    compare_threads = json.load(open("c.json"))["threads"]
+    assert _threads_line(compare_err).startswith(f"{compare_threads} thread")
+
+
+@pytest.mark.parametrize("command", ["bench", "compare"])
+def test_threads_option_overrides_the_policy(cli, command):
+    models = [spec("mlp")] if command == "bench" else [spec("mlp"), spec("mlp"), "--pairs", "2", "--block-time", "0.01"]
+    code, _, err = cli(command, *models, "--threads", "2", "--warmup", "1", "--iterations", "3", "--json", "r.json")
+    assert code in (0, 1), err
+    assert "2 threads (--threads)" in err.splitlines()
+    result = json.load(open("r.json"))
+    assert (result["runs"][0]["threads"] if command == "bench" else result["threads"]) == 2
+
+
+def test_prune_measures_with_the_printed_threads(cli):
+    code, _, err = cli("prune", spec("mlp"), "--ratio", "0.25", "-o", "p.pt2", "--threads", "1", *FAST,
+                       "--json", "r.json")
+    assert code == 0, err
+    assert "1 thread (--threads)" in err.splitlines()
