@@ -77,6 +77,7 @@ def load_model(
     fails here, with a message naming what the model expects.
     """
     spec = str(spec)
+    log.debug("loading %s", spec)
     path = Path(spec[3:] if spec.startswith("hf:") else spec)
     try:
         exists = path.exists()

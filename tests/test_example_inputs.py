@@ -58,25 +58,25 @@ def _save(fmt: str) -> list[str]:
 def test_bench_takes_inputs_from_npz_for_every_format(cli, fmt):
     model = _save(fmt)
     np.savez("x.npz", input=np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32))
-    code, out, err = cli("bench", *model, "--inputs", "x.npz", *FAST, "--json", "r.json")
-    assert code == 0, err
+    code, out, _ = cli("bench", *model, "--inputs", "x.npz", *FAST, "--json", "r.json")
+    assert code == 0, out
     name = "input" if fmt != "onnx" else json.loads(open("r.json").read())["model"]["inputs"][0]["name"]
-    assert f"inputs (x.npz): {name}: 2x16 float32" in err
+    assert f"inputs (x.npz): {name}: 2x16 float32" in out
     assert json.loads(open("r.json").read())["runs"][0]["batch_size"] == 2
 
 
 def test_arrays_match_by_position_when_keys_are_not_input_names(cli):
     np.savez("x.npz", np.ones((3, 16), np.float32))  # saved as arr_0
-    code, _, err = cli("bench", ARCH, "--inputs", "x.npz", *FAST)
-    assert code == 0, err
-    assert "inputs (x.npz): input: 3x16 float32" in err
+    code, out, _ = cli("bench", ARCH, "--inputs", "x.npz", *FAST)
+    assert code == 0, out
+    assert "inputs (x.npz): input: 3x16 float32" in out
 
 
 def test_arrays_match_by_name_in_the_models_order(cli):
     np.savez("x.npz", features=np.ones((2, 4), np.float32), ids=np.zeros((2, 5), np.int64))
-    code, _, err = cli("bench", spec("two_inputs"), "--inputs", "x.npz", *FAST)
-    assert code == 0, err
-    assert "inputs (x.npz): ids: 2x5 int64, features: 2x4 float32" in err
+    code, out, _ = cli("bench", spec("two_inputs"), "--inputs", "x.npz", *FAST)
+    assert code == 0, out
+    assert "inputs (x.npz): ids: 2x5 int64, features: 2x4 float32" in out
 
 
 def test_an_extra_array_is_an_error_naming_both_lists(cli):
@@ -102,18 +102,18 @@ def test_the_first_sample_of_eval_data_gives_the_inputs(cli):
     torch.save(_module().state_dict(), "m.pt")
     rng = np.random.default_rng(0)
     np.savez("eval.npz", x=rng.standard_normal((8, 16)).astype(np.float32), labels=np.arange(8) % 4)
-    code, out, err = cli("prune", "m.pt", "--arch", ARCH, "--eval", "eval.npz", "--ratio", "0.25", "-o", "p.pt2", *FAST)
-    assert code == 0, err
-    assert "inputs (the first sample of eval.npz): input: 1x16 float32" in err
+    code, out, _ = cli("prune", "m.pt", "--arch", ARCH, "--eval", "eval.npz", "--ratio", "0.25", "-o", "p.pt2", *FAST)
+    assert code == 0, out
+    assert "inputs (the first sample of eval.npz): input: 1x16 float32" in out
 
 
 def test_input_shape_still_gives_the_inputs_and_is_printed(cli):
-    code, _, err = cli("bench", ARCH, "--input-shape", "4x16", *FAST)
-    assert code == 0, err
-    assert "inputs (--input-shape): input: 4x16 float32" in err
+    code, out, _ = cli("bench", ARCH, "--input-shape", "4x16", *FAST)
+    assert code == 0, out
+    assert "inputs (--input-shape): input: 4x16 float32" in out
 
 
 def test_the_models_own_example_is_printed(cli):
-    code, _, err = cli("inspect", spec("mlp"))
-    assert code == 0, err
-    assert "inputs (the factory's own example): input: 2x16 float32" in err
+    code, out, _ = cli("inspect", spec("mlp"))
+    assert code == 0, out
+    assert "inputs (the factory's own example): input: 2x16 float32" in out

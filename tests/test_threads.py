@@ -10,39 +10,39 @@ from conftest import FAST, spec
 POLICY = re.compile(r"^(1 thread|\d+ threads) \(the free cores of \d+; --threads N to change\)$", re.M)
 
 
-def _threads_line(stderr: str) -> str:
-    found = POLICY.search(stderr)
-    assert found, stderr
+def _threads_line(stdout: str) -> str:
+    found = POLICY.search(stdout)
+    assert found, stdout
     return found.group(0)
 
 
 def test_bench_and_compare_default_to_the_free_cores_and_say_so(cli):
-    code, _, bench_err = cli("bench", spec("mlp"), *FAST, "--json", "b.json")
-    assert code == 0, bench_err
-    code, _, compare_err = cli("compare", spec("mlp"), spec("mlp"), "--pairs", "2", "--block-time", "0.01",
+    code, bench_out, _ = cli("bench", spec("mlp"), *FAST, "--json", "b.json")
+    assert code == 0, bench_out
+    code, compare_out, _ = cli("compare", spec("mlp"), spec("mlp"), "--pairs", "2", "--block-time", "0.01",
                                "--warmup", "1", "--json", "c.json")
-    assert code in (0, 1), compare_err
-    for err in (bench_err, compare_err):
-        assert "1 threads" not in err
-        _threads_line(err)
+    assert code in (0, 1), compare_out
+    for out in (bench_out, compare_out):
+        assert "1 threads" not in out
+        _threads_line(out)
     bench_threads = json.load(open("b.json"))["runs"][0]["threads"]
-    assert _threads_line(bench_err).startswith(f"{bench_threads} thread")
+    assert _threads_line(bench_out).startswith(f"{bench_threads} thread")
     compare_threads = json.load(open("c.json"))["threads"]
-    assert _threads_line(compare_err).startswith(f"{compare_threads} thread")
+    assert _threads_line(compare_out).startswith(f"{compare_threads} thread")
 
 
 @pytest.mark.parametrize("command", ["bench", "compare"])
 def test_threads_option_overrides_the_policy(cli, command):
     models = [spec("mlp")] if command == "bench" else [spec("mlp"), spec("mlp"), "--pairs", "2", "--block-time", "0.01"]
-    code, _, err = cli(command, *models, "--threads", "2", "--warmup", "1", "--iterations", "3", "--json", "r.json")
+    code, out, _ = cli(command, *models, "--threads", "2", "--warmup", "1", "--iterations", "3", "--json", "r.json")
     assert code in (0, 1), err
-    assert "2 threads (--threads)" in err.splitlines()
+    assert "2 threads (--threads)" in out.splitlines()
     result = json.load(open("r.json"))
     assert (result["runs"][0]["threads"] if command == "bench" else result["threads"]) == 2
 
 
 def test_prune_measures_with_the_printed_threads(cli):
-    code, _, err = cli("prune", spec("mlp"), "--ratio", "0.25", "-o", "p.pt2", "--threads", "1", *FAST,
+    code, out, _ = cli("prune", spec("mlp"), "--ratio", "0.25", "-o", "p.pt2", "--threads", "1", *FAST,
                        "--json", "r.json")
-    assert code == 0, err
-    assert "1 thread (--threads)" in err.splitlines()
+    assert code == 0, out
+    assert "1 thread (--threads)" in out.splitlines()

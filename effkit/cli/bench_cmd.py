@@ -49,8 +49,8 @@ def bench_command(
 ) -> None:
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
     check_outputs_free([json, markdown], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
-    threads = resolve_threads(threads)
+    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:
         result = bench(loaded, runtimes=runtimes, batch_sizes=batch_size, threads=threads, warmup=warmup,

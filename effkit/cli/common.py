@@ -86,12 +86,12 @@ def console_for(json_path: str | None) -> Console:
 
 
 def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
-         data: tuple[str | None, ...] = ()):
+         data: tuple[str | None, ...] = (), console: Console | None = None):
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
 
     `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
     one given supplies example inputs when neither --inputs, --input-shape nor the model does.
-    The inputs used are printed on stderr.
+    The inputs used are printed on `console` (default: stdout), with the command's other output.
     """
     from rich.markup import escape
 
@@ -100,8 +100,8 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     with err.status(f"loading {model}", spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
                             check=False)
-        err.print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
-                  markup=False, highlight=False, soft_wrap=True)
+        (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
+                               markup=False, highlight=False, soft_wrap=True)
         outputs = check_runs(loaded)
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")
@@ -111,11 +111,11 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     return loaded
 
 
-def resolve_threads(threads: int | None) -> int:
-    """The one thread policy of every command: --threads, else the cores free now; printed on stderr."""
+def resolve_threads(threads: int | None, console: Console | None = None) -> int:
+    """The one thread policy of every command: --threads, else the cores free now; printed on `console`."""
     chosen = threads or default_threads()
     origin = "--threads" if threads else f"the free cores of {available_cores()}; --threads N to change"
-    err.print(f"{plural(chosen, 'thread')} ({origin})", markup=False, highlight=False)
+    (console or out).print(f"{plural(chosen, 'thread')} ({origin})", markup=False, highlight=False)
     return chosen
 
 

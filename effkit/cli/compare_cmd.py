@@ -79,9 +79,9 @@ def compare_command(
     gates, config_strict = thresholds_from(fail_on, config) if fail_on or config else ([limit], False)
     strict = strict or config_strict
     check_outputs_free([json, markdown, junit], force)
-    loaded_a = load(model_a, arch, trust, input_shape, inputs)
-    loaded_b = load(model_b, arch, trust, input_shape, inputs)
-    threads = resolve_threads(threads)
+    loaded_a = load(model_a, arch, trust, input_shape, inputs, console=console_for(json))
+    loaded_b = load(model_b, arch, trust, input_shape, inputs, console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
         result = compare(loaded_a, loaded_b, runtime=runtime, threads=threads, pairs=pairs, block_time=block_time,
                          iterations=iterations, warmup=warmup, threshold=limit.value,

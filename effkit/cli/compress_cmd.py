@@ -102,7 +102,7 @@ def compress_command(
                               warmup=warmup, iterations=iterations, min_time=min_time)
     check_outdir(output, force)
     check_outputs_free([json, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data))
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
     train = load_data(data, input_names=loaded.input_names) if data else None
     evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
     console = console_for(json)

@@ -189,7 +189,7 @@ def distill_command(
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
 
-    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data))
+    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data), console=console_for(json))
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
@@ -204,7 +204,8 @@ def distill_command(
         result.details["prune"] = pruned.details
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
-        _report(teacher_model, result, val, output, ckpt, runtimes, resolve_threads(threads), warmup, iterations,
+        measure_threads = resolve_threads(threads, console_for(json))
+        _report(teacher_model, result, val, output, ckpt, runtimes, measure_threads, warmup, iterations,
                 min_time, json, markdown, export_onnx, force)
 
 

@@ -35,7 +35,7 @@ def export_command(
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
     check_outputs_free([output, json], force, inputs=(loaded.path,))
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)

@@ -85,8 +85,8 @@ def prune_command(
         runtime=target_runtime,
     )
     check_outputs_free([output, export_onnx, json, markdown], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data))
-    threads = resolve_threads(threads)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)

@@ -88,8 +88,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib))
-    threads = resolve_threads(threads)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib), console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
         check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))
