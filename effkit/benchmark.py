@@ -16,6 +16,7 @@ import numpy as np
 from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError, first_line
 from effkit.export import make_runner
+from effkit.files import mark_read
 from effkit.inputs import batch_bytes, batched
 from effkit.limits import check_fits_in_memory, check_threads
 from effkit.size import size_info
@@ -237,6 +238,7 @@ class BenchResult:
     @classmethod
     def load(cls, path: str | Path) -> BenchResult:
         path = Path(path)
+        mark_read(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:

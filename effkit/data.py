@@ -24,6 +24,7 @@ import numpy as np
 
 from effkit.errors import InputError, UsageError, first_line
 from effkit.factory import is_factory_spec, resolve_factory
+from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npy_header_bytes, npz_bytes, zip_declared_bytes
 from effkit.runners import native_runner
 
@@ -175,6 +176,8 @@ def _npy_file_bytes(path: Path) -> int:
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
     """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
     path = Path(spec)
+    if path.is_dir() or path.is_file():
+        mark_read(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")
         if not files:

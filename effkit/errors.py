@@ -41,6 +41,10 @@ class OutputExistsError(EffkitError):
     """An output file exists and --force was not given."""
 
 
+class OutputError(EffkitError):
+    """An output cannot be written: the disk is full, or the path is a block device or socket."""
+
+
 class StepFailed(EffkitError):
     """A pass (quantize, prune, ...) ran but its result is unusable: NaN outputs, tolerance missed.
 
@@ -76,3 +80,7 @@ class RunTimedOut(BaseException):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs. Exit code 143."""

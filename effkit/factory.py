@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import EffkitError, ModelLoadError
+from effkit.files import mark_read
 
 
 _FACTORY_RE = re.compile(r"(?P<target>.+):(?P<func>[A-Za-z_][A-Za-z0-9_]*)")
@@ -45,6 +46,8 @@ def resolve_factory(spec: str) -> Any:
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(target)
+        if getattr(module, "__file__", None):  # the user's code is an input: no output may replace it
+            mark_read(module.__file__)
     except EffkitError:
         raise
     except ModuleNotFoundError as e:

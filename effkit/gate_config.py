@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from effkit.errors import UsageError
-from effkit.files import loads_toml, write_text
+from effkit.files import check_not_read, loads_toml, mark_read, write_text
 from effkit.gates import GateReport, check_units
 from effkit.results import lookup
 from effkit.specs import Threshold, parse_threshold
@@ -25,6 +25,7 @@ def _key_line(text: str, key: str) -> int | None:
 
 
 def _read_toml(path: Path) -> dict:
+    mark_read(path)
     try:
         return loads_toml(path.read_text(), str(path))
     except OSError as e:
@@ -87,6 +88,7 @@ def write_reports(report: GateReport, *, junit: str | Path | None = None, force:
         written.append(str(junit))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
+        check_not_read(summary, "$GITHUB_STEP_SUMMARY")
         with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
             f.write((summary_text or report.markdown()) + "\n")
         written.append(summary)

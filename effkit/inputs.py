@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import InputError, unreadable
+from effkit.files import mark_read
 from effkit.limits import array_bytes, check_fits_in_memory, npz_bytes
 from effkit.model import Model
 from effkit.specs import InputShape
@@ -135,6 +136,7 @@ def read_inputs_file(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such inputs file: {path}", "pass an .npz file holding one array per model input")
+    mark_read(path)
     try:
         declared = npz_bytes(path)
     except Exception as e:

@@ -21,12 +21,14 @@ import threading
 import time
 from collections.abc import Iterator
 
-from effkit.errors import RunTimedOut
+from effkit.errors import RunTimedOut, Terminated
 from effkit.files import remove_temporaries
 
 GRACE_S = 1.0  # how long the main thread may take to unwind by itself after Ctrl-C or the timeout
 INTERRUPTED = "interrupted; no output was left half-written"
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
+TERMINATED = "terminated; no output was left half-written"
+TERMINATED_EXIT = 143  # 128 + SIGTERM
 
 
 @contextlib.contextmanager
@@ -63,10 +65,48 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
+# The signals received while the current command runs: a library may turn the KeyboardInterrupt raised
+# inside it into another error (an import interrupted half-way says "ImportError: initialization failed"),
+# and the command must still say it was interrupted.
+_RECEIVED: list[int] = []
+
+
+def _interrupt(signum, _frame) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _terminate(signum, _frame) -> None:
+    _RECEIVED.append(signum)
+    raise Terminated
+
+
+def received() -> int | None:
+    """The last SIGINT or SIGTERM received while the command ran under `stop_signals`, else None."""
+    return _RECEIVED[-1] if _RECEIVED else None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While a command runs, Ctrl-C raises KeyboardInterrupt and SIGTERM `Terminated` (a KeyboardInterrupt),
+    so that the same cleanup runs for both; `received()` remembers which came."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    _RECEIVED.clear()
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGINT, _interrupt),
+                                                                       (signal.SIGTERM, _terminate))}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _watch(read_fd: int, timeout_message: str) -> None:
     """Wait for Ctrl-C or the alarm; then give the main thread GRACE_S to finish before ending the process."""
     try:
-        interrupts = 0
+        interrupts = terminations = 0
         while True:
             signals = os.read(read_fd, 64)
             if not signals:
@@ -79,8 +119,14 @@ def _watch(read_fd: int, timeout_message: str) -> None:
                     interrupts += 1
                     # A command that handles Ctrl-C itself (distill saves a checkpoint after the step)
                     # gets its first one; a second means "stop now".
-                    if interrupts > 1 or signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                    if interrupts > 1 or signal.getsignal(signal.SIGINT) is _interrupt:
                         _grace(read_fd, f"Error: {INTERRUPTED}", INTERRUPTED_EXIT)
+                        return
+                if signum == signal.SIGTERM:
+                    terminations += 1
+                    # as for Ctrl-C: a command with its own SIGTERM handler (distill) gets the first one
+                    if terminations > 1 or signal.getsignal(signal.SIGTERM) is _terminate:
+                        _grace(read_fd, f"Error: {TERMINATED}", TERMINATED_EXIT)
                         return
     finally:
         os.close(read_fd)
@@ -97,7 +143,7 @@ def _grace(read_fd: int, message: str, exit_code: int) -> None:
             signals = os.read(read_fd, 64)
             if not signals:
                 return  # the block ended: the main thread reports as usual
-            if signal.SIGINT in signals:
+            if signal.SIGINT in signals or signal.SIGTERM in signals:
                 break
     _end_now(message, exit_code)
 

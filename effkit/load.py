@@ -19,12 +19,13 @@ from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.data import load_data
+from effkit.files import mark_read
 from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
                            match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
 from effkit.limits import check_fits_in_memory, zip_declared_bytes
 from effkit.load_hf import load_hf
 from effkit.model import Model
-from effkit.onnx_files import check_external_data
+from effkit.onnx_files import check_external_data, external_files
 from effkit.runners import native_runner
 from effkit.specs import InputShape
 from effkit.util import quiet_torch
@@ -94,6 +95,9 @@ def load_model(
         model = _torch_model(module, example, spec, "factory", None, input_shapes)
     else:
         raise ModelLoadError(f"no such file: {spec}", MODEL_SPEC_HELP)
+    if exists:  # the file or folder, and an ONNX model's external data, are inputs of this command
+        for file in [path, *model_files(model)]:
+            mark_read(file)
     if arch and model.format not in ("state_dict", "safetensors"):
         raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
                          "drop --arch")
@@ -405,3 +409,11 @@ def check_runs(model: Model) -> list[np.ndarray]:
         hint = expected_input_hint(model.module) if model.kind == "torch" else None
         raise InputError(f"the model failed on inputs {model.describe_inputs()}: {first}",
                          hint or "check --input-shape / --inputs against what the model expects") from e
+
+
+def model_files(model: Model) -> list[Path]:
+    """The files a model was loaded from, an ONNX model's external data included; none when built in memory."""
+    if model.kind == "onnx":
+        src = model.onnx_path
+        return [src] + [src.parent / f for f in sorted(external_files(src))]
+    return [model.path] if model.path is not None else []

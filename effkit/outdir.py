@@ -20,9 +20,9 @@ import numpy as np
 from effkit.errors import OutputExistsError, StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import compare_outputs
-from effkit.files import _umask, forget_temporary, track_temporary, write_text
-from effkit.load import load_model
-from effkit.onnx_files import save_onnx_file
+from effkit.files import _umask, check_not_read, forget_temporary, reading, track_temporary, write_text
+from effkit.load import load_model, model_files
+from effkit.onnx_files import is_sidecar_name, save_onnx_file
 from effkit.pipeline import CompressFailed, run_pipeline
 from effkit.pipeline_result import SCHEMA, CompressResult
 from effkit.recipe import Recipe
@@ -37,12 +37,14 @@ OUTDIR_FILES = ("model.onnx", "model.pt2", "recipe.toml", "report.json", "report
 
 
 def check_outdir(outdir: str | Path, force: bool) -> Path:
-    """Refuse an OUTDIR that is a file, or that holds files (without --force, or that effkit did not write:
-    --force replaces a whole earlier OUTDIR, so it must never swallow a folder of the user's own files)."""
+    """Refuse an OUTDIR that is a file, that holds a file this command reads, or that holds files (without
+    --force, or that effkit did not write: --force replaces a whole earlier OUTDIR, so it must never swallow
+    a folder of the user's own files)."""
     shown = Path(outdir)
     outdir = shown.resolve()  # "-o ." needs a real name and parent to stage beside
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{shown} is a file, not a folder", "pass a folder for -o")
+    check_not_read(shown, "output folder")
     if outdir.is_dir() and any(outdir.iterdir()):
         if not _is_effkit_outdir(outdir):
             raise OutputExistsError(f"{shown} holds files that effkit compress did not write",
@@ -53,12 +55,14 @@ def check_outdir(outdir: str | Path, force: bool) -> Path:
 
 
 def _is_effkit_outdir(outdir: Path) -> bool:
-    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes."""
+    """An earlier compress OUTDIR: its report.json says so, and it holds nothing else than compress writes
+    (model.onnx's external data file included)."""
     try:
         schema = json.loads((outdir / "report.json").read_text()).get("schema")
     except (OSError, ValueError, AttributeError):
         return False
-    return schema == SCHEMA and all(p.name in OUTDIR_FILES for p in outdir.iterdir())
+    return schema == SCHEMA and all(p.name in OUTDIR_FILES or is_sidecar_name(p.name, "model.onnx")
+                                    for p in outdir.iterdir())
 
 
 @contextlib.contextmanager
@@ -67,8 +71,8 @@ def _staged(outdir: Path, force: bool) -> Iterator[Path]:
     removed otherwise (an exception, Ctrl-C), so OUTDIR never holds a half-written result."""
     outdir = outdir.resolve()
     stage = track_temporary(tempfile.mkdtemp(prefix=f".{outdir.name}.effkit-", dir=outdir.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
-    try:
+    try:  # from here on, Ctrl-C removes the stage: the signal often lands right after mkdtemp
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; OUTDIR should get the usual permissions
         yield stage
         check_outdir(outdir, force)
         old = None
@@ -153,10 +157,12 @@ def compress(model, recipe: Recipe, outdir: str | Path, *, data=None, eval_data=
              progress: Callable[[str, float], None] | None = None,
              log: Callable[[str], None] | None = None) -> CompressResult:
     """Run the pipeline on `model` and write OUTDIR. Raises `CompressFailed` (exit 1) when the quality
-    bar cannot be met; OUTDIR then holds the recipe and the reports, no model."""
-    check_outdir(outdir, force)
-    result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
-    write_outdir(result, outdir, force)
+    bar cannot be met; OUTDIR then holds the recipe and the reports, no model. OUTDIR may not hold
+    the model's files (it is replaced whole)."""
+    with reading(*model_files(model)):
+        check_outdir(outdir, force)
+        result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
+        write_outdir(result, outdir, force)
     if result.status != "ok":
         raise CompressFailed(result.message or "the quality bar could not be met", result.hint, result)
     return result

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import EffkitError, UsageError
-from effkit.files import loads_toml
+from effkit.files import loads_toml, mark_read
 from effkit.judge import parse_bar_tolerance
 from effkit.passes import registry
 from effkit.specs import _finite
@@ -142,6 +142,7 @@ class Recipe:
     def load(cls, path: str | Path) -> Recipe:
         """Read a TOML recipe file."""
         path = Path(path)
+        mark_read(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:

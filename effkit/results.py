@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import UsageError
+from effkit.files import mark_read
 
 
 def load_result(path: str | Path) -> dict:
     """Read a result JSON (bench, step outcome, or compare) and check its schema."""
     path = Path(path)
+    mark_read(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"no such result file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a result file") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a folder, not a result file") from None
     except (OSError, ValueError) as e:

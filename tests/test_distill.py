@@ -142,9 +142,10 @@ def test_resume_after_interruption_gives_the_straight_run_weights(teacher, data,
 def test_resume_refuses_a_checkpoint_of_other_settings(teacher, data, tmp_path):
     train, val = data
     ckpt = tmp_path / "c.ckpt"
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as info:
         distill(teacher, student_model(teacher), CONFIG, data=train, val_data=val, checkpoint=ckpt,
                 on_step=lambda s: signal.raise_signal(signal.SIGTERM))
+    assert info.value.exit_code == 143  # SIGTERM's, as the CLI gives for it outside training
     with pytest.raises(UsageError, match="written by a run with other settings or data"):
         distill(teacher, student_model(teacher), DistillConfig(**{**CONFIG.__dict__, "lr": 0.5}), data=train,
                 val_data=val, checkpoint=ckpt, resume=True)

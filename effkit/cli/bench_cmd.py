@@ -50,6 +50,7 @@ def bench_command(
     """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
     check_outputs_free([json, markdown], force)
     loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
+    check_outputs_free([json, markdown], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:

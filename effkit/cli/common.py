@@ -2,7 +2,8 @@
 
 This is the one place where errors become exit codes: EffkitError kinds carry their own (2 for
 user mistakes, 1 for a failed step or gate); anything unexpected is exit 2 with one line, and
-`--debug` shows the traceback.
+`--debug` shows the traceback. Ctrl-C (SIGINT) ends with exit 130 and SIGTERM with 143, both after
+the same cleanup: temporaries removed, old outputs left as they were.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
 from effkit.env import available_cores, default_threads
-from effkit.errors import EffkitError, RunTimedOut, StepFailed, UsageError
+from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError
 from effkit.factory import is_factory_spec
 from effkit.fidelity import check_finite
-from effkit.files import check_output, write_text
-from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, guard
+from effkit.files import check_output, reading_scope, write_text
+from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, TERMINATED, TERMINATED_EXIT, guard, received, stop_signals
 from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
 from effkit.specs import parse_input_shape
@@ -202,32 +204,41 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
         _RUNNING["params"] = kwargs
         try:
             check_shared_options(kwargs)
-            with _debug_log(), guard(name or func.__name__, kwargs.get("timeout")):
+            with (reading_scope(), stop_signals(), _debug_log(),
+                  guard(name or func.__name__, kwargs.get("timeout"))):
                 return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except EffkitError as e:
-            if DEBUG["on"]:
-                traceback.print_exc()
-            err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
         except RunTimedOut as e:
-            err.print(f"Error: {e}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print(f"Error: {INTERRUPTED}", markup=False, highlight=False)
-            raise typer.Exit(INTERRUPTED_EXIT) from None
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt as e:
+            _stopped(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
         except Exception as e:
+            if received() is not None:  # a library turned the interrupt into an error of its own
+                _stopped(received())
             if DEBUG["on"]:
                 traceback.print_exc()
+            if isinstance(e, EffkitError):
+                _fail(str(e), e.exit_code)
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            err.print(f"Error: unexpected {type(e).__name__}{': ' + first if first else ''} "
-                      "(run with --debug for the traceback)", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(f"unexpected {type(e).__name__}{': ' + first if first else ''} (run with --debug for the traceback)", 2)
         finally:
             _RUNNING["params"] = {}
 
     return wrapper
+
+
+def _fail(message: str, exit_code: int) -> NoReturn:
+    """Print the one `Error:` line and end the command with `exit_code`."""
+    err.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code) from None
+
+
+def _stopped(signum: int) -> NoReturn:
+    """End a command stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) with its one line."""
+    if signum == signal.SIGTERM:
+        _fail(TERMINATED, TERMINATED_EXIT)
+    _fail(INTERRUPTED, INTERRUPTED_EXIT)
 
 
 def command(name: str, **kwargs) -> Callable:

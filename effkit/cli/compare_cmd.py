@@ -81,6 +81,7 @@ def compare_command(
     check_outputs_free([json, markdown, junit], force)
     loaded_a = load(model_a, arch, trust, input_shape, inputs, console=console_for(json))
     loaded_b = load(model_b, arch, trust, input_shape, inputs, console=console_for(json))
+    check_outputs_free([json, markdown, junit], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
         result = compare(loaded_a, loaded_b, runtime=runtime, threads=threads, pairs=pairs, block_time=block_time,

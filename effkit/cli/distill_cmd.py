@@ -22,6 +22,7 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
                                resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
+from effkit.files import check_not_read, remove
 from effkit.load import load_model
 from effkit.outcome import measure_before_after
 from effkit.passes.distill import DistillConfig, distill, parse_feature_pair
@@ -189,7 +190,8 @@ def distill_command(
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
 
-    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data), console=console_for(json))
+    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data),
+                         console=console_for(json))
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
@@ -199,6 +201,9 @@ def distill_command(
     else:
         student_model, pruned = _pruned_student(teacher_model, prune_ratio, seed)
 
+    # everything is loaded now: no output, and not the checkpoint either, may be a file this run reads
+    check_not_read(ckpt, "checkpoint")
+    check_outputs_free([output, json, markdown, export_onnx, ckpt], True)
     result = _train(rank, world, teacher_model, student_model, config, train, val, ckpt, resume, threads)
     if prune_ratio is not None:
         result.details["prune"] = pruned.details
@@ -241,7 +246,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
     console = console_for(json)
     with console.status(f"saving {output}", spinner="dots"), quiet_torch():
         outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
-    ckpt.unlink(missing_ok=True)  # the run finished: its checkpoint is spent
+    remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)

@@ -90,6 +90,7 @@ def prune_command(
     check_outputs_free([output, export_onnx, json, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)
+    check_outputs_free([output, export_onnx, json, markdown], force)  # against every file read so far
     _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
          json, markdown, force)
 

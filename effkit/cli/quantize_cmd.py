@@ -102,6 +102,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     labelled = None if eval_data is None else load_data(eval_data, loaded.input_names)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
+    check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)  # against every file read
 
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,

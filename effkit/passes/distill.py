@@ -34,7 +34,9 @@ from pathlib import Path
 from effkit.env import available_cores
 from effkit.errors import EffkitError, InputError, UsageError, first_line
 from effkit.export import make_runner
+from effkit.files import check_not_read, reading
 from effkit.limits import check_threads
+from effkit.load import model_files
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill_training import (EVAL_BATCH, Features, Training, TrainStatus, is_classifier, tensors_of,
                                             to_tensors)
@@ -215,11 +217,15 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     import torch
 
     check_threads(threads)
+
     if val_data is None and config.val_split > 0:
         train, val = data.split(config.val_split, seed=config.seed)
     else:
         train, val = data, val_data
     _check_inputs(teacher, student, config, train, val)
+    if checkpoint is not None:  # it is written on a signal: never over a file this run reads
+        with reading(*model_files(teacher), *model_files(student)):
+            check_not_read(checkpoint, "checkpoint")
     device = _device()
     if teacher.kind == "torch":  # a private copy: the caller's teacher is neither moved nor hooked
         teacher = teacher.replace(module=copy.deepcopy(teacher.module).to(device).eval())

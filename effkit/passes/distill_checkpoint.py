@@ -15,9 +15,11 @@ CHECKPOINT_FORMAT = "effkit.distill-checkpoint/1"
 
 
 class Interrupted(EffkitError):
-    """Training stopped on SIGINT / SIGTERM after writing a checkpoint. Exit code 130."""
+    """Training stopped on SIGINT / SIGTERM after writing a checkpoint. Exit code 130 (SIGINT) or 143 (SIGTERM)."""
 
-    exit_code = 130
+    def __init__(self, message: str, hint: str | None = None, signum: int = signal.SIGINT):
+        super().__init__(message, hint)
+        self.exit_code = 128 + int(signum)
 
 
 def config_identity(config) -> dict:
@@ -54,6 +56,7 @@ class StopSignal:
 
     def __init__(self, enabled: bool):
         self.requested = False
+        self.signum = signal.SIGINT  # the last signal received: its exit code is the run's
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.previous: dict = {}
 
@@ -67,6 +70,7 @@ class StopSignal:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():

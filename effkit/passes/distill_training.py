@@ -314,7 +314,7 @@ class Training:
                         raise StepFailed(f"the training loss became NaN or Inf at epoch {self.epoch + 1}, step "
                                          f"{self.step}", "lower --lr or --temperature")
                     if stopping:
-                        self.interrupt()
+                        self.interrupt(stop.signum)
                 self.end_epoch()
 
     def train_step(self, global_idx: np.ndarray) -> bool:
@@ -345,14 +345,14 @@ class Training:
         self.train_seconds += time.perf_counter() - began
         return finite
 
-    def interrupt(self) -> None:
+    def interrupt(self, signum: int) -> None:
         """Save where training stands (the epoch's bookkeeping first when it just ended), then stop."""
         epoch, step = self.epoch + 1, self.step
         if self.step == self.steps_per_epoch:
             self.end_epoch()
         self.save()
         raise Interrupted(f"interrupted at epoch {epoch}, step {step} of {self.steps_per_epoch}; checkpoint written "
-                          f"to {self.checkpoint}", "run the same command with --resume to continue")
+                          f"to {self.checkpoint}", "run the same command with --resume to continue", signum)
 
     def end_epoch(self) -> None:
         """Record the epoch's mean training loss (over all ranks) and validation; keep the best weights."""

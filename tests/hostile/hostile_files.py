@@ -321,6 +321,56 @@ def onnx_model(path: Path, external: str | None = None):
     return path
 
 
+def onnx_with_data(path: Path, data_name: str) -> Path:
+    """The `onnx_model` graph with W stored in a real external data file `data_name` beside it."""
+    import onnx
+
+    onnx_model(path)
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, location=data_name,
+                    size_threshold=0)
+    return path
+
+
+def onnx_conv_with_data(path: Path, data_name: str) -> Path:
+    """A 16-channel 3x3 convolution (16x16 input) with its weights in an external data file.
+
+    ONNX Runtime's dynamic int8 of a convolution (ConvInteger) is several times slower than fp32,
+    so effkit's quantize step keeps this model in float, data file and all."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((16, 16, 3, 3)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save_model(proto, str(path), save_as_external_data=True, location=data_name, size_threshold=0)
+    return path
+
+
+def onnx_naming(path: Path, locations: list[str]) -> Path:
+    """A graph whose weights claim to live at each of `locations` (nothing is written there): an old
+    output crafted so that whoever cleans up its data files deletes those paths."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.ones(2, np.float32), f"W{i}") for i in range(len(locations))]
+    for tensor, location in zip(weights, locations):
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", "8")):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(proto, str(path))
+    return path
+
+
 def onnx_failing_checker(path: Path) -> Path:
     """A well-formed protobuf whose node reads a tensor nothing produces."""
     import onnx

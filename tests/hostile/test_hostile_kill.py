@@ -2,8 +2,8 @@
 
 Each test starts effkit as a subprocess over an existing output, waits for a kill point (a `debug:`
 line on stderr saying what it is doing, or the moment its temporary file appears, i.e. mid-write),
-never a fixed delay, which depends on the machine's speed, sends SIGINT or
-SIGKILL, and checks the target. After SIGINT nothing may be left behind; after SIGKILL a stray
+never a fixed delay, which depends on the machine's speed, sends SIGINT, SIGTERM or SIGKILL, and
+checks the target. After SIGINT or SIGTERM nothing may be left behind; after SIGKILL a stray
 temporary (`.NAME.*.tmp.SUFFIX`, `.effkit-*`) may remain, since no code runs, but the target is intact.
 """
 
@@ -69,7 +69,12 @@ def old_export(tmp_path):
     return (tmp_path / "out.onnx").read_bytes()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+# what effkit says and returns when a signal stops it; SIGKILL leaves no chance to say anything
+STOPPED = {signal.SIGINT: (130, "Error: interrupted; no output was left half-written"),
+           signal.SIGTERM: (143, "Error: terminated; no output was left half-written")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_export_killed_mid_write_keeps_the_old_file(tmp_path, old_export, sig):
     proc = _start([sys.executable, "-m", "effkit", "export", spec("mlp"), "-o", "out.onnx", "--force"], tmp_path)
     reached = _wait_for(proc, lambda: _temps(tmp_path, "out.onnx"))
@@ -78,9 +83,9 @@ def test_export_killed_mid_write_keeps_the_old_file(tmp_path, old_export, sig):
     assert reached, f"export finished before its temporary file was seen: {stderr}"
     # the old file, or (when the signal came late, just after the rename) the complete new one
     assert (tmp_path / "out.onnx").read_bytes() == old_export or _onnx_ok(tmp_path / "out.onnx")
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, stderr
-        assert stderr.strip().splitlines()[-1] == "Error: interrupted; no output was left half-written"
+    if sig in STOPPED:  # the same cleanup for Ctrl-C and for SIGTERM (what `kill`, CI and containers send)
+        code, line = STOPPED[sig]
+        assert (proc.returncode, stderr.strip().splitlines()[-1:]) == (code, [line]), stderr
         assert _temps(tmp_path, "out.onnx") == []
 
 
@@ -307,3 +312,37 @@ def test_timeout_stops_every_command(cli, tmp_path, monkeypatch, command):
 def test_timeout_must_be_positive_and_finite(cli, value):
     code, _, stderr = cli("inspect", spec("mlp"), "--timeout", value)
     assert code == 2 and error_line(stderr).startswith("Error: --timeout must be a positive number of seconds"), stderr
+
+
+def test_temporaries_are_removed_while_still_being_written(tmp_path):
+    """The watchdog removes temporaries while the main thread may go on writing into them: a staging
+    folder that keeps receiving files must still disappear, with nothing left beside it."""
+    import threading
+
+    from effkit.files import forget_temporary, remove_temporaries, track_temporary
+
+    stage = track_temporary(tmp_path / ".out.effkit-stage")
+    stage.mkdir()
+    started, stop = threading.Event(), threading.Event()
+
+    def keep_writing() -> None:
+        for i in range(10**6):
+            if stop.is_set():
+                return
+            try:
+                (stage / f"{i}.part").write_bytes(b"x")
+            except FileNotFoundError:  # the folder is gone: nothing can be created in it any more
+                return
+            if i == 2000:  # enough files that deleting them takes a while, with the writer still going
+                started.set()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    started.wait()
+    try:
+        remove_temporaries()
+    finally:
+        stop.set()
+        writer.join()
+        forget_temporary(stage)
+    assert list(tmp_path.iterdir()) == []
