@@ -46,3 +46,26 @@ def test_prune_measures_with_the_printed_threads(cli):
                        "--json", "r.json")
     assert code == 0, out
     assert "1 thread (--threads)" in out.splitlines()
+
+
+def _options(command: str) -> set[str]:
+    import typer
+
+    from effkit.cli.common import app
+
+    group = typer.main.get_command(app)
+    return {opt for p in group.commands[command].params for opt in p.opts}
+
+
+TIMING = {"--threads", "--warmup", "--iterations", "--min-time"}
+
+
+@pytest.mark.parametrize("command", ["bench", "prune", "quantize", "distill", "compress"])
+def test_commands_that_measure_take_the_threads_and_timing_options(command):
+    """The README's Tour: these take --threads and the timing options."""
+    assert TIMING <= _options(command)
+
+
+def test_export_takes_no_timing_options_as_the_readme_says():
+    assert not TIMING & _options("export")
+    assert "--threads" in _options("compare")

@@ -34,6 +34,9 @@ def prune_command(
     round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep widths multiples of N (e.g. 8).",
                                                     min=1)] = None,
     iterative_steps: Annotated[int, typer.Option("--iterative-steps", help="Reach the ratio in N steps.", min=1)] = 1,
+    prune_heads: Annotated[bool, typer.Option(
+        "--prune-heads", help="Remove whole attention heads (the --ratio of them) instead of narrowing every head; "
+                              "nn.MultiheadAttention keeps its heads.")] = False,
     target_latency: Annotated[Optional[str], typer.Option(
         "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x.")] = None,
     target_macs: Annotated[Optional[str], typer.Option(
@@ -78,6 +81,7 @@ def prune_command(
     config = PruneConfig(
         unstructured=unstructured, ratio=parse_ratio(ratio, "--ratio"), scope=scope, importance=importance,
         ignore=tuple(ignore or ()), round_to=round_to, iterative_steps=iterative_steps,
+        prune_heads=prune_heads,
         target_latency=parse_factor(target_latency, "--target-latency") if target_latency else None,
         target_macs=parse_factor(target_macs, "--target-macs") if target_macs else None,
         sparsity=parse_ratio(sparsity, "--sparsity") if sparsity is not None else None, pattern=pattern,
