@@ -13,7 +13,7 @@ functions. tests/test_layers.py checks all of it against this table:
     pipeline: pipeline, pipeline_result, recipe
     passes: passes, structure
     judge: judge, outcome
-    benchmark: benchmark, comparison, size
+    benchmark: benchmark, comparison, size, generation
     save: save
     export: export
     load: load, load_hf, data
@@ -23,7 +23,7 @@ functions. tests/test_layers.py checks all of it against this table:
 base: errors and their exit codes, parsers, atomic files, the machine, the Model value, example
 inputs, ONNX files, output agreement metrics. runners: torch and ONNX Runtime behind one interface.
 load: every format into a Model. export: verified ONNX export (and the ONNX file a torch model runs
-on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size. judge: is a changed
+on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size, LLM generation. judge: is a changed
 model still good enough. passes: one config and one `run` each, found by config type. pipeline:
 compress's steps. verdicts: gates and A/B comparisons. outputs: OUTDIR and reports. cli: commands.
 """

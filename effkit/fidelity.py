@@ -54,10 +54,14 @@ def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequen
 
     cosine_min / cosine_mean: cosine similarity of each sample's flattened outputs;
     sqnr_db: 10*log10(signal power / error power) over everything;
-    max_abs_diff; top1_agreement for classifier-shaped first outputs ([batch, classes]).
+    max_abs_diff; top1_agreement for classifier-shaped first outputs ([batch, classes]); for language-model
+    logits ([batch, sequence, vocabulary]) token_agreement, the fraction of positions whose next-token
+    choice (argmax) is the original's, and kl_mean, the mean KL divergence of the original's next-token
+    distribution from the candidate's (nats per position).
     """
     cosines, signal, noise, max_diff = [], 0.0, 0.0, 0.0
     top1_same, top1_total = 0, 0
+    tokens_same, tokens_total, kl_sum = 0, 0, 0.0
     for i, (ref, cand) in enumerate(zip(reference, candidate)):
         check_finite(ref, "the original model")
         check_finite(cand, "the changed model")
@@ -76,6 +80,10 @@ def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequen
         if first_ref.ndim == 2 and first_ref.shape[1] > 1:
             top1_same += int(np.sum(first_ref.argmax(1) == first_cand.argmax(1)))
             top1_total += first_ref.shape[0]
+        if first_ref.ndim == 3 and first_ref.shape[2] > 1:
+            tokens_same += int(np.sum(first_ref.argmax(-1) == first_cand.argmax(-1)))
+            tokens_total += first_ref.shape[0] * first_ref.shape[1]
+            kl_sum += float(np.sum(_kl(first_ref, first_cand)))
     result = {
         "samples": len(cosines),
         "cosine_min": min(cosines) if cosines else None,
@@ -85,7 +93,22 @@ def compare_outputs(reference: Sequence[Sequence[np.ndarray]], candidate: Sequen
     }
     if top1_total:
         result["top1_agreement"] = top1_same / top1_total
+    if tokens_total:
+        result["token_agreement"] = tokens_same / tokens_total
+        result["kl_mean"] = kl_sum / tokens_total
     return result
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(reference || candidate) of the softmax distributions along the last axis, per position."""
+    p_log, q_log = _log_softmax(reference), _log_softmax(candidate)
+    return np.maximum(0.0, (np.exp(p_log) * (p_log - q_log)).sum(-1))
 
 
 def accuracy(runner, inputs: Sequence[np.ndarray], labels: np.ndarray, batch_size: int = 64) -> float:

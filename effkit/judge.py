@@ -17,14 +17,19 @@ from effkit.specs import Threshold, parse_threshold
 # tolerance metric -> key in effkit.fidelity.compare_outputs (accuracy comes from --eval data)
 METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "cosine_mean",
                      "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
-                     "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy"}
+                     "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy",
+                     # language models: next-token choices and distributions against the original's
+                     "agreement": "token_agreement", "token_agreement": "token_agreement", "kl": "kl_mean"}
+# metrics where lower is better
+LOWER_IS_BETTER = ("max_abs_diff", "kl")
 
 
 def check_tolerance(t: Threshold) -> None:
     """Raise UsageError unless `t` bounds a fidelity metric absolutely, or accuracy in any form."""
     if t.metric not in METRICS:
         raise UsageError(f"--tolerance {t.text!r}: unknown metric {t.metric!r}",
-                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1 or accuracy, e.g. cosine>=0.99")
+                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl or accuracy, "
+                         "e.g. cosine>=0.99")
     if t.metric != "accuracy" and t.kind != "absolute":
         raise UsageError(f"--tolerance {t.text!r}: {t.metric} takes an absolute bound",
                          f"e.g. {t.metric}>=0.99; only accuracy takes a change such as accuracy:-1pt")
@@ -54,7 +59,9 @@ def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dic
         else:
             value = fid.get(METRICS[t.metric])
             if value is None:
-                raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to classifiers ([batch, classes] outputs)",
+                applies = ("language models ([batch, sequence, vocabulary] logits)"
+                           if t.metric in ("agreement", "token_agreement", "kl") else "classifiers ([batch, classes] outputs)")
+                raise UsageError(f"--tolerance {t.text!r}: {t.metric} applies to {applies}",
                                  "use cosine or sqnr for this model")
             ok, got = t.holds(value), f"{value:.5g}"
         if not ok:
@@ -68,7 +75,7 @@ def score(t: Threshold, fid: dict, accuracy: dict | None) -> float:
         return accuracy["after"]
     value = fid[METRICS[t.metric]]
     value = 1e9 if value == math.inf else value
-    return -value if t.metric == "max_abs_diff" else value
+    return -value if t.metric in LOWER_IS_BETTER else value
 
 
 def parse_bar_tolerance(text: str) -> Threshold:
@@ -80,7 +87,7 @@ def parse_bar_tolerance(text: str) -> Threshold:
     if t.metric in METRICS and t.metric != "accuracy" and t.kind == "absolute":
         return t
     raise UsageError(f"tolerance {text!r} is not supported by compress",
-                     "use cosine>=X, sqnr>=DB, top1>=X, max_abs_diff<=X or accuracy:-Npt")
+                     "use cosine>=X, sqnr>=DB, top1>=X, agreement>=X, kl<=X, max_abs_diff<=X or accuracy:-Npt")
 
 
 def bar_violations(max_drop_pt: float | None, bounds: Sequence[Threshold], accuracy_before: float | None,

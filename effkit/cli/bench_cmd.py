@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from effkit.benchmark import bench
-from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt,
-                               MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt, check_outputs_free,
-                               command, console_for, load, progress_bar, resolve_threads,
-                               write_outputs)
+from effkit.benchmark import DEFAULT_WARMUP, bench
+from effkit.cli.common import (ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
+                               ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
+                               progress_bar, resolve_threads, write_outputs)
 from effkit.errors import UsageError
-from effkit.report.text import bench_markdown, bench_table
+from effkit.generation import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_generation
+from effkit.generation import DEFAULT_WARMUP as GENERATION_WARMUP
+from effkit.report.text import bench_markdown, bench_table, generation_markdown, generation_table
 
 
 def parse_runtimes(runtime: str, kind: str) -> list[str]:
@@ -34,9 +36,25 @@ def bench_command(
                           "(default: torch for torch models, onnxruntime for ONNX)")] = None,
     batch_size: Annotated[Optional[list[int]], typer.Option(
         "--batch-size", help="Batch size; repeat for a sweep (default: the example inputs' batch)", min=1)] = None,
+    generate: Annotated[bool, typer.Option(
+        "--generate", help="Time greedy text generation of a causal LM (hf:PATH) with its KV cache: time to first "
+                           "token, decode latency per token, prefill and decode tokens/s.")] = False,
+    prompt_len: Annotated[int, typer.Option(
+        "--prompt-len", help="With --generate: tokens in the (seeded random) prompt.")] = DEFAULT_PROMPT_LEN,
+    new_tokens: Annotated[int, typer.Option(
+        "--new-tokens", help="With --generate: tokens to generate after the prompt.")] = DEFAULT_NEW_TOKENS,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", help="With --generate: prompt text, tokenized with the folder's tokenizer.json "
+                         "(instead of --prompt-len random tokens).")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(
+        "--prompt-file", help="With --generate: read the prompt text from a file.")] = None,
     threads: ThreadsOpt = None,
-    warmup: WarmupOpt = 10,
-    iterations: IterationsOpt = None,
+    warmup: Annotated[Optional[int], typer.Option(
+        "--warmup", help=f"Untimed calls before timing (default {DEFAULT_WARMUP}; with --generate, "
+                         f"{GENERATION_WARMUP} generation).", min=0)] = None,
+    iterations: Annotated[Optional[int], typer.Option(
+        "--iterations", help="Timed calls per measurement, or with --generate timed generations (default: as "
+                             "many as fit in --min-time).", min=1)] = None,
     min_time: MinTimeOpt = 1.0,
     arch: ArchOpt = None,
     trust: TrustOpt = False,
@@ -47,8 +65,20 @@ def bench_command(
     force: ForceOpt = False,
     timeout: TimeoutOpt = None,
 ) -> None:
-    """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on."""
+    """Measure a model: latency percentiles and throughput, size, peak memory, and the machine it ran on.
+
+With --generate, a causal language model generates text greedily instead, and the runs hold decode \
+latency per token, with time to first token and tokens/s beside it.
+    """
     check_outputs_free([json, markdown], force)
+    if generate:
+        _bench_generate(model, runtime, batch_size, prompt_len, new_tokens, prompt, prompt_file, threads, warmup,
+                        iterations, min_time, trust, json, markdown, force)
+        return
+    given = [name for name, value in (("--prompt", prompt), ("--prompt-file", prompt_file)) if value is not None]
+    if given:
+        raise UsageError(f"{given[0]} applies to generation", "add --generate")
+    warmup = DEFAULT_WARMUP if warmup is None else warmup
     loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
     check_outputs_free([json, markdown], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
@@ -61,3 +91,42 @@ def bench_command(
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force)
+
+
+def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("--prompt and --prompt-file both give a prompt", "pass one of them")
+    if prompt_file is None:
+        return prompt
+    try:
+        return prompt_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read --prompt-file {prompt_file}: {getattr(e, 'strerror', None) or e}",
+                         "pass a UTF-8 text file") from e
+
+
+def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, prompt, prompt_file, threads, warmup,
+                    iterations, min_time, trust, json, markdown, force) -> None:
+    """`bench --generate`: every refusal (not a causal LM, no tokens, too long, no tokenizer, too big for
+    memory) comes before the model loads."""
+    if runtime not in (None, "torch"):
+        raise UsageError(f"--generate runs on torch, not {runtime}", "drop --runtime")
+    path = Path(model[3:] if model.startswith("hf:") else model)
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--generate needs a Hugging Face causal LM folder, and {model} is not one",
+                         "pass hf:PATH to a folder with config.json")
+    text = _prompt_text(prompt, prompt_file)
+    batch_sizes = batch_size or [1]
+    check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text)
+    loaded = load(model, None, trust, None, None, console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
+    with progress_bar() as progress:
+        result = bench_generation(loaded, prompt=text, prompt_len=prompt_len, new_tokens=new_tokens,
+                                  batch_sizes=batch_sizes, threads=threads,
+                                  warmup=GENERATION_WARMUP if warmup is None else warmup, iterations=iterations,
+                                  min_time=min_time, progress=progress)
+    console = console_for(json)
+    console.print(generation_table(result))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    write_outputs(json, result.to_json, markdown, lambda: generation_markdown(result), force)

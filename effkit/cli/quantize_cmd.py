@@ -16,7 +16,8 @@ from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
 from effkit.judge import parse_tolerance
 from effkit.outcome import measure_before_after, speed_verdict
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE, QuantizeConfig, quantize
+from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
+                                    quantize)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_with_onnx
 from effkit.util import quiet_torch
@@ -29,8 +30,17 @@ def quantize_command(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
                                "torch), or OUT without suffix (the suffix of the backend chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, and static when "
-                         "--calib is given).")] = "auto",
+        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, static when "
+                         "--calib is given, and weight-only int4/int8 for causal language models).")] = "auto",
+    bits: Annotated[Optional[int], typer.Option(
+        "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; 8 also torch); "
+                       "default: int8 per channel. With --method auto on a causal LM, 4 and 8 are both "
+                       "candidates.")] = None,
+    group_size: Annotated[int, typer.Option(
+        "--group-size", help="With --bits: weights per scale along the input axis (a power of two >= 16).")]
+    = DEFAULT_GROUP_SIZE,
+    weight_algorithm: Annotated[str, typer.Option(
+        "--weight-algorithm", help="With --bits 4: rtn (round to nearest) or hqq (half-quadratic fit).")] = "rtn",
     backend: Annotated[str, typer.Option(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
@@ -51,7 +61,8 @@ def quantize_command(
         "--exclude", help="Keep layers in float: a layer or node name, or a glob ('encoder.0.*'); repeatable.")]
     = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
-        "--tolerance", help=f"Quality bar, e.g. cosine>=0.99, sqnr>=20, accuracy:-1pt (needs --eval); repeatable "
+        "--tolerance", help=f"Quality bar, e.g. cosine>=0.99, sqnr>=20, accuracy:-1pt (needs --eval), for language "
+                            f"models agreement>=0.95 (next-token top-1) or kl<=0.05; repeatable "
                             f"(default: {DEFAULT_TOLERANCE}). Missed: sensitive layers are kept in float until "
                             f"it passes, else exit 1.")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
@@ -84,7 +95,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
-        allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix)
+        allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
+        group_size=group_size, weight_algorithm=weight_algorithm)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)

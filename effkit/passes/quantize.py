@@ -41,6 +41,9 @@ INT8_TYPES = ("u8", "s8")
 OUTPUT_FORMATS = (".onnx", ".ts")
 DEFAULT_TOLERANCE = "cosine>=0.99"
 DEFAULT_CALIB_SAMPLES = 128
+WEIGHT_BITS = (4, 8)
+WEIGHT_ALGORITHMS = ("rtn", "hqq")
+DEFAULT_GROUP_SIZE = 128
 DEFAULT_CANDIDATE_TIME = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
 
 
@@ -64,8 +67,24 @@ class QuantizeConfig:
     random_calibration: bool = False
     output_format: str | None = None
     fidelity_samples: int = 8
+    bits: int | None = None  # weight-only: 4 or 8-bit blockwise weights (MatMulNBits); None: int8 per channel
+    group_size: int = DEFAULT_GROUP_SIZE  # weights per scale along the input axis, with `bits`
+    weight_algorithm: str = "rtn"  # how `bits` weights are rounded: rtn (round to nearest) or hqq
 
     def __post_init__(self) -> None:
+        if self.bits is not None:
+            if self.bits not in WEIGHT_BITS:
+                raise UsageError(f"--bits {self.bits} is not supported", "use --bits 4 or --bits 8")
+            if self.method not in ("auto", "weight-only"):
+                raise UsageError(f"--bits applies to weight-only quantization, not --method {self.method}",
+                                 "use --method weight-only")
+        if self.group_size < 16 or self.group_size & (self.group_size - 1):
+            raise UsageError(f"--group-size {self.group_size} is not a power of two of at least 16",
+                             "e.g. --group-size 32 or 128")
+        _choice("--weight-algorithm", self.weight_algorithm, WEIGHT_ALGORITHMS)
+        if self.weight_algorithm == "hqq" and self.bits == 8:
+            raise UsageError("HQQ writes 4-bit weights only (ONNX Runtime's CPU kernel takes no 8-bit HQQ)",
+                             "use --bits 4, or --weight-algorithm rtn")
         _choice("--method", self.method, METHODS)
         _choice("--backend", self.backend, BACKENDS)
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
@@ -322,8 +341,8 @@ def _tightened(bound, attempt: int) -> str:
         return bound.text
     if bound.metric == "sqnr":
         return f"sqnr>={bound.value + 6 * attempt:g}"
-    if bound.metric == "max_abs_diff":
-        return f"max_abs_diff<={bound.value / 2 ** attempt:.3g}"
+    if bound.metric in ("max_abs_diff", "kl"):
+        return f"{bound.metric}<={bound.value / 2 ** attempt:.3g}"
     return f"{bound.metric}>={1 - (1 - bound.value) / 2 ** attempt:.6g}"
 
 

@@ -86,6 +86,10 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     """Every (backend, method) pair that applies to this model, config and calibration data."""
     cfg, model = ctx.config, ctx.model
     methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static"] if ctx.calib_batches else [])
+    bits: list[int | None] = [cfg.bits]
+    if cfg.method == "auto" and (model.meta.get("causal_lm") or cfg.bits is not None):
+        methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
+        bits = [cfg.bits] if cfg.bits is not None else [4, 8]
     backends = ["onnxruntime", "torch"] if cfg.backend == "auto" else [cfg.backend]
     if cfg.output_format:
         backends = [b for b in backends if SUFFIX_OF[b] == cfg.output_format]
@@ -98,10 +102,38 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     out = []
     for backend in backends:
         for method in methods:
+            if method == "weight-only" and bits != [None]:
+                out += [_ort_nbits_candidate(ctx, b) if backend == "onnxruntime" else _torch_nbits_candidate(ctx, b)
+                        for b in bits]
+                continue
             for per_channel in _per_channel_choices(cfg, method):
                 out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
                            else _torch_candidate(ctx, method, per_channel))
     return out
+
+
+def _ort_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
+    """4 or 8-bit blockwise weights on ONNX Runtime's MatMulNBits."""
+    cfg = ctx.config
+    algorithm = "rtn" if bits == 8 else cfg.weight_algorithm
+    label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
+    build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
+        ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex))
+    candidate = Candidate("onnxruntime", "weight-only", label, [], build)
+    try:
+        candidate.layers = [layer for layer in quantize_ort.layers(ctx.onnx_path()) if layer["op"] in ("MatMul", "Gemm")]
+    except Exception as e:
+        candidate.error = first_line(e)
+    return candidate
+
+
+def _torch_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
+    """torch's own int8 weight-only path serves --bits 8; 4-bit weights on torch need torchao."""
+    if bits == 8:
+        return _torch_candidate(ctx, "weight-only", True)
+    candidate = Candidate("torch", "weight-only", "torch weight-only int4", [], lambda ex, p: None)
+    candidate.error = "4-bit weights on torch need torchao, which effkit does not drive yet (use the ONNX Runtime path)"
+    return candidate
 
 
 def _per_channel_choices(cfg, method: str) -> list[bool]:

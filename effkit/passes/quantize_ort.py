@@ -266,6 +266,33 @@ def quantize_static(onnx_path: Path, batches: list[tuple], *, per_channel: bool,
     return out
 
 
+def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str]) -> Path:
+    """4 or 8-bit weights in blocks of `group_size` along the input axis, run by ONNX Runtime's MatMulNBits
+    kernel (int8 arithmetic on the activations, accuracy level 4). `algorithm`: "rtn" rounds each block to
+    its nearest levels (symmetric); "hqq" fits scales and zero points half-quadratically (4-bit only).
+    Only MatMul with a constant weight is quantized, so Gemm is rewritten as MatMul first (GPT-2's Conv1D,
+    every Linear with a bias exports as Gemm)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+
+    proto = onnx.load(str(onnx_path))
+    _gemm_to_matmul(proto)
+    if algorithm == "hqq":
+        config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
+    else:
+        config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, bits=bits, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=group_size, nodes_to_exclude=list(exclude),
+                                     algo_config=config)
+    with quiet_ort():
+        quantizer.process()
+    if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
+        raise StepFailed("no MatMul with a constant weight to quantize (MatMulNBits takes MatMul only)")
+    out = _new_path(f"int{bits}_weight_only.onnx")
+    onnx.save_model(quantizer.model.model, str(out))
+    return out
+
+
 def quantize_weight_only(onnx_path: Path, *, per_channel: bool, exclude: Sequence[str]) -> Path:
     """int8 weights stored with a DequantizeLinear in front of each weighted node; compute stays in
     float. ORT does not constant-fold DequantizeLinear, so the file (and memory) keeps int8 weights."""

@@ -79,6 +79,55 @@ def bench_markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- generation
+
+_GENERATION_HEADER = ["runtime", "batch", "TTFT ms", "ms/tok p50", "p90", "p99", "prefill tok/s",
+                      "decode tok/s", "peak RSS"]
+
+
+def _generation_rows(result) -> list[list[str]]:
+    rows = []
+    for r in result.runs:
+        g = r["generation"]
+        decode = g["decode_ms_per_token"]
+        rows.append([r["runtime"], str(r["batch_size"]), _num(g["time_to_first_token_ms"]["median"]),
+                     _num(decode["p50"]), _num(decode["p90"]), _num(decode["p99"]),
+                     f"{g['prefill_tokens_per_s']:,.0f}",
+                     f"{g['decode_tokens_per_s']:,.1f}" if g["decode_tokens_per_s"] else "-",
+                     fmt_bytes(r["peak_rss_bytes"], digits=0)])
+    return rows
+
+
+def _generation_caption(result) -> str:
+    g, s = result.extra["generation"], result.size
+    threads = ", ".join(sorted({str(r["threads"]) for r in result.runs}))
+    return (f"{g['loop']}; prompt {g['prompt']}, {g['new_tokens']} new tokens; {threads} threads; "
+            f"{fmt_count(s['parameters'])} parameters, {fmt_bytes(s['bytes_on_disk'])} on disk")
+
+
+def generation_table(result) -> Table:
+    """Time to first token, decode latency per token and tokens/s per batch size."""
+    table = Table(title=f"effkit bench --generate: {result.model['source']}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, caption=_generation_caption(result), caption_justify="left")
+    for h in _GENERATION_HEADER:
+        table.add_column(h, justify="left" if h == "runtime" else "right", no_wrap=True)
+    for row in _generation_rows(result):
+        table.add_row(*row)
+    return table
+
+
+def generation_markdown(result) -> str:
+    lines = [f"### effkit bench --generate: `{result.model['source']}`", "",
+             "| " + " | ".join(_GENERATION_HEADER) + " |", "|" + "---|" * len(_GENERATION_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in _generation_rows(result)]
+    lines += ["", _generation_caption(result) + "."]
+    lines += [f"- warning: {w}" for w in result.warnings]
+    env = result.environment
+    lines += ["", f"<sub>{env['cpu']['model']}, {env['cores']} cores, torch {env['versions']['torch']}, "
+              f"{env['time']}</sub>"]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- before / after
 
 def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
