@@ -118,7 +118,7 @@ def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, pro
     text = _prompt_text(prompt, prompt_file)
     batch_sizes = batch_size or [1]
     check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text)
-    loaded = load(model, None, trust, None, None, console=console_for(json))
+    loaded = load(model, None, trust, None, None, console=console_for(json), show_inputs=False)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
         result = bench_generation(loaded, prompt=text, prompt_len=prompt_len, new_tokens=new_tokens,

@@ -88,12 +88,13 @@ def console_for(json_path: str | None) -> Console:
 
 
 def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
-         data: tuple[str | None, ...] = (), console: Console | None = None):
+         data: tuple[str | None, ...] = (), console: Console | None = None, show_inputs: bool = True):
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
 
     `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
     one given supplies example inputs when neither --inputs, --input-shape nor the model does.
-    The inputs used are printed on `console` (default: stdout), with the command's other output.
+    The inputs used are printed on `console` (default: stdout), with the command's other output,
+    unless `show_inputs` is False (bench --generate feeds a prompt instead, and says so).
     """
     from rich.markup import escape
 
@@ -102,8 +103,9 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     with err.status(f"loading {model}", spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
                             check=False)
-        (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
-                               markup=False, highlight=False, soft_wrap=True)
+        if show_inputs:
+            (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
+                                   markup=False, highlight=False, soft_wrap=True)
         outputs = check_runs(loaded)
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")
