@@ -2,15 +2,20 @@
 
 A DATA spec is:
 - `file.npz`: arrays by name. Labels under `labels`, `label`, `y` or `targets`; the inputs are the
-  arrays named like the model's inputs, else every other array in file order.
+  arrays named like the model's inputs, else every other array in file order. Members saved with
+  `np.savez` are read in place as batches need them; `np.savez_compressed` members are read whole, one at a time.
+- `file.npy`: one array of inputs, read as batches need them (no labels).
 - `file.pt` / `file.pth`: a tensor, a tuple/list `(inputs, labels)`, or a dict as for .npz
-  (read with weights-only loading: no code runs).
+  (read with weights-only loading: no code runs; memory-mapped where the file allows).
 - a folder of `.npy` files: one sample per file, sorted by name; `labels.npy` holds the labels.
-- `path/to/file.py:factory` or `package.module:factory`: returns a Dataset, DataLoader or any
-  iterable of inputs or `(inputs, labels)` pairs.
+- a folder of images (JPEG, PNG, ...): labelled by sub-folder name, or unlabelled; decoded with
+  Pillow as batches need them and preprocessed as `ImagePreprocess` says (effkit.data_images).
+- `path/to/file.py:factory` or `package.module:factory`: returns a map-style Dataset (items read
+  when a batch needs them), or an IterableDataset, DataLoader or any iterable of inputs or
+  `(inputs, labels)` pairs, streamed once, batch by batch, into a cache file in effkit's work folder.
 
-Data is loaded into memory as numpy arrays: fine for calibration and for the small data sets
-effkit distills on; stream-friendly loading is future work.
+Inputs are `Samples` (effkit.samples) or numpy arrays: rows are read when a batch needs them, so
+memory holds a batch, not the data set; labels (one integer per sample) are held in memory.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ import numpy as np
 from effkit.errors import InputError, UsageError, first_line
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
-from effkit.limits import check_fits_in_memory, npy_header_bytes, npz_bytes, zip_declared_bytes
+from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
+from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
 from effkit.runners import native_runner
+from effkit.samples import Samples, npy_file, npz_members, spill, subset
 
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
 
@@ -57,7 +64,8 @@ class Data:
         """The first `n` samples (all when n is None)."""
         if n is None or n >= len(self):
             return self
-        return Data(tuple(a[:n] for a in self.inputs), None if self.labels is None else self.labels[:n], self.source)
+        return Data(tuple(subset(a, np.arange(n)) for a in self.inputs), None if self.labels is None else self.labels[:n],
+                    self.source)
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Data, Data]:
         """A seeded random split into (train, validation)."""
@@ -65,13 +73,13 @@ class Data:
         n_val = max(1, int(round(len(self) * fraction)))
         if n_val >= len(self):
             raise InputError(f"{self.source} has too few samples ({len(self)}) to split off validation data")
-        val, train = order[:n_val], order[n_val:]
-        pick = lambda idx: Data(tuple(a[idx] for a in self.inputs),  # noqa: E731
+        val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+        pick = lambda idx: Data(tuple(subset(a, idx) for a in self.inputs),  # noqa: E731
                                 None if self.labels is None else self.labels[idx], self.source)
         return pick(train), pick(val)
 
     def batches(self, batch_size: int):
-        """Consecutive batches of (inputs tuple, labels or None)."""
+        """Consecutive batches of (inputs tuple, labels or None), each read when it is reached."""
         for start in range(0, len(self), batch_size):
             yield (tuple(a[start:start + batch_size] for a in self.inputs),
                    None if self.labels is None else self.labels[start:start + batch_size])
@@ -109,7 +117,8 @@ def _split_arrays(arrays: dict[str, np.ndarray], input_names: list[str] | None, 
     return Data(tuple(_as_input(a) for a in inputs), _as_labels(labels, source), source)
 
 
-def _as_input(a: np.ndarray) -> np.ndarray:
+def _as_input(a):
+    """float64 becomes float32 (lazily for Samples, which stay on disk)."""
     return a.astype(np.float32) if a.dtype == np.float64 else a
 
 
@@ -133,78 +142,108 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _from_iterable(items: Any, source: str, limit: int | None) -> Data:
-    """Materialize a Dataset, DataLoader or iterable of inputs / (inputs, labels)."""
+    """A map-style Dataset (len and indexing) is read lazily, item by item; anything else (an
+    IterableDataset, a DataLoader, a generator) is streamed once into a cache file."""
     import torch
 
-    inputs: list[list[np.ndarray]] = []
-    labels: list[np.ndarray] = []
-    batched = isinstance(items, torch.utils.data.DataLoader)
-    count = 0
-    iterator = (items[i] for i in range(len(items))) if isinstance(items, torch.utils.data.Dataset) and hasattr(items, "__len__") else iter(items)
-    for item in iterator:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            x, y = item
-            labels.append(np.atleast_1d(_to_numpy(y)) if batched else np.asarray([_to_numpy(y)]).reshape(1))
-        else:
-            x = item
-        xs = x if isinstance(x, (tuple, list)) else (x,)
-        arrays = [_to_numpy(a) if batched else _to_numpy(a)[None] for a in xs]
-        inputs.append(arrays)
-        count += len(arrays[0])
-        if limit is not None and count >= limit:
-            break
-    if not inputs:
+    if isinstance(items, torch.utils.data.Dataset) and not isinstance(items, torch.utils.data.IterableDataset) \
+            and hasattr(items, "__len__"):
+        return _from_dataset(items, source, limit)
+    inputs, labels = spill(items, source, limit)
+    return Data(tuple(inputs), _as_labels(labels, source), source)
+
+
+def _from_dataset(dataset: Any, source: str, limit: int | None) -> Data:
+    """Samples that call `dataset[i]` for the rows a batch needs; labels are read up front only when
+    the items carry them (one integer each)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
         raise InputError(f"{source} yielded no samples")
-    stacked = tuple(np.concatenate([s[i] for s in inputs]) for i in range(len(inputs[0])))
-    label_array = np.concatenate(labels) if labels and len(labels) == len(inputs) else None
-    return Data(tuple(_as_input(a) for a in stacked), _as_labels(label_array, source), source).take(limit)
+    first = dataset[0]
+    paired = isinstance(first, (tuple, list)) and len(first) == 2
+    x0 = first[0] if paired else first
+    several = isinstance(x0, (tuple, list))
+    firsts = [_to_numpy(a) for a in (x0 if several else (x0,))]
+
+    def read(i: int, k: np.ndarray) -> np.ndarray:
+        rows = []
+        for j in k:
+            item = dataset[int(j)]
+            x = item[0] if paired else item
+            rows.append(_to_numpy(x[i] if several else x))
+        return np.stack(rows)
+
+    inputs = tuple(_as_input(Samples(n, a.shape, a.dtype, lambda k, i=i: read(i, k))) for i, a in enumerate(firsts))
+    labels = None
+    if paired:  # labels are small: one pass over the items (the inputs are dropped as read)
+        labels = np.array([np.asarray(_to_numpy(dataset[i][1])).reshape(()) for i in range(n)])
+    return Data(inputs, _as_labels(labels, source), source)
 
 
 def _check_fits(path: Path, nbytes: int) -> None:
     check_fits_in_memory(nbytes, f"reading {path}", "use fewer or smaller samples")
 
 
-def _npy_file_bytes(path: Path) -> int:
-    """What a .npy file's header declares (np.load allocates that much before reading)."""
-    try:
-        with open(path, "rb") as fp:
-            return npy_header_bytes(fp)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable .npy file: {first_line(e, 200)}") from e
+def _npy_folder(path: Path, spec: str, limit: int | None) -> Data:
+    """One sample per .npy file, read when a batch needs it; the first file sets the shape."""
+    files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")
+    if not files:
+        raise InputError(f"{path} holds no images or .npy files",
+                         "put images in it (one sub-folder per class), or one sample per .npy file with labels.npy")
+    files = files[:limit] if limit is not None else files
+    first = np.load(files[0], allow_pickle=False, mmap_mode="r")
+    for f in files[1:]:  # headers only: a sample of another shape is found before any work starts
+        shape = np.load(f, allow_pickle=False, mmap_mode="r").shape
+        if shape != first.shape:
+            raise InputError(f"{path}: the .npy files do not stack into one array: {f.name} holds shape "
+                             f"{list(shape)}, {files[0].name} {list(first.shape)}", "give every sample the same shape")
+
+    def read(k: np.ndarray) -> np.ndarray:
+        rows = []
+        for j in k:
+            a = np.load(files[int(j)], allow_pickle=False)
+            if a.shape != first.shape:
+                raise InputError(f"{files[int(j)]} holds shape {list(a.shape)}, {files[0].name} {list(first.shape)}",
+                                 "give every sample the same shape")
+            rows.append(a)
+        return np.stack(rows)
+
+    labels = np.load(path / "labels.npy", allow_pickle=False)[: len(files)] if (path / "labels.npy").exists() else None
+    return Data((_as_input(Samples(len(files), first.shape, first.dtype, read)),), _as_labels(labels, spec), spec)
 
 
-def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None) -> Data:
-    """Load a DATA spec (see the module docstring) as in-memory arrays; at most `limit` samples."""
+def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None,
+              images: ImagePreprocess | None = None) -> Data:
+    """Load a DATA spec (see the module docstring), read lazily; at most `limit` samples. `images` says
+    how a folder of images is preprocessed (default: the files' own size, scaled to [0, 1])."""
     path = Path(spec)
     if path.is_dir() or path.is_file():
         mark_read(path)
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.npy") if p.name != "labels.npy")
-        if not files:
-            raise InputError(f"{path} holds no .npy files", "put one sample per .npy file, labels in labels.npy")
-        if limit is not None:
-            files = files[:limit]
-        _check_fits(path, 2 * sum(_npy_file_bytes(f) for f in files))  # the files, then np.stack's copy
-        try:
-            x = np.stack([np.load(f, allow_pickle=False) for f in files])
-            labels = np.load(path / "labels.npy", allow_pickle=False)[: len(files)] if (path / "labels.npy").exists() else None
-        except ValueError as e:
-            raise InputError(f"{path}: the .npy files do not stack into one array: {e}") from e
-        return Data((_as_input(x),), _as_labels(labels, spec), spec)
+        if is_image_folder(path):
+            samples, labels = image_samples(path, images or ImagePreprocess(), limit)
+            return Data((samples,), labels, spec)
+        return _npy_folder(path, spec, limit)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":
             try:
-                declared = npz_bytes(path)
+                # compressed members are read whole (stored ones row by row, as batches need them)
+                _check_fits(path, npz_bytes(path, compressed_only=True))
+                arrays = npz_members(path)
+            except InputError:
+                raise
             except Exception as e:
-                raise InputError(f"{path} is not a readable .npz file: {e}") from e
-            _check_fits(path, declared)
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-            except Exception as e:
-                raise InputError(f"{path} is not a readable .npz file: {e}") from e
+                raise InputError(f"{path} is not a readable .npz file: {first_line(e, 200)}") from e
             return _split_arrays(arrays, input_names, spec).take(limit)
+        if suffix == ".npy":
+            try:
+                array = npy_file(path)
+            except InputError:
+                raise
+            except Exception as e:
+                raise InputError(f"{path} is not a readable .npy file: {first_line(e, 200)}") from e
+            return Data((_as_input(array),), None, spec).take(limit)
         if suffix in (".pt", ".pth"):
             import torch
 
@@ -215,7 +254,10 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
                     raise InputError(f"{path} is not a readable tensor file: {first_line(e, 200)}") from e
                 _check_fits(path, declared)
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                try:  # memory-mapped: tensors stay on disk until read (files torch.save wrote since 1.6)
+                    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError:  # the legacy format cannot be mapped
+                    obj = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
                 raise InputError(f"{path} is not a readable tensor file (weights-only loading): {first_line(e, 200)}") from e
             if isinstance(obj, dict):
@@ -223,7 +265,7 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
             if isinstance(obj, (tuple, list)) and len(obj) == 2:
                 return Data((_as_input(_to_numpy(obj[0])),), _as_labels(_to_numpy(obj[1]), spec), spec).take(limit)
             return Data((_as_input(_to_numpy(obj)),), None, spec).take(limit)
-        raise UsageError(f"unknown data format: {path.name}", "use .npz, .pt, a folder of .npy files, or module:factory")
+        raise UsageError(f"unknown data format: {path.name}", "use .npz, .npy, .pt, a folder of .npy files, or module:factory")
     if is_factory_spec(spec):
         func = resolve_factory(spec)
         try:

@@ -17,8 +17,8 @@ import numpy as np
 
 from effkit import __version__
 
-# The flags that decide int8 speed on x86 (and the Arm ones that do on Arm).
-INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+# The flags that decide int8 (and bf16) speed on x86, and the Arm ones that do on Arm.
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
               "asimddp", "i8mm", "sve")
 
 

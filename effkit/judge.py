@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from effkit.errors import UsageError
 from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
 from effkit.specs import Threshold, parse_threshold
@@ -142,3 +144,27 @@ class Judge:
         if self.eval_data is None:
             return None
         return {"before": self.accuracy_before, "after": self.accuracy(runner)}
+
+
+def input_kind(model) -> str | None:
+    """"images" or "text" when the model's inputs look like them (a float NCHW batch with 1-4 channels;
+    integer token ids), else None: what random inputs misrepresent most."""
+    arrays = model.example_inputs
+    if any(np.issubdtype(a.dtype, np.integer) and a.ndim == 2 for a in arrays) or \
+            any(n in ("input_ids", "token_ids", "tokens") for n in model.input_names):
+        return "text"
+    if any(np.issubdtype(a.dtype, np.floating) and a.ndim == 4 and a.shape[1] in (1, 3, 4) for a in arrays):
+        return "images"
+    return None
+
+
+def random_inputs_warning(model, calib, eval_data) -> str | None:
+    """The warning for a model of images or text judged (and calibrated) with no real data, else None."""
+    kind = input_kind(model)
+    if calib is not None or eval_data is not None or kind is None:
+        return None
+    how = ("a folder of images (--calib photos/ --image-size 224) or an .npz of preprocessed arrays"
+           if kind == "images" else "an .npz of real token ids (input_ids, attention_mask, ...)")
+    return (f"no real data was given, so this model of {kind} is calibrated and judged on random inputs, which "
+            f"are not representative of {kind}: a verdict on them says little about real inputs; pass --calib "
+            f"DATA and --eval DATA with real samples: {how}")

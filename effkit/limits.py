@@ -81,8 +81,9 @@ def npy_header_bytes(fp) -> int:
     return array_bytes(shape, dtype)
 
 
-def npz_bytes(path: str | Path) -> int:
-    """Bytes `np.load` would allocate for every array of an .npz file, read from what it declares.
+def npz_bytes(path: str | Path, compressed_only: bool = False) -> int:
+    """Bytes `np.load` would allocate for every array of an .npz file, read from what it declares
+    (with `compressed_only`, for its compressed members only: stored ones can be read in place).
 
     Each member counts with the larger of its declared uncompressed size and the size its .npy
     header declares: nothing is decompressed beyond the headers. A member whose declared size lies
@@ -91,6 +92,8 @@ def npz_bytes(path: str | Path) -> int:
     total = 0
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
+            if compressed_only and info.compress_type == zipfile.ZIP_STORED:
+                continue
             declared = info.file_size
             if info.filename.endswith(".npy"):
                 with archive.open(info) as member:

@@ -39,10 +39,11 @@ _WORKDIR: tempfile.TemporaryDirectory | None = None
 
 
 def workdir() -> Path:
-    """A private temporary folder for intermediate artifacts, removed at exit."""
+    """A private temporary folder for intermediate artifacts, removed at exit (and by
+    `effkit.files.remove_temporaries`; a folder removed that way is made again when asked for)."""
     global _WORKDIR
-    if _WORKDIR is None:
-        _WORKDIR = tempfile.TemporaryDirectory(prefix="effkit-")
+    if _WORKDIR is None or not Path(_WORKDIR.name).is_dir():
+        _WORKDIR = tempfile.TemporaryDirectory(prefix="effkit-", ignore_cleanup_errors=True)
         atexit.register(_WORKDIR.cleanup)
         track_temporary(_WORKDIR.name)
     return Path(_WORKDIR.name)

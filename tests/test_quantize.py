@@ -361,7 +361,7 @@ def test_bad_options_are_usage_errors(cli):
                            "(TorchScript, torch), or give no suffix)")
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "fast", *OPTS)
     assert code == 2
-    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, weight-only)"
+    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, smoothquant, weight-only)"
 
 
 def test_dynamic_measures_per_tensor_too_unless_the_user_chose():

@@ -12,11 +12,12 @@ from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, 
                                check_outputs_free, command, console_for, err, load, progress_bar,
                                resolve_threads, write_outputs)
 from effkit.data import load_data
+from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import StepFailed, UsageError
-from effkit.judge import parse_tolerance
+from effkit.judge import parse_tolerance, random_inputs_warning
 from effkit.outcome import measure_before_after, speed_verdict
-from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
+from effkit.passes.quantize import (CALIBRATED, DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
                                     quantize)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.save import save_with_onnx
@@ -30,8 +31,12 @@ def quantize_command(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
                                "torch), or OUT without suffix (the suffix of the backend chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), weight-only, or auto (dynamic, static when "
-                         "--calib is given, and weight-only int4/int8 for causal language models).")] = "auto",
+        "--method", help="dynamic, static (needs --calib), smoothquant (needs --calib: outlier channels' scale "
+                         "moved into the weights, for transformers), weight-only, or auto (dynamic; static and "
+                         "smoothquant when --calib is given; weight-only int4/int8 for causal language models).")] = "auto",
+    alpha: Annotated[Optional[float], typer.Option(
+        "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
+                        "calibration data).")] = None,
     bits: Annotated[Optional[int], typer.Option(
         "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; 8 also torch); "
                        "default: int8 per channel. With --method auto on a causal LM, 4 and 8 are both "
@@ -45,7 +50,7 @@ def quantize_command(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
     calib: Annotated[Optional[str], typer.Option(
-        "--calib", help="Calibration data for static int8: .npz, .pt, a folder of .npy, or module:factory "
+        "--calib", help="Calibration data for static int8: .npz, .npy, .pt, a folder of .npy or of images, or module:factory "
                         "(Dataset, DataLoader, iterable); 'random' calibrates on random inputs (warned).")] = None,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration samples to use.", min=1)]
     = DEFAULT_CALIB_SAMPLES,
@@ -70,6 +75,20 @@ def quantize_command(
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
                                 "paired timing's 95% interval above +5%).")] = False,
+    image_size: Annotated[Optional[str], typer.Option(
+        "--image-size", help="For a folder of images: the crop, HxW or one number (default: the images' own size).")]
+    = None,
+    resize: Annotated[Optional[int], typer.Option(
+        "--resize", help="For a folder of images: the shorter side before the crop (default: the crop's larger side).",
+        min=1)] = None,
+    mean: Annotated[Optional[str], typer.Option(
+        "--mean", help="For a folder of images: per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406.")]
+    = None,
+    std: Annotated[Optional[str], typer.Option(
+        "--std", help="For a folder of images: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    initializer_inputs: Annotated[bool, typer.Option(
+        "--initializer-inputs", help="List the int8 model's weights as graph inputs too, as IR 3 (old converter) "
+                                     "graphs did; effkit takes them off the inputs to calibrate.")] = False,
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -96,7 +115,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
         exclude=tuple(exclude or ()), tolerance=tuple(parse_tolerance(t) for t in tolerance or ()),
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
-        group_size=group_size, weight_algorithm=weight_algorithm)
+        group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs,
+        alpha=alpha)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)
@@ -110,12 +130,18 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
         err.print(f"[yellow]warning:[/] {outlook}")
-    calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples)
-    labelled = None if eval_data is None else load_data(eval_data, loaded.input_names)
+    images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
+                             mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3))
+    calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples,
+                                                                  images=images)
+    labelled = None if eval_data is None else load_data(eval_data, loaded.input_names, images=images)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
     check_outputs_free([output if suffix else None, json, markdown, export_onnx], force)  # against every file read
 
+    unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
+    if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
+        err.print(f"[yellow]warning:[/] {unrepresentative}")
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,
                           candidate_time=min_time / 2, candidate_iterations=iterations)

@@ -392,15 +392,15 @@ def _recover(model, module, config: PruneConfig, data, progress):
     torch.manual_seed(config.seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     labels = torch.from_numpy(data.labels)
-    inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in data.inputs]
     module.train()
     steps = config.finetune_epochs * -(-len(data) // config.batch_size)
     done = 0
     for _ in range(config.finetune_epochs):
         for idx in torch.randperm(len(data)).split(config.batch_size):
             optimizer.zero_grad()
-            out = module(*(a[idx] for a in inputs))
-            torch.nn.functional.cross_entropy(out.reshape(out.shape[0], -1), labels[idx]).backward()
+            rows = np.sort(idx.numpy())  # read only this batch's rows (the data may stream from disk)
+            out = module(*(torch.from_numpy(np.ascontiguousarray(a[rows])) for a in data.inputs))
+            torch.nn.functional.cross_entropy(out.reshape(out.shape[0], -1), labels[rows]).backward()
             optimizer.step()
             _apply_masks(module, masks)
             done += 1

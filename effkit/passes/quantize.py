@@ -25,16 +25,18 @@ from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.export import make_runner
 from effkit.fidelity import held_out_inputs
 from effkit.inputs import batched
-from effkit.judge import Judge, check_tolerance, score, tolerance_failures
+from effkit.judge import Judge, check_tolerance, score, tolerance_failures, random_inputs_warning
 from effkit.passes import PassContext, PassResult
-from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for
+from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, ort_model, candidates_for
+from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
 from effkit.specs import Threshold, parse_threshold
 from effkit.util import quiet_torch
 
-METHODS = ("auto", "dynamic", "static", "weight-only")
+METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
+CALIBRATED = ("static", "smoothquant")  # the methods that need calibration data
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
@@ -49,7 +51,8 @@ DEFAULT_CANDIDATE_TIME = 0.5  # seconds of timed calls per candidate (split over
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """How to quantize. `method="auto"` tries dynamic, and static when calibration data is given;
+    """How to quantize. `method="auto"` tries dynamic, and static and SmoothQuant when calibration data
+    is given; `alpha` is SmoothQuant's migration strength (None: searched per LayerNorm);
     `backend="auto"` tries ONNX Runtime and (for torch models) torch. `tolerance` defaults to
     cosine>=0.99 on held-out inputs. `output_format` (".onnx" or ".ts") limits the candidates to
     those that produce it."""
@@ -70,6 +73,8 @@ class QuantizeConfig:
     bits: int | None = None  # weight-only: 4 or 8-bit blockwise weights (MatMulNBits); None: int8 per channel
     group_size: int = DEFAULT_GROUP_SIZE  # weights per scale along the input axis, with `bits`
     weight_algorithm: str = "rtn"  # how `bits` weights are rounded: rtn (round to nearest) or hqq
+    initializer_inputs: bool = False  # list the int8 graph's weights as inputs too (IR 3 style)
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.bits is not None:
@@ -90,6 +95,12 @@ class QuantizeConfig:
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
         _choice("--activation-type", self.activation_type, INT8_TYPES)
         _choice("--weight-type", self.weight_type, INT8_TYPES)
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"--alpha {self.alpha:g} is outside [0, 1]",
+                             "pass a migration strength such as 0.5, or leave it out to search it per layer")
+        if self.alpha is not None and self.method not in ("auto", "smoothquant"):
+            raise UsageError(f"--alpha applies to SmoothQuant, not --method {self.method}",
+                             "use --method smoothquant (or auto with --calib)")
         if self.calib_samples < 1:
             raise UsageError("--calib-samples must be at least 1")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
@@ -98,6 +109,8 @@ class QuantizeConfig:
         if self.output_format and self.backend != "auto" and SUFFIX_OF[self.backend] != self.output_format:
             raise UsageError(f"--backend {self.backend} writes {SUFFIX_OF[self.backend]}, not {self.output_format}",
                              f"name the output {SUFFIX_OF[self.backend]} or drop --backend")
+        if self.initializer_inputs and (self.backend == "torch" or self.output_format == ".ts"):
+            raise UsageError("--initializer-inputs applies to ONNX outputs", "write OUT.onnx, or drop the flag")
         if self.random_calibration and self.method in ("dynamic", "weight-only"):
             raise UsageError(f"--calib random applies to static quantization, not --method {self.method}")
         for pattern in self.exclude:
@@ -195,8 +208,8 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     for) and InputError when the data does not fit the model.
     """
     if calib is None and not config.random_calibration:
-        if config.method == "static":
-            raise UsageError("--method static needs calibration data",
+        if config.method in CALIBRATED:
+            raise UsageError(f"--method {config.method} needs calibration data",
                              "pass --calib DATA (.npz, .pt, a folder of .npy, or module:factory), "
                              "or --calib random to calibrate on random inputs (less accurate)")
         return None
@@ -211,7 +224,6 @@ def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | N
     inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
     n = len(data)
     if n < batch:  # fewer samples than the model's batch: repeat them (a fixed batch dim must be filled)
-
         return [batched(tuple(inputs), batch)]
     return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]
 
@@ -240,6 +252,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     batches = calibration_batches(model, config, calib)
     if calib is not None and batches is None:
         notes.append(f"calibration data is not used by --method {config.method}")
+    unrepresentative = random_inputs_warning(model, calib, eval_data)
+    if unrepresentative:
+        notes.append(unrepresentative)
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
@@ -265,7 +280,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         c.latency_ms = timings[c.label]
         c.size_bytes = _size(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx)
+    chosen = passing[0] if passing else _tolerance_loop(built, judge, ctx, unrepresentative)
+    if config.initializer_inputs and chosen.backend == "onnxruntime":
+        chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
     original_size = _size(model)
     same_runtime = timings["torch fp32" if chosen.backend == "torch" else "onnxruntime fp32"]
     slower = chosen.latency_ms > same_runtime  # worded by who acts on it: compress (run) or the command
@@ -292,6 +309,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
             "method": config.calib_method, "activation_type": config.activation_type,
             "weight_type": config.weight_type},
         "preprocessing": ctx.preprocess_notes,
+        "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
     }
     return PassResult(model=chosen.model, details=details, notes=notes)
 
@@ -383,7 +401,7 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
 
 
-def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext) -> Candidate:
+def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, unrepresentative: str | None) -> Candidate:
     """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
     metric with only that layer kept in float) and keep the worst in float, a few at a time."""
     thresholds = ctx.config.thresholds
@@ -416,7 +434,8 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext)
         c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures = all_int8
         c.error = None
         tried.append(f"{c.label}: {'; '.join(c.failures)}")
-    raise StepFailed("no int8 model meets the tolerance, even with sensitive layers kept in float: "
+    raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")
+                     + "no int8 model meets the tolerance, even with sensitive layers kept in float: "
                      + " | ".join(tried) + "; nothing was written",
                      "loosen --tolerance, or pass --calib with representative data")
 

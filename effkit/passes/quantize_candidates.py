@@ -10,8 +10,8 @@ from typing import Any
 from effkit.errors import UsageError, first_line
 from effkit.export import onnx_path_for
 from effkit.model import Model
-from effkit.passes import quantize_ort, quantize_torch
-from effkit.passes.quantize_ort import preprocess
+from effkit.passes import quantize_ort, quantize_torch, smoothquant
+from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
 
 
@@ -60,6 +60,28 @@ class CandidateContext:
         self.threads, self.candidate_time, self.candidate_iterations = threads, candidate_time, candidate_iterations
         self._onnx = None
         self.preprocess_notes: list[str] = []
+        self._smoothed: dict[str, Any] = {}
+        self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
+
+    def smoothed_onnx(self):
+        """The pre-processed ONNX file with SmoothQuant applied (calibrated once, shared)."""
+        if "onnxruntime" not in self._smoothed:
+            path, self.smoothing["onnxruntime"] = smoothquant.smooth_onnx(
+                self.onnx_path(), self.calib_batches, self.config.alpha)
+            if not self.smoothing["onnxruntime"]:
+                raise ValueError("no LayerNorm feeds a MatMul here, so there is nothing to smooth")
+            self._smoothed["onnxruntime"] = path
+        return self._smoothed["onnxruntime"]
+
+    def smoothed_module(self):
+        """The torch module with SmoothQuant applied (calibrated once, shared)."""
+        if "torch" not in self._smoothed:
+            module, self.smoothing["torch"] = smoothquant.smooth_torch(
+                self.model.module, self.calib_batches, self.config.alpha)
+            if not self.smoothing["torch"]:
+                raise ValueError("no LayerNorm feeds a Linear here, so there is nothing to smooth")
+            self._smoothed["torch"] = module
+        return self._smoothed["torch"]
 
     def onnx_path(self):
         """The model as a pre-processed ONNX file (exported first for torch models)."""
@@ -71,7 +93,8 @@ class CandidateContext:
         return (lambda f: self.progress(label, f)) if self.progress else None
 
 
-def _ort_model(ctx: CandidateContext, path) -> Any:
+def ort_model(ctx: CandidateContext, path) -> Any:
+    """An ONNX Runtime Model for the int8 file at `path`, with the original's inputs and outputs."""
     m = ctx.model
     return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
                  output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
@@ -85,7 +108,7 @@ def _torch_model(ctx: CandidateContext, module) -> Any:
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     """Every (backend, method) pair that applies to this model, config and calibration data."""
     cfg, model = ctx.config, ctx.model
-    methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static"] if ctx.calib_batches else [])
+    methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static", "smoothquant"] if ctx.calib_batches else [])
     bits: list[int | None] = [cfg.bits]
     if cfg.method == "auto" and (model.meta.get("causal_lm") or cfg.bits is not None):
         methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
@@ -106,6 +129,10 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
                 out += [_ort_nbits_candidate(ctx, b) if backend == "onnxruntime" else _torch_nbits_candidate(ctx, b)
                         for b in bits]
                 continue
+            if method == "smoothquant":
+                if cfg.method == "smoothquant" or _has_layer_norm(ctx, backend):  # auto: transformers only
+                    out += _smoothquant_candidates(ctx, backend)
+                continue
             for per_channel in _per_channel_choices(cfg, method):
                 out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
                            else _torch_candidate(ctx, method, per_channel))
@@ -117,7 +144,7 @@ def _ort_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
     cfg = ctx.config
     algorithm = "rtn" if bits == 8 else cfg.weight_algorithm
     label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
-    build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
+    build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
         ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex))
     candidate = Candidate("onnxruntime", "weight-only", label, [], build)
     try:
@@ -149,16 +176,16 @@ def _ort_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> Can
     cfg = ctx.config
     if method == "dynamic":
         label = f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex))
     elif method == "static":
         label = f"ORT static QDQ {cfg.activation_type}/{cfg.weight_type} {cfg.calib_method}"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_static(  # noqa: E731
             ctx.onnx_path(), ctx.calib_batches, per_channel=per_channel, activation_type=cfg.activation_type,
             weight_type=cfg.weight_type, calib_method=cfg.calib_method, exclude=ex, progress=p))
     else:
         label = "ORT weight-only int8"
-        build = lambda ex, p: _ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
+        build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_weight_only(  # noqa: E731
             ctx.onnx_path(), per_channel=per_channel, exclude=ex))
     candidate = Candidate("onnxruntime", method, label, [], build)
     try:
@@ -193,3 +220,43 @@ def _torch_candidate(ctx: CandidateContext, method: str, per_channel: bool) -> C
     if not candidate.layers and candidate.error is None:
         candidate.error = f"no layers that torch {method} int8 handles"
     return candidate
+
+
+def _has_layer_norm(ctx: CandidateContext, backend: str) -> bool:
+    """Whether the model has a LayerNorm for SmoothQuant to work from."""
+    if backend == "torch":
+        return any(type(m).__name__ == "LayerNorm" for m in ctx.model.module.modules())
+    try:
+        return any(layer["op"] == "LayerNormalization" for layer in quantize_ort.nodes(ctx.onnx_path()))
+    except Exception:  # the export failed: the plain candidates report why
+        return False
+
+
+def _smoothquant_candidates(ctx: CandidateContext, backend: str) -> list[Candidate]:
+    """SmoothQuant, then int8 with per-channel weights: static QDQ and dynamic on ONNX Runtime,
+    torch.ao dynamic on torch. The smoothing is calibrated once per backend and shared."""
+    cfg = ctx.config
+    alpha = f"alpha {cfg.alpha:g}" if cfg.alpha is not None else "alpha searched"
+    if backend == "torch":
+        candidate = Candidate("torch", "smoothquant", f"torch.ao SmoothQuant dynamic ({alpha})",
+                              quantize_torch.layers(ctx.model.module, "dynamic"), lambda ex, p: None)
+        candidate.build = lambda ex, p: _torch_model(ctx, quantize_torch.quantize_dynamic(  # noqa: E731
+            ctx.smoothed_module(), per_channel=True, exclude=ex))
+        if cfg.weight_type != "s8":
+            candidate.error = "torch's int8 kernels take s8 weights only"
+        return [candidate]
+    static = Candidate("onnxruntime", "smoothquant",
+                       f"ORT SmoothQuant static QDQ {cfg.activation_type}/{cfg.weight_type} ({alpha})", [],
+                       lambda ex, p: ort_model(ctx, quantize_ort.quantize_static(
+                           ctx.smoothed_onnx(), ctx.calib_batches, per_channel=True,
+                           activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                           calib_method=cfg.calib_method, exclude=ex, progress=p)))
+    dynamic = Candidate("onnxruntime", "smoothquant", f"ORT SmoothQuant dynamic {cfg.weight_type} ({alpha})", [],
+                        lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(
+                            ctx.smoothed_onnx(), per_channel=True, weight_type=cfg.weight_type, exclude=ex)))
+    for candidate in (static, dynamic):
+        try:
+            candidate.layers = quantize_ort.layers(ctx.onnx_path())
+        except Exception as e:
+            candidate.error = first_line(e)
+    return [static, dynamic]

@@ -1,4 +1,4 @@
-"""int8 on ONNX Runtime: pre-processing of any exporter's ONNX graph, then dynamic, static (QDQ) or
+"""int8 on ONNX Runtime (on a graph `onnx_preprocess` made ready): dynamic, static (QDQ) or
 weight-only quantization with `onnxruntime.quantization` (weight-only is written here: ORT has no
 int8 weight-only mode, only 4-bit MatMulNBits).
 
@@ -8,129 +8,25 @@ input file is never touched.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import io
-import logging
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from effkit.errors import StepFailed, first_line
+from effkit.errors import StepFailed
+from effkit.passes.onnx_preprocess import drop_unused_initializers, quiet_ort
 from effkit.util import workdir
 
-# ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
-MIN_OPSET = 13
 # The ops whose constant weight makes a "layer" a user can keep in float.
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "Attention")
 _ORT_TYPES = {"u8": "QUInt8", "s8": "QInt8"}
 
 
-@contextlib.contextmanager
-def quiet_ort():
-    """onnxruntime.quantization logs and prints per node; keep that away from users."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _new_path(name: str) -> Path:
     return Path(tempfile.mkdtemp(dir=workdir())) / name
 
-
-# ---------------------------------------------------------------- pre-processing
-
-def _constants_to_initializers(proto) -> int:
-    """Move tensors held by Constant nodes into initializers (some exporters store weights that way,
-    and ORT's quantizers only see initializers). Returns how many were moved."""
-    from onnx import numpy_helper
-
-    kept, moved = [], 0
-    for node in proto.graph.node:
-        value = next((a for a in node.attribute if a.name == "value" and a.t.ByteSize()), None) \
-            if node.op_type == "Constant" and not node.domain else None
-        if value is None:
-            kept.append(node)
-            continue
-        tensor = numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0])
-        proto.graph.initializer.append(tensor)
-        moved += 1
-    if moved:
-        del proto.graph.node[:]
-        proto.graph.node.extend(kept)
-    return moved
-
-
-def _name_nodes(proto) -> None:
-    """Give every node a unique name: --exclude and nodes_to_exclude work by name."""
-    seen: set[str] = set()
-    for i, node in enumerate(proto.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-
-
-def _default_opset(proto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
-    """Make a third-party ONNX graph quantizable, as ONNX Runtime recommends; return (path, notes).
-
-    Constant-node weights become initializers, unnamed nodes get names, opsets below 13 are
-    converted up, then `quant_pre_process` runs (symbolic shape inference and graph optimization),
-    falling back to plain ONNX shape inference when the graph defeats it.
-    """
-    import onnx
-    from onnx import version_converter
-
-    notes = []
-    proto = onnx.load(str(onnx_path))
-    moved = _constants_to_initializers(proto)
-    if moved:
-        notes.append(f"moved {moved} Constant-node tensors to initializers")
-    opset = _default_opset(proto)
-    if opset < MIN_OPSET:
-        try:
-            proto = version_converter.convert_version(proto, MIN_OPSET)
-        except Exception as e:
-            raise StepFailed(f"the ONNX model uses opset {opset}, and converting it to {MIN_OPSET} failed: "
-                             f"{first_line(e, 200)}", "re-export the model with opset 13 or newer") from e
-        notes.append(f"converted opset {opset} to {MIN_OPSET}")
-    _name_nodes(proto)
-    staged = _new_path("staged.onnx")
-    onnx.save_model(proto, str(staged))
-    out = staged.with_name("preprocessed.onnx")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with quiet_ort():
-        try:
-            quant_pre_process(str(staged), str(out))
-        except Exception:
-            try:
-                quant_pre_process(str(staged), str(out), skip_symbolic_shape=True)
-                notes.append("symbolic shape inference failed; used ONNX shape inference")
-            except Exception:
-                inferred = onnx.shape_inference.infer_shapes(proto)
-                onnx.save_model(inferred, str(out))
-                notes.append("ONNX Runtime pre-processing failed; used ONNX shape inference only")
-    # the optimizer may rename or create nodes: name them again
-    proto = onnx.load(str(out))
-    _name_nodes(proto)
-    onnx.save_model(proto, str(out))
-    return out, notes
-
-
-# ---------------------------------------------------------------- layers
 
 def layers(onnx_path: Path) -> list[dict]:
     """The nodes that carry a constant weight: [{name, alias, op}]; alias is the torch module the
@@ -145,6 +41,14 @@ def layers(onnx_path: Path) -> list[dict]:
             continue
         found.append({"name": node.name, "alias": _alias(node, node.input[1]), "op": node.op_type})
     return found
+
+
+def nodes(onnx_path: Path) -> list[dict]:
+    """Every node of the graph: [{name, op}]."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    return [{"name": n.name, "op": n.op_type} for n in proto.graph.node]
 
 
 def _alias(node, weight: str) -> str:
@@ -200,10 +104,7 @@ def _gemm_to_matmul(proto) -> None:
             nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    used = {i for n in proto.graph.node for i in n.input}
-    keep = [i for i in proto.graph.initializer if i.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
+    drop_unused_initializers(proto)
 
 
 # ---------------------------------------------------------------- the three methods
@@ -341,4 +242,3 @@ def quantize_weight_only(onnx_path: Path, *, per_channel: bool, exclude: Sequenc
     out = _new_path("weight_only.onnx")
     onnx.save_model(proto, str(out))
     return out
-

@@ -1,0 +1,245 @@
+"""ONNX graphs from any exporter made ready for ONNX Runtime's quantizers: constant weights as
+initializers, named nodes, old opsets (7-9, IR 3) upgraded, weights taken off the graph inputs,
+Caffe2-era patterns (multi-input Sum, standalone BatchNormalization) rewritten.
+
+Every function writes new files into effkit's private work folder and returns their paths; the
+input file is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from effkit.errors import StepFailed, first_line
+from effkit.util import workdir
+
+# ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
+MIN_OPSET = 13
+
+
+@contextlib.contextmanager
+def quiet_ort():
+    """onnxruntime.quantization logs and prints per node; keep that away from users."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _new_path(name: str) -> Path:
+    return Path(tempfile.mkdtemp(dir=workdir())) / name
+
+
+def _constants_to_initializers(proto) -> int:
+    """Move tensors held by Constant nodes into initializers (some exporters store weights that way,
+    and ORT's quantizers only see initializers). Returns how many were moved."""
+    from onnx import numpy_helper
+
+    kept, moved = [], 0
+    for node in proto.graph.node:
+        value = next((a for a in node.attribute if a.name == "value" and a.t.ByteSize()), None) \
+            if node.op_type == "Constant" and not node.domain else None
+        if value is None:
+            kept.append(node)
+            continue
+        tensor = numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0])
+        proto.graph.initializer.append(tensor)
+        moved += 1
+    if moved:
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
+    return moved
+
+
+def _name_nodes(proto) -> None:
+    """Give every node a unique name: --exclude and nodes_to_exclude work by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _default_opset(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _drop_initializer_inputs(proto) -> int:
+    """Take initializers off the graph's input list; return how many were listed.
+
+    IR 3 (ONNX 1.0-1.2, Caffe2 and early converters) had to list every initializer as a graph input
+    too. ONNX Runtime treats such a weight as an input the caller may override: its optimizer does not
+    fold it (a BatchNormalization stays beside its Conv), and the calibrator, which feeds only the
+    real inputs, fails with "Required inputs ... are missing". IR 4 made the listing optional, so the
+    graph is raised to the IR version its opset needs and the weights become plain constants, as
+    onnxruntime's tools/remove_initializer_from_input.py does.
+    """
+    from onnx import helper
+
+    initializers = {i.name for i in proto.graph.initializer}
+    kept = [i for i in proto.graph.input if i.name not in initializers]
+    dropped = len(proto.graph.input) - len(kept)
+    if dropped:
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
+    proto.ir_version = max(proto.ir_version, helper.find_min_ir_version_for(list(proto.opset_import)))
+    return dropped
+
+
+def _sum_to_adds(proto) -> int:
+    """Rewrite Sum of three or more inputs (Caffe2's residual joins) as a chain of two-input Adds, which
+    ONNX Runtime's quantizer knows; a variadic Sum would stay in float between two dequantizations."""
+    from onnx import helper
+
+    nodes, rewritten = [], 0
+    for node in proto.graph.node:
+        if node.op_type != "Sum" or node.domain or len(node.input) < 2:
+            nodes.append(node)
+            continue
+        rewritten += 1
+        name = node.name or f"Sum_{rewritten}"
+        acc = node.input[0]
+        for k, term in enumerate(node.input[1:], start=1):
+            out = node.output[0] if k == len(node.input) - 1 else f"{node.output[0]}_sum{k}"
+            nodes.append(helper.make_node("Add", [acc, term], [out], name=f"{name}_add{k}"))
+            acc = out
+    if rewritten:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+    return rewritten
+
+
+def _batchnorm_to_affine(proto) -> int:
+    """Rewrite an inference BatchNormalization with constant statistics as `x * a + b` (a Mul and an Add
+    on per-channel constants). ONNX Runtime folds a BatchNormalization into the Conv before it only
+    when the Conv feeds nothing else; one left standing (Caffe2 graphs have them) makes its static
+    quantizer emit a per-axis QuantizeLinear that fails at calibration. Mul and Add quantize, and fold
+    into a Conv where they can. Returns how many were rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*onnx.shape_inference.infer_shapes(proto).graph.value_info, *proto.graph.input]
+             if v.type.tensor_type.HasField("shape")}
+    nodes, rewritten = [], 0
+    for node in proto.graph.node:
+        rank = ranks.get(node.input[0]) if node.input else None
+        if (node.op_type != "BatchNormalization" or node.domain or len(node.output) != 1 or len(node.input) != 5
+                or not all(n in inits for n in node.input[1:]) or not rank or rank < 2):
+            nodes.append(node)
+            continue
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:])
+        mul = scale / np.sqrt(var + eps)
+        shape = (-1,) + (1,) * (rank - 2)
+        name = node.name or f"BatchNormalization_{rewritten}"
+        a, b = f"{name}_affine_scale", f"{name}_affine_shift"
+        proto.graph.initializer.extend([numpy_helper.from_array(mul.reshape(shape).astype(np.float32), a),
+                                        numpy_helper.from_array((bias - mean * mul).reshape(shape).astype(np.float32), b)])
+        nodes += [helper.make_node("Mul", [node.input[0], a], [f"{name}_scaled"], name=f"{name}_mul"),
+                  helper.make_node("Add", [f"{name}_scaled", b], [node.output[0]], name=f"{name}_add")]
+        rewritten += 1
+    if rewritten:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        drop_unused_initializers(proto)
+    return rewritten
+
+
+def drop_unused_initializers(proto) -> None:
+    """Remove initializers no node reads any more (ONNX Runtime warns about each one)."""
+    used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    keep = [i for i in proto.graph.initializer if i.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+
+
+def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
+    """Make a third-party ONNX graph quantizable, as ONNX Runtime recommends; return (path, notes).
+
+    Opsets below 13 are converted up with ONNX's version converter first (while the graph is still
+    as its exporter wrote it: the converter reads IR 3 weights from the input list), initializers
+    are taken off the graph inputs (IR 3), Sum becomes Adds, Constant-node weights become
+    initializers, unnamed nodes get names, then `quant_pre_process` runs (symbolic shape inference
+    and graph optimization, which folds ConstantOfShape-made weights into constants), falling back
+    to plain ONNX shape inference when the graph defeats it.
+    """
+    import onnx
+    from onnx import version_converter
+
+    notes = []
+    proto = onnx.load(str(onnx_path))
+    opset = _default_opset(proto)
+    if opset < MIN_OPSET:
+        try:
+            proto = version_converter.convert_version(proto, MIN_OPSET)
+        except Exception as e:
+            raise StepFailed(f"the ONNX model uses opset {opset}, and converting it to {MIN_OPSET} failed: "
+                             f"{first_line(e, 200)}", "re-export the model with opset 13 or newer") from e
+        notes.append(f"converted opset {opset} to {MIN_OPSET}")
+    dropped = _drop_initializer_inputs(proto)
+    if dropped:
+        notes.append(f"took {dropped} weights off the graph inputs (an IR 3 convention) so that calibration "
+                     "feeds only the real inputs")
+    sums = _sum_to_adds(proto)
+    if sums:
+        notes.append(f"rewrote {sums} Sum node(s) as Adds")
+    norms = _batchnorm_to_affine(proto)
+    if norms:
+        notes.append(f"rewrote {norms} BatchNormalization node(s) as Mul and Add")
+    moved = _constants_to_initializers(proto)
+    if moved:
+        notes.append(f"moved {moved} Constant-node tensors to initializers")
+    _name_nodes(proto)
+    staged = _new_path("staged.onnx")
+    onnx.save_model(proto, str(staged))
+    out = staged.with_name("preprocessed.onnx")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with quiet_ort():
+        try:
+            quant_pre_process(str(staged), str(out))
+        except Exception:
+            try:
+                quant_pre_process(str(staged), str(out), skip_symbolic_shape=True)
+                notes.append("symbolic shape inference failed; used ONNX shape inference")
+            except Exception:
+                inferred = onnx.shape_inference.infer_shapes(proto)
+                onnx.save_model(inferred, str(out))
+                notes.append("ONNX Runtime pre-processing failed; used ONNX shape inference only")
+    # the optimizer may rename or create nodes: name them again
+    proto = onnx.load(str(out))
+    _name_nodes(proto)
+    onnx.save_model(proto, str(out))
+    return out, notes
+
+
+# ---------------------------------------------------------------- layers
+
+
+def with_initializers_as_inputs(onnx_path: Path) -> Path:
+    """A copy of the graph that lists every initializer as a graph input too, as IR 3 graphs did, for
+    tools that still expect it (ONNX Runtime then treats the weights as overridable and folds less)."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(onnx_path))
+    listed = {i.name for i in proto.graph.input}
+    proto.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in proto.graph.initializer if t.name not in listed)
+    out = _new_path("initializer_inputs.onnx")
+    onnx.save_model(proto, str(out))
+    return out
