@@ -115,7 +115,8 @@ def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, dat
         first = load_data(data, model.input_names or None, limit=1)
         names = model.input_names if len(model.input_names) == len(first.inputs) else [
             f"array {i}" for i in range(len(first.inputs))]
-        return match_inputs(model, dict(zip(names, first.inputs)), f"the first sample of {data}")
+        arrays = (np.asarray(a[:1]) for a in first.inputs)  # data may be read lazily: one sample, read now
+        return match_inputs(model, dict(zip(names, arrays)), f"the first sample of {data}")
     if not model.example_inputs:
         hint = expected_input_hint(model.module)
         raise InputError(f"{spec} comes without example inputs",
