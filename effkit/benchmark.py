@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from effkit.env import CpuMonitor, available_cores, environment
+from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError, first_line
 from effkit.export import make_runner
 from effkit.files import mark_read
@@ -26,7 +26,9 @@ SCHEMA = "effkit.bench/1"
 DEFAULT_WARMUP = 10
 DEFAULT_MIN_TIME = 1.0  # seconds of timed calls per measurement
 MIN_SAMPLES = 10
-MAX_SAMPLES = 100_000
+# Calls timed per measurement at most, whatever --min-time asks: a guard on memory (and on the
+# JSON's samples_ms) for models that run in microseconds. Reaching it is reported.
+MAX_SAMPLES = 1_000_000
 # Spread that makes a measurement suspect: IQR above 20% of the median, or p99 above 3x it.
 NOISY_IQR = 0.20
 NOISY_TAIL = 3.0
@@ -151,9 +153,20 @@ def measure(runner, inputs: Sequence[np.ndarray], *, batch_size: int, warmup: in
         "throughput_per_s": stats["throughput"],
         "peak_rss_bytes": memory.peak_bytes,
         "contention": load.result,
-        "warnings": noise_warnings(stats, load.result),
+        "warnings": noise_warnings(stats, load.result) + _cap_warnings(samples, iterations, min_time),
         "samples_ms": [round(s, 6) for s in samples],
     }
+
+
+def _cap_warnings(samples: list[float], iterations: int | None, min_time: float) -> list[str]:
+    """Say so when the sample cap, not --min-time, ended a measurement."""
+    if iterations is not None or len(samples) < MAX_SAMPLES:
+        return []
+    seconds = sum(samples) / 1000.0
+    if seconds >= min_time:
+        return []
+    return [f"stopped at {MAX_SAMPLES:,} calls after {seconds:.1f} s of timed calls, short of --min-time "
+            f"{min_time:g} (pass --iterations to time a fixed number)"]
 
 
 # ---------------------------------------------------------------- results
@@ -247,7 +260,7 @@ def bench(model, *, runtimes: Sequence[str] = ("torch",), batch_sizes: Sequence[
     `progress(label, fraction)` is called while timing, for progress bars.
     """
     check_threads(threads)
-    threads = threads or available_cores()
+    threads = threads or default_threads()
     default_batch = model.example_inputs[0].shape[0] if model.example_inputs and model.example_inputs[0].ndim else 1
     batch_sizes = list(batch_sizes or [default_batch])
     if any(b < 1 for b in batch_sizes):

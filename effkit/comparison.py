@@ -19,7 +19,6 @@ Steady load on the other cores is kept and reported. When too few pairs survive,
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from effkit.benchmark import model_info, time_calls
-from effkit.env import CpuMonitor, available_cores, environment
+from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError, first_line
 from effkit.export import make_runner
 from effkit.load import load_model
@@ -265,15 +264,6 @@ def _discard_text(discarded: dict) -> str:
 
 # ---------------------------------------------------------------- measuring
 
-def free_threads(probe_s: float = 0.3) -> int:
-    """Threads that fit in the cores other processes leave free right now (at least 1)."""
-    cores = available_cores()
-    with CpuMonitor(cores) as monitor:
-        time.sleep(probe_s)
-    free = monitor.result.get("free_cores", cores) if monitor.result.get("measured") else cores
-    return max(1, min(cores, math.floor(free + 0.25)))
-
-
 def _as_model(model: Any, load_options: dict) -> Any:
     if isinstance(model, Model):
         return model
@@ -400,7 +390,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
     load_options = load_options or {}
     a, b = _as_model(model_a, load_options), _as_model(model_b, load_options)
     runtime = runtime or ("torch" if a.kind == b.kind == "torch" else "onnxruntime")
-    threads = threads or free_threads()
+    threads = threads or default_threads()
     runner_a, runner_b = make_runner(a, runtime, threads), make_runner(b, runtime, threads)
     inputs = a.example_inputs
     try:

@@ -60,7 +60,14 @@ def _fresh_inputs(model: Model, batch: int | None) -> tuple[np.ndarray, ...]:
                  for a in arrays)
 
 
-def _export_proto(model: Model, config: ExportConfig):
+TORCH_EXPORT = "torch.export"
+TORCHSCRIPT = "TorchScript"
+# The TorchScript exporter's highest opset: the fallback exports at most at this one.
+TORCHSCRIPT_MAX_OPSET = 17
+
+
+def _export_proto(model: Model, config: ExportConfig) -> tuple[Any, dict]:
+    """The ONNX proto and how it was made: {"exporter", "fallback_reason" (when torch.export failed)}."""
     import torch
 
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
@@ -71,14 +78,15 @@ def _export_proto(model: Model, config: ExportConfig):
             try:
                 program = torch.onnx.export(model.module, args, dynamo=True, opset_version=config.opset,
                                             input_names=model.input_names, dynamic_shapes=dynamic, verbose=False)
-                return program.model_proto
+                return program.model_proto, {"exporter": TORCH_EXPORT}
             except Exception as e:
                 errors.append(e)
         # TorchScript modules and some quantized modules only go through the older TorchScript exporter.
         buffer = io.BytesIO()
         axes = {n: {0: "batch"} for n in model.input_names} if config.dynamic_batch else None
         try:
-            torch.onnx.export(model.module, args, buffer, dynamo=False, opset_version=min(config.opset, 17),
+            torch.onnx.export(model.module, args, buffer, dynamo=False,
+                              opset_version=min(config.opset, TORCHSCRIPT_MAX_OPSET),
                               input_names=model.input_names, dynamic_axes=axes)
         except Exception as e:
             first = errors[0] if errors else e
@@ -87,7 +95,15 @@ def _export_proto(model: Model, config: ExportConfig):
                               "run with --debug for details; ops without an ONNX equivalent need a rewrite") from first
     import onnx
 
-    return onnx.load_from_string(buffer.getvalue())
+    how = {"exporter": TORCHSCRIPT}
+    how["fallback_reason"] = (f"torch.export failed: {first_line(errors[0], 200)}" if errors
+                              else "a TorchScript module only goes through the TorchScript exporter")
+    return onnx.load_from_string(buffer.getvalue()), how
+
+
+def _opset_of(proto: Any) -> int | None:
+    """The default-domain opset the ONNX file declares (what was really used, not what was asked)."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
@@ -144,7 +160,7 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
         raise UsageError("the model is ONNX already", "pass a torch model to export")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
-    proto = _export_proto(model, config)
+    proto, how = _export_proto(model, config)
     if proto.ByteSize() > EXTERNAL_DATA_BYTES:
         # staged and verified beside the target, then copied in data-first: a failed verification
         # leaves the old output as it was
@@ -162,7 +178,8 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
             report = verify_onnx(model, tmp, config)
     exported = load_onnx(path, str(path), ())
     exported = exported.replace(example_inputs=model.example_inputs, source=model.source)
-    exported.meta["export"] = {"opset": config.opset, "dynamic_batch": config.dynamic_batch, **report}
+    exported.meta["export"] = {"opset": _opset_of(proto), "opset_requested": config.opset, **how,
+                               "dynamic_batch": config.dynamic_batch, **report}
     return exported
 
 
@@ -176,12 +193,18 @@ def onnx_path_for(model: Any) -> Path:
     if model.kind == "onnx":
         return model.onnx_path
     cached = _EXPORTS.get(model.module)
-    if cached is not None and cached.exists():
-        return cached
+    if cached is not None and cached[0].exists():
+        return cached[0]
     target = Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx"
-    export_onnx(model, target)
-    _EXPORTS[model.module] = target
+    exported = export_onnx(model, target)
+    _EXPORTS[model.module] = (target, exported.meta["export"])
     return target
+
+
+def export_report_for(model: Any) -> dict:
+    """How `onnx_path_for(model)` was exported: exporter, opset used, verification (see export_onnx)."""
+    onnx_path_for(model)
+    return dict(_EXPORTS[model.module][1])
 
 
 def make_runner(model: Any, runtime: str, threads: int | None = None) -> Runner:

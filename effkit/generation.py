@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from effkit.benchmark import BenchResult, PeakMemory, latency_stats, model_info, noise_warnings
-from effkit.env import CpuMonitor, available_cores, environment
+from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError
 from effkit.inputs import SEED
 from effkit.load_hf import architecture, check_fits, context_length, is_causal_lm, load_tokenizer, read_config
@@ -187,7 +187,7 @@ def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFA
     import torch
 
     module = causal_lm_module(model)
-    threads = threads or available_cores()
+    threads = threads or default_threads()
     if threads < 1:
         raise UsageError("--threads must be at least 1")
     if warmup < 0 or (iterations is not None and iterations < 1) or min_time < 0:

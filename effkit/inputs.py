@@ -102,9 +102,38 @@ def _random_array(shape: InputShape, vocab: int = 10) -> np.ndarray:
     return out
 
 
-def with_inputs_file(model: Model, inputs: str | Path) -> Model:
-    """Replace the example inputs by the arrays of an .npz file (by input name, else in file order)."""
-    path = Path(inputs)
+def forward_signature(module: Any) -> tuple[list[str], int, bool]:
+    """A torch module's positional inputs: (names, how many are required, whether it takes *args).
+
+    TorchScript methods have no Python signature but a schema; a module whose signature cannot be
+    read counts as taking anything (*args).
+    """
+    import inspect
+
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is not None:
+        args = list(schema.arguments)[1:]  # the first is self
+        return [a.name for a in args], sum(1 for a in args if not a.has_default_value()), False
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):
+        return [], 0, True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(1 for p in positional if p.default is p.empty)
+    return [p.name for p in positional], required, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def input_names_for(module: Any, count: int) -> list[str]:
+    """Names for `count` positional inputs of a torch module: its forward's, else input / input_0, input_1..."""
+    names, _, _ = forward_signature(module)
+    if len(names) < count or any(n in ("args", "input") for n in names[:count]):
+        return [f"input_{i}" for i in range(count)] if count > 1 else ["input"]
+    return names[:count]
+
+
+def read_inputs_file(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file by key, in file order, refused when they do not fit in memory."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"no such inputs file: {path}", "pass an .npz file holding one array per model input")
     mark_read(path)
@@ -115,20 +144,47 @@ def with_inputs_file(model: Model, inputs: str | Path) -> Model:
     check_fits_in_memory(declared, f"reading {path}", "give smaller example arrays")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except Exception as e:
         raise unreadable(path, ".npz file", e) from e
-    if all(n in arrays for n in model.input_names):
-        chosen = tuple(arrays[n] for n in model.input_names)
+
+
+def _accepted_inputs(model: Model) -> tuple[list[str], int, int | None]:
+    """(input names, fewest inputs, most inputs or None for any number) the model accepts."""
+    if model.kind == "onnx":
+        return list(model.input_names), len(model.input_names), len(model.input_names)
+    names, required, variadic = forward_signature(model.module)
+    if variadic and not names and model.example_inputs:  # e.g. a traced wrapper: trust its own example
+        return list(model.input_names), len(model.example_inputs), len(model.example_inputs)
+    return names, required, None if variadic else len(names)
+
+
+def match_inputs(model: Model, arrays: dict[str, np.ndarray], source: str) -> Model:
+    """The model with `arrays` as its example inputs: by name when the keys are the model's input
+    names, else by position; an array too many or too few is an error naming both lists."""
+    names, fewest, most = _accepted_inputs(model)
+    keys = list(arrays)
+    by_name = bool(keys) and set(keys) == set(names[: len(keys)])
+    if by_name:
+        chosen_names = names[: len(keys)]
+        chosen = tuple(arrays[n] for n in chosen_names)
     else:
-        chosen = tuple(arrays.values())[: len(model.input_names)] if model.kind == "onnx" else tuple(arrays.values())
-    if model.kind == "onnx" and len(chosen) != len(model.input_names):
-        raise InputError(f"{path} holds {len(chosen)} arrays; the model takes {len(model.input_names)} inputs "
-                         f"({', '.join(model.input_names)})")
-    return model.replace(example_inputs=chosen, input_names=model.input_names
-                         if len(chosen) == len(model.input_names) else [f"input_{i}" for i in range(len(chosen))])
+        chosen = tuple(arrays.values())
+        chosen_names = (list(names[: len(chosen)]) if model.kind == "onnx"
+                        else input_names_for(model.module, len(chosen)))
+    if len(chosen) < fewest or (most is not None and len(chosen) > most):
+        wanted = ", ".join(names) if names else "none"
+        count = str(fewest) if most == fewest else f"{fewest} to {most}" if most is not None else f"at least {fewest}"
+        raise InputError(f"{source} holds {len(keys)} array{'s' * (len(keys) != 1)} ({', '.join(keys) or 'none'}); "
+                         f"the model takes {count} input{'s' * (count != '1')} ({wanted})",
+                         "give one array per model input, named like the inputs or in their order")
+    meta = {k: v for k, v in model.meta.items() if k != "inputs_random"}
+    return model.replace(example_inputs=chosen, input_names=chosen_names, meta={**meta, "inputs_from": source})
 
 
+def with_inputs_file(model: Model, inputs: str | Path) -> Model:
+    """Replace the example inputs by the arrays of an .npz file (see `match_inputs`)."""
+    return match_inputs(model, read_inputs_file(inputs), str(inputs))
 
 
 def torch_inputs(model: Model) -> tuple:

@@ -7,7 +7,6 @@ stays cheap.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import zipfile
@@ -19,9 +18,10 @@ import numpy as np
 from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
+from effkit.data import load_data
 from effkit.files import mark_read
-from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, random_inputs, to_numpy_inputs,
-                           with_inputs_file)
+from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
+                           match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
 from effkit.limits import check_fits_in_memory, zip_declared_bytes
 from effkit.load_hf import load_hf
 from effkit.model import Model
@@ -65,15 +65,20 @@ def load_model(
     trust: bool = False,
     input_shapes: list[InputShape] | tuple[InputShape, ...] = (),
     inputs: str | Path | None = None,
+    data: str | None = None,
     check: bool = True,
 ) -> Model:
     """Load MODEL from a spec (see MODEL_SPEC_HELP) with its example inputs.
 
-    Example inputs come from, in order: `inputs` (an .npz file), `input_shapes` (random values,
-    seeded), the factory or the file itself. With `check`, the model runs once on them so a wrong
-    shape fails here, with a message naming what the model expects.
+    Example inputs come from, in order: `inputs` (an .npz file, for every format), `input_shapes`
+    (random values, seeded), the factory or the file itself (a .pt2 archive's example, an ONNX
+    file's fixed shapes), the first sample of `data` (a DATA spec, see effkit.data), and last
+    random values of an ONNX file's shapes with dynamic dimensions filled in. Where they came from
+    is `model.meta["inputs_from"]`. With `check`, the model runs once on them so a wrong shape
+    fails here, with a message naming what the model expects.
     """
     spec = str(spec)
+    log.debug("loading %s", spec)
     path = Path(spec[3:] if spec.startswith("hf:") else spec)
     try:
         exists = path.exists()
@@ -96,10 +101,26 @@ def load_model(
     if arch and model.format not in ("state_dict", "safetensors"):
         raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
                          "drop --arch")
-    if inputs is not None:
-        model = with_inputs_file(model, inputs)
+    model = _with_example_inputs(model, spec, inputs, data)
     if check:
         check_runs(model)
+    return model
+
+
+def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, data: str | None) -> Model:
+    """The model with the example inputs it will use (see `load_model` for the order)."""
+    if inputs is not None:
+        return with_inputs_file(model, inputs)
+    if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
+        first = load_data(data, model.input_names or None, limit=1)
+        names = model.input_names if len(model.input_names) == len(first.inputs) else [
+            f"array {i}" for i in range(len(first.inputs))]
+        arrays = (np.asarray(a[:1]) for a in first.inputs)  # data may be read lazily: one sample, read now
+        return match_inputs(model, dict(zip(names, arrays)), f"the first sample of {data}")
+    if not model.example_inputs:
+        hint = expected_input_hint(model.module)
+        raise InputError(f"{spec} comes without example inputs",
+                         f"{hint + '; ' if hint else ''}pass --input-shape (e.g. 1x3x224x224) or --inputs file.npz")
     return model
 
 
@@ -294,32 +315,21 @@ def _load_torchscript(path: Path, spec: str, input_shapes) -> Model:
 
 # ---------------------------------------------------------------- torch models
 
-def _forward_param_names(module: Any) -> list[str]:
-    try:
-        params = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-
-
 def _torch_model(module: Any, example: Any, spec: str, fmt: str, path: Path | None, input_shapes) -> Model:
     try:
         module.eval()
     except NotImplementedError:  # torch.export's unflattened modules are always in eval mode
         pass
     if input_shapes:
-        arrays = random_inputs(input_shapes)
+        arrays, origin = random_inputs(input_shapes), "--input-shape"
     elif example is not None:
-        arrays = to_numpy_inputs(example)
-    else:
-        hint = expected_input_hint(module)
-        raise InputError(f"{spec} comes without example inputs",
-                         f"{hint + '; ' if hint else ''}pass --input-shape (e.g. 1x3x224x224) or --inputs file.npz")
-    names = _forward_param_names(module)
-    if len(names) < len(arrays) or any(n in ("args", "input") for n in names[: len(arrays)]):
-        names = [f"input_{i}" for i in range(len(arrays))] if len(arrays) > 1 else ["input"]
-    return Model(kind="torch", module=module, example_inputs=arrays, input_names=names[: len(arrays)],
-                 source=spec, format=fmt, path=path)
+        arrays, origin = to_numpy_inputs(example), f"the {fmt}'s own example"
+    else:  # none yet: --inputs or data may give them (load_model fails when nothing does)
+        required = forward_signature(module)[1]
+        return Model(kind="torch", module=module, example_inputs=(), input_names=input_names_for(module, required),
+                     source=spec, format=fmt, path=path)
+    return Model(kind="torch", module=module, example_inputs=arrays, input_names=input_names_for(module, len(arrays)),
+                 source=spec, format=fmt, path=path, meta={"inputs_from": origin})
 
 
 # ---------------------------------------------------------------- ONNX models
@@ -347,7 +357,7 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
     if input_shapes and len(input_shapes) != len(graph_inputs):
         raise InputError(f"{path.name} takes {len(graph_inputs)} inputs ({', '.join(names)}); "
                          f"--input-shape was given {len(input_shapes)} times")
-    shapes = []
+    shapes, filled_in = [], False
     for i, inp in enumerate(graph_inputs):
         ttype = inp.type.tensor_type
         dtype = _ONNX_TO_NUMPY.get(ttype.elem_type, "float32")
@@ -360,11 +370,19 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
             shape = InputShape(dtype, given.shape)
         else:
             filled = [d if d is not None else (DEFAULT_BATCH if j == 0 else DEFAULT_DYNAMIC_DIM) for j, d in enumerate(dims)]
+            filled_in = filled_in or None in dims
             shape = InputShape(dtype, tuple(filled))
         shapes.append(shape)
     model = Model(kind="onnx", onnx_path=path, example_inputs=random_inputs(shapes), input_names=names,
                   output_names=[o.name for o in proto.graph.output], source=spec, format="onnx", path=path,
                   save_suffix=".onnx")
+    if input_shapes:
+        model.meta["inputs_from"] = "--input-shape"
+    elif filled_in:  # the first sample of data, when given, has real sizes instead
+        model.meta.update(inputs_from=f"random, dynamic dimensions set to batch {DEFAULT_BATCH}, "
+                                      f"others {DEFAULT_DYNAMIC_DIM}", inputs_random=True)
+    else:
+        model.meta["inputs_from"] = "random, of the ONNX file's input shapes"
     model.meta["input_dims"] = {inp.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
                                            for d in inp.type.tensor_type.shape.dim] for inp in graph_inputs}
     return model

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from effkit.benchmark import BenchResult, latency_stats, model_info
 from effkit.comparison import measure_paired
-from effkit.env import available_cores, environment
+from effkit.env import default_threads, environment
 from effkit.export import make_runner
 from effkit.judge import Judge, bar_violations, held_out_batches, tolerance_failures
 from effkit.runners import native_runner
@@ -120,7 +120,7 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
     The before/after latencies are those of the quiet pairs only.
     """
-    threads = threads or available_cores()
+    threads = threads or default_threads()
     inputs = original.example_inputs
     batch = inputs[0].shape[0] if inputs and inputs[0].ndim else 1
     paired, runs_before, runs_after = {}, [], []

@@ -32,7 +32,7 @@ from typing import Any
 
 from effkit.benchmark import bench
 from effkit.comparison import measure_paired
-from effkit.env import available_cores
+from effkit.env import default_threads
 from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import held_out_inputs
@@ -43,7 +43,7 @@ from effkit.passes.registry import Pass
 from effkit.pipeline_result import CompressResult, State, Step, _final_runtime, _run
 from effkit.recipe import Recipe, _plain, _toml_key
 from effkit.runners import native_runner
-from effkit.util import quiet_torch
+from effkit.util import plural, quiet_torch
 
 FIDELITY_SAMPLES = 128  # samples of real data (when given) the outputs are compared on
 FIDELITY_BATCH = 16
@@ -71,7 +71,7 @@ class _Context:
         self.eval_data = eval_data if eval_data is not None and eval_data.labels is not None else None
         self.progress = progress
         self.log = log or (lambda message: None)
-        self.threads = recipe.bench.threads or available_cores()
+        self.threads = recipe.bench.threads or default_threads()
         self.bar = recipe.pipeline.bar(labelled=self.eval_data is not None)
         self.max_drop = self.bar.max_drop_pt
         self.bounds = list(self.bar.bounds)
@@ -230,7 +230,8 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     """
     _check_recipe(model, recipe, data, eval_data)
     ctx = _Context(model, recipe, data, eval_data, progress, log)
-    ctx.log(f"compress {model.source}: {' -> '.join(recipe.steps)}")
+    origin = "the recipe's threads" if recipe.bench.threads else "the free cores; --threads N to change"
+    ctx.log(f"compress {model.source}: {' -> '.join(recipe.steps)}; {plural(ctx.threads, 'thread')} ({origin})")
     original = ctx.evaluate("original", model)
     ctx.states.append(original)
     result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,

@@ -73,7 +73,7 @@ class PipelineConfig:
 class BenchConfig:
     """How every step is timed. Short by default: compress times many models, not one precisely."""
 
-    threads: int | None = None  # default: all cores
+    threads: int | None = None  # default: the free cores (effkit.env.default_threads)
     warmup: int = 5
     iterations: int | None = None  # default: as many as fit in min-time
     min_time: float = 0.25

@@ -86,3 +86,8 @@ def fmt_speedup(speedup: dict | None, sep: str = " ") -> str:
     if verdict == "slower":
         return f"{1 / est:.2f}x slower{sep}[{1 / ci[1]:.2f}, {1 / ci[0]:.2f}]"
     return f"{est:.2f}x {verdict}{sep}[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def plural(count: int | str, word: str) -> str:
+    """`1 thread`, `2 threads`."""
+    return f"{count} {word}{'' if str(count) == '1' else 's'}"

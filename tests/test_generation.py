@@ -66,7 +66,8 @@ def test_bench_generate_writes_the_generation_block(cli, folders, kind, tmp_path
         assert run["latency_ms"] == g["decode_ms_per_token"]  # gates and compare read decode latency per token
     assert result["metrics"]["throughput"] == result["runs"][0]["generation"]["decode_tokens_per_s"]
     assert result["runs"][0]["generation"]["first_tokens"] == result["runs"][1]["generation"]["first_tokens"]
-    assert out.startswith("effkit bench --generate: ")
+    threads_line, rest = out.split("\n", 1)  # the one thread policy's line, then the table
+    assert f"{result['runs'][0]['threads']} thread" in threads_line and rest.startswith("effkit bench --generate: ")
 
 
 def test_a_text_prompt_is_tokenized_with_the_folders_tokenizer(cli, folders, tmp_path):

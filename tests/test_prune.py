@@ -323,3 +323,27 @@ def test_inspect_shows_the_layers_prune_prunes(tmp_path):
     assert result.details["output_layers"] == ["head_a", "head_b"]
     assert describe(model)["prunable_layers"] == ["body"]
     assert result.model.module.body.out_features < 16
+
+
+def test_prune_heads_removes_whole_heads(tmp_path):
+    """--prune-heads: half of the 4 heads go, each kept head keeps its 8 dims; outputs keep their shape,
+    and the saved model loads back without code and gives the same outputs."""
+    model = load_model(pattern("attention"))
+    result = prune(model, PruneConfig(ratio=0.5, prune_heads=True))
+    assert result.details["attention_heads"]["attn"] == {"before": 4, "after": 2}
+    assert result.model.module.attn.num_heads == 2
+    for proj in ("attn.q", "attn.k", "attn.v"):
+        assert result.details["widths"][proj]["after"][1] == 16  # 2 heads of 8
+    after = outputs(result.model)
+    assert [a.shape for a in after] == [b.shape for b in outputs(model)]
+    save_model(result.model, tmp_path / "heads.pt2")
+    reloaded = load_model(str(tmp_path / "heads.pt2"))
+    for a, b in zip(outputs(reloaded, model.example_inputs), after):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_prune_heads_reports_the_heads(cli):
+    code, out, err = cli("prune", pattern("attention"), "--prune-heads", "--ratio", "0.5", "-o", "p.pt2",
+                         "--warmup", "1", "--iterations", "3", "--json", "r.json", *NO_BAR)
+    assert code == 0, err
+    assert json.loads(Path("r.json").read_text())["details"]["attention_heads"]["attn"] == {"before": 4, "after": 2}

@@ -10,7 +10,7 @@ import typer
 from effkit.benchmark import DEFAULT_WARMUP, bench
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
-                               progress_bar, write_outputs)
+                               progress_bar, resolve_threads, write_outputs)
 from effkit.errors import UsageError
 from effkit.generation import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_generation
 from effkit.generation import DEFAULT_WARMUP as GENERATION_WARMUP
@@ -80,8 +80,9 @@ latency per token, with time to first token and tokens/s beside it.
     if given:
         raise UsageError(f"{given[0]} applies to generation", "add --generate")
     warmup = DEFAULT_WARMUP if warmup is None else warmup
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
     check_outputs_free([json, html, markdown], force)  # against the files loading read (an ONNX model's data, ...)
+    threads = resolve_threads(threads, console_for(json))
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)
     with progress_bar() as progress:
         result = bench(loaded, runtimes=runtimes, batch_sizes=batch_size, threads=threads, warmup=warmup,
@@ -118,7 +119,8 @@ def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, pro
     text = _prompt_text(prompt, prompt_file)
     batch_sizes = batch_size or [1]
     check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text)
-    loaded = load(model, None, trust, None, None)
+    loaded = load(model, None, trust, None, None, console=console_for(json), show_inputs=False)
+    threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
         result = bench_generation(loaded, prompt=text, prompt_len=prompt_len, new_tokens=new_tokens,
                                   batch_sizes=batch_sizes, threads=threads,

@@ -23,6 +23,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand
 from rich.console import Console
 
+from effkit.env import available_cores, default_threads
 from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError
 from effkit.factory import is_factory_spec
 from effkit.fidelity import check_finite
@@ -32,6 +33,7 @@ from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
 from effkit.report.render import render_html
 from effkit.specs import parse_input_shape
+from effkit.util import plural
 
 app = typer.Typer(
     name="effkit",
@@ -66,7 +68,8 @@ InputShapeOpt = Annotated[Optional[list[str]], typer.Option(
 InputsOpt = Annotated[Optional[Path], typer.Option(
     "--inputs", help="An .npz file with one example array per model input.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", help="Threads for torch and ONNX Runtime, at most 4 per core (default: all cores)", min=1)]
+    "--threads", help="Threads for torch and ONNX Runtime, at most 4 per core (default: the cores free when the "
+                      "command starts)", min=1)]
 TimeoutOpt = Annotated[Optional[float], typer.Option(
     "--timeout", help="Stop after SECONDS, with exit code 124 and no output written (default: no limit)",
     show_default=False)]
@@ -90,13 +93,25 @@ def console_for(json_path: str | None) -> Console:
     return err if json_path == "-" else out
 
 
-def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None):
-    """Load MODEL with the shared options; parse shapes first so a typo fails before any import."""
+def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
+         data: tuple[str | None, ...] = (), console: Console | None = None, show_inputs: bool = True):
+    """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
+
+    `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
+    one given supplies example inputs when neither --inputs, --input-shape nor the model does.
+    The inputs used are printed on `console` (default: stdout), with the command's other output,
+    unless `show_inputs` is False (bench --generate feeds a prompt instead, and says so).
+    """
     from rich.markup import escape
 
     shapes = [parse_input_shape(s) for s in input_shape or []]
+    first_data = next((d for d in data if d is not None and d != "random"), None)
     with err.status(f"loading {model}", spinner="dots"):
-        loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, check=False)
+        loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
+                            check=False)
+        if show_inputs:
+            (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
+                                   markup=False, highlight=False, soft_wrap=True)
         outputs = check_runs(loaded)
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")
@@ -104,6 +119,14 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
         err.print(f"[yellow]warning:[/] {escape(e.message)}; any step that compares its outputs will fail",
                   soft_wrap=True)
     return loaded
+
+
+def resolve_threads(threads: int | None, console: Console | None = None) -> int:
+    """The one thread policy of every command: --threads, else the cores free now; printed on `console`."""
+    chosen = threads or default_threads()
+    origin = "--threads" if threads else f"the free cores of {available_cores()}; --threads N to change"
+    (console or out).print(f"{plural(chosen, 'thread')} ({origin})", markup=False, highlight=False)
+    return chosen
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TimeoutOpt, TrustOpt,
+from effkit.cli.common import (ArchOpt, ForceOpt, HtmlOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, ThreadsOpt,
+                               TimeoutOpt, TrustOpt, load, resolve_threads,
                                WarmupOpt, check_outputs_free, command, console_for, progress_bar)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
@@ -15,7 +16,8 @@ from effkit.errors import UsageError
 from effkit.gate_config import thresholds_from
 from effkit.gates import gate
 from effkit.report.text import fmt_ms
-from effkit.specs import InputShape, parse_input_shape, parse_threshold
+from effkit.specs import parse_threshold
+from effkit.util import plural
 
 
 @command("compare")
@@ -38,10 +40,7 @@ def compare_command(
                                      "pairs.", min=0)] = 0,
     runtime: Annotated[Optional[str], typer.Option(
         "--runtime", help="torch or onnxruntime (default: torch when both are torch models, else onnxruntime)")] = None,
-    threads: Annotated[Optional[int], typer.Option(
-        "--threads", help="Threads for both models, at most 4 per core \\[default: the cores free when the "
-                    "comparison starts]",
-        min=1)] = None,
+    threads: ThreadsOpt = None,
     pairs: Annotated[int, typer.Option("--pairs", help="A/B block pairs to keep per round.", min=2)] = DEFAULT_PAIRS,
     block_time: Annotated[float, typer.Option(
         "--block-time", help="Seconds per block (one model's run of calls).", min=0.001)] = DEFAULT_BLOCK_TIME,
@@ -81,14 +80,16 @@ def compare_command(
     gates, config_strict = thresholds_from(fail_on, config) if fail_on or config else ([limit], False)
     strict = strict or config_strict
     check_outputs_free([json, html, markdown, junit], force)
-    shapes: list[InputShape] = [parse_input_shape(s) for s in input_shape or []]
-    load_options = {"arch": arch, "trust": trust, "input_shapes": shapes, "inputs": inputs}
+    loaded_a = load(model_a, arch, trust, input_shape, inputs, console=console_for(json))
+    loaded_b = load(model_b, arch, trust, input_shape, inputs, console=console_for(json))
+    check_outputs_free([json, html, markdown, junit], force)  # against the files loading read (an ONNX model's data, ...)
+    threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
-        result = compare(model_a, model_b, runtime=runtime, threads=threads, pairs=pairs, block_time=block_time,
+        result = compare(loaded_a, loaded_b, runtime=runtime, threads=threads, pairs=pairs, block_time=block_time,
                          iterations=iterations, warmup=warmup, threshold=limit.value,
                          rerun_inconclusive=rerun_inconclusive,
                          conclusive=lambda r: r.verdict != "inconclusive" and not gate(r, gates).inconclusive,
-                         seed=seed, load_options=load_options, progress=progress)
+                         seed=seed, progress=progress)
     console = console_for(json)
     console.print(compare_table(result))
     for w in result.warnings:
@@ -122,7 +123,7 @@ def compare_table(result):
         table.add_row(stat, fmt_ms(s["a_ms"]), fmt_ms(s["b_ms"]), f"{s['ratio']:.3f}",
                       f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]", Text(s["verdict"], style=style[s["verdict"]]))
     table.caption = Text(f"verdict: {result.verdict}" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
-                     + f"\n{result.runtime}, {result.threads} threads, {len(result.pairs)} pairs kept of "
+                     + f"\n{result.runtime}, {plural(result.threads, 'thread')}, {len(result.pairs)} pairs kept of "
                        f"{result.attempts} measured, {result.calls_per_block} calls per block, threshold "
                        f"±{100 * result.threshold:g}%, {result.duration_s:.1f} s")
     table.caption_justify = "left"
@@ -137,7 +138,7 @@ def compare_markdown(result) -> str:
         lines.append(f"| {stat} | {fmt_ms(s['a_ms'])} | {fmt_ms(s['b_ms'])} | {s['ratio']:.3f} | "
                      f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] | {s['verdict']} |")
     lines += ["", f"Verdict: **{result.verdict}**" + (f" ({'; '.join(result.reasons)})" if result.reasons else "")
-              + f". {result.runtime}, {result.threads} threads, {len(result.pairs)} of {result.attempts} pairs kept, "
+              + f". {result.runtime}, {plural(result.threads, 'thread')}, {len(result.pairs)} of {result.attempts} pairs kept, "
                 f"threshold ±{100 * result.threshold:g}%."]
     lines += [f"- warning: {w}" for w in result.warnings]
     return "\n".join(lines) + "\n"

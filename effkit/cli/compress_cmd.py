@@ -105,7 +105,7 @@ def compress_command(
                               warmup=warmup, iterations=iterations, min_time=min_time)
     check_outdir(output, force)
     check_outputs_free([json, html, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
     train = load_data(data, input_names=loaded.input_names) if data else None
     evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
     check_outputs_free([json, html, export_onnx], force)  # against every file read (compress checks OUTDIR again)

@@ -19,7 +19,7 @@ from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, err, load, progress_bar,
-                               refuse_below_bar, write_outputs)
+                               refuse_below_bar, resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.files import check_not_read, remove
@@ -198,7 +198,8 @@ def distill_command(
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
 
-    teacher_model = load(teacher, arch, trust, input_shape, inputs)
+    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data),
+                         console=console_for(json))
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
@@ -217,7 +218,8 @@ def distill_command(
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
         bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=val is not None and val.labels is not None)
-        _report(teacher_model, result, val, bar, output, ckpt, runtimes, threads, warmup, iterations,
+        measure_threads = resolve_threads(threads, console_for(json))
+        _report(teacher_model, result, val, bar, output, ckpt, runtimes, measure_threads, warmup, iterations,
                 min_time, json, markdown, html, export_onnx, force)
 
 

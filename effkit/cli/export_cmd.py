@@ -36,14 +36,17 @@ def export_command(
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
     check_outputs_free([output, json, html], force, inputs=(loaded.path,))
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)
     report = exported.meta["export"]
-    console_for(json).print(f"wrote {output} (opset {config.opset}, "
+    console_for(json).print(f"wrote {output} (opset {report['opset']}, {report['exporter']} exporter, "
                             f"{'dynamic' if config.dynamic_batch else 'static'} batch); verified in ONNX Runtime: "
                             f"max abs diff {report['max_abs_diff']:.3g} at batch sizes "
-                            f"{', '.join(map(str, report['batches_checked']))}")
+                            f"{', '.join(map(str, report['batches_checked']))}", markup=False, highlight=False)
+    if "fallback_reason" in report:
+        console_for(json).print(f"note: the {report['exporter']} exporter was used because "
+                                f"{report['fallback_reason']}", markup=False, highlight=False, soft_wrap=True)
     write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.export/1", "output": str(output), **report}, indent=2),
                   None, str, force, html_path=html)

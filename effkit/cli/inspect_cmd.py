@@ -24,7 +24,7 @@ def inspect_command(
 ) -> None:
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
     check_outputs_free([json, html], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
     check_outputs_free([json, html], force)  # against the files loading read (an ONNX model's data, ...)
     info = describe(loaded)
     console = console_for(json)

@@ -11,7 +11,7 @@ from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, progress_bar,
-                               refuse_below_bar, write_outputs)
+                               refuse_below_bar, resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
@@ -35,6 +35,9 @@ def prune_command(
     round_to: Annotated[Optional[int], typer.Option("--round-to", help="Keep widths multiples of N (e.g. 8).",
                                                     min=1)] = None,
     iterative_steps: Annotated[int, typer.Option("--iterative-steps", help="Reach the ratio in N steps.", min=1)] = 1,
+    prune_heads: Annotated[bool, typer.Option(
+        "--prune-heads", help="Remove whole attention heads (the --ratio of them) instead of narrowing every head; "
+                              "nn.MultiheadAttention keeps its heads.")] = False,
     target_latency: Annotated[Optional[str], typer.Option(
         "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x.")] = None,
     target_macs: Annotated[Optional[str], typer.Option(
@@ -85,6 +88,7 @@ def prune_command(
     config = PruneConfig(
         unstructured=unstructured, ratio=parse_ratio(ratio, "--ratio"), scope=scope, importance=importance,
         ignore=tuple(ignore or ()), round_to=round_to, iterative_steps=iterative_steps,
+        prune_heads=prune_heads,
         target_latency=parse_factor(target_latency, "--target-latency") if target_latency else None,
         target_macs=parse_factor(target_macs, "--target-macs") if target_macs else None,
         sparsity=parse_ratio(sparsity, "--sparsity") if sparsity is not None else None, pattern=pattern,
@@ -95,7 +99,8 @@ def prune_command(
     if bar.max_drop_pt is not None and eval_data is None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     check_outputs_free([output, export_onnx, json, html, markdown], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded)

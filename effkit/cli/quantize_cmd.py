@@ -10,7 +10,7 @@ import typer
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
-                               write_outputs)
+                               resolve_threads, write_outputs)
 from effkit.data import load_data
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
@@ -127,7 +127,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib), console=console_for(json))
+    threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
         check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))

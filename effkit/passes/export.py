@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from effkit.export import ExportConfig, export_onnx, onnx_path_for, verify_onnx
+from effkit.export import ExportConfig, export_onnx, export_report_for, onnx_path_for, verify_onnx
 from effkit.load import load_model
 from effkit.passes import PassContext, PassResult
 from effkit.util import workdir
@@ -26,7 +26,7 @@ def run(model, config: ExportConfig, ctx: PassContext) -> PassResult:
                                       "when written)"], kept=False)
     if config == ExportConfig():
         path = onnx_path_for(model)
-        report = {"opset": config.opset, "dynamic_batch": config.dynamic_batch, **verify_onnx(model, path, config)}
+        report = {**export_report_for(model), **verify_onnx(model, path, config)}
         exported = load_model(str(path), check=False).replace(example_inputs=model.example_inputs,
                                                               source=model.source)
     else:

@@ -29,7 +29,8 @@ from effkit.export import make_runner
 from effkit.fidelity import accuracy
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill import DistillConfig, distill
-from effkit.passes.prune_graph import (count_macs_params, dependency_graph, head_counts, match_ignore, modules_named,
+from effkit.passes.prune_graph import (attention_heads, count_macs_params, dependency_graph, head_counts, importance,
+                                       match_ignore, modules_named, set_head_counts, taylor_gradients,
                                        output_layers, prunable_types, widths)
 from effkit.passes.prune_unstructured import prune_unstructured, unstructured_notes
 from effkit.runners import TorchRunner, flatten_outputs
@@ -49,7 +50,9 @@ class PruneConfig:
 
     Structured (default): `ratio` of channels removed per layer (`scope="layer"`) or ranked across
     the whole model (`"global"`), by `importance` (l1, l2 or taylor, which needs data); widths kept
-    multiples of `round_to`; reached in `iterative_steps`. `target_latency` / `target_macs` (a factor
+    multiples of `round_to`; reached in `iterative_steps`. `prune_heads`: attention modules lose
+    whole heads (`ratio` of them, through Torch-Pruning's head pruning) instead of head dimensions.
+    `target_latency` / `target_macs` (a factor
     of the original, e.g. 0.5) prune in steps until the target is met, instead of a fixed ratio.
 
     Unstructured: `sparsity` (fraction of weights zeroed) or `pattern` "N:M" (keep N of every M
@@ -66,6 +69,7 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()
     round_to: int | None = None
     iterative_steps: int = 1
+    prune_heads: bool = False
     target_latency: float | None = None
     target_macs: float | None = None
     sparsity: float | None = None
@@ -112,8 +116,8 @@ class PruneConfig:
         if self.target_latency is not None or self.target_macs is not None:
             raise UsageError("--target-latency / --target-macs need structured pruning",
                              "unstructured zeros do not lower dense latency or MACs; drop --unstructured")
-        if self.round_to is not None or self.importance != "l1" or self.iterative_steps != 1:
-            raise UsageError("--round-to, --importance and --iterative-steps apply to structured pruning",
+        if self.round_to is not None or self.importance != "l1" or self.iterative_steps != 1 or self.prune_heads:
+            raise UsageError("--round-to, --importance, --iterative-steps and --prune-heads apply to structured pruning",
                              "drop them, or drop --unstructured")
         if self.sparsity is None and self.pattern is None:
             raise UsageError("--unstructured needs --sparsity (e.g. 0.9) or --pattern (e.g. 2:4)")
@@ -177,13 +181,15 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
         prune_unstructured(module, config, ignored, details)
     else:
         macs_before, params_before = count_macs_params(module, example)
-        widths_before = widths(module)
+        widths_before, heads_before = widths(module), attention_heads(module)
         _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads)
         macs_after, params_after = count_macs_params(module, example)
         details["macs"] = {"before": macs_before, "after": macs_after}
         details["parameters"] = {"before": params_before, "after": params_after}
         widths_after = widths(module)
         details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
+        heads_after = attention_heads(module)
+        details["attention_heads"] = {n: {"before": heads_before[n], "after": heads_after[n]} for n in heads_before}
         if macs_after >= macs_before:
             notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
         elif config.target_latency is None and config.target_macs is None:
@@ -269,14 +275,6 @@ def _check_same_outputs(reference: list, pruned: list) -> None:
 
 # ---------------------------------------------------------------- structured
 
-def _importance(name: str):
-    import torch_pruning as tp
-
-    if name == "taylor":
-        return tp.importance.TaylorImportance()
-    return tp.importance.MagnitudeImportance(p=1 if name == "l1" else 2)
-
-
 def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: float, steps: int):
     """A Torch-Pruning pruner. Every dict argument is passed fresh: tp 1.6.1 mutates its mutable defaults
     (out_channel_groups, in_channel_groups), which would leak one model's layers into the next pruner."""
@@ -284,9 +282,11 @@ def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: flo
 
     with quiet_torch():
         return tp.pruner.BasePruner(
-            module, list(example), importance=_importance(config.importance), global_pruning=config.scope == "global",
+            module, list(example), importance=importance(config.importance), global_pruning=config.scope == "global",
             pruning_ratio=ratio, iterative_steps=steps, ignored_layers=modules_named(module, ignored),
             round_to=config.round_to, num_heads=head_counts(module), in_channel_groups={}, out_channel_groups={},
+            prune_num_heads=config.prune_heads, prune_head_dims=not config.prune_heads,
+            head_pruning_ratio=ratio if config.prune_heads else 0.0,
         )
 
 
@@ -315,25 +315,12 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
 def _step(pruner, module, example, config: PruneConfig, data) -> None:
     """One pruning step; taylor importance first needs gradients of a loss on the data."""
     if config.importance == "taylor":
-        _taylor_gradients(module, data, config)
+        taylor_gradients(module, data, config.batch_size)
     with quiet_torch():
         pruner.step()
     module.zero_grad(set_to_none=True)
-
-
-def _taylor_gradients(module, data, config: PruneConfig) -> None:
-    """Accumulate gradients of cross-entropy on up to 4 batches of `data`: against its labels, or,
-    without labels, against the model's own top-1 predictions."""
-    import torch
-
-    module.zero_grad(set_to_none=True)
-    for batch, (inputs, labels) in enumerate(data.batches(config.batch_size)):
-        if batch == 4:
-            break
-        out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
-        logits = out.reshape(out.shape[0], -1)
-        target = torch.from_numpy(labels) if labels is not None else logits.detach().argmax(1)
-        torch.nn.functional.cross_entropy(logits, target).backward()
+    if config.prune_heads:  # the modules' own head counts drive their reshapes: they follow the pruner's
+        set_head_counts(module, pruner.num_heads)
 
 
 def _search_target(model, module, example, config: PruneConfig, ignored, data, details, notes, progress,

@@ -1,5 +1,6 @@
 """Which layers of a torch model can be pruned: Torch-Pruning's dependency graph, the output layers
-(kept whole so output shapes cannot change), --ignore globs, attention head counts, widths, MACs.
+(kept whole so output shapes cannot change), --ignore globs, attention head counts, widths, MACs,
+importance criteria.
 
 `effkit.passes.prune` prunes with these; `effkit.structure` (`effkit inspect`) shows the same layers.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+
+import numpy as np
 
 from effkit.errors import ModelLoadError, UsageError, first_line
 from effkit.util import quiet_torch
@@ -115,6 +118,35 @@ def head_counts(module) -> dict:
     return heads
 
 
+def _head_attr(parent) -> str | None:
+    return next((a for a in HEAD_COUNT_ATTRS if isinstance(getattr(parent, a, None), int)), None)
+
+
+def attention_heads(module) -> dict[str, int]:
+    """The head count of every attention module, by name (nn.MultiheadAttention and hand-written ones)."""
+    from torch import nn
+
+    counts = {}
+    for name, parent in module.named_modules():
+        attr = _head_attr(parent)
+        if isinstance(parent, nn.MultiheadAttention):
+            counts[name] = parent.num_heads
+        elif attr and any(isinstance(c, nn.Linear) and QKV_NAME.fullmatch(n) for n, c in parent.named_children()):
+            counts[name] = getattr(parent, attr)
+    return counts
+
+
+def set_head_counts(module, counts: dict) -> None:
+    """Give hand-written attention modules the head counts Torch-Pruning left their q/k/v projections."""
+    from torch import nn
+
+    for parent in module.modules():
+        attr = None if isinstance(parent, nn.MultiheadAttention) else _head_attr(parent)
+        new = {counts[c] for c in parent.children() if c in counts} if attr else set()
+        if len(new) == 1:
+            setattr(parent, attr, new.pop())
+
+
 def widths(module) -> dict[str, list[int]]:
     """[input, output] width of every Linear and convolution."""
     from torch import nn
@@ -135,3 +167,27 @@ def count_macs_params(module, example) -> tuple[int, int]:
     with quiet_torch():
         macs, params = tp.utils.count_ops_and_params(module, list(example))
     return int(macs), int(params)
+
+
+def importance(name: str):
+    """Torch-Pruning's importance criterion: taylor, or the l1 / l2 magnitude."""
+    import torch_pruning as tp
+
+    if name == "taylor":
+        return tp.importance.TaylorImportance()
+    return tp.importance.MagnitudeImportance(p=1 if name == "l1" else 2)
+
+
+def taylor_gradients(module, data, batch_size: int) -> None:
+    """Accumulate gradients of cross-entropy on up to 4 batches of `data`: against its labels, or,
+    without labels, against the model's own top-1 predictions."""
+    import torch
+
+    module.zero_grad(set_to_none=True)
+    for batch, (inputs, labels) in enumerate(data.batches(batch_size)):
+        if batch == 4:
+            break
+        out = module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs))
+        logits = out.reshape(out.shape[0], -1)
+        target = torch.from_numpy(labels) if labels is not None else logits.detach().argmax(1)
+        torch.nn.functional.cross_entropy(logits, target).backward()

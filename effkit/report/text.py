@@ -8,7 +8,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from effkit.util import fmt_bytes, fmt_speedup
+from effkit.util import fmt_bytes, fmt_speedup, plural
 
 
 def fmt_ms(ms: float | None) -> str:
@@ -60,7 +60,7 @@ def bench_table(result) -> Table:
         table.add_row(*row)
     s = result.size
     threads = ", ".join(sorted({str(r["threads"]) for r in result.runs}))
-    table.caption = (f"{threads} threads; {s['parameters']:,} parameters ({s['nonzero_parameters']:,} non-zero), "
+    table.caption = (f"{plural(threads, 'thread')}; {fmt_count(s['parameters'])} parameters ({fmt_count(s['nonzero_parameters'])} non-zero), "
                      f"{fmt_bytes(s['bytes_on_disk'])} on disk, {fmt_bytes(s['gzip_bytes'])} gzipped")
     table.caption_justify = "left"
     return table

@@ -1,10 +1,10 @@
 """Runs killed at any moment leave the old output or the new one, never a mix.
 
-Each test starts effkit as a subprocess over an existing output, waits for a kill point (a fixed
-delay while it starts, or the moment its temporary file appears, i.e. mid-write), sends SIGINT,
-SIGTERM or SIGKILL, and checks the target. After SIGINT or SIGTERM nothing may be left behind; after
-SIGKILL a stray temporary (`.NAME.*.tmp.SUFFIX`, `.effkit-*`) may remain, since no code runs, but the
-target is intact.
+Each test starts effkit as a subprocess over an existing output, waits for a kill point (a `debug:`
+line on stderr saying what it is doing, or the moment its temporary file appears, i.e. mid-write),
+never a fixed delay, which depends on the machine's speed, sends SIGINT, SIGTERM or SIGKILL, and
+checks the target. After SIGINT or SIGTERM nothing may be left behind; after SIGKILL a stray
+temporary (`.NAME.*.tmp.SUFFIX`, `.effkit-*`) may remain, since no code runs, but the target is intact.
 """
 
 from __future__ import annotations
@@ -89,9 +89,18 @@ def test_export_killed_mid_write_keeps_the_old_file(tmp_path, old_export, sig):
         assert _temps(tmp_path, "out.onnx") == []
 
 
+def _wait_for_line(proc: subprocess.Popen, start: str) -> None:
+    """Read stderr until a line that starts with `start`."""
+    for line in proc.stderr:
+        if line.startswith(start):
+            return
+    pytest.fail(f"the process ended before {start!r}")
+
+
 def test_export_killed_while_starting_keeps_the_old_file(tmp_path, old_export):
-    proc = _start([sys.executable, "-m", "effkit", "export", spec("mlp"), "-o", "out.onnx", "--force"], tmp_path)
-    time.sleep(0.5)  # importing: nothing written yet
+    proc = _start([sys.executable, "-m", "effkit", "export", spec("mlp"), "-o", "out.onnx", "--force", "--debug"],
+                  tmp_path)
+    _wait_for_line(proc, "debug: loading")  # started, nothing written yet
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=TIMEOUT)
     assert (tmp_path / "out.onnx").read_bytes() == old_export
@@ -101,8 +110,8 @@ def test_export_killed_while_starting_keeps_the_old_file(tmp_path, old_export):
 def test_bench_json_interrupted_keeps_the_old_report(tmp_path):
     (tmp_path / "r.json").write_text('{"old": true}\n')
     proc = _start([sys.executable, "-m", "effkit", "bench", spec("mlp"), "--warmup", "1", "--min-time", "20",
-                   "--json", "r.json", "--force"], tmp_path)
-    time.sleep(4.0)  # loaded and measuring for 20 s: the report is not written yet
+                   "--json", "r.json", "--force", "--debug"], tmp_path)
+    _wait_for_line(proc, "debug: measuring")  # measuring for 20 s: the report is not written yet
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, stderr
