@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from effkit.errors import EffkitError, UsageError
-from effkit.specs import _finite
+from effkit.specs import _finite, check_number, check_numbers
 
 # The order steps run in, whatever order the recipe lists them in.
 STEPS = ("prune", "distill", "quantize", "export")
@@ -83,6 +83,7 @@ class PipelineConfig:
     backoff_tries: int = 3  # retries of a step that breaks the bar, each backed off further
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.max_accuracy_drop is not None:
             parse_accuracy_drop(self.max_accuracy_drop)
         for t in self.tolerance:
@@ -112,6 +113,7 @@ class BenchConfig:
     min_time: float = 0.25
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.threads is not None and self.threads < 1:
             raise UsageError("threads must be at least 1")
         if self.warmup < 0 or (self.iterations is not None and self.iterations < 1) or self.min_time < 0:
@@ -175,6 +177,7 @@ class Recipe:
         """Parse TOML recipe text; errors name the source, the line, the section and the key."""
         from effkit.files import loads_toml
 
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some Windows editors write
         return cls.from_dict(loads_toml(text, source), source, text)
 
     @classmethod
@@ -205,6 +208,10 @@ class Recipe:
                     known = ", ".join(_toml_key(n) for n in fields)
                     raise UsageError(f"{where(section, key)}: unknown key {key!r} in [{section}]",
                                      f"known keys: {known}")
+                try:  # nan, inf and 10**20 are TOML numbers too
+                    check_number(f"[{section}] {key}", value)
+                except UsageError as e:
+                    raise UsageError(f"{where(section, key)}: {e.message}", e.hint) from None
                 try:
                     kwargs[name] = _coerce(value, hints.get(name, Any))
                 except TypeError as e:

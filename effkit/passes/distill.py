@@ -40,6 +40,7 @@ import numpy as np
 
 from effkit.errors import EffkitError, InputError, StepFailed, UsageError, first_line
 from effkit.passes import PassResult
+from effkit.specs import check_numbers
 
 CHECKPOINT_FORMAT = "effkit.distill-checkpoint/1"
 LOSSES = ("kl", "mse")
@@ -65,6 +66,7 @@ class DistillConfig:
     val_split: float = 0.1  # held out from `data` when no validation data is given; 0 = no validation
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         # pairs may come as lists or "student:teacher" strings (from a recipe file): keep tuples
         object.__setattr__(self, "feature_pairs", tuple(parse_feature_pair(p) if isinstance(p, str) else tuple(p)
                                                         for p in self.feature_pairs))

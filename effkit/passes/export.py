@@ -15,6 +15,7 @@ import numpy as np
 
 from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
 from effkit.model import Model
+from effkit.specs import check_numbers
 
 DEFAULT_OPSET = 18
 # Above this, weights go to an external data file (protobuf refuses messages over 2 GB).
@@ -31,6 +32,7 @@ class ExportConfig:
     rtol: float = 1e-3
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not (7 <= self.opset <= 23):
             raise UsageError(f"opset {self.opset} is not supported", "use an opset between 7 and 23 (default 18)")
         if self.atol < 0 or self.rtol < 0:

@@ -25,6 +25,7 @@ import numpy as np
 
 from effkit.errors import ModelLoadError, StepFailed, UsageError, first_line
 from effkit.passes import PassResult
+from effkit.specs import check_numbers
 
 SCOPES = ("layer", "global")
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -74,6 +75,7 @@ class PruneConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         object.__setattr__(self, "ignore", tuple(self.ignore))
         if not 0.0 < self.ratio < 1.0:
             raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}", "e.g. 0.5 removes half")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from effkit.errors import InputError, StepFailed, UsageError, first_line
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import Threshold, check_numbers, parse_threshold
 
 METHODS = ("auto", "dynamic", "static", "weight-only")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -60,6 +60,7 @@ class QuantizeConfig:
     fidelity_samples: int = 8
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         _choice("--method", self.method, METHODS)
         _choice("--backend", self.backend, BACKENDS)
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
