@@ -31,6 +31,9 @@ _ORT_TYPES = {"u8": "QUInt8", "s8": "QInt8"}
 @contextlib.contextmanager
 def quiet_ort():
     """onnxruntime.quantization logs and prints per node; keep that away from users."""
+    from effkit.runtime import import_onnxruntime
+
+    import_onnxruntime()  # its sessions (calibration, optimization) log at effkit's severity
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
