@@ -20,6 +20,7 @@ random (a gate that cries wolf gets switched off); `strict=True` (`--strict`) ma
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effkit.errors import UsageError
+from effkit.errors import UsageError, first_line
 from effkit.specs import COMPARATORS, Threshold, parse_threshold
 
 SCHEMA = "effkit.gate/1"
@@ -184,13 +185,15 @@ def load_result(path: str | Path) -> dict:
     """Read a result JSON (bench, step outcome, or compare) and check its schema."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte order mark is harmless
     except FileNotFoundError:
         raise UsageError(f"no such result file: {path}") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a folder, not a result file") from None
+    except RecursionError:
+        raise UsageError(f"{path} nests its JSON too deeply to be an effkit result", _AS_WRITTEN) from None
     except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+        raise UsageError(f"{path} is not valid JSON: {first_line(e)}", _AS_WRITTEN) from None
     _check_schema(data, str(path))
     return data
 
@@ -205,14 +208,15 @@ def _check_schema(data: Any, where: str) -> None:
                          "pass a file written by effkit bench/compare/quantize/... --json")
 
 
-def _as_document(result: Any) -> dict:
+def _as_document(result: Any, name: str) -> tuple[dict, str]:
+    """(the result document, what messages call it: its file, else `name`)."""
     if isinstance(result, (str, Path)):
-        return load_result(result)
+        return load_result(result), str(result)
     if hasattr(result, "to_json"):  # BenchResult, Outcome, CompareResult
-        return json.loads(result.to_json())
+        return json.loads(result.to_json()), name
     if isinstance(result, dict):
-        _check_schema(result, "the result")
-        return result
+        _check_schema(result, name)
+        return result, name
     raise UsageError(f"cannot gate a {type(result).__name__}", "pass a result file, dict or effkit result object")
 
 
@@ -221,80 +225,178 @@ def _lookup(doc: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
+        elif isinstance(node, list) and re.fullmatch(r"-?\d{1,18}", part) and -len(node) <= int(part) < len(node):
             node = node[int(part)]
         else:
             return None
     return node
 
 
-def _metric_names(metrics: dict, prefix: str = "") -> list[str]:
+def _metric_names(metrics: dict, prefix: str = "", depth: int = 4) -> list[str]:
+    """Metric names for a hint, at most `depth` levels deep (a crafted document may nest hundreds)."""
     names = []
     for k, v in metrics.items():
-        if isinstance(v, dict):
-            names += _metric_names(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and depth > 1:
+            names += _metric_names(v, f"{prefix}{k}.", depth - 1)
         elif v is not None:
             names.append(f"{prefix}{k}")
     return names
 
 
-def resolve(doc: dict, metric: str) -> float:
-    """A metric's value: from the `metrics` block first, then anywhere in the document by dotted path."""
-    value = _lookup(doc.get("metrics", {}), metric)
-    if value is None:
-        value = _lookup(doc, metric)
+# ---------------------------------------------------------------- reading a document, refusing what cannot be
+
+_AS_WRITTEN = "pass a result file as effkit wrote it"
+_NOT_MEASURED = "the file was edited or corrupted; measure again"
+# Keys whose numbers are measurements, finite and >= 0 (as are keys ending in _ms or bytes). A result with
+# a negative latency or a size of -inf would pass any `<=` gate.
+_MEASURED_KEYS = {"latency", "latency_ms", "normalized_latency", "throughput", "throughput_per_s", "size", "gzip_size",
+                  "memory", "parameters", "nonzero_parameters", "ratio", "ci"}
+_KINDS = {dict: "a table", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _is_measured(key: str) -> bool:
+    return any(part in _MEASURED_KEYS or part.endswith(("_ms", "bytes")) for part in key.split("."))
+
+
+def _expect(value: Any, kind: type, where: str, key: str, required: bool = False) -> Any:
+    """`value` if it is a `kind` (or absent: None, unless `required`); else a usage error naming file and key."""
+    if value is None and required:
+        raise UsageError(f"{where} has no {key}", _AS_WRITTEN)
+    if value is not None and not isinstance(value, kind):
+        got = _KINDS.get(type(value), "a number")
+        raise UsageError(f"{where}: {key} is {got}, not {_KINDS[kind]}", _AS_WRITTEN)
+    return value
+
+
+def _number(value: Any, where: str, key: str) -> float:
+    """A number of the document (or one written as "inf"/"-inf"/"nan"); NaN, and for measurements
+    anything non-finite or negative, is refused with the file and key."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        names = ", ".join(_metric_names(doc.get("metrics", {}))[:20])
+        raise UsageError(f"{where}: {key} is {_KINDS.get(type(value), 'a table')}, not a number", _AS_WRITTEN)
+    try:
+        number = float(value)
+    except ValueError:
+        raise UsageError(f"{where}: {key} is {_shown(value)}, not a number", _AS_WRITTEN) from None
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.copysign(math.inf, value)
+    if math.isnan(number):
+        raise UsageError(f"{where}: {key} is NaN, which no gate can compare", _NOT_MEASURED)
+    if _is_measured(key) and not 0 <= number < math.inf:
+        raise UsageError(f"{where}: {key} is {_shown(value)}, which no measurement can be (latencies, sizes and "
+                         "counts are finite and never negative)", _NOT_MEASURED)
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A value of the document for a message, cut short (repr() refuses integers of over 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() >= 64:
+        return f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _numbers(values: Any, where: str, key: str) -> list[float] | None:
+    """A list of numbers of the document (samples, an interval), each checked by `_number`."""
+    return None if values is None else [_number(v, where, f"{key}.{i}")
+                                        for i, v in enumerate(_expect(values, list, where, key))]
+
+
+def resolve(side: _Side, metric: str) -> float:
+    """A metric's value: from the `metrics` block first, then anywhere in the document by dotted path."""
+    value, key = _lookup(side.doc.get("metrics") or {}, metric), f"{side.metrics_key}.{metric}"
+    if value is None:
+        value, key = _lookup(side.doc, metric), f"{side.key}{metric}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        names = ", ".join(_metric_names(side.doc.get("metrics") or {})[:20])
         raise UsageError(f"the result has no numeric metric {metric!r}",
                          f"metrics: {names}; or any dotted path in the JSON, e.g. runs.0.latency_ms.p90")
-    try:
-        return float(value)  # "inf"/"nan" strings are how results write non-finite numbers
-    except ValueError:
-        raise UsageError(f"metric {metric!r} is {value!r}, not a number") from None
+    return _number(value, side.where, key)
 
 
 @dataclass
 class _Side:
-    """One measured model inside a result document."""
+    """One measured model inside a result document: `where` names the file, `key` the path to it inside."""
 
     doc: dict
     samples: list[float] | None = None
     contention: dict | None = None
     environment: dict | None = None
+    calibration_ms: float | None = None  # how long the calibration workload took on the machine that measured it
+    where: str = "the result"
+    key: str = ""
+    metrics_key: str = "metrics"
 
 
-def _bench_side(doc: dict) -> _Side:
-    run = (doc.get("runs") or [{}])[0]
-    return _Side(doc, run.get("samples_ms") or None, run.get("contention"), doc.get("environment"))
+def _calibration(environment: dict | None, where: str, key: str) -> float | None:
+    value = (environment or {}).get("calibration_ms")
+    return None if value is None else _number(value, where, f"{key}environment.calibration_ms") or None
 
 
-def _sides(doc: dict) -> tuple[_Side, _Side | None, dict | None]:
-    """(candidate, implicit baseline, paired ratios) of a result document."""
+def _environment(doc: dict, where: str, key: str) -> dict | None:
+    """The machine a result was measured on, as far as gates read it."""
+    environment = _expect(doc.get("environment"), dict, where, f"{key}environment")
+    for part in ("cpu", "versions"):
+        _expect((environment or {}).get(part), dict, where, f"{key}environment.{part}")
+    return environment
+
+
+def _bench_side(doc: Any, where: str, key: str = "") -> _Side:
+    _expect(doc, dict, where, key.rstrip(".") or "the document", required=True)
+    _expect(doc.get("metrics"), dict, where, f"{key}metrics")
+    runs = _expect(doc.get("runs"), list, where, f"{key}runs") or [{}]
+    run = _expect(runs[0], dict, where, f"{key}runs.0", required=True)
+    environment = _environment(doc, where, key)
+    contention = _expect(run.get("contention"), dict, where, f"{key}runs.0.contention")
+    if (contention or {}).get("other_cpu_cores") is not None:
+        _number(contention["other_cpu_cores"], where, f"{key}runs.0.contention.other_cpu_cores")
+    samples = _numbers(run.get("samples_ms"), where, f"{key}runs.0.samples_ms")
+    return _Side(doc, samples or None, contention, environment, _calibration(environment, where, key), where, key,
+                 f"{key}metrics")
+
+
+def _sides(doc: dict, where: str) -> tuple[_Side, _Side | None, dict | None]:
+    """(candidate, implicit baseline, paired ratios) of a result document, its structure and numbers checked."""
     schema = doc["schema"]
     if schema == "effkit.step/1":
-        return _bench_side(doc["after"]), _bench_side(doc["before"]), None
+        return _bench_side(doc.get("after"), where, "after."), _bench_side(doc.get("before"), where, "before."), None
     if schema == "effkit.compare/1":
-        pairs = doc.get("pairs", [])
-        cand = _Side(doc, [s for p in pairs for s in p["b_ms"]] or None, None, doc.get("environment"))
-        base = _Side({"metrics": doc.get("baseline_metrics", {})}, [s for p in pairs for s in p["a_ms"]] or None,
-                     None, doc.get("environment"))
-        return cand, base, doc.get("ratios", {})
+        pairs = _expect(doc.get("pairs"), list, where, "pairs") or []
+        samples = {"a_ms": [], "b_ms": []}
+        for i, pair in enumerate(pairs):
+            for name in samples:
+                samples[name] += _numbers(_expect(pair, dict, where, f"pairs.{i}", required=True).get(name), where,
+                                          f"pairs.{i}.{name}") or []
+        _expect(doc.get("metrics"), dict, where, "metrics")
+        environment = _environment(doc, where, "")
+        calibration = _calibration(environment, where, "")
+        cand = _Side(doc, samples["b_ms"] or None, None, environment, calibration, where)
+        base = _Side({"metrics": _expect(doc.get("baseline_metrics"), dict, where, "baseline_metrics") or {}},
+                     samples["a_ms"] or None, None, environment, calibration, where, metrics_key="baseline_metrics")
+        ratios = _expect(doc.get("ratios"), dict, where, "ratios") or {}
+        for name, entry in ratios.items():
+            entry = _expect(entry, dict, where, f"ratios.{name}", required=True)
+            _number(entry.get("ratio"), where, f"ratios.{name}.ratio")
+            if len(_numbers(entry.get("ci"), where, f"ratios.{name}.ci") or []) != 2:
+                raise UsageError(f"{where}: ratios.{name}.ci is not an interval [low, high]", _AS_WRITTEN)
+        return cand, base, ratios
     if schema == "effkit.compress/1":  # the final state against the original
-        states = [st for st in doc.get("states", []) if st.get("bench")]
+        states = [(i, st) for i, st in enumerate(_expect(doc.get("states"), list, where, "states") or [])
+                  if _expect(st, dict, where, f"states.{i}", required=True).get("bench")]
         if not states:
             raise UsageError("the compress result has no measured state to gate")
-        first, last = (_state_side(st) for st in (states[0], states[-1]))
+        first, last = (_state_side(st, where, f"states.{i}.") for i, st in (states[0], states[-1]))
         return last, first if len(states) > 1 else None, None
-    return _bench_side(doc), None, None
+    return _bench_side(doc, where), None, None
 
 
-def _state_side(state: dict) -> _Side:
+def _state_side(state: dict, where: str, key: str) -> _Side:
     """A compress state: its bench result, with the state's accuracy and fidelity among the metrics."""
-    bench = dict(state["bench"], metrics=dict(state["bench"].get("metrics", {})))
-    for key in ("accuracy", "fidelity"):
-        if state.get(key) is not None and key not in bench["metrics"]:
-            bench["metrics"][key] = state[key]
-    return _bench_side(bench)
+    bench = _expect(state["bench"], dict, where, f"{key}bench")
+    bench = dict(bench, metrics=dict(_expect(bench.get("metrics"), dict, where, f"{key}bench.metrics") or {}))
+    for name in ("accuracy", "fidelity"):
+        if state.get(name) is not None and name not in bench["metrics"]:
+            bench["metrics"][name] = state[name]
+    return _bench_side(bench, where, f"{key}bench.")
 
 
 # ---------------------------------------------------------------- deciding
@@ -341,7 +443,7 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
         return Verdict(t, "inconclusive", message="the comparison kept no A/B pairs: nothing was measured on a "
                                                   "quiet enough machine")
     if t.kind == "absolute":
-        value = resolve(cand.doc, metric)
+        value = resolve(cand, metric)
         lo = hi = value
         if latency and cand.samples and not latency[1]:
             value, lo, hi = statistic_ci(cand.samples, latency[0])
@@ -354,7 +456,7 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
     if base is None:
         raise UsageError(f"gate {t.text!r} compares with a baseline, and there is none",
                          "pass --baseline BASE.json, or use an absolute gate such as latency.p50:<=3ms")
-    value, base_value = resolve(cand.doc, metric), resolve(base.doc, metric)
+    value, base_value = resolve(cand, metric), resolve(base, metric)
     if t.kind == "points":
         change = 100.0 * (value - base_value)  # fractions -> percentage points
         limit = t.value
@@ -374,7 +476,11 @@ def decide(threshold: Threshold, cand: _Side, base: _Side | None, paired: dict |
             ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
         how = "separate runs, 95% interval"
         if normalize or (latency and latency[1]):  # divide out the machine: time per unit of calibration time
-            machine = cand.environment["calibration_ms"] / base.environment["calibration_ms"]
+            if not (cand.calibration_ms and base.calibration_ms):
+                raise UsageError(f"gate {t.text!r} divides out the machine, and calibration_ms is missing from "
+                                 f"{cand.where if not cand.calibration_ms else base.where}",
+                                 "gate latency.* instead, or pass results written by effkit bench")
+            machine = cand.calibration_ms / base.calibration_ms
             machine = machine if latency else 1 / machine  # a slower machine lowers throughput
             ratio, lo, hi = ratio / machine, lo / machine, hi / machine
             how += ", machine-normalized"
@@ -414,7 +520,7 @@ def _environment_warnings(cand: _Side, base: _Side | None) -> tuple[list[str], b
     if not diffs:
         return [], False
     warnings = [f"the baseline ran in another environment ({'; '.join(diffs)})"]
-    ca, cb = base.environment.get("calibration_ms"), cand.environment.get("calibration_ms")
+    ca, cb = base.calibration_ms, cand.calibration_ms
     if ca and cb:
         warnings.append(f"the calibration workload ran {cb / ca:.2f}x as long here as in the baseline's run: "
                         f"that much of a latency ratio is the machine; latency gates are machine-normalized")
@@ -456,14 +562,15 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     if not parsed:
         raise UsageError("no gates to check", "pass --fail-on METRIC:THRESHOLD, or set fail-on in "
                          "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml)")
-    doc = _as_document(result)
-    cand, base, paired = _sides(doc)
+    doc, where = _as_document(result, "the result")
+    cand, base, paired = _sides(doc, where)
     if baseline is not None:
-        base_doc = _as_document(baseline)
+        base_doc, base_where = _as_document(baseline, "the baseline")
+        base = _sides(base_doc, base_where)[0]
         _check_same_run(doc, base_doc)
-        base = _sides(base_doc)[0]
         paired = None
-    warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
+    warnings = [f"this run: {w}" for w in _expect(doc.get("warnings"), list, where, "warnings") or []
+                if isinstance(w, str)]
     env_warnings, normalize = _environment_warnings(cand, base)
     warnings += env_warnings
     for name, side in (("this run", cand), ("the baseline", base)):
@@ -473,9 +580,16 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
                             f"{c.get('other_cpu_cores', 0):.2f} of {c.get('cores')} cores, {c.get('threads')} "
                             "threads asked for): its latency gates are inconclusive")
     verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
-    subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source") \
-        or doc.get("source", "")
-    return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)
+    return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, _subject(doc))
+
+
+def _subject(doc: dict) -> str:
+    """The model a result is about (its source), or "" when the document does not say."""
+    after = doc.get("after")
+    for node in (doc.get("model"), doc.get("b"), after.get("model") if isinstance(after, dict) else None, doc):
+        if isinstance(node, dict) and isinstance(node.get("source"), str):
+            return node["source"]
+    return ""
 
 
 def _first_run(doc: dict) -> tuple | None:
