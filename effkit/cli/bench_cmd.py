@@ -8,7 +8,8 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt, ModelArg,
-    ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar, write_outputs,
+    ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar, warning_text,
+    write_outputs,
 )
 from effkit.errors import UsageError
 
@@ -57,5 +58,5 @@ def bench_command(
     console = console_for(json)
     console.print(bench_table(result))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(warning_text(warning))
     write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force)

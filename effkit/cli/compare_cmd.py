@@ -9,7 +9,7 @@ import typer
 
 from effkit.cli.common import (
     ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, TrustOpt, WarmupOpt,
-    check_outputs_free, command, console_for, progress_bar,
+    check_outputs_free, command, console_for, progress_bar, warning_text,
 )
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD
@@ -62,8 +62,6 @@ def compare_command(
 
     Without --fail-on the gate is latency.p50:+THRESHOLD. Exit 0 pass, 1 a gate failed, 2 bad input.
     """
-    from rich.markup import escape
-
     from effkit.comparison import compare
     from effkit.gates import gate, thresholds_from
     from effkit.specs import InputShape, parse_input_shape, parse_threshold
@@ -92,7 +90,7 @@ def compare_command(
     console = console_for(json)
     console.print(compare_table(result))
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        console.print(warning_text(w), soft_wrap=True)
     report = gate(result, gates, strict=strict)
     report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # printed above
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
@@ -209,7 +210,7 @@ def distill_command(
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
     from effkit.data import load_data
 
-    with err.status(f"loading {data}", spinner="dots"):
+    with err.status(Text(f"loading {data}"), spinner="dots"):
         train = load_data(data, input_names=teacher.input_names)
         val = load_data(val_data, input_names=teacher.input_names) if val_data else None
     if val is None and val_split > 0:
@@ -246,7 +247,7 @@ def _report(teacher, result, val, output, ckpt, runtimes, threads, warmup, itera
                              + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
                                 if agreement is not None else ""))
     console = console_for(json)
-    with console.status(f"saving {output}", spinner="dots"), quiet_torch():
+    with console.status(Text(f"saving {output}"), spinner="dots"), quiet_torch():
         # The verified export first: when it fails (exit 1), the student is not written either.
         if export_onnx is not None:
             from effkit.passes.export import export_onnx as export

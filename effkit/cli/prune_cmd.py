@@ -10,7 +10,7 @@ import typer
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
     ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, load, progress_bar,
-    write_outputs,
+    warning_text, write_outputs,
 )
 
 
@@ -136,6 +136,6 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
         outcome.outputs.append(str(export_onnx))
     console.print(outcome_table(outcome))
     for warning in outcome.before.warnings + outcome.after.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(warning_text(warning))
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)

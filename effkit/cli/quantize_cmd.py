@@ -10,7 +10,7 @@ import typer
 from effkit.cli.common import (
     ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
     ModelArg, ThreadsOpt, TrustOpt, WarmupOpt, check_outputs_free, command, console_for, err, load, progress_bar,
-    write_outputs,
+    warning_text, write_outputs,
 )
 from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_TOLERANCE
 
@@ -93,7 +93,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
-        err.print(f"[yellow]warning:[/] {outlook}")
+        err.print(warning_text(outlook))
     calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples)
     labelled = None if eval_data is None else load_data(eval_data, loaded.input_names)
     if labelled is not None and labelled.labels is None:
