@@ -10,7 +10,8 @@ import typer
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, load, progress_bar, write_outputs)
+                               check_outputs_free, command, console_for, load, progress_bar, warning_text,
+                               write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.outcome import measure_before_after
@@ -120,6 +121,6 @@ def _run(loaded, config, train, evaluation, output, export_onnx, runtimes, threa
     outcome.outputs = [str(p) for p in save_with_onnx(result.model, output, export_onnx, force)]
     console.print(outcome_table(outcome))
     for warning in outcome.before.warnings + outcome.after.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(warning_text(warning))
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force)

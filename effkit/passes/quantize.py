@@ -5,8 +5,7 @@ measures each on the same held-out inputs (fidelity) and the same timing loop (i
 busy machine slows all of them alike), and keeps the fastest that meets the tolerance. When none
 does, it measures per-layer sensitivity and keeps the most sensitive layers in float, a few at a
 time, until one passes; if none can, it fails (StepFailed, exit 1). Nothing is assumed about speed:
-ONNX Runtime's dynamic int8 of convolutions, for one, is much slower than fp32, and only a
-measurement tells.
+ONNX Runtime's dynamic int8 of convolutions, for one, is much slower than fp32, and only a measurement tells.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import Threshold, check_numbers, parse_threshold
 from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
@@ -77,6 +76,7 @@ class QuantizeConfig:
     alpha: float | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.bits is not None:
             if self.bits not in WEIGHT_BITS:
                 raise UsageError(f"--bits {self.bits} is not supported", "use --bits 4 or --bits 8")

@@ -9,8 +9,8 @@ Those changes are paired speedups with their 95% intervals ("2.07x faster [1.95,
 from __future__ import annotations
 
 from rich import box
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from effkit.report.text import _num, fmt_ms
 from effkit.util import fmt_bytes, fmt_speedup
@@ -109,7 +109,7 @@ def terminal_cells(result) -> list[list[str]]:
 
 def compress_table(result) -> Table:
     """The summary table printed at the end of `effkit compress` (ort = ONNX Runtime)."""
-    table = Table(title=f"effkit compress: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
+    table = Table(title=Text(f"effkit compress: {result.source}"), title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     quality = ("acc", "Δ pt") if result.original.accuracy is not None else ("cosine", "")
     for i, h in enumerate(("step", "runtime", "p50 ms", "p90 ms", "step", "vs fp32", "size", *quality)):
@@ -117,7 +117,7 @@ def compress_table(result) -> Table:
     for cells in terminal_cells(result):
         table.add_row(*cells)
     caption = [("" if result.status == "ok" else "FAILED: ") + headline(result)] + step_lines(result) + result.notes
-    table.caption = escape("\n".join(c for c in caption if c))  # notes hold [section] names, not markup
+    table.caption = Text("\n".join(c for c in caption if c))  # notes hold [section] names and paths, not markup
     table.caption_justify = "left"
     return table
 
