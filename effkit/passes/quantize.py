@@ -240,6 +240,10 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     `candidate_iterations` calls per round). details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
     """
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if not 0 <= candidate_time < math.inf or (candidate_iterations is not None and candidate_iterations < 1):
+        raise UsageError("candidate timing needs a finite time >= 0 and iterations >= 1")  # inf: timed forever
     notes: list[str] = []
     cpu = cpu_info()
     outlook = int8_outlook(cpu["isa"])
@@ -258,10 +262,6 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
-    if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if candidate_time < 0 or (candidate_iterations is not None and candidate_iterations < 1):
-        raise UsageError("candidate timing needs a time >= 0 and iterations >= 1")
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)

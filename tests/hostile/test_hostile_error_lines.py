@@ -304,8 +304,8 @@ def test_markup_path_that_is_missing(cli, markup_dir):
 RECIPE_ERRORS = [
     ("[bench]\nmin-time = nan\n", "r.toml line 2: [bench] min-time must be a finite number, got nan "
                                   "(write an ordinary number)"),
-    ("[quantize]\ncandidate-time = inf\n", "r.toml line 2: [quantize] candidate-time must be a finite number, "
-                                           "got inf (write an ordinary number)"),
+    ("[quantize]\nalpha = inf\n", "r.toml line 2: [quantize] alpha must be a finite number, "
+                                  "got inf (write an ordinary number)"),
     ("[quantize]\ncalib-samples = 100000000000000000000\n",
      "r.toml line 2: [quantize] calib-samples is a 67-bit number, too large for any count or size (write an "
      "ordinary number, at most 9223372036854775807)"),
@@ -339,8 +339,11 @@ def test_recipe_with_a_byte_order_mark_is_read(tmp_path):
 @pytest.mark.parametrize("make, expected", [
     (lambda: __import__("effkit.recipe").recipe.BenchConfig(min_time=math.nan),
      "--min-time must be a finite number, got nan"),
-    (lambda: __import__("effkit.passes.quantize").passes.quantize.QuantizeConfig(candidate_time=math.inf),
-     "--candidate-time must be a finite number, got inf"),
+    (lambda: __import__("effkit.passes.quantize").passes.quantize.QuantizeConfig(alpha=math.inf),
+     "--alpha must be a finite number, got inf"),
+    (lambda: __import__("effkit.passes.quantize").passes.quantize.quantize(None, __import__(
+        "effkit.passes.quantize").passes.quantize.QuantizeConfig(), candidate_time=math.inf),
+     "candidate timing needs a finite time >= 0 and iterations >= 1"),
     (lambda: __import__("effkit.passes.distill").passes.distill.DistillConfig(alpha=math.nan),
      "--alpha must be a finite number, got nan"),
 ])
