@@ -237,9 +237,9 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
         if DEBUG["on"]:
             set_onnxruntime_logging(True)
         try:
+            check_shared_options(kwargs)
             for option, value in kwargs.items():  # `--min-time inf`, `--lr nan`, `--seed 10**30`: for every command
                 check_number(f"--{option.replace('_', '-')}", value)
-            check_shared_options(kwargs)
             with (reading_scope(), stop_signals(), _debug_log(),
                   guard(name or func.__name__, kwargs.get("timeout"))):
                 return func(*args, **kwargs)
