@@ -84,8 +84,8 @@ def time_calls(call: Callable[[], Any], *, warmup: int = DEFAULT_WARMUP, iterati
     Runs `warmup` untimed calls, then exactly `iterations` calls, or (without it) calls until
     `min_time` seconds have passed and at least MIN_SAMPLES were taken.
     """
-    if warmup < 0 or (iterations is not None and iterations < 1) or min_time < 0:
-        raise UsageError("--warmup must be >= 0, --iterations >= 1 and --min-time >= 0")
+    if warmup < 0 or (iterations is not None and iterations < 1) or not 0 <= min_time < math.inf:
+        raise UsageError("--warmup must be >= 0, --iterations >= 1 and --min-time a number >= 0")
     for _ in range(warmup):
         call()
     samples: list[float] = []

@@ -99,8 +99,9 @@ def environment(threads: int | None = None) -> dict:
 
 def fingerprint(env: dict) -> dict:
     """The parts of an environment that must match for absolute timings to be comparable."""
-    return {"cpu": env.get("cpu", {}).get("model"), "cores": env.get("cores"), "threads": env.get("threads"),
-            "torch": env.get("versions", {}).get("torch"), "onnxruntime": env.get("versions", {}).get("onnxruntime")}
+    cpu, versions = env.get("cpu") or {}, env.get("versions") or {}
+    return {"cpu": cpu.get("model"), "cores": env.get("cores"), "threads": env.get("threads"),
+            "torch": versions.get("torch"), "onnxruntime": versions.get("onnxruntime")}
 
 
 # /proc/stat counts in ticks of 10 ms (USER_HZ 100): over a shorter block its figures are noise.

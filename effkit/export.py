@@ -25,6 +25,7 @@ from effkit.load import load_onnx
 from effkit.model import Model
 from effkit.onnx_files import save_onnx_file, write_onnx
 from effkit.runners import RUNTIMES, OrtRunner, Runner, TorchRunner
+from effkit.specs import check_numbers
 from effkit.util import quiet_torch, workdir
 
 DEFAULT_OPSET = 18
@@ -42,6 +43,7 @@ class ExportConfig:
     rtol: float = 1e-3
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not (7 <= self.opset <= 23):
             raise UsageError(f"opset {self.opset} is not supported", "use an opset between 7 and 23 (default 18)")
         if self.atol < 0 or self.rtol < 0:

@@ -291,3 +291,7 @@ def loads_toml(text: str, source: str) -> dict:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{source} is not valid TOML: {e}", "fix the file's syntax (see toml.io)") from None
+    except ValueError:  # int() refuses numbers of more than 4300 digits
+        raise UsageError(f"{source} holds a number with thousands of digits", "write an ordinary number") from None
+    except RecursionError:
+        raise UsageError(f"{source} nests arrays or tables too deeply to read", "flatten the file") from None

@@ -31,7 +31,7 @@ from typing import Any
 from effkit.comparison import independent_ratio_ci, statistic_ci
 from effkit.env import fingerprint
 from effkit.errors import UsageError
-from effkit.results import Side, as_document, resolve, sides
+from effkit.results import Side, as_document, expect, resolve, sides
 from effkit.specs import COMPARATORS, Threshold, parse_threshold
 from effkit.util import fmt_bytes, jsonable
 
@@ -220,7 +220,7 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
         return Verdict(t, "inconclusive", message="the comparison kept no A/B pairs: nothing was measured on a "
                                                   "quiet enough machine")
     if t.kind == "absolute":
-        value = resolve(cand.doc, metric)
+        value = resolve(cand, metric)
         lo = hi = value
         if latency and cand.samples and not latency[1]:
             value, lo, hi = statistic_ci(cand.samples, latency[0])
@@ -233,7 +233,7 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
     if base is None:
         raise UsageError(f"gate {t.text!r} compares with a baseline, and there is none",
                          "pass --baseline BASE.json, or use an absolute gate such as latency.p50:<=3ms")
-    value, base_value = resolve(cand.doc, metric), resolve(base.doc, metric)
+    value, base_value = resolve(cand, metric), resolve(base, metric)
     if t.kind == "points":
         change = 100.0 * (value - base_value)  # fractions -> percentage points
         limit = t.value
@@ -256,7 +256,11 @@ def decide(threshold: Threshold, cand: Side, base: Side | None, paired: dict | N
             ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
         how = "separate runs, 95% interval"
         if normalize or (latency and latency[1]):  # divide out the machine: time per unit of calibration time
-            machine = cand.environment["calibration_ms"] / base.environment["calibration_ms"]
+            if not (cand.calibration_ms and base.calibration_ms):
+                raise UsageError(f"gate {t.text!r} divides out the machine, and calibration_ms is missing from "
+                                 f"{cand.where if not cand.calibration_ms else base.where}",
+                                 "gate latency.* instead, or pass results written by effkit bench")
+            machine = cand.calibration_ms / base.calibration_ms
             machine = machine if latency else 1 / machine  # a slower machine lowers throughput
             ratio, lo, hi = ratio / machine, lo / machine, hi / machine
             how += ", machine-normalized"
@@ -315,7 +319,7 @@ def _environment_warnings(cand: Side, base: Side | None) -> tuple[list[str], boo
     if not diffs:
         return [], False
     warnings = [f"the baseline ran in another environment ({'; '.join(diffs)})"]
-    ca, cb = base.environment.get("calibration_ms"), cand.environment.get("calibration_ms")
+    ca, cb = base.calibration_ms, cand.calibration_ms
     if ca and cb:
         warnings.append(f"the calibration workload ran {cb / ca:.2f}x as long here as in the baseline's run: "
                         f"that much of a latency ratio is the machine; latency gates are machine-normalized")
@@ -357,14 +361,15 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
     if not parsed:
         raise UsageError("no gates to check", "pass --fail-on METRIC:THRESHOLD, or set fail-on in "
                          "[tool.effkit.gates] (pyproject.toml) or [gates] (effkit.toml)")
-    doc = as_document(result)
-    cand, base, paired = sides(doc)
+    doc, where = as_document(result, "the result")
+    cand, base, paired = sides(doc, where)
     if baseline is not None:
-        base_doc = as_document(baseline)
+        base_doc, base_where = as_document(baseline, "the baseline")
+        base = sides(base_doc, base_where)[0]
         _check_same_run(doc, base_doc)
-        base = sides(base_doc)[0]
         paired = None
-    warnings = [f"this run: {w}" for w in doc.get("warnings", []) if isinstance(w, str)]
+    warnings = [f"this run: {w}" for w in expect(doc.get("warnings"), list, where, "warnings") or []
+                if isinstance(w, str)]
     env_warnings, normalize = _environment_warnings(cand, base)
     warnings += env_warnings
     verdicts = [decide(t, cand, base, paired, normalize=normalize) for t in parsed]
@@ -377,9 +382,16 @@ def gate(result: Any, thresholds: Iterable[str | Threshold], baseline: Any = Non
                             f"{c.get('other_cpu_cores', 0):.2f} of {c.get('cores')} cores, {c.get('threads')} "
                             "threads asked for)" + (f": {', '.join(unsure)} inconclusive" if unsure else
                                                     ": the timing gates asked for hold even so"))
-    subject = (doc.get("model") or doc.get("b") or (doc.get("after") or {}).get("model") or {}).get("source") \
-        or doc.get("source", "")
-    return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, subject)
+    return GateReport(verdicts, list(dict.fromkeys(warnings)), strict, _subject(doc))
+
+
+def _subject(doc: dict) -> str:
+    """The model a result is about (its source), or "" when the document does not say."""
+    after = doc.get("after")
+    for node in (doc.get("model"), doc.get("b"), after.get("model") if isinstance(after, dict) else None, doc):
+        if isinstance(node, dict) and isinstance(node.get("source"), str):
+            return node["source"]
+    return ""
 
 
 def _first_run(doc: dict) -> tuple | None:

@@ -16,21 +16,56 @@ from effkit.files import (atomic_path, check_not_read, check_output, disk_full_n
 
 
 def check_external_data(path: Path, proto: Any) -> None:
-    """Refuse external-data locations that point outside the model's folder (path traversal)."""
+    """Refuse external data that is not what it claims before ONNX Runtime reads it: a location that is
+    no file name, points outside the model's folder (path traversal) or is missing, and an offset or
+    length that is not a whole number, is negative or runs past the end of the file."""
     from onnx.external_data_helper import _get_all_tensors
 
     base = path.parent.resolve()
+    corrupt = "the model file is corrupt; export it again"
     for tensor in _get_all_tensors(proto):
         if tensor.data_location != 1:  # EXTERNAL
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
-        if Path(location).is_absolute() or not target.is_relative_to(base):
-            raise ModelLoadError(f"{path} stores tensor {tensor.name!r} at {location!r}, outside the model's folder",
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{path} stores tensor {_shown(tensor.name)} at {_shown(location)}"
+        if "\x00" in location:
+            raise ModelLoadError(f"{where}, a location with a NUL byte, which no file name has", corrupt)
+        try:
+            target = (base / location).resolve()
+            inside = not Path(location).is_absolute() and target.is_relative_to(base)
+            size = target.stat().st_size if inside and target.is_file() else None
+        except OSError as e:  # a name longer than the file system allows
+            raise ModelLoadError(f"{where}, which is not a usable file name: {e.strerror}", corrupt) from None
+        if not inside:
+            raise ModelLoadError(f"{where}, outside the model's folder",
                                  "refusing it: external data must sit beside the model")
-        if not target.is_file():
-            raise ModelLoadError(f"{path} needs its external data file {location!r}, which is missing",
+        if size is None:
+            raise ModelLoadError(f"{path} needs its external data file {_shown(location)}, which is missing",
                                  "copy it beside the model")
+        offset, length = (_external_int(info, key, where, corrupt) for key in ("offset", "length"))
+        if length is not None and (offset or 0) + length > size:
+            raise ModelLoadError(f"{where}: {length} bytes from offset {offset or 0}, past the end of that file "
+                                 f"({size} bytes)",
+                                 "the data file is truncated or belongs to another model; copy the right one")
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """`text` quoted for a message, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
+
+
+def _external_int(info: dict, key: str, where: str, corrupt: str) -> int | None:
+    """The offset or length of an external tensor: absent (None), or a whole number >= 0."""
+    text = info.get(key)
+    if text is None:
+        return None
+    if not re.fullmatch(r"\s*-?\d{1,19}\s*", text):  # int() would take 4300 digits; no file is that large
+        raise ModelLoadError(f"{where} with {key} {_shown(text)}, which is not a whole number", corrupt)
+    value = int(text)
+    if value < 0:
+        raise ModelLoadError(f"{where} with a negative {key} ({value})", corrupt)
+    return value
 
 
 def save_onnx_file(src: Path, dst: Path, force: bool) -> list[Path]:

@@ -35,6 +35,7 @@ from effkit.errors import EffkitError, UsageError
 from effkit.files import loads_toml, mark_read
 from effkit.judge import OFF, QualityBar, parse_accuracy_drop, parse_bar_tolerance, quality_bar
 from effkit.passes import registry
+from effkit.specs import check_number, check_numbers
 
 # The built-in steps, each a field of Recipe; third-party passes (effkit.passes.registry) go to `extra`.
 BUILTIN_STEPS = ("prune", "distill", "quantize", "export")
@@ -51,6 +52,7 @@ class PipelineConfig:
     backoff_tries: int = 3  # retries of a step that breaks the bar, each backed off further
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.max_accuracy_drop is not None:
             parse_accuracy_drop(self.max_accuracy_drop)
         for t in self.tolerance:
@@ -79,6 +81,7 @@ class BenchConfig:
     min_time: float = 0.25
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.threads is not None and self.threads < 1:
             raise UsageError("threads must be at least 1")
         if self.warmup < 0 or (self.iterations is not None and self.iterations < 1) or self.min_time < 0:
@@ -145,6 +148,7 @@ class Recipe:
     @classmethod
     def parse(cls, text: str, source: str = "recipe") -> Recipe:
         """Parse TOML recipe text; errors name the source, the line, the section and the key."""
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark, as some Windows editors write
         return cls.from_dict(loads_toml(text, source), source, text)
 
     @classmethod
@@ -176,6 +180,10 @@ class Recipe:
                     known = ", ".join(_toml_key(n) for n in fields)
                     raise UsageError(f"{where(section, key)}: unknown key {key!r} in [{section}]",
                                      f"known keys: {known}")
+                try:  # nan, inf and 10**20 are TOML numbers too
+                    check_number(f"[{section}] {key}", value)
+                except UsageError as e:
+                    raise UsageError(f"{where(section, key)}: {e.message}", e.hint) from None
                 try:
                     kwargs[name] = _coerce(value, hints.get(name, Any))
                 except TypeError as e:

@@ -8,6 +8,7 @@ torch model on ONNX Runtime, through its verified export.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,42 @@ from typing import Any
 import numpy as np
 
 from effkit.env import available_cores
-from effkit.errors import InputError, UsageError
+from effkit.errors import InputError, ModelLoadError, UsageError
 from effkit.limits import check_threads
 
 RUNTIMES = ("torch", "onnxruntime")
+
+# ONNX Runtime's C++ logger writes to stderr on its own, before the exception it raises (external
+# data out of bounds, an allocation of terabytes): effkit reports those as one `Error:` line, so the
+# logger says nothing unless asked (`effkit --debug`). Severities: 0 verbose ... 2 warning ... 4 fatal.
+_ORT_LOG = {"severity": 4}
+
+
+def set_onnxruntime_logging(verbose: bool) -> None:
+    """Let ONNX Runtime's own log (warnings and errors) through, or keep it quiet (the default)."""
+    _ORT_LOG["severity"] = 2 if verbose else 4
+
+
+def import_onnxruntime() -> Any:
+    """`onnxruntime`, with its default logger at effkit's severity: every session made after this,
+    effkit's own and those of onnxruntime.quantization, logs only as much as that."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(_ORT_LOG["severity"])
+    return onnxruntime
+
+
+def onnxruntime_message(e: BaseException) -> str:
+    """An ONNX Runtime exception's message without its status prefix and C++ source locations."""
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e))
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ (?:[\w:*&<>]+ )?[\w:~<>]+\([^)]*\) ", "", text)  # file:line signature(...)
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ \w+ ", "", text)  # file:line FunctionName
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def _is_onnxruntime_error(e: BaseException) -> bool:
+    return type(e).__module__.startswith("onnxruntime")
 
 
 class Runner:
@@ -76,18 +109,22 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, threads: int):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         check_threads(threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = _ORT_LOG["severity"]
         self.threads = threads
         self.path = Path(onnx_path)
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            if not _is_onnxruntime_error(e):
+                raise
+            raise _load_error(self.path, onnxruntime_message(e)) from e
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -103,7 +140,24 @@ class OrtRunner(Runner):
         return lambda: session.run(None, feed)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self.session.run(None, self._feed(inputs))]
+        feed = self._feed(inputs)
+        try:
+            outputs = self.session.run(None, feed)
+        except Exception as e:
+            if not _is_onnxruntime_error(e):
+                raise
+            raise RuntimeError(onnxruntime_message(e)) from e  # callers add what was being run
+        return [np.asarray(o) for o in outputs]
+
+
+def _load_error(path: Path, message: str) -> ModelLoadError:
+    """Why ONNX Runtime cannot make a session of `path`, for the user."""
+    op = re.search(r"(\S+)\(-?\d+\) is not a registered function/op", message)
+    if op:
+        return ModelLoadError(f"{path} uses the operator {op.group(1)}, which ONNX Runtime does not implement",
+                              "effkit runs models on ONNX Runtime's CPU provider: export with standard ONNX operators")
+    return ModelLoadError(f"ONNX Runtime cannot load {path}: {message}",
+                          "the file may be corrupt or need a newer onnxruntime; export it again")
 
 
 def native_runner(model: Any, threads: int | None = None) -> Runner:

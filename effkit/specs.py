@@ -6,10 +6,12 @@ the bad text and shows the expected form (hypothesis tests hold every parser to 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from effkit.errors import UsageError
 
@@ -73,6 +75,30 @@ def _finite(value: float, raw: str) -> float:
     if not math.isfinite(value):
         raise UsageError(f"{raw!r} is not a finite number", "write an ordinary number, e.g. 12MB, 5% or 0.99")
     return value
+
+
+# No count, seed or size effkit hands to numpy, torch or ONNX Runtime may exceed int64.
+MAX_INT = 2**63 - 1
+
+
+def check_number(name: str, value: Any) -> None:
+    """Refuse NaN and infinity (NaN slips past every `if x < 0` check) and integers beyond int64 in the
+    option or recipe key `name`; lists and tuples item by item; anything that is not a number passes."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_number(name, item)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value}", "write an ordinary number")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        # not printed: int() and str() refuse numbers of more than 4300 digits
+        raise UsageError(f"{name} is a {value.bit_length()}-bit number, too large for any count or size",
+                         f"write an ordinary number, at most {MAX_INT}")
+
+
+def check_numbers(config: Any) -> None:
+    """`check_number` on every field of a config dataclass, each named as its command-line option."""
+    for f in dataclasses.fields(config):
+        check_number(f"--{f.name.replace('_', '-')}", getattr(config, f.name))
 
 
 def parse_size(text: str) -> int:

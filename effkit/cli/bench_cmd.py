@@ -10,7 +10,7 @@ import typer
 from effkit.benchmark import DEFAULT_WARMUP, bench
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
-                               progress_bar, resolve_threads, write_outputs)
+                               progress_bar, resolve_threads, warning_text, write_outputs)
 from effkit.errors import UsageError
 from effkit.generation import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_generation
 from effkit.generation import DEFAULT_WARMUP as GENERATION_WARMUP
@@ -90,7 +90,7 @@ latency per token, with time to first token and tokens/s beside it.
     console = console_for(json)
     console.print(bench_table(result))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(warning_text(warning))
     write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force, html_path=html)
 
 
@@ -129,5 +129,5 @@ def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, pro
     console = console_for(json)
     console.print(generation_table(result))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(warning_text(warning))
     write_outputs(json, result.to_json, markdown, lambda: generation_markdown(result), force, html_path=html)

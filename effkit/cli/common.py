@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Annotated, NoReturn, Optional, get_args
 
 import typer
-from typer.core import TyperArgument, TyperCommand
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from effkit.env import available_cores, default_threads
-from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError
+from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError, first_line
 from effkit.factory import is_factory_spec
 from effkit.fidelity import check_finite
 from effkit.files import check_output, reading_scope, write_text
@@ -32,11 +33,57 @@ from effkit.interrupts import INTERRUPTED, INTERRUPTED_EXIT, TERMINATED, TERMINA
 from effkit.limits import check_threads
 from effkit.load import check_runs, load_model
 from effkit.report.render import render_html
-from effkit.specs import parse_input_shape
+from effkit.runners import set_onnxruntime_logging
+from effkit.specs import check_number, parse_input_shape
 from effkit.util import plural
+
+try:  # newer Typer vendors Click as typer._click; older Typer runs on Click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click.exceptions import ClickException
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """Typer's command group, but Click's own usage errors (an unknown option, `--iterations 0`) end
+    like every other user mistake: one `Error: ... (see effkit CMD --help)` line and exit 2, not a
+    Rich box under a usage line. Help and `--version` are untouched."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        except ClickException as e:
+            if type(e).__name__ != "NoArgsIsHelpError":  # `effkit` alone: the help is printed already
+                print_error(click_error_line(e))
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)  # a command's typer.Exit(n) comes back as n
+
+
+def click_error_line(e: ClickException) -> str:
+    """`Error: <Click's message on one line> (see effkit CMD --help)`."""
+    message = " ".join(e.format_message().split())
+    names, ctx = [], getattr(e, "ctx", None)  # Click leaves out the context of some parser errors
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return f"Error: {message} (see {' '.join(['effkit', *names, '--help'])})"
+
+
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+def print_error(line: str) -> None:
+    """One error line on stderr, printed as is: no markup, no highlighting, no wrapping, and control
+    characters (a newline in a path or in a library's message) escaped so it stays one line."""
+    err.print(line.translate(_CONTROL_ESCAPES), markup=False, highlight=False, soft_wrap=True)
+
 
 app = typer.Typer(
     name="effkit",
+    cls=OneLineErrorsGroup,
     help="Make PyTorch models smaller and faster (prune, int8, distill), measured before and after; "
          "gate the result in CI.\n\nExit codes: 0 success, 1 a gate or a step's quality bar failed, "
          "2 usage or input error, 124 --timeout expired, 130 interrupted (Ctrl-C).",
@@ -46,8 +93,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-out = Console()
-err = Console(stderr=True)
+# Markup is off: what effkit prints holds user-controlled text (paths, layer names, messages) that
+# Rich would read as markup ("[/]" in a path raised MarkupError). Styling goes through Text objects.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 DEBUG = {"on": bool(os.environ.get("EFFKIT_DEBUG"))}
 _RUNNING: dict = {"params": {}}  # the running command's arguments, so outputs can be checked against them
 
@@ -102,11 +151,9 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     The inputs used are printed on `console` (default: stdout), with the command's other output,
     unless `show_inputs` is False (bench --generate feeds a prompt instead, and says so).
     """
-    from rich.markup import escape
-
     shapes = [parse_input_shape(s) for s in input_shape or []]
     first_data = next((d for d in data if d is not None and d != "random"), None)
-    with err.status(f"loading {model}", spinner="dots"):
+    with err.status(Text(f"loading {model}"), spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
                             check=False)
         if show_inputs:
@@ -116,8 +163,7 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")
     except StepFailed as e:
-        err.print(f"[yellow]warning:[/] {escape(e.message)}; any step that compares its outputs will fail",
-                  soft_wrap=True)
+        err.print(warning_text(f"{e.message}; any step that compares its outputs will fail"), soft_wrap=True)
     return loaded
 
 
@@ -127,6 +173,11 @@ def resolve_threads(threads: int | None, console: Console | None = None) -> int:
     origin = "--threads" if threads else f"the free cores of {available_cores()}; --threads N to change"
     (console or out).print(f"{plural(chosen, 'thread')} ({origin})", markup=False, highlight=False)
     return chosen
+
+
+def warning_text(text: str) -> Text:
+    """`warning: TEXT` with the label in yellow; TEXT is printed as it is, never read as markup."""
+    return Text.assemble(("warning:", "yellow"), " ", text)
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
@@ -214,8 +265,8 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, float], None] 
         return
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
+                  TimeRemainingColumn(), console=err, transient=True) as progress:
         tasks: dict[str, int] = {}
 
         def update(label: str, fraction: float) -> None:
@@ -235,8 +286,12 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _RUNNING["params"] = kwargs
+        if DEBUG["on"]:
+            set_onnxruntime_logging(True)
         try:
             check_shared_options(kwargs)
+            for option, value in kwargs.items():  # `--min-time inf`, `--lr nan`, `--seed 10**30`: for every command
+                check_number(f"--{option.replace('_', '-')}", value)
             with (reading_scope(), stop_signals(), _debug_log(),
                   guard(name or func.__name__, kwargs.get("timeout"))):
                 return func(*args, **kwargs)
@@ -253,7 +308,7 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
                 traceback.print_exc()
             if isinstance(e, EffkitError):
                 _fail(str(e), e.exit_code)
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            first = first_line(e) if str(e).strip() else ""
             _fail(f"unexpected {type(e).__name__}{': ' + first if first else ''} (run with --debug for the traceback)", 2)
         finally:
             _RUNNING["params"] = {}
@@ -263,7 +318,7 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
 
 def _fail(message: str, exit_code: int) -> NoReturn:
     """Print the one `Error:` line and end the command with `exit_code`."""
-    err.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    print_error(f"Error: {message}")
     raise typer.Exit(exit_code) from None
 
 

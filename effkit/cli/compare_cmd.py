@@ -9,7 +9,7 @@ import typer
 
 from effkit.cli.common import (ArchOpt, ForceOpt, HtmlOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, ThreadsOpt,
                                TimeoutOpt, TrustOpt, load, resolve_threads,
-                               WarmupOpt, check_outputs_free, command, console_for, progress_bar)
+                               WarmupOpt, check_outputs_free, command, console_for, progress_bar, warning_text)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
 from effkit.errors import UsageError
@@ -67,7 +67,6 @@ def compare_command(
 
     Without --fail-on the gate is latency.p50:+THRESHOLD. Exit 0 pass, 1 a gate failed, 2 bad input.
     """
-    from rich.markup import escape
 
     try:
         limit = parse_threshold(f"latency.p50:+{threshold.strip().lstrip('+')}")
@@ -93,7 +92,7 @@ def compare_command(
     console = console_for(json)
     console.print(compare_table(result))
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        console.print(warning_text(w), soft_wrap=True)
     report = gate(result, gates, strict=strict)
     report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # printed above
 

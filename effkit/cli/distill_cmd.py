@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
@@ -224,7 +225,7 @@ def distill_command(
 
 
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
-    with err.status(f"loading {data}", spinner="dots"):
+    with err.status(Text(f"loading {data}"), spinner="dots"):
         train = load_data(data, input_names=teacher.input_names)
         val = load_data(val_data, input_names=teacher.input_names) if val_data else None
     if val is None and val_split > 0:
@@ -260,7 +261,7 @@ def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, 
         refuse_below_bar(outcome, "the distilled student", "train longer (--epochs), use a larger student, or "
                          "loosen --max-accuracy-drop / --tolerance", json, markdown,
                          lambda: outcome_markdown(outcome), force, html)
-    with console.status(f"saving {output}", spinner="dots"), quiet_torch():
+    with console.status(Text(f"saving {output}"), spinner="dots"), quiet_torch():
         outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
     remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.common import (HtmlOpt, ForceOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
-                               write_outputs)
+from effkit.cli.common import (ForceOpt, HtmlOpt, JsonOpt, MarkdownOpt, check_outputs_free, command, console_for, err,
+                               warning_text, write_outputs)
 from effkit.gate_config import thresholds_from, write_reports
 from effkit.gates import gate
 
@@ -34,17 +34,17 @@ def report_gates(report, *, json: str | None, markdown: Path | None, junit: Path
 
     `json_text`/`markdown_text` replace the gate report's own (compare writes its measurements too).
     """
-    from rich.markup import escape
+    from rich.text import Text
 
     console = console_for(json)
     style = {"pass": "green", "fail": "bold red", "inconclusive": "yellow"}
     for v in report.verdicts:
-        console.print(f"[{style[v.status]}]{v.status.upper():<12}[/] {escape(v.name)}: {escape(v.message)}",
-                      highlight=False, soft_wrap=True)
+        console.print(Text.assemble((f"{v.status.upper():<12}", style[v.status]), f" {v.name}: {v.message}"),
+                      soft_wrap=True)
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-    console.print(("[green]gates passed[/]: " if report.passed else "[bold red]gates failed[/]: ") + report.summary(),
-                  highlight=False)
+        console.print(warning_text(w), soft_wrap=True)
+    console.print(Text.assemble(("gates passed", "green") if report.passed else ("gates failed", "bold red"),
+                                f": {report.summary()}"))
     markdown_text = markdown_text or report.markdown
     write_outputs(json, json_text or report.to_json, markdown, markdown_text, force, html_path=html)
     for path in write_reports(report, junit=junit, force=force, summary_text=markdown_text()):

@@ -10,7 +10,7 @@ import typer
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
-                               resolve_threads, write_outputs)
+                               resolve_threads, warning_text, write_outputs)
 from effkit.data import load_data
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
@@ -136,7 +136,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
-        err.print(f"[yellow]warning:[/] {outlook}")
+        err.print(warning_text(outlook))
     images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
                              mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3))
     calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples,
@@ -148,7 +148,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
     if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
-        err.print(f"[yellow]warning:[/] {unrepresentative}")
+        err.print(warning_text(unrepresentative))
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,
                           candidate_time=min_time / 2, candidate_iterations=iterations)

@@ -40,6 +40,7 @@ from effkit.load import model_files
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill_training import (EVAL_BATCH, Features, Training, TrainStatus, is_classifier, tensors_of,
                                             to_tensors)
+from effkit.specs import check_numbers
 
 LOSSES = ("kl", "mse")
 
@@ -63,6 +64,7 @@ class DistillConfig:
     val_split: float = 0.1  # held out from `data` when no validation data is given; 0 = no validation
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         # pairs may come as lists or "student:teacher" strings (from a recipe file): keep tuples
         object.__setattr__(self, "feature_pairs", tuple(parse_feature_pair(p) if isinstance(p, str) else tuple(p)
                                                         for p in self.feature_pairs))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from effkit.errors import StepFailed, first_line
+from effkit.runners import import_onnxruntime
 from effkit.util import workdir
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
@@ -27,6 +28,7 @@ MIN_OPSET = 13
 @contextlib.contextmanager
 def quiet_ort():
     """onnxruntime.quantization logs and prints per node; keep that away from users."""
+    import_onnxruntime()  # its sessions (calibration, optimization) log at effkit's severity
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -9,8 +9,7 @@ Unstructured pruning zeroes single weights (magnitude, layer-wise or global, or 
 makes the zeros permanent: no masks and no `*_orig` tensors remain. Dense kernels do not skip zeros,
 so size and latency stay the same; only the compressed size drops, and the report says so.
 
-The layers whose outputs are the model's outputs (the classifier, output heads) are never pruned,
-so the output shapes cannot change.
+The layers that give the model's outputs (the classifier, output heads) are never pruned: output shapes cannot change.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from effkit.passes.prune_graph import (attention_heads, count_macs_params, depen
                                        output_layers, prunable_types, widths)
 from effkit.passes.prune_unstructured import prune_unstructured, unstructured_notes
 from effkit.runners import TorchRunner, flatten_outputs
+from effkit.specs import check_numbers
 from effkit.util import quiet_torch
 
 SCOPES = ("layer", "global")
@@ -82,6 +82,7 @@ class PruneConfig:
     runtime: str = "onnxruntime"
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         object.__setattr__(self, "ignore", tuple(self.ignore))
         if not 0.0 < self.ratio < 1.0:
             raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}", "e.g. 0.5 removes half")

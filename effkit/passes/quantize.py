@@ -5,8 +5,7 @@ measures each on the same held-out inputs (fidelity) and the same timing loop (i
 busy machine slows all of them alike), and keeps the fastest that meets the tolerance. When none
 does, it measures per-layer sensitivity and keeps the most sensitive layers in float, a few at a
 time, until one passes; if none can, it fails (StepFailed, exit 1). Nothing is assumed about speed:
-ONNX Runtime's dynamic int8 of convolutions, for one, is much slower than fp32, and only a
-measurement tells.
+ONNX Runtime's dynamic int8 of convolutions, for one, is much slower than fp32, and only a measurement tells.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
 from effkit.size import size_info
-from effkit.specs import Threshold, parse_threshold
+from effkit.specs import Threshold, check_numbers, parse_threshold
 from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
@@ -79,6 +78,7 @@ class QuantizeConfig:
     alpha: float | None = None
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if self.bits is not None:
             if self.bits not in WEIGHT_BITS:
                 raise UsageError(f"--bits {self.bits} is not supported", "use --bits 4 or --bits 8")
@@ -225,6 +225,10 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     `candidate_iterations` calls per round). details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
     """
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if not 0 <= candidate_time < math.inf or (candidate_iterations is not None and candidate_iterations < 1):
+        raise UsageError("candidate timing needs a finite time >= 0 and iterations >= 1")  # inf: timed forever
     notes: list[str] = []
     cpu = cpu_info()
     outlook = int8_outlook(cpu["isa"])
@@ -244,10 +248,6 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     if config.random_calibration and batches:
         notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
-    if threads is not None and threads < 1:
-        raise UsageError("--threads must be at least 1")
-    if candidate_time < 0 or (candidate_iterations is not None and candidate_iterations < 1):
-        raise UsageError("candidate timing needs a time >= 0 and iterations >= 1")
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from effkit.runners import import_onnxruntime
 from effkit.util import workdir
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -117,9 +118,9 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
     """Smooth every LayerNormalization -> MatMul group of the graph; write a new file beside effkit's
     work files and return (path, report). `batches` are the calibration inputs, in graph-input order."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
+    ort = import_onnxruntime()  # its log at effkit's severity: quiet unless --debug
     proto = onnx.load(str(onnx_path))
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}

@@ -118,7 +118,7 @@ def terminal_cells(result) -> list[list[str]]:
 
 def compress_table(result) -> Table:
     """The summary table printed at the end of `effkit compress` (ort = ONNX Runtime)."""
-    table = Table(title=f"effkit compress: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
+    table = Table(title=Text(f"effkit compress: {result.source}"), title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
     quality = ("acc", "Δ pt") if result.original.accuracy is not None else ("cosine", "")
     for i, h in enumerate(("step", "runtime", "p50 ms", "p90 ms", "step", "vs fp32", "size", *quality)):

@@ -6,7 +6,7 @@ import math
 
 from rich import box
 from rich.table import Table
-from rich.text import Text
+from rich.text import Text  # names and paths in tables: printed as they are, never read as markup
 
 from effkit.util import fmt_bytes, fmt_speedup, plural
 
@@ -52,7 +52,7 @@ _BENCH_HEADER = ["runtime", "batch", "p50 ms", "p90", "p99", "mean", "items/s", 
 
 def bench_table(result) -> Table:
     """Latency per runtime and batch size, with size in the caption."""
-    table = Table(title=f"effkit bench: {result.model['source']}", title_justify="left", box=box.SIMPLE_HEAD,
+    table = Table(title=Text(f"effkit bench: {result.model['source']}"), title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False)
     for h in _BENCH_HEADER:
         table.add_column(h, justify="left" if h == "runtime" else "right", no_wrap=True)
@@ -108,7 +108,7 @@ def _generation_caption(result) -> str:
 
 def generation_table(result) -> Table:
     """Time to first token, decode latency per token and tokens/s per batch size."""
-    table = Table(title=f"effkit bench --generate: {result.model['source']}", title_justify="left",
+    table = Table(title=Text(f"effkit bench --generate: {result.model['source']}"), title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, caption=_generation_caption(result), caption_justify="left")
     for h in _GENERATION_HEADER:
         table.add_column(h, justify="left" if h == "runtime" else "right", no_wrap=True)
@@ -171,7 +171,7 @@ def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
 
 def outcome_table(outcome) -> Table:
     """The before/after table every pass prints."""
-    table = Table(title=f"effkit {outcome.step}: {outcome.before.model['source']}", title_justify="left")
+    table = Table(title=Text(f"effkit {outcome.step}: {outcome.before.model['source']}"), title_justify="left")
     for h in ("", "before", "after", "change"):
         table.add_column(h, justify="left" if not h else "right", no_wrap=h == "change")
     for row in _outcome_rows(outcome, sep="\n"):
@@ -205,7 +205,7 @@ def outcome_markdown(outcome) -> str:
 # ---------------------------------------------------------------- inspect
 
 def inspect_tables(info: dict) -> list[Table]:
-    summary = Table(title=f"effkit inspect: {info['source']}", title_justify="left", show_header=False)
+    summary = Table(title=Text(f"effkit inspect: {info['source']}"), title_justify="left", show_header=False)
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("format", f"{info['format']} ({info['kind']})")
@@ -213,23 +213,23 @@ def inspect_tables(info: dict) -> list[Table]:
     if info.get("macs") is not None:
         summary.add_row("MACs", fmt_count(info["macs"]))
     for i in info["inputs"]:
-        summary.add_row(f"input {i['name']}", f"{'x'.join(map(str, i['shape']))} {i['dtype']}")
+        summary.add_row(Text(f"input {i['name']}"), f"{'x'.join(map(str, i['shape']))} {i['dtype']}")
     for o in info["outputs"]:
-        summary.add_row(f"output {o['name']}", f"{'x'.join(map(str, o['shape']))} {o['dtype']}")
+        summary.add_row(Text(f"output {o['name']}"), f"{'x'.join(map(str, o['shape']))} {o['dtype']}")
     summary.add_row("int8-quantizable", f"{len(info['quantizable_layers'])} layers")
     summary.add_row("channel-prunable", f"{len(info['prunable_layers'])} layers")
     types = Table(title="layer types", title_justify="left")
     for h in ("type", "count", "parameters"):
         types.add_column(h, justify="left" if h == "type" else "right")
     for t in info["layer_types"]:
-        types.add_row(t["type"], str(t["count"]), f"{t['parameters']:,}")
+        types.add_row(Text(t["type"]), str(t["count"]), f"{t['parameters']:,}")
     layers = Table(title="layers", title_justify="left")
     for h in ("name", "type", "parameters", "sparsity", "int8", "prune"):
         layers.add_column(h, justify="left" if h in ("name", "type") else "right")
     for l in info["layers"]:
-        layers.add_row(l["name"], l["type"], f"{l['parameters']:,}", f"{100 * l['sparsity']:.1f}%",
+        layers.add_row(Text(l["name"]), Text(l["type"]), f"{l['parameters']:,}", f"{100 * l['sparsity']:.1f}%",
                        "yes" if l["quantizable"] else "", "yes" if l["prunable"] else "")
     if info.get("notes"):
-        layers.caption = "\n".join(info["notes"])
+        layers.caption = Text("\n".join(info["notes"]))
         layers.caption_justify = "left"
     return [summary, types, layers]

@@ -314,13 +314,17 @@ def test_timeout_must_be_positive_and_finite(cli, value):
     assert code == 2 and error_line(stderr).startswith("Error: --timeout must be a positive number of seconds"), stderr
 
 
-def test_temporaries_are_removed_while_still_being_written(tmp_path):
+def test_temporaries_are_removed_while_still_being_written(tmp_path, monkeypatch):
     """The watchdog removes temporaries while the main thread may go on writing into them: a staging
     folder that keeps receiving files must still disappear, with nothing left beside it."""
     import threading
 
+    from effkit import files
     from effkit.files import forget_temporary, remove_temporaries, track_temporary
 
+    # only this test's folder: the registry also holds this pytest process's effkit work folder,
+    # which in-process CLI tests that ran earlier created and later ones still use
+    monkeypatch.setattr(files, "_TEMPORARIES", set())
     stage = track_temporary(tmp_path / ".out.effkit-stage")
     stage.mkdir()
     started, stop = threading.Event(), threading.Event()

@@ -145,6 +145,9 @@ RECIPE_LINES = [
     'max_accuracy_drop = "1pt"', 'max_accuracy_drop = "x"', 'tolerance = "cosine>=0.99"', 'tolerance = ["cosine>="]',
     'tolerance = "size:<=1MB"', "unknown = 1", "= 1", 'steps = ["prune"]', "batch_sizes = [0]", 'lr = "fast"',
     "calib_samples = 0", "a.b = 1", "ratio = 1979-05-27", "\x00",
+    "min-time = nan", "min_time = inf", "warmup = -1", "iterations = 0", "candidate-time = inf", "lr = -inf",
+    "calib-samples = 100000000000000000000", "calib-samples = 1e20", "ratio = 1e400", "threads = 9223372036854775808",
+    "\ufeff[bench]", "warmup = " + "9" * 5000,
 ]
 RECIPES = st.one_of(ANY_TEXT, st.lists(st.sampled_from(RECIPE_LINES), max_size=8).map("\n".join))
 
@@ -162,6 +165,73 @@ def test_recipe_parse(text):
         assert e.exit_code == 2 and e.message
         return
     assert isinstance(recipe.steps, list)
+    for section, values in recipe.to_dict().items():  # what a recipe lets through is a usable number
+        for key, value in values.items():
+            for v in value if isinstance(value, list) else [value]:
+                assert not isinstance(v, float) or math.isfinite(v), (section, key, v)
+                assert not isinstance(v, int) or abs(v) <= specs.MAX_INT, (section, key)
+
+
+NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(),
+                    st.integers(min_value=2**62, max_value=2**70), st.booleans(), st.text(max_size=5),
+                    st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=3))
+
+
+@SETTINGS
+@given(NUMBERS)
+@example(2**63)
+@example(10**5000)  # str() of it would raise: the message must not print it
+def test_check_number(value):
+    def check(v):
+        specs.check_number("--x", v)
+        return v
+
+    def ok(v):
+        for item in v if isinstance(v, list) else [v]:
+            assert not isinstance(item, float) or math.isfinite(item)
+            assert isinstance(item, bool) or not isinstance(item, int) or abs(item) <= specs.MAX_INT
+
+    _valid_or_usage_error(check, value, ok)
+
+
+# ---------------------------------------------------------------- gate result documents
+
+# Any JSON built from the keys that effkit gate reads: a verdict, or a usage error that says what to fix.
+GATE_KEYS = ["schema", "metrics", "latency", "p50", "size", "accuracy", "runs", "samples_ms", "contention", "busy",
+             "other_cpu_cores", "environment", "calibration_ms", "cpu", "versions", "model", "source", "warnings",
+             "before", "after", "pairs", "a_ms", "b_ms", "ratios", "latency.p50", "ratio", "ci", "baseline_metrics",
+             "states", "bench", "runtime", "batch_size"]
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+              st.sampled_from(["inf", "-inf", "nan", "x", "1.5"])),
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(st.sampled_from(GATE_KEYS), children, max_size=5)),
+    max_leaves=25)
+GATE_DOCS = st.builds(lambda schema, rest: {**rest, "schema": schema},
+                      st.sampled_from(["effkit.bench/1", "effkit.step/1", "effkit.compare/1", "effkit.compress/1"]),
+                      st.dictionaries(st.sampled_from(GATE_KEYS), JSON_VALUES, max_size=6))
+GATES = ["latency.p50:<=1ms", "latency.p50:+5%", "size:<=1MB", "accuracy:-1pt", "throughput:-5%",
+         "normalized_latency.p50:+5%", "runs.0.samples_ms.0:<=1ms"]
+
+
+@SETTINGS
+@given(GATE_DOCS, st.one_of(st.none(), GATE_DOCS), st.lists(st.sampled_from(GATES), min_size=1, max_size=3))
+@example({"schema": "effkit.bench/1", "metrics": {"latency": {"p50": -1.0}}}, None, ["latency.p50:<=1ms"])
+@example({"schema": "effkit.bench/1", "metrics": {"size": "-inf"}}, None, ["size:<=1MB"])
+def test_gate_on_any_document(doc, baseline, gates):
+    from effkit.errors import EffkitError
+    from effkit.gates import gate
+
+    try:
+        report = gate(doc, gates, baseline)
+    except EffkitError as e:
+        assert e.exit_code == 2 and e.message
+        return
+    for verdict in report.verdicts:  # a verdict stands on numbers that can be measured
+        for number in (verdict.value, verdict.baseline):
+            assert number is None or not math.isnan(number)
+            if verdict.threshold.metric.split(".")[0] in ("latency", "size", "throughput") and number is not None:
+                assert 0 <= number < math.inf, verdict
 
 
 @SETTINGS
