@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from browser import Browser, find_chromium
-from conftest import FAST, spec
+from conftest import FAST, NO_BAR, spec
 
 WIDTHS = (360, 800, 1280)
 CHROMIUM = find_chromium()
@@ -50,13 +50,13 @@ def reports(tmp_path_factory):
     run("bench", model, *FAST, "--runtime", "all", "--json", out / "bench.json", "--html", out / "bench.html")
     run("inspect", model, "--json", out / "inspect.json", "--html", out / "inspect.html")
     run("export", model, "-o", out / "m.onnx", "--html", out / "export.html")
-    run("prune", model, "--ratio", "0.5", "-o", out / "p.pt2", *FAST, "--json", out / "prune.json",
+    run("prune", model, "--ratio", "0.5", "-o", out / "p.pt2", *FAST, *NO_BAR, "--json", out / "prune.json",
         "--html", out / "prune.html")
-    run("quantize", model, "-o", out / "q.onnx", "--allow-slower", *FAST, "--html", out / "quantize.html")
+    run("quantize", model, "-o", out / "q.onnx", "--allow-slower", *FAST, *NO_BAR, "--html", out / "quantize.html")
     run("compare", model, model, "--pairs", "4", "--json", out / "compare.json", "--html", out / "compare.html",
         ok=(0, 1))
     run("gate", out / "bench.json", "--fail-on", "latency.p50:<=10s", "--html", out / "gate.html", ok=(0, 1))
-    run("compress", model, "--prune", "0.5", "--quantize", "int8", "-o", out / "c", *FAST,
+    run("compress", model, "--prune", "0.5", "--quantize", "int8", "-o", out / "c", *FAST, *NO_BAR,
         "--json", out / "compress.json")
     shutil.copy(out / "c" / "report.html", out / "compress.html")
     history = out / "history"

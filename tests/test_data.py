@@ -117,7 +117,8 @@ def test_quantize_calibrates_on_a_folder_of_images(cli):
     assert code == 0, err
     import json
 
-    assert json.loads(Path("r.json").read_text())["details"]["calibration"]["samples"] >= 6
+    # calibrated on the folder's images, less the part held out to judge on (judge.judging_split)
+    assert json.loads(Path("r.json").read_text())["details"]["calibration"]["samples"] >= 4
 
 
 @pytest.mark.parametrize("make,message", [
