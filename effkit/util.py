@@ -18,11 +18,10 @@ from effkit.files import track_temporary
 
 
 @contextlib.contextmanager
-def quiet_torch():
-    """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch._export",
-                                              "onnxscript", "torch.fx.experimental.symbolic_shapes",
-                                              "torch.utils._pytree", "torchao")]
+def quiet_loggers(*names: str):
+    """Within the block the named loggers ("" is the root) pass errors only, warnings are ignored and
+    stdout is swallowed: libraries' chatter kept away from users."""
+    loggers = [logging.getLogger(n or None) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -33,6 +32,14 @@ def quiet_torch():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_torch():
+    """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
+    with quiet_loggers("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript",
+                       "torch.fx.experimental.symbolic_shapes", "torch.utils._pytree", "torchao"):
+        yield
 
 
 _WORKDIR: tempfile.TemporaryDirectory | None = None

@@ -9,17 +9,14 @@ input file is never touched.
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from effkit.errors import StepFailed, first_line
 from effkit.runners import import_onnxruntime
-from effkit.util import workdir
+from effkit.util import quiet_loggers, workdir
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
 MIN_OPSET = 13
@@ -27,17 +24,10 @@ MIN_OPSET = 13
 
 @contextlib.contextmanager
 def quiet_ort():
-    """onnxruntime.quantization logs and prints per node; keep that away from users."""
+    """onnxruntime.quantization logs (on the root logger) and prints per node; keep that away from users."""
     import_onnxruntime()  # its sessions (calibration, optimization) log at effkit's severity
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    with quiet_loggers(""):
+        yield
 
 
 def _new_path(name: str) -> Path:
