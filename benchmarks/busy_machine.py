@@ -30,7 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quantize_vs_anchors import cases, quiet  # noqa: E402  (the same reference models)
 
-THREADS = 1  # one thread: the load process takes one core, the measurement another on 2+ cores
+# effkit's default on an idle 2-core machine: every core. The load then competes with the measurement
+# itself, the case that inflated the issue's speedup; --threads 1 leaves it a core of its own.
+THREADS = 2
 SCENARIOS = ("quiet", "load first half", "load second half")
 
 
@@ -62,14 +64,14 @@ class CoreLoad:
                 self.start()
 
 
-def commands(model, quick: bool) -> dict:
+def commands(model, quick: bool, threads: int) -> dict:
     """The changed model of each command: quantize (dynamic int8, ONNX Runtime), prune (half the channels)."""
     from effkit.passes.prune import PruneConfig, prune
     from effkit.passes.quantize import QuantizeConfig, quantize
 
-    q = quantize(model, QuantizeConfig(method="dynamic", backend="onnxruntime", threads=THREADS, allow_slower=True,
-                                       candidate_time=0.1 if quick else 0.5)).model
-    p = prune(model, PruneConfig(ratio=0.5, threads=THREADS)).model
+    q = quantize(model, QuantizeConfig(method="dynamic", backend="onnxruntime", allow_slower=True), threads=threads,
+                 candidate_time=0.1 if quick else 0.5).model
+    p = prune(model, PruneConfig(ratio=0.5), threads=threads).model
     return {"quantize": (q, "onnxruntime"), "prune": (p, "torch")}
 
 
@@ -87,8 +89,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: small shapes, short blocks")
     parser.add_argument("--models", default="mlp,cnn,encoder", help="comma-separated: mlp, cnn, encoder")
     parser.add_argument("--commands", default="quantize,prune", help="comma-separated: quantize, prune")
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"threads of the measurement (default {THREADS})")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     from effkit.env import cpu_info
@@ -97,12 +100,12 @@ def main() -> None:
     from effkit.util import quiet_torch
     from effkit.util import fmt_speedup
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     wanted = {c.strip() for c in args.commands.split(",") if c.strip()}
     cpu = cpu_info()
     print(f"# effkit before/after on a half-busy machine{' (quick)' if args.quick else ''}: {cpu['model']}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+          f"{os.cpu_count()} cores, {args.threads} threads, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     wrong = 0
     seen = set()
     for case in cases(args.quick, names):
@@ -114,7 +117,7 @@ def main() -> None:
         model = Model(kind="torch", module=copy.deepcopy(module), example_inputs=example, input_names=["x"],
                       source=case["name"], format="factory")
         with quiet(), quiet_torch():
-            changed = commands(model, args.quick)
+            changed = commands(model, args.quick, args.threads)
         for command, (after, runtime) in changed.items():
             if command not in wanted:
                 continue
@@ -123,7 +126,7 @@ def main() -> None:
                 load = CoreLoad(scenario, PAIRS)
                 try:
                     with quiet_torch():
-                        outcome = measure_before_after(command, model, after, runtimes=[runtime], threads=THREADS,
+                        outcome = measure_before_after(command, model, after, runtimes=[runtime], threads=args.threads,
                                                        warmup=3 if args.quick else 10,
                                                        min_time=0.3 if args.quick else 2.0, progress=load.progress)
                 finally:
