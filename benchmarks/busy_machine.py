@@ -3,13 +3,15 @@
 For the reference models of quantize_vs_anchors.py (MLP 784-1024-1024-10, a ResNet-18-style CNN,
 a BERT-base-like encoder; batch 1), each command's before/after measurement (the library's
 `measure_before_after`, which quantize, prune and distill print, and whose `measure_paired` also
-gives compress its speedups) runs three times: quiet; with one core loaded by another process
-(a Python busy loop) for the first half of the pairs only; and for the second half only.
+gives compress its speedups) runs four times: quiet; with one core loaded by another process
+(a Python busy loop) for the first half of the pairs only; for the second half only; quiet again.
 
-Printed per model, command and run: the p50 speedup with its 95% interval, and for the loaded
-runs whether it lies inside the quiet run's interval, is marked inconclusive, or is OUTSIDE
-(a confident wrong figure: the goal is none). Run it on an otherwise idle machine: a machine that
-others load already is neither "quiet" nor the controlled load the benchmark means.
+Printed per model, command and run: the p50 speedup with its 95% interval, pairs kept of those
+measured (and why the others were measured again), and for the loaded runs whether it lies inside
+the quiet run's interval, is marked inconclusive, or is OUTSIDE (a confident wrong figure: the goal
+is none). A second quiet run ("quiet again") is the control: how far the same measurement lands
+from the first quiet run's interval with no load at all. Run it on an otherwise idle machine: a
+machine that others load already is neither "quiet" nor the controlled load the benchmark means.
 
     .venv/bin/python benchmarks/busy_machine.py            # full size (minutes; run it alone)
     .venv/bin/python benchmarks/busy_machine.py --quick    # smoke run: small shapes, short blocks
@@ -33,7 +35,8 @@ from quantize_vs_anchors import cases, quiet  # noqa: E402  (the same reference 
 # effkit's default on an idle 2-core machine: every core. The load then competes with the measurement
 # itself, the case that inflated the issue's speedup; --threads 1 leaves it a core of its own.
 THREADS = 2
-SCENARIOS = ("quiet", "load first half", "load second half")
+# "quiet again" is the control: how far a second quiet run lands from the first one's interval
+SCENARIOS = ("quiet", "load first half", "load second half", "quiet again")
 
 
 class CoreLoad:
@@ -134,9 +137,10 @@ def main() -> None:
                 speedup = outcome.comparison(runtime)
                 quiet_run = quiet_run or speedup
                 mark = "" if scenario == "quiet" else verdict(speedup, quiet_run)
-                wrong += mark.startswith("OUTSIDE")
+                mark = f"control: {mark}" if scenario == "quiet again" else mark
+                wrong += mark.startswith("OUTSIDE") and scenario != "quiet again"
                 print(f"  {case['name']:<12} {command:<9} {runtime:<12} {scenario:<17} {fmt_speedup(speedup):<32} "
-                      f"{speedup['pairs']:>2}/{speedup['attempts']:<2} pairs kept  {mark}", flush=True)
+                      f"{speedup['pairs']:>2}/{speedup['attempts']:<2} pairs kept {speedup['discarded']} {mark}", flush=True)
     print(f"goal: every loaded run inside the quiet interval or marked inconclusive -> "
           f"{'met' if not wrong else f'NOT met ({wrong} confident wrong figure(s))'}")
 

@@ -283,21 +283,23 @@ def _timed_block(call: Callable[[], Any], calls: int, threads: int) -> tuple[lis
     return samples, dict(monitor.result, cpu_share=round(share, 3), wall_s=round(wall, 4))
 
 
-def _discard_reason(load_a: dict, load_b: dict, threads: int) -> str | None:
+def _discard_reason(load_a: dict, load_b: dict, threads: int, pair: dict | None = None) -> str | None:
+    """Why a pair must be measured again, from its blocks' loads and (`pair`) the load over both."""
     # One thread that did not run for all of its block was descheduled: calls that straddle a
     # time slice take milliseconds longer, and the block's statistics are the scheduler's.
     if threads == 1 and min(load_a.get("cpu_share", 1.0), load_b.get("cpu_share", 1.0)) < MIN_CPU_SHARE:
         return "descheduled"
-    if not (load_a.get("measured") and load_b.get("measured")):
-        return None
-    if min(load_a.get("wall_s", 1.0), load_b.get("wall_s", 1.0)) < MIN_MONITORED_S:
-        return None  # a few 10 ms ticks of /proc/stat over a shorter block say nothing about the load
+    # A few 10 ms ticks of /proc/stat over a short block say nothing about the load: such a block is
+    # judged by the pair as a whole. (Skipping them let a fast "after" model's pairs through under load.)
+    blocks = [load for load in (load_a, load_b)
+              if load.get("measured") and load.get("wall_s", 1.0) >= MIN_MONITORED_S]
+    judged = blocks + ([pair] if pair is not None and pair.get("measured") else [])
     # More threads than free cores: threads that wait for each other at every barrier are
     # descheduled, and one call can take 60x as long. A single thread only shares its core; a
     # steady share hits A and B alike.
-    if threads > 1 and (load_a["oversubscribed"] or load_b["oversubscribed"]):
+    if threads > 1 and any(load["oversubscribed"] for load in judged):
         return "oversubscribed"
-    if abs(load_a["other_cpu_cores"] - load_b["other_cpu_cores"]) >= LOAD_CHANGE_CORES:
+    if len(blocks) == 2 and abs(load_a["other_cpu_cores"] - load_b["other_cpu_cores"]) >= LOAD_CHANGE_CORES:
         return "load changed"
     return None
 
@@ -341,10 +343,11 @@ def measure_paired(runner_a: Any, runner_b: Any, inputs: Sequence[np.ndarray], *
         while len(result.pairs) < target and result.attempts < max_attempts:
             order = "AB" if rng.random() < 0.5 else "BA"
             block = {}
-            for side in order.lower():
-                block[side] = _timed_block(call_a if side == "a" else call_b, per_block, threads)
+            with CpuMonitor(threads) as whole:
+                for side in order.lower():
+                    block[side] = _timed_block(call_a if side == "a" else call_b, per_block, threads)
             result.attempts += 1
-            reason = _discard_reason(block["a"][1], block["b"][1], threads)
+            reason = _discard_reason(block["a"][1], block["b"][1], threads, whole.result)
             if reason:
                 result.discarded[reason] += 1
             else:

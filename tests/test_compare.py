@@ -102,6 +102,19 @@ def test_pairs_with_changing_load_or_oversubscription_are_discarded():
     assert _discard_reason(preempted, preempted, 2) is None  # two threads need not both be busy all the time
 
 
+def test_a_block_too_short_to_monitor_is_judged_by_the_whole_pair():
+    # a fast "after" model's block can be shorter than /proc/stat's ticks can judge: the pair's
+    # load over both blocks decides instead of letting it through
+    over = {"measured": True, "other_cpu_cores": 1.0, "oversubscribed": True, "cpu_share": 0.95, "wall_s": 0.1}
+    quiet = {"measured": True, "other_cpu_cores": 0.0, "oversubscribed": False, "cpu_share": 0.99, "wall_s": 0.1}
+    short = {"measured": False, "cpu_share": 0.99, "wall_s": 0.03}
+    assert _discard_reason(over, short, 2) == "oversubscribed"  # the block that was long enough
+    assert _discard_reason(short, short, 2, over) == "oversubscribed"  # the pair as a whole
+    assert _discard_reason(short, short, 2, quiet) is None
+    assert _discard_reason(quiet, short, 2, quiet) is None
+    assert _discard_reason(quiet, dict(over, oversubscribed=False), 1, quiet) == "load changed"
+
+
 def test_gate_on_compare_decides_on_the_paired_interval():
     result = _synthetic(1.25, 0.05)
     report = effkit.gate(result, ["latency.p50:+5%", "latency.p50:+40%", "throughput:-10%", "size:+0%"])

@@ -118,7 +118,7 @@ def test_a_real_load_process_during_the_first_half_gives_no_confident_speedup():
 def test_no_quiet_pair_is_inconclusive_with_the_reason(monkeypatch):
     import effkit.comparison
 
-    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
+    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda *blocks: "load changed")
     machine = _Machine()
     result = measure_paired(_SpinRunner(machine), _SpinRunner(machine), (), pairs=4, iterations=3, warmup=1)
     assert result.verdict == "inconclusive" and result.pairs == [] and result.attempts == 12
@@ -154,7 +154,7 @@ def test_prune_reports_carry_the_interval(cli):
 def test_prune_reports_carry_the_inconclusive_mark(cli, monkeypatch):
     import effkit.comparison
 
-    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
+    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda *blocks: "load changed")
     code, out, err = cli("prune", spec("mlp"), *NO_BAR, "-o", "small.pt2", "--runtime", "torch", *FAST, "--threads", "1",
                          "--json", "r.json", "--markdown", "r.md")
     assert code == 0, err
@@ -179,7 +179,7 @@ def test_compress_reports_carry_the_interval_and_the_inconclusive_mark(cli, monk
     shown = fmt_speedup(speedup)
     for name in ("report.md", "report.html"):
         assert shown in Path("out", name).read_text(), name
-    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda a, b, threads: "load changed")
+    monkeypatch.setattr(effkit.comparison, "_discard_reason", lambda *blocks: "load changed")
     code, out, err = cli("compress", spec("mlp"), "--prune", "0.5", "--tolerance", "none", "-o", "out2", *FAST)
     assert code == 0, err
     report = json.loads(Path("out2/report.json").read_text())
