@@ -10,6 +10,8 @@ A DATA spec is:
 - a folder of `.npy` files: one sample per file, sorted by name; `labels.npy` holds the labels.
 - a folder of images (JPEG, PNG, ...): labelled by sub-folder name, or unlabelled; decoded with
   Pillow as batches need them and preprocessed as `ImagePreprocess` says (effkit.data_images).
+- `file.txt` (one example per line) or `file.jsonl` (a `text` and an optional integer `label` per
+  line): tokenized with the model's tokenizer.json as batches need them (effkit.data_text).
 - `path/to/file.py:factory` or `package.module:factory`: returns a map-style Dataset (items read
   when a batch needs them), or an IterableDataset, DataLoader or any iterable of inputs or
   `(inputs, labels)` pairs, streamed once, batch by batch, into a cache file in effkit's work folder.
@@ -32,6 +34,7 @@ from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
 from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
+from effkit.data_text import TextPreprocess, is_text_file, text_preprocess, text_samples
 from effkit.runners import native_runner
 from effkit.samples import Samples, npy_file, npz_members, spill, subset
 
@@ -213,9 +216,15 @@ def _npy_folder(path: Path, spec: str, limit: int | None) -> Data:
 
 
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None,
-              images: ImagePreprocess | None = None) -> Data:
+              images: ImagePreprocess | None = None, text: TextPreprocess | None = None, model=None) -> Data:
     """Load a DATA spec (see the module docstring), read lazily; at most `limit` samples. `images` says
-    how a folder of images is preprocessed (default: the files' own size, scaled to [0, 1])."""
+    how a folder of images is preprocessed (default: the files' own size, scaled to [0, 1]); `text`
+    how a .txt/.jsonl file is tokenized (default: as `model`, the Model the data feeds, reads text:
+    `effkit.data_text.text_preprocess`)."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    if model is not None:
+        input_names = input_names or model.input_names
     path = Path(spec)
     if path.is_dir() or path.is_file():
         mark_read(path)
@@ -226,6 +235,14 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
         return _npy_folder(path, spec, limit)
     if path.is_file():
         suffix = path.suffix.lower()
+        if is_text_file(path):
+            if text is None and model is not None:
+                text = text_preprocess(model)
+            names = input_names or ["input_ids"]
+            given = [a.dtype for a in model.example_inputs] if model is not None else []
+            dtypes = given if len(given) == len(names) else [np.int64] * len(names)
+            inputs, labels = text_samples(path, text, names, dtypes, limit)
+            return Data(inputs, labels, spec)
         if suffix == ".npz":
             try:
                 # compressed members are read whole (stored ones row by row, as batches need them)
@@ -265,7 +282,8 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
             if isinstance(obj, (tuple, list)) and len(obj) == 2:
                 return Data((_as_input(_to_numpy(obj[0])),), _as_labels(_to_numpy(obj[1]), spec), spec).take(limit)
             return Data((_as_input(_to_numpy(obj)),), None, spec).take(limit)
-        raise UsageError(f"unknown data format: {path.name}", "use .npz, .npy, .pt, a folder of .npy files, or module:factory")
+        raise UsageError(f"unknown data format: {path.name}",
+                         "use .npz, .npy, .pt, .txt, .jsonl, a folder of .npy files or images, or module:factory")
     if is_factory_spec(spec):
         func = resolve_factory(spec)
         try:

@@ -112,7 +112,7 @@ def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, dat
     if inputs is not None:
         return with_inputs_file(model, inputs)
     if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
-        first = load_data(data, model.input_names or None, limit=1)
+        first = load_data(data, model.input_names or None, limit=1, model=model)
         names = model.input_names if len(model.input_names) == len(first.inputs) else [
             f"array {i}" for i in range(len(first.inputs))]
         arrays = (np.asarray(a[:1]) for a in first.inputs)  # data may be read lazily: one sample, read now

@@ -106,8 +106,8 @@ def compress_command(
     check_outdir(output, force)
     check_outputs_free([json, html, export_onnx], force)
     loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
-    train = load_data(data, input_names=loaded.input_names) if data else None
-    evaluation = load_data(eval_data, input_names=loaded.input_names) if eval_data else None
+    train = load_data(data, model=loaded) if data else None
+    evaluation = load_data(eval_data, model=loaded) if eval_data else None
     check_outputs_free([json, html, export_onnx], force)  # against every file read (compress checks OUTDIR again)
     console = console_for(json)
     try:

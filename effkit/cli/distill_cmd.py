@@ -226,8 +226,8 @@ def distill_command(
 
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
     with err.status(Text(f"loading {data}"), spinner="dots"):
-        train = load_data(data, input_names=teacher.input_names)
-        val = load_data(val_data, input_names=teacher.input_names) if val_data else None
+        train = load_data(data, model=teacher)
+        val = load_data(val_data, model=teacher) if val_data else None
     if val is None and val_split > 0:
         train, val = train.split(val_split, seed=seed)
         val = dataclasses.replace(val, source=f"{data} (held-out {val_split:g})")

@@ -110,8 +110,8 @@ def prune_command(
 
 
 def _data(data: str | None, eval_data: str | None, model):
-    train = load_data(data, model.input_names) if data else None
-    evaluation = load_data(eval_data, model.input_names) if eval_data else None
+    train = load_data(data, model=model) if data else None
+    evaluation = load_data(eval_data, model=model) if eval_data else None
     if evaluation is not None and evaluation.labels is None:
         raise InputError(f"--eval {eval_data} has no labels, so accuracy cannot be measured",
                          "add an array named labels")

@@ -139,9 +139,9 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         err.print(warning_text(outlook))
     images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
                              mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3))
-    calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples,
+    calib_data = None if calib in (None, "random") else load_data(calib, model=loaded, limit=calib_samples,
                                                                   images=images)
-    labelled = None if eval_data is None else load_data(eval_data, loaded.input_names, images=images)
+    labelled = None if eval_data is None else load_data(eval_data, model=loaded, images=images)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)  # against every file read
