@@ -1,12 +1,17 @@
 """A folder of images as data: JPEG/PNG files labelled by sub-folder name (torchvision's ImageFolder
 convention: `root/cat/1.jpg` is class 0 when `cat` sorts first) or unlabelled (files directly in
 `root`). Images are decoded with Pillow when a batch needs them, resized, centre-cropped to
-`image_size`, scaled to [0, 1], normalized with `mean`/`std`, and laid out as CHW float32.
+`image_size`, scaled to [0, 1], normalized with `mean`/`std`, and laid out as CHW float32; with
+`workers`, a batch's images are decoded in that many worker processes.
 """
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,36 @@ class ImagePreprocess:
     resize: int | None = None
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    workers: int = 0  # processes that decode a batch's images; 0: this process
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of `workers` decoding processes, started once and kept for the run. They are started
+    by a fork server, not forked from this process: a fork of a process whose torch and ONNX
+    Runtime thread pools are running can deadlock."""
+    if workers not in _POOLS:
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return _POOLS[workers]
+
+
+@atexit.register
+def _stop_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def decode_images(files: list[Path], prep: ImagePreprocess) -> list[np.ndarray]:
+    """`load_image` of every file, decoded in `prep.workers` processes when there are several files.
+    Workers send back 8-bit pixels, a quarter of the float32 bytes, and this process normalizes them."""
+    if prep.workers < 1 or len(files) < 2:
+        return [load_image(f, prep) for f in files]
+    chunk = max(1, len(files) // (4 * prep.workers))  # a few chunks per worker: even load, little overhead
+    return [_normalize(pixels, prep) for pixels in _pool(prep.workers).map(_pixels, files, repeat(prep), chunksize=chunk)]
 
 
 def image_files(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
@@ -50,6 +85,11 @@ def is_image_folder(root: Path) -> bool:
 
 def load_image(path: Path, prep: ImagePreprocess) -> np.ndarray:
     """One image as a CHW float32 array; InputError naming the file when it does not decode."""
+    return _normalize(_pixels(path, prep), prep)
+
+
+def _pixels(path: Path, prep: ImagePreprocess) -> np.ndarray:
+    """The image decoded, resized and cropped: HWC uint8."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -57,9 +97,13 @@ def load_image(path: Path, prep: ImagePreprocess) -> np.ndarray:
             img = img.convert("RGB")
             if prep.image_size is not None:
                 img = _resize_and_crop(img, prep)
-            array = np.asarray(img, dtype=np.float32) / 255.0
+            return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path} is not a readable image: {e}", "remove or replace the file") from e
+
+
+def _normalize(pixels: np.ndarray, prep: ImagePreprocess) -> np.ndarray:
+    array = pixels.astype(np.float32) / 255.0
     array = (array - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
@@ -92,7 +136,7 @@ def image_samples(root: Path, prep: ImagePreprocess, limit: int | None) -> tuple
     first = load_image(files[0], prep)
 
     def read(k: np.ndarray) -> np.ndarray:
-        rows = [load_image(files[int(j)], prep) for j in k]
+        rows = decode_images([files[int(j)] for j in k], prep)
         for j, row in zip(k, rows):
             if row.shape != first.shape:
                 raise InputError(f"{files[int(j)]} is {row.shape[2]}x{row.shape[1]} pixels, {files[0]} "

@@ -24,6 +24,10 @@ class EffkitError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    def __reduce__(self):
+        # pickled with its hint: an error raised in a worker process (image decoding) arrives whole
+        return type(self), (self.message, self.hint)
+
 
 class UsageError(EffkitError):
     """Invalid options or values given on the command line or in a file."""

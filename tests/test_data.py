@@ -110,6 +110,22 @@ def test_image_folder_labelled_by_subfolder_and_preprocessed(tmp_path):
     assert data.labels is None and data.inputs[0].shape == (3, 3, 20, 24)
 
 
+def test_worker_processes_decode_the_same_arrays_and_report_a_bad_file(tmp_path):
+    from effkit.data_images import ImagePreprocess
+    from effkit.errors import InputError
+
+    _images(tmp_path / "imgs", per_class=5)
+    prep = ImagePreprocess(image_size=(16, 16), mean=(0.5,) * 3, std=(0.25,) * 3)
+    alone = np.asarray(_load(str(tmp_path / "imgs"), images=prep).inputs[0])
+    pooled = np.asarray(_load(str(tmp_path / "imgs"), images=ImagePreprocess(**{**prep.__dict__, "workers": 2})).inputs[0])
+    assert alone.shape == (10, 3, 16, 16) and np.array_equal(alone, pooled)
+    (tmp_path / "imgs" / "dog" / "9.png").write_bytes(b"not an image")
+    data = _load(str(tmp_path / "imgs"), images=ImagePreprocess(image_size=(16, 16), workers=2))
+    with pytest.raises(InputError, match=r"9.png is not a readable image") as raised:
+        np.asarray(data.inputs[0])
+    assert raised.value.hint == "remove or replace the file"  # the hint survives the worker process
+
+
 def test_quantize_calibrates_on_a_folder_of_images(cli):
     _images(Path("imgs"), size=(40, 40))
     code, out, err = cli("quantize", spec("cnn"), "-o", "q.onnx", "--method", "static", "--calib", "imgs",
