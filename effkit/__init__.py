@@ -10,7 +10,7 @@ functions. tests/test_layers.py checks all of it against this table:
     cli: cli, __main__
     outputs: outdir, report
     verdicts: gate_config, gates, results
-    pipeline: pipeline, pipeline_result, recipe
+    pipeline: pipeline, pipeline_result, recipe, apply
     passes: passes, structure
     judge: judge, outcome
     benchmark: benchmark, comparison, size, generation
@@ -25,7 +25,8 @@ inputs, ONNX files, output agreement metrics. runners: torch and ONNX Runtime be
 load: every format into a Model. export: verified ONNX export (and the ONNX file a torch model runs
 on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size, LLM generation. judge: is a changed
 model still good enough. passes: one config and one `run` each, found by config type. pipeline:
-compress's steps. verdicts: gates and A/B comparisons. outputs: OUTDIR and reports. cli: commands.
+compress's steps, and one step applied on its own (apply: run, measure, judge, save; what prune,
+quantize and distill call). verdicts: gates and A/B comparisons. outputs: OUTDIR and reports. cli: commands.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from effkit.export import make_runner
 from effkit.load import load_model
 from effkit.model import Model
 from effkit.size import size_info
+from effkit.specs import parse_input_shape
 from effkit.util import jsonable
 
 SCHEMA = "effkit.compare/1"
@@ -264,11 +265,14 @@ def _discard_text(discarded: dict) -> str:
 
 # ---------------------------------------------------------------- measuring
 
-def _as_model(model: Any, load_options: dict) -> Any:
+def _as_model(model: Any, arch: str | None, trust: bool, input_shape: str | Sequence[str] | None, inputs) -> Any:
+    """An effkit Model as it is, or a spec (a path or a string) loaded as the commands load MODEL."""
     if isinstance(model, Model):
         return model
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        return load_model(str(model), **load_options)
+        shapes = [input_shape] if isinstance(input_shape, str) else list(input_shape or ())
+        return load_model(str(model), arch=arch, trust=trust, inputs=inputs,
+                          input_shapes=[parse_input_shape(s) if isinstance(s, str) else s for s in shapes])
     raise UsageError(f"cannot compare a {type(model).__name__}", "pass an effkit Model or a model spec")
 
 
@@ -374,12 +378,14 @@ def measure_paired(runner_a: Any, runner_b: Any, inputs: Sequence[np.ndarray], *
 def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: int | None = None,
             pairs: int = DEFAULT_PAIRS, block_time: float = DEFAULT_BLOCK_TIME, iterations: int | None = None,
             warmup: int = 10, threshold: float = DEFAULT_THRESHOLD, rerun_inconclusive: int = 0,
-            conclusive: Callable[[CompareResult], bool] | None = None, seed: int = 0,
-            load_options: dict | None = None, progress: Callable[[str, float], None] | None = None) -> CompareResult:
+            conclusive: Callable[[CompareResult], bool] | None = None, seed: int = 0, arch: str | None = None,
+            trust: bool = False, input_shape: str | Sequence[str] | None = None, inputs: str | None = None,
+            progress: Callable[[str, float], None] | None = None) -> CompareResult:
     """Measure B against A interleaved; return ratios B/A with 95% intervals and a verdict.
 
-    `model_a`/`model_b`: Models or specs (loaded with `load_options`: arch, trust, input_shapes,
-    inputs). Both run A's example inputs, on `runtime` (default torch when both are torch models,
+    `model_a`/`model_b`: effkit Models, or specs loaded as the commands load MODEL with `arch`, `trust`,
+    `input_shape` (`"1x3x224x224"`, `"int64:1x128"`, or one per input) and `inputs` (an .npz of example
+    inputs), e.g. `effkit.compare("a.onnx", "b.onnx", input_shape="1x16")`. Both run A's example inputs, on `runtime` (default torch when both are torch models,
     else onnxruntime) with `threads` (default: the cores free when the comparison starts).
     `pairs` A/B block pairs are kept; each block is `iterations` calls (default: as many as fill
     `block_time` seconds). While the result is inconclusive (by `conclusive(result)`, default: the
@@ -390,8 +396,7 @@ def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: 
         raise UsageError("need --pairs >= 2, --block-time > 0, --warmup >= 0, --rerun-inconclusive >= 0 "
                          "and a threshold between 0% and 1000%")
     started = time.perf_counter()
-    load_options = load_options or {}
-    a, b = _as_model(model_a, load_options), _as_model(model_b, load_options)
+    a, b = (_as_model(m, arch, trust, input_shape, inputs) for m in (model_a, model_b))
     runtime = runtime or ("torch" if a.kind == b.kind == "torch" else "onnxruntime")
     threads = threads or default_threads()
     runner_a, runner_b = make_runner(a, runtime, threads), make_runner(b, runtime, threads)

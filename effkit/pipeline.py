@@ -14,7 +14,8 @@ final runtime.
 
 Quality bar: `[pipeline] max-accuracy-drop` (points, on labelled --eval data) and `tolerance`
 thresholds (cosine, SQNR, top-1 agreement against the original's outputs) hold for the whole
-pipeline. After each step the cumulative result is checked; a step that breaks the bar is run
+pipeline, judged on data no pass fitted on (`effkit.judge.judging_split`: --eval, else a held-out
+quarter of --data, which the passes then do not see, else random inputs). After each step the cumulative result is checked; a step that breaks the bar is run
 again backed off by the pass's own `back_off` (prune: half the ratio; quantize: the bar passed to
 quantize as its tolerance, so it keeps the layers that break it in float), up to `backoff-tries` times, and the report lists
 every attempt. When the bar cannot be met, `compress` raises `CompressFailed` (exit 1): OUTDIR
@@ -35,8 +36,7 @@ from effkit.comparison import measure_paired
 from effkit.env import default_threads
 from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
-from effkit.fidelity import held_out_inputs
-from effkit.judge import Judge, bar_violations
+from effkit.judge import Judge, bar_violations, held_out_batches, judging_split
 from effkit.outcome import PAIRS
 from effkit.passes import PassContext, registry
 from effkit.passes.registry import Pass
@@ -44,9 +44,6 @@ from effkit.pipeline_result import CompressResult, State, Step, _final_runtime, 
 from effkit.recipe import Recipe, _plain, _toml_key
 from effkit.runners import native_runner
 from effkit.util import plural, quiet_torch
-
-FIDELITY_SAMPLES = 128  # samples of real data (when given) the outputs are compared on
-FIDELITY_BATCH = 16
 
 __all__ = ["Bar", "CompressFailed", "CompressResult", "Recipe", "State", "Step", "run_pipeline"]
 
@@ -67,7 +64,9 @@ class _Context:
     def __init__(self, original, recipe: Recipe, data, eval_data, progress, log):
         self.original = original
         self.recipe = recipe
-        self.data = data
+        # The passes fit on `data` less what judges them (as quantize and every command pick it): --eval,
+        # else a held-out part of --data, else random inputs, which are off the data's distribution.
+        self.data, judged = judging_split(data, eval_data)
         self.eval_data = eval_data if eval_data is not None and eval_data.labels is not None else None
         self.progress = progress
         self.log = log or (lambda message: None)
@@ -75,12 +74,7 @@ class _Context:
         self.bar = recipe.pipeline.bar(labelled=self.eval_data is not None)
         self.max_drop = self.bar.max_drop_pt
         self.bounds = list(self.bar.bounds)
-        real = eval_data if eval_data is not None else data
-        if real is not None:  # compare outputs on real inputs: random ones are off the data's distribution
-            sample = real.take(FIDELITY_SAMPLES)
-            inputs = [inputs for inputs, _ in sample.batches(FIDELITY_BATCH)]
-        else:
-            inputs = held_out_inputs(original.example_inputs)
+        inputs, self.judged_on = held_out_batches(original.example_inputs, judged)
         self.judge = Judge(self.runner(original), inputs, self.eval_data)
         self.states: list[State] = []  # the accepted states so far; [0] is the original
         self.notes: list[str] = []  # for the whole result
@@ -238,7 +232,8 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
                             data_source=data.source if data is not None else None,
                             eval_source=eval_data.source if eval_data is not None else None,
                             bar=ctx.bar.describe())
-    ctx.log(f"quality bar: {ctx.bar.describe()}")
+    judged_on = "random inputs" if ctx.judged_on == "random" else ctx.judged_on
+    ctx.log(f"quality bar: {ctx.bar.describe()}, judged on {judged_on}")
     ctx.log("timing the original")
     ctx.bench(original)
     for step, config, recovery in _plan(recipe):

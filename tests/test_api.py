@@ -39,3 +39,18 @@ def test_help_texts_keep_their_brackets():
                 checked += bool(text)
                 assert not unescaped.search(text), f"{info.callback.__name__} {name}: {text}"
     assert checked > 100  # every command's options were read
+
+
+def test_compare_takes_a_model_or_a_spec_loaded_with_plain_keywords(tmp_path):
+    """effkit.compare loads a spec as the commands load MODEL, with the same options as keywords."""
+    import torch
+
+    import effkit
+    from conftest import spec
+
+    model = effkit.load_model(spec("mlp"))
+    torch.save(model.module.state_dict(), tmp_path / "mlp.pt")
+    result = effkit.compare(tmp_path / "mlp.pt", model, arch=spec("mlp_no_inputs"), input_shape="4x16",
+                            iterations=2, pairs=2, warmup=0, threads=1)
+    assert result.a["format"] != result.b["format"] and result.size["a"]["parameters"] == 1732
+    assert [tuple(s["shape"]) for s in result.a["inputs"]] == [(4, 16)]  # A's inputs, which B ran on too

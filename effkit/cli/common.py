@@ -17,13 +17,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional, get_args
+from typing import Annotated, Any, NoReturn, Optional, get_args
 
 import typer
 from rich.console import Console
 from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from effkit.apply import StepRefused
 from effkit.env import available_cores, default_threads
 from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError, first_line
 from effkit.factory import is_factory_spec
@@ -208,14 +209,25 @@ def bar_options_help(default_drop: str, default_fidelity: str) -> tuple[str, str
             f"sqnr>=20; repeatable (default without labels: {default_fidelity}; none: no fidelity bar).")
 
 
-def refuse_below_bar(outcome, what: str, hint: str, json: str | None, markdown: Path | None, markdown_text,
-                     force: bool, html: Path | None = None) -> None:
-    """When `outcome` missed its quality bar: write the reports (they say why, in red) and exit 1 with
-    nothing else written (StepFailed); `what` names the result ("the pruned model")."""
-    if outcome.status == "ok":
-        return
-    write_outputs(json, outcome.to_json, markdown, markdown_text, force, html_path=html)
-    raise StepFailed(f"{what} misses the quality bar ({outcome.bar}): {outcome.failure}; it was not written", hint)
+def show_step(apply: Callable[[Callable[[str, float], None] | None], Any], render: Callable[[Any], None],
+              json: str | None, markdown: Path | None, markdown_text: Callable[[Any], str], force: bool,
+              html: Path | None = None) -> Any:
+    """Make a step's one library call, `apply(progress)` (`effkit.apply.apply_step`), under a progress bar,
+    then show its Outcome: the tables (`render`), the files written, the reports. A refused step is shown
+    all the same: its tables and, when it missed the quality bar, the reports that say why (marked
+    failed); then its error ends the command with exit 1 and nothing else written."""
+    try:
+        with progress_bar() as progress:
+            outcome = apply(progress)
+    except StepRefused as e:
+        render(e.outcome)
+        if e.outcome.status == "failed":  # a slower result's record says "ok": no report of it is written
+            write_outputs(json, e.outcome.to_json, markdown, lambda: markdown_text(e.outcome), force, html_path=html)
+        raise
+    render(outcome)
+    console_for(json).print(f"wrote {', '.join(outcome.outputs)}")
+    write_outputs(json, outcome.to_json, markdown, lambda: markdown_text(outcome), force, html_path=html)
+    return outcome
 
 
 def check_outputs_free(paths: list[Path | str | None], force: bool, inputs: tuple = ()) -> None:

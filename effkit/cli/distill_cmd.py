@@ -16,23 +16,21 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
+from effkit.apply import StepRefused, apply_step
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               bar_options_help, check_outputs_free, command, console_for, err, load, progress_bar,
-                               refuse_below_bar, resolve_threads, write_outputs)
+                               bar_options_help, check_outputs_free, command, console_for, err, load, resolve_threads,
+                               show_step)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.files import check_not_read, remove
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.load import load_model
-from effkit.outcome import measure_before_after
-from effkit.passes.distill import DistillConfig, distill, parse_feature_pair
+from effkit.passes.distill import DistillConfig, distill, parse_feature_pair, validation_notes
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.save import save_with_onnx
 from effkit.specs import InputShape, parse_input_shape, parse_ratio
-from effkit.util import quiet_torch
 
 DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
              "module:factory returning a Dataset, DataLoader or iterable")
@@ -242,28 +240,20 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
 
 def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
             markdown, html, export_onnx, force) -> None:
-    trained = result.model
-    with progress_bar() as progress, quiet_torch():  # measuring sizes saves models: keep torch.export's noise away
-        outcome = measure_before_after("distill", teacher, trained, runtimes=runtimes, threads=threads, warmup=warmup,
-                                       iterations=iterations, min_time=min_time, eval_data=val, progress=progress)
-    outcome.details.update(result.details)
-    outcome.notes.extend(result.notes)
-    if val is not None:
-        agreement = outcome.fidelity.get("top1_agreement")
-        outcome.notes.append(f"fidelity measured on the {len(val)} validation samples"
-                             + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
-                                if agreement is not None else ""))
     console = console_for(json)
-    outcome.hold_to(bar)
-    if outcome.status != "ok":
+
+    def step(progress):  # trained already: on every torchrun process, under its own progress display
+        return apply_step("distill", teacher, lambda: result, bar=bar, output=output, runtimes=runtimes,
+                          threads=threads, warmup=warmup, iterations=iterations, min_time=min_time, eval_data=val,
+                          export_onnx=export_onnx, force=force, what="the distilled student",
+                          hint="train longer (--epochs), use a larger student, or loosen --max-accuracy-drop / "
+                               "--tolerance", notes=lambda outcome: validation_notes(val, outcome.fidelity),
+                          progress=progress)
+
+    try:
+        show_step(step, lambda outcome: console.print(outcome_table(outcome)), json, markdown, outcome_markdown,
+                  force, html)
+    except StepRefused:
         remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
-        console.print(outcome_table(outcome))
-        refuse_below_bar(outcome, "the distilled student", "train longer (--epochs), use a larger student, or "
-                         "loosen --max-accuracy-drop / --tolerance", json, markdown,
-                         lambda: outcome_markdown(outcome), force, html)
-    with console.status(Text(f"saving {output}"), spinner="dots"), quiet_torch():
-        outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
-    remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
-    console.print(outcome_table(outcome))
-    console.print(f"wrote {', '.join(outcome.outputs)}")
-    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)
+        raise
+    remove(ckpt, "checkpoint")

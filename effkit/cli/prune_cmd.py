@@ -7,18 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from effkit.apply import apply_step
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               bar_options_help, check_outputs_free, command, console_for, load, progress_bar,
-                               refuse_below_bar, resolve_threads, warning_text, write_outputs)
+                               bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
+                               show_step, warning_text)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
-from effkit.outcome import measure_before_after
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.save import save_with_onnx
 from effkit.specs import parse_factor, parse_ratio
 
 
@@ -123,23 +122,19 @@ def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, 
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")
-    with progress_bar() as progress:
-        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress, threads=threads)
-        outcome = measure_before_after("prune", original, result.model, runtimes=runtimes, threads=threads,
-                                       warmup=warmup, iterations=iterations, min_time=min_time,
-                                       eval_data=evaluation, progress=progress)
-    outcome.details = result.details
-    outcome.notes = list(result.notes)
-    accuracy = result.details.get("accuracy")  # before and after: measure_before_after has them on the same data
-    if accuracy and "recovered" in accuracy and outcome.accuracy:
-        outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
-    outcome.hold_to(bar)
-    console.print(outcome_table(outcome))
-    for warning in outcome.before.warnings + outcome.after.warnings:
-        console.print(warning_text(warning))
-    refuse_below_bar(outcome, "the pruned model", "prune less (a smaller --ratio), recover with --finetune-epochs N "
-                     "--data FILE, or loosen --max-accuracy-drop / --tolerance", json, markdown,
-                     lambda: outcome_markdown(outcome), force, html)
-    outcome.outputs = [str(p) for p in save_with_onnx(result.model, output, export_onnx, force)]
-    console.print(f"wrote {', '.join(outcome.outputs)}")
-    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)
+
+    def step(progress):
+        run = lambda: prune(loaded, config, data=train, eval_data=evaluation, progress=progress,  # noqa: E731
+                            threads=threads)
+        return apply_step("prune", original, run, bar=bar, output=output, runtimes=runtimes, threads=threads,
+                          warmup=warmup, iterations=iterations, min_time=min_time, eval_data=evaluation,
+                          export_onnx=export_onnx, force=force, what="the pruned model",
+                          hint="prune less (a smaller --ratio), recover with --finetune-epochs N --data FILE, or "
+                               "loosen --max-accuracy-drop / --tolerance", progress=progress)
+
+    def render(outcome) -> None:
+        console.print(outcome_table(outcome))
+        for warning in outcome.before.warnings + outcome.after.warnings:
+            console.print(warning_text(warning))
+
+    show_step(step, render, json, markdown, outcome_markdown, force, html)

@@ -7,22 +7,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from effkit.apply import apply_step
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
-                               resolve_threads, warning_text, write_outputs)
+                               check_outputs_free, command, console_for, err, load, resolve_threads, show_step,
+                               warning_text)
 from effkit.data import load_data
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
-from effkit.errors import StepFailed, UsageError
+from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
-from effkit.outcome import measure_before_after, speed_verdict
 from effkit.passes.quantize import (CALIBRATED, DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
                                     quantize)
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
-from effkit.save import save_with_onnx
 from effkit.specs import parse_threshold
-from effkit.util import quiet_torch
 
 
 @command("quantize")
@@ -149,37 +147,30 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
     if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
         err.print(warning_text(unrepresentative))
-    with progress_bar() as progress:
-        result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,
-                          candidate_time=min_time / 2, candidate_iterations=iterations)
-        chosen = result.model
-        target = output if suffix else output.with_name(output.name + chosen.save_suffix)
-        if not suffix:  # known only now: check it before the long measurement
-            check_outputs_free([target, json, html, markdown, export_onnx], force, inputs=(loaded.path,))
-        runtime = "torch" if chosen.kind == "torch" else "onnxruntime"
-        with quiet_torch():
-            outcome = measure_before_after("quantize", loaded, chosen, runtimes=[runtime], threads=threads,
-                                           warmup=warmup, iterations=iterations, min_time=min_time,
-                                           eval_data=labelled, progress=progress,
-                                           judge_data=judging_split(calib_data, labelled)[1])
-    outcome.details, outcome.notes = result.details, list(result.notes)
-    slowdown = speed_verdict(outcome, runtime, allow_slower)
 
-    outcome.hold_to(bar)
-    console.print(outcome_table(outcome))
-    console.print(candidates_table(result.details))
-    refuse_below_bar(outcome, "the int8 model", "loosen --tolerance or --max-accuracy-drop, keep layers in float with "
-                     "--exclude, or pass --calib with representative data", json, markdown,
-                     lambda: outcome_markdown(outcome) + candidates_markdown(result.details), force, html)
-    if slowdown and not allow_slower:
-        raise StepFailed(f"the int8 model is slower than the original on {runtime} ({slowdown})",
-                         "nothing was written; pass --allow-slower to write it anyway")
+    def target(chosen) -> Path:  # OUT, or OUT with the chosen backend's suffix, checked before the measurement
+        if suffix:
+            return output
+        path = output.with_name(output.name + chosen.save_suffix)
+        check_outputs_free([path, json, html, markdown, export_onnx], force, inputs=(loaded.path,))
+        return path
 
-    outcome.outputs = [str(p) for p in save_with_onnx(chosen, target, export_onnx, force)]
-    console.print(f"wrote {', '.join(outcome.outputs)}")
+    def step(progress):
+        run = lambda: quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress,  # noqa: E731
+                               threads=threads, candidate_time=min_time / 2, candidate_iterations=iterations)
+        return apply_step("quantize", loaded, run, bar=bar, output=target, threads=threads, warmup=warmup,
+                          iterations=iterations, min_time=min_time, eval_data=labelled,
+                          judge_data=judging_split(calib_data, labelled)[1], export_onnx=export_onnx, force=force,
+                          allow_slower=allow_slower, what="the int8 model",
+                          hint="loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or "
+                               "pass --calib with representative data", progress=progress)
 
-    write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome) + candidates_markdown(
-        result.details), force, html_path=html)
+    def render(outcome) -> None:
+        console.print(outcome_table(outcome))
+        console.print(candidates_table(outcome.details))
+
+    show_step(step, render, json, markdown, lambda outcome: outcome_markdown(outcome) + candidates_markdown(
+        outcome.details), force, html)
 
 
 def bar_as_tolerance(bar) -> tuple:

@@ -265,6 +265,17 @@ def run(student, config: DistillConfig, ctx: PassContext) -> PassResult:
     return distill(ctx.teacher, student, config, data=ctx.data, progress=ctx.progress, threads=ctx.threads)
 
 
+def validation_notes(val_data, fidelity: dict | None) -> list[str]:
+    """What the before/after record of a distilled student says about its validation data: how many
+    samples it was judged on, and how often the student agrees with the teacher there (classifiers)."""
+    if val_data is None:
+        return []
+    agreement = (fidelity or {}).get("top1_agreement")
+    return [f"fidelity measured on the {len(val_data)} validation samples"
+            + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
+               if agreement is not None else "")]
+
+
 def _default_threads() -> int:
     """OMP_NUM_THREADS when set (torchrun sets it to 1 per process), else this process's cores shared
     among the processes on this machine. Read from the environment because loading and measuring
