@@ -34,11 +34,24 @@ from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
 from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
-from effkit.data_text import TextPreprocess, is_text_file, text_preprocess, text_samples
+from effkit.data_text import is_text_file, text_preprocess, text_samples
 from effkit.runners import native_runner
 from effkit.samples import Samples, npy_file, npz_members, spill, subset
 
 LABEL_KEYS = ("labels", "label", "y", "targets", "target")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a command reads every DATA spec it is given: at most `limit` samples of each; folders of
+    images preprocessed as `images` says; text tokenized to `max_length` tokens (default: the model's
+    sequence length), its JSONL text and label under `text_field` and `label_field`."""
+
+    limit: int | None = None
+    images: ImagePreprocess = ImagePreprocess()
+    max_length: int | None = None
+    text_field: str = "text"
+    label_field: str = "label"
 
 
 @dataclass
@@ -215,14 +228,16 @@ def _npy_folder(path: Path, spec: str, limit: int | None) -> Data:
     return Data((_as_input(Samples(len(files), first.shape, first.dtype, read)),), _as_labels(labels, spec), spec)
 
 
-def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None,
-              images: ImagePreprocess | None = None, text: TextPreprocess | None = None, model=None) -> Data:
-    """Load a DATA spec (see the module docstring), read lazily; at most `limit` samples. `images` says
-    how a folder of images is preprocessed (default: the files' own size, scaled to [0, 1]); `text`
-    how a .txt/.jsonl file is tokenized (default: as `model`, the Model the data feeds, reads text:
-    `effkit.data_text.text_preprocess`)."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1, not {limit}")
+def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None, *, model=None,
+              reading: Reading = Reading()) -> Data:
+    """Load a DATA spec (see the module docstring), read lazily, for `model` (the Model it feeds: its
+    input names, dtypes and tokenizer) or for `input_names`; at most `limit` samples (and at most
+    `reading.limit`). `reading` says how images and text become inputs (default: images at their own
+    size scaled to [0, 1], text to the model's sequence length)."""
+    for n in (limit, reading.limit):
+        if n is not None and n < 1:
+            raise UsageError(f"--limit must be at least 1, not {n}")
+    limit = min((n for n in (limit, reading.limit) if n is not None), default=None)
     if model is not None:
         input_names = input_names or model.input_names
     path = Path(spec)
@@ -230,14 +245,14 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
         mark_read(path)
     if path.is_dir():
         if is_image_folder(path):
-            samples, labels = image_samples(path, images or ImagePreprocess(), limit)
+            samples, labels = image_samples(path, reading.images, limit)
             return Data((samples,), labels, spec)
         return _npy_folder(path, spec, limit)
     if path.is_file():
         suffix = path.suffix.lower()
         if is_text_file(path):
-            if text is None and model is not None:
-                text = text_preprocess(model)
+            text = None if model is None else text_preprocess(model, reading.max_length, reading.text_field,
+                                                              reading.label_field)
             names = input_names or ["input_ids"]
             given = [a.dtype for a in model.example_inputs] if model is not None else []
             dtypes = given if len(given) == len(names) else [np.int64] * len(names)

@@ -18,7 +18,7 @@ import numpy as np
 from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
-from effkit.data import load_data
+from effkit.data import Reading, load_data
 from effkit.files import mark_read
 from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
                            match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
@@ -66,13 +66,15 @@ def load_model(
     input_shapes: list[InputShape] | tuple[InputShape, ...] = (),
     inputs: str | Path | None = None,
     data: str | None = None,
+    reading: Reading = Reading(),
     check: bool = True,
 ) -> Model:
     """Load MODEL from a spec (see MODEL_SPEC_HELP) with its example inputs.
 
     Example inputs come from, in order: `inputs` (an .npz file, for every format), `input_shapes`
     (random values, seeded), the factory or the file itself (a .pt2 archive's example, an ONNX
-    file's fixed shapes), the first sample of `data` (a DATA spec, see effkit.data), and last
+    file's fixed shapes), the first sample of `data` (a DATA spec, see effkit.data, read as `reading`
+says, so that its first sample has the shape the command's data will have), and last
     random values of an ONNX file's shapes with dynamic dimensions filled in. Where they came from
     is `model.meta["inputs_from"]`. With `check`, the model runs once on them so a wrong shape
     fails here, with a message naming what the model expects.
@@ -101,18 +103,19 @@ def load_model(
     if arch and model.format not in ("state_dict", "safetensors"):
         raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
                          "drop --arch")
-    model = _with_example_inputs(model, spec, inputs, data)
+    model = _with_example_inputs(model, spec, inputs, data, reading)
     if check:
         check_runs(model)
     return model
 
 
-def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, data: str | None) -> Model:
+def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, data: str | None,
+                         reading: Reading) -> Model:
     """The model with the example inputs it will use (see `load_model` for the order)."""
     if inputs is not None:
         return with_inputs_file(model, inputs)
     if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
-        first = load_data(data, model.input_names or None, limit=1, model=model)
+        first = load_data(data, model.input_names or None, limit=1, model=model, reading=reading)
         names = model.input_names if len(model.input_names) == len(first.inputs) else [
             f"array {i}" for i in range(len(first.inputs))]
         arrays = (np.asarray(a[:1]) for a in first.inputs)  # data may be read lazily: one sample, read now

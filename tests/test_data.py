@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST, spec
+from conftest import FAST, NO_BAR, spec
 
 OPTS = [*FAST, "--threads", "1", "--min-time", "0.05", "--allow-slower"]
 ROOT = Path(__file__).parent.parent
 
 
-def _load(text: str, **kw):
-    from effkit.data import load_data
+def _load(text: str, images=None, **kw):
+    from effkit.data import Reading, load_data
 
-    return load_data(text, **kw)
+    return load_data(text, reading=Reading(images=images) if images else Reading(), **kw)
 
 
 def test_npz_members_stored_are_read_in_place_and_compressed_ones_whole(tmp_path):
@@ -129,7 +129,8 @@ def test_worker_processes_decode_the_same_arrays_and_report_a_bad_file(tmp_path)
 def test_quantize_calibrates_on_a_folder_of_images(cli):
     _images(Path("imgs"), size=(40, 40))
     code, out, err = cli("quantize", spec("cnn"), "-o", "q.onnx", "--method", "static", "--calib", "imgs",
-                         "--image-size", "16", "--mean", "0.5", "--std", "0.25", "--json", "r.json", *OPTS)
+                         "--image-size", "16", "--mean", "0.5", "--std", "0.25", "--num-workers", "2", "--json",
+                         "r.json", *OPTS)
     assert code == 0, err
     import json
 
@@ -193,3 +194,18 @@ def test_peak_memory_does_not_grow_with_the_data_sets_length(tmp_path):
         assert done.returncode == 0, done.stderr
         peaks[n] = int(done.stdout.split()[-1]) / 1024
     assert peaks[40_000] - peaks[4_000] < 40, peaks  # the inputs alone differ by 144 MB
+
+
+def test_limit_takes_the_first_samples_of_every_data_option(cli):
+    rng = np.random.default_rng(0)
+    np.savez("eval.npz", x=rng.standard_normal((8, 16)).astype(np.float32), labels=np.arange(8) % 4)
+    code, out, err = cli("prune", spec("mlp"), "--eval", "eval.npz", "--limit", "5", "--ratio", "0.25", "-o", "p.pt2",
+                         "--json", "r.json", *FAST, *NO_BAR)
+    assert code == 0, err
+    import json
+
+    result = json.loads(Path("r.json").read_text())
+    assert result["fidelity"]["rows"] == 4  # 5 samples in whole batches of the example's 2 rows
+    assert all(round(result["accuracy"][side] * 5, 9) % 1 == 0 for side in ("before", "after"))  # over 5 labels
+    code, _, err = cli("prune", spec("mlp"), "--eval", "eval.npz", "--limit", "0", "-o", "p2.pt2")
+    assert code == 2 and "--limit" in err

@@ -25,6 +25,7 @@ from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from effkit.apply import StepRefused
+from effkit.data import Reading
 from effkit.env import available_cores, default_threads
 from effkit.errors import EffkitError, RunTimedOut, StepFailed, Terminated, UsageError, first_line
 from effkit.factory import is_factory_spec
@@ -144,11 +145,13 @@ def console_for(json_path: str | None) -> Console:
 
 
 def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
-         data: tuple[str | None, ...] = (), console: Console | None = None, show_inputs: bool = True):
+         data: tuple[str | None, ...] = (), console: Console | None = None, show_inputs: bool = True,
+         reading: Reading = Reading()):
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
 
     `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
-    one given supplies example inputs when neither --inputs, --input-shape nor the model does.
+    one given supplies example inputs when neither --inputs, --input-shape nor the model does, read
+    as the command's data options say (`reading`).
     The inputs used are printed on `console` (default: stdout), with the command's other output,
     unless `show_inputs` is False (bench --generate feeds a prompt instead, and says so).
     """
@@ -156,7 +159,7 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     first_data = next((d for d in data if d is not None and d != "random"), None)
     with err.status(Text(f"loading {model}"), spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
-                            check=False)
+                            reading=reading, check=False)
         if show_inputs:
             (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
                                    markup=False, highlight=False, soft_wrap=True)

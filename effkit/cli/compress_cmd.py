@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+                                     ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for,
                                err, load, progress_bar, write_outputs)
@@ -68,7 +70,8 @@ def compress_command(
         "--recipe", help="A TOML recipe (e.g. OUTDIR/recipe.toml of an earlier run); options given here "
                          "override it.")] = None,
     data: Annotated[Optional[str], typer.Option(
-        "--data", help="Training and calibration data (.npz, .pt, folder of .npy, or module:factory).")] = None,
+        "--data", help="Training and calibration data (.npz, .pt, a folder of .npy or of images, .txt/.jsonl text, "
+                      "or module:factory).")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled evaluation data: accuracy after every step (else fidelity to the original).")] = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
@@ -80,6 +83,15 @@ def compress_command(
                             "sqnr>=20; repeat for several (default without --eval labels: cosine>=0.99; none: "
                             "no fidelity bar).")] = None,
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset of the export (default 18).")] = None,
+    limit: LimitOpt = None,
+    num_workers: NumWorkersOpt = 0,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    max_length: MaxLengthOpt = None,
+    text_field: TextFieldOpt = "text",
+    label_field: LabelFieldOpt = "label",
     threads: ThreadsOpt = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", help="Untimed calls before timing (default 5).",
                                                   min=0)] = None,
@@ -105,9 +117,11 @@ def compress_command(
                               warmup=warmup, iterations=iterations, min_time=min_time)
     check_outdir(output, force)
     check_outputs_free([json, html, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
-    train = load_data(data, model=loaded) if data else None
-    evaluation = load_data(eval_data, model=loaded) if eval_data else None
+    data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json),
+                  reading=data_reading)
+    train = load_data(data, model=loaded, reading=data_reading) if data else None
+    evaluation = load_data(eval_data, model=loaded, reading=data_reading) if eval_data else None
     check_outputs_free([json, html, export_onnx], force)  # against every file read (compress checks OUTDIR again)
     console = console_for(json)
     try:

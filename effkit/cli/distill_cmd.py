@@ -18,6 +18,8 @@ from rich.text import Text
 
 from effkit.apply import StepRefused, apply_step
 from effkit.cli.bench_cmd import parse_runtimes
+from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+                                     ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, err, load, resolve_threads,
@@ -32,8 +34,8 @@ from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
 from effkit.specs import InputShape, parse_input_shape, parse_ratio
 
-DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files, or "
-             "module:factory returning a Dataset, DataLoader or iterable")
+DATA_HELP = ("an .npz or .pt file of tensors (inputs, optional labels), a folder of .npy files or of images, "
+             ".txt/.jsonl text, or module:factory returning a Dataset, DataLoader or iterable")
 
 
 def checkpoint_path(output: Path) -> Path:
@@ -160,6 +162,15 @@ def distill_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    limit: LimitOpt = None,
+    num_workers: NumWorkersOpt = 0,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    max_length: MaxLengthOpt = None,
+    text_field: TextFieldOpt = "text",
+    label_field: LabelFieldOpt = "label",
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -197,12 +208,13 @@ def distill_command(
         raise UsageError(f"{ckpt} holds the checkpoint of an interrupted run",
                          "pass --resume to continue it, or --force to start over")
 
+    data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
     teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data),
-                         console=console_for(json))
+                         console=console_for(json), reading=data_reading)
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
-    train, val = _load_data(data, val_data, val_split, seed, teacher_model)
+    train, val = _load_data(data, val_data, val_split, seed, teacher_model, data_reading)
     if prune_ratio is None:
         student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
     else:
@@ -222,10 +234,10 @@ def distill_command(
                 min_time, json, markdown, html, export_onnx, force)
 
 
-def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher):
+def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher, data_reading):
     with err.status(Text(f"loading {data}"), spinner="dots"):
-        train = load_data(data, model=teacher)
-        val = load_data(val_data, model=teacher) if val_data else None
+        train = load_data(data, model=teacher, reading=data_reading)
+        val = load_data(val_data, model=teacher, reading=data_reading) if val_data else None
     if val is None and val_split > 0:
         train, val = train.split(val_split, seed=seed)
         val = dataclasses.replace(val, source=f"{data} (held-out {val_split:g})")

@@ -9,6 +9,8 @@ import typer
 
 from effkit.apply import apply_step
 from effkit.cli.bench_cmd import parse_runtimes
+from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+                                     ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
@@ -63,6 +65,15 @@ def prune_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     runtime: Annotated[str, typer.Option("--runtime", help="Runtimes of the before/after measurement: torch, "
                                                            "onnxruntime or all.")] = "all",
+    limit: LimitOpt = None,
+    num_workers: NumWorkersOpt = 0,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    max_length: MaxLengthOpt = None,
+    text_field: TextFieldOpt = "text",
+    label_field: LabelFieldOpt = "label",
     threads: ThreadsOpt = None,
     warmup: WarmupOpt = 10,
     iterations: IterationsOpt = None,
@@ -98,19 +109,21 @@ def prune_command(
     if bar.max_drop_pt is not None and eval_data is None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     check_outputs_free([output, export_onnx, json, html, markdown], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json))
+    data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json),
+                  reading=data_reading)
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
-    train, evaluation = _data(data, eval_data, loaded)
+    train, evaluation = _data(data, eval_data, loaded, data_reading)
     check_outputs_free([output, export_onnx, json, html, markdown], force)  # against every file read so far
     _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
          json, markdown, html, force)
 
 
-def _data(data: str | None, eval_data: str | None, model):
-    train = load_data(data, model=model) if data else None
-    evaluation = load_data(eval_data, model=model) if eval_data else None
+def _data(data: str | None, eval_data: str | None, model, data_reading):
+    train = load_data(data, model=model, reading=data_reading) if data else None
+    evaluation = load_data(eval_data, model=model, reading=data_reading) if eval_data else None
     if evaluation is not None and evaluation.labels is None:
         raise InputError(f"--eval {eval_data} has no labels, so accuracy cannot be measured",
                          "add an array named labels")

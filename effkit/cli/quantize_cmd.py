@@ -13,7 +13,8 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputS
                                check_outputs_free, command, console_for, err, load, resolve_threads, show_step,
                                warning_text)
 from effkit.data import load_data
-from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
+from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+                                     ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
@@ -49,7 +50,8 @@ def quantize_command(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
     calib: Annotated[Optional[str], typer.Option(
-        "--calib", help="Calibration data for static int8: .npz, .npy, .pt, a folder of .npy or of images, or module:factory "
+        "--calib", help="Calibration data for static int8: .npz, .npy, .pt, a folder of .npy or of images, .txt/.jsonl "
+                        "text, or module:factory "
                         "(Dataset, DataLoader, iterable); 'random' calibrates on random inputs (warned).")] = None,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration samples to use.", min=1)]
     = DEFAULT_CALIB_SAMPLES,
@@ -78,17 +80,15 @@ def quantize_command(
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
                                 "paired timing's 95% interval above +5%).")] = False,
-    image_size: Annotated[Optional[str], typer.Option(
-        "--image-size", help="For a folder of images: the crop, HxW or one number (default: the images' own size).")]
-    = None,
-    resize: Annotated[Optional[int], typer.Option(
-        "--resize", help="For a folder of images: the shorter side before the crop (default: the crop's larger side).",
-        min=1)] = None,
-    mean: Annotated[Optional[str], typer.Option(
-        "--mean", help="For a folder of images: per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406.")]
-    = None,
-    std: Annotated[Optional[str], typer.Option(
-        "--std", help="For a folder of images: per-channel std, e.g. 0.229,0.224,0.225.")] = None,
+    limit: LimitOpt = None,
+    num_workers: NumWorkersOpt = 0,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    max_length: MaxLengthOpt = None,
+    text_field: TextFieldOpt = "text",
+    label_field: LabelFieldOpt = "label",
     initializer_inputs: Annotated[bool, typer.Option(
         "--initializer-inputs", help="List the int8 model's weights as graph inputs too, as IR 3 (old converter) "
                                      "graphs did; effkit takes them off the inputs to calibrate.")] = False,
@@ -125,7 +125,9 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib), console=console_for(json))
+    data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
+    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, calib), console=console_for(json),
+                  reading=data_reading)
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
@@ -135,11 +137,9 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
         err.print(warning_text(outlook))
-    images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
-                             mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3))
     calib_data = None if calib in (None, "random") else load_data(calib, model=loaded, limit=calib_samples,
-                                                                  images=images)
-    labelled = None if eval_data is None else load_data(eval_data, model=loaded, images=images)
+                                                                  reading=data_reading)
+    labelled = None if eval_data is None else load_data(eval_data, model=loaded, reading=data_reading)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)  # against every file read

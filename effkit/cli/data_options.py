@@ -1,0 +1,50 @@
+"""The options that say how a command reads its DATA (--data, --calib, --eval, --val-data): how many
+samples, how images and text become inputs. Shared by quantize, prune, distill and compress, shown
+together under "Data" in their --help."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from effkit.data import Reading
+from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
+
+PANEL = "Data"
+
+LimitOpt = Annotated[Optional[int], typer.Option(
+    "--limit", help="Use only the first N samples of each data file or folder.", min=1, metavar="N",
+    rich_help_panel=PANEL)]
+NumWorkersOpt = Annotated[int, typer.Option(
+    "--num-workers", help="Processes that decode images of a folder (0: this process).", min=0, max=64, metavar="N",
+    rich_help_panel=PANEL)]
+ImageSizeOpt = Annotated[Optional[str], typer.Option(
+    "--image-size", help="For a folder of images: the crop, HxW or one number (default: the images' own size).",
+    metavar="HxW", rich_help_panel=PANEL)]
+ResizeOpt = Annotated[Optional[int], typer.Option(
+    "--resize", help="For a folder of images: the shorter side before the crop (default: the crop's larger side).",
+    min=1, metavar="PIXELS", rich_help_panel=PANEL)]
+MeanOpt = Annotated[Optional[str], typer.Option(
+    "--mean", help="For a folder of images: per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406.",
+    metavar="R,G,B", rich_help_panel=PANEL)]
+StdOpt = Annotated[Optional[str], typer.Option(
+    "--std", help="For a folder of images: per-channel std, e.g. 0.229,0.224,0.225.", metavar="R,G,B",
+    rich_help_panel=PANEL)]
+MaxLengthOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", help="For .txt/.jsonl text: tokens per sample, padded or truncated (default: the model's "
+                         "sequence length).", min=1, metavar="N", rich_help_panel=PANEL)]
+TextFieldOpt = Annotated[str, typer.Option(
+    "--text-field", help="For .jsonl text: the field that holds the text.", metavar="NAME", rich_help_panel=PANEL)]
+LabelFieldOpt = Annotated[str, typer.Option(
+    "--label-field", help="For .jsonl text: the field that holds the class index.", metavar="NAME",
+    rich_help_panel=PANEL)]
+
+
+def reading(limit: int | None, num_workers: int, image_size: str | None, resize: int | None, mean: str | None,
+            std: str | None, max_length: int | None, text_field: str, label_field: str) -> Reading:
+    """The data options of a command as one `effkit.data.Reading`."""
+    images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
+                             mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3),
+                             workers=num_workers)
+    return Reading(limit=limit, images=images, max_length=max_length, text_field=text_field, label_field=label_field)
