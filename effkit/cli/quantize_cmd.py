@@ -18,8 +18,8 @@ from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxL
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
-from effkit.passes.quantize import (CALIBRATED, DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
-                                    quantize)
+from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig, quantize
+from effkit.passes.quantize_calib import CALIBRATED
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.specs import parse_threshold
 

@@ -22,12 +22,12 @@ from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError, first_line
 from effkit.export import make_runner
-from effkit.fidelity import FIDELITY_SAMPLES, held_out_inputs
-from effkit.inputs import batched
+from effkit.fidelity import FIDELITY_SAMPLES
 from effkit.judge import (Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning, score,
                           tolerance_failures)
 from effkit.passes import PassContext, PassResult
 from effkit.passes.onnx_preprocess import with_initializers_as_inputs
+from effkit.passes.quantize_calib import calibration_batches
 from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for, ort_model
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
@@ -37,7 +37,6 @@ from effkit.specs import Threshold, check_numbers, parse_threshold
 from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
-CALIBRATED = ("static", "smoothquant")  # the methods that need calibration data
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
@@ -182,35 +181,6 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
         runtime = "torch" if key == "torch fp32" or (m.kind == "torch" and key != "onnxruntime fp32") else "onnxruntime"
         calls[key] = make_runner(m, runtime, ctx.threads).bind(m.example_inputs)
     return time_interleaved(calls, seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
-
-
-# ---------------------------------------------------------------- calibration data
-
-def calibration_batches(model, config: QuantizeConfig, calib) -> list[tuple] | None:
-    """Calibration inputs as batches shaped like the example inputs (or None when there are none).
-
-    Raises UsageError for static quantization without data (unless random calibration was asked
-    for) and InputError when the data does not fit the model.
-    """
-    if calib is None and not config.random_calibration:
-        if config.method in CALIBRATED:
-            raise UsageError(f"--method {config.method} needs calibration data",
-                             "pass --calib DATA (.npz, .pt, a folder of .npy, or module:factory), "
-                             "or --calib random to calibrate on random inputs (less accurate)")
-        return None
-    if config.method in ("dynamic", "weight-only"):
-        return None
-    batch = max(1, model.example_inputs[0].shape[0]) if model.example_inputs and model.example_inputs[0].ndim else 1
-    if calib is None:
-        samples = held_out_inputs(model.example_inputs, max(1, config.calib_samples // batch), seed=7)
-        return [tuple(s) for s in samples]
-    calib.check_against(model)
-    data = calib.take(config.calib_samples)
-    inputs = [a.astype(e.dtype, copy=False) for a, e in zip(data.inputs, model.example_inputs)]
-    n = len(data)
-    if n < batch:  # fewer samples than the model's batch: repeat them (a fixed batch dim must be filled)
-        return [batched(tuple(inputs), batch)]
-    return [tuple(a[s:s + batch] for a in inputs) for s in range(0, n - batch + 1, batch)]
 
 
 # ---------------------------------------------------------------- the pass
