@@ -30,7 +30,7 @@ class StepRefused(StepFailed):
 def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: QualityBar,
                output: str | Path | Callable[[Any], Path], threads: int, runtimes: Sequence[str] | None = None,
                warmup: int = 10, iterations: int | None = None, min_time: float = 1.0, eval_data=None,
-               judge_data=None, export_onnx: str | Path | None = None, force: bool = False,
+               judge_data=None, text=None, export_onnx: str | Path | None = None, force: bool = False,
                allow_slower: bool | None = None, what: str = "the result", hint: str | None = None,
                notes: Callable[[Outcome], list[str]] | None = None,
                progress: Callable[[str, float], None] | None = None) -> Outcome:
@@ -39,7 +39,8 @@ def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: Quality
     run: runs the pass and returns its `effkit.passes.PassResult` (whose details and notes join the
     record). original: the model the result is measured against, on `runtimes` (default: the result's
     own runtime) with `threads` and the timing settings; fidelity on `judge_data`, else `eval_data`,
-    else random inputs (`effkit.outcome.measure_before_after`), accuracy on labelled `eval_data`.
+    else random inputs (`effkit.outcome.measure_before_after`), accuracy on labelled `eval_data`,
+    perplexity on `text` (a language model's windows of token ids).
     notes: the step's notes made from that measurement (distill: agreement on its validation data).
     output: where the result goes, or a function of the result that says where (quantize's suffix
     is the chosen backend's), called before the measurement so that it can check the path first.
@@ -57,7 +58,7 @@ def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: Quality
     with quiet_torch():  # sizing a torch model saves it with torch.export, which logs shape notes
         outcome = measure_before_after(step, original, changed, runtimes=runtimes, threads=threads, warmup=warmup,
                                        iterations=iterations, min_time=min_time, eval_data=eval_data,
-                                       progress=progress, judge_data=judge_data)
+                                       progress=progress, judge_data=judge_data, text=text)
     outcome.details, outcome.notes = result.details, list(result.notes)
     accuracy = result.details.get("accuracy")
     if isinstance(accuracy, dict) and "recovered" in accuracy and outcome.accuracy:

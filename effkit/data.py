@@ -34,7 +34,7 @@ from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
 from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
-from effkit.data_text import is_text_file, text_preprocess, text_samples
+from effkit.data_text import is_text_file, text_preprocess, text_samples, token_windows
 from effkit.runners import native_runner
 from effkit.samples import Samples, npy_file, npz_members, spill, subset
 
@@ -226,6 +226,19 @@ def _npy_folder(path: Path, spec: str, limit: int | None) -> Data:
 
     labels = np.load(path / "labels.npy", allow_pickle=False)[: len(files)] if (path / "labels.npy").exists() else None
     return Data((_as_input(Samples(len(files), first.shape, first.dtype, read)),), _as_labels(labels, spec), spec)
+
+
+def load_text_stream(spec: str, model, reading: Reading = Reading()) -> Data:
+    """A .txt/.jsonl file as windows of the model's sequence length over its token stream (unlabelled),
+    at most `reading.limit` windows: the text a language model's perplexity is measured on."""
+    path = Path(spec)
+    if not path.is_file() or not is_text_file(path):
+        raise UsageError(f"{spec} is not a .txt or .jsonl file", "give a text file for the perplexity")
+    mark_read(path)
+    text = text_preprocess(model, reading.max_length, reading.text_field, reading.label_field)
+    given = [a.dtype for a in model.example_inputs]
+    dtypes = given if len(given) == len(model.input_names) else [np.int64] * len(model.input_names)
+    return Data(token_windows(path, text, model.input_names, dtypes, reading.limit), None, spec)
 
 
 def load_data(spec: str, input_names: list[str] | None = None, limit: int | None = None, *, model=None,

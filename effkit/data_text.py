@@ -5,6 +5,9 @@ to the model's sequence length.
 
 The file is indexed once (line offsets and labels, which also checks every JSONL line), then lines
 are read and tokenized as batches need them: memory holds a batch, not the file.
+
+For a language model's perplexity the text is read as one stream instead (`token_windows`): every
+line tokenized, the tokens concatenated and cut into windows of the model's sequence length.
 """
 
 from __future__ import annotations
@@ -193,3 +196,35 @@ def _tokenizer(prep: TextPreprocess):
     # padded positions get attention_mask 0, so the pad id only has to be a valid one
     tokenizer.enable_padding(length=prep.max_length, pad_id=pad_id, pad_token=pad_token or "[PAD]")
     return tokenizer
+
+
+def token_windows(path: Path, prep: TextPreprocess | None, input_names: list[str], dtypes: list[Any],
+                  limit: int | None) -> tuple[np.ndarray, ...]:
+    """A text file as one token stream cut into windows of `prep.max_length` tokens, one array per
+    model input (token ids; an attention mask of ones; positions), at most `limit` windows. The
+    tokens after the last whole window are left out, as perplexity evaluations usually do. A
+    .jsonl file contributes its text fields."""
+    if prep is None or prep.tokenizer is None:
+        raise UsageError(f"{path} is text, and turning it into model inputs needs the model's tokenizer.json",
+                         "load the model from its Hugging Face folder, or put its tokenizer.json beside the model file")
+    tokenizer = _tokenizer(prep)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    wanted = None if limit is None else limit * prep.max_length
+    ids: list[int] = []
+    offsets, _ = _index(path, prep, None)
+    for start in range(0, len(offsets), 256):  # a batch of lines at a time
+        texts = [_read_text(path, offset, prep) for offset in offsets[start:start + 256]]
+        for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
+            ids.extend(encoding.ids)
+        if wanted is not None and len(ids) >= wanted:
+            break
+    windows = len(ids) // prep.max_length if wanted is None else min(limit, len(ids) // prep.max_length)
+    if windows == 0:
+        raise InputError(f"{path} holds {len(ids)} tokens, fewer than one window of {prep.max_length}",
+                         "give more text, or a shorter window with --max-length")
+    tokens = np.array(ids[:windows * prep.max_length], dtype=np.int64).reshape(windows, prep.max_length)
+    parts = {"ids": tokens, "attention_mask": np.ones_like(tokens), "type_ids": np.zeros_like(tokens),
+             "position_ids": np.broadcast_to(np.arange(prep.max_length), tokens.shape)}
+    return tuple(np.ascontiguousarray(parts[_field(name, len(input_names))], dtype=dtype)
+                 for name, dtype in zip(input_names, dtypes))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from effkit.errors import StepFailed
+from effkit.errors import StepFailed, UsageError
 
 FIDELITY_SAMPLES = 16
 
@@ -109,6 +109,28 @@ def _kl(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """KL(reference || candidate) of the softmax distributions along the last axis, per position."""
     p_log, q_log = _log_softmax(reference), _log_softmax(candidate)
     return np.maximum(0.0, (np.exp(p_log) * (p_log - q_log)).sum(-1))
+
+
+def perplexity(runner, inputs: Sequence[np.ndarray], batch_size: int = 8) -> tuple[float, int]:
+    """A language model's perplexity on windows of token ids (`inputs[0]`, one window per row; an
+    attention mask in `inputs[1]` leaves padding out): exp of the mean negative log-likelihood of each
+    next token under the logits at the position before it. Returns (perplexity, tokens predicted)."""
+    nll, tokens = 0.0, 0
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = tuple(np.asarray(a[start:start + batch_size]) for a in inputs)
+        ids = batch[0]
+        logits = np.asarray(runner.run(batch)[0])
+        if logits.ndim != 3 or logits.shape[:2] != ids.shape:
+            raise UsageError(f"perplexity needs a language model's logits [batch, sequence, vocabulary]; this model "
+                             f"gives {list(logits.shape)}", "measure a causal language model, or leave out --eval-text")
+        check_finite([logits], "the model")
+        mask = batch[1] if len(batch) > 1 and batch[1].shape == ids.shape else np.ones_like(ids)
+        log_probs = _log_softmax(logits[:, :-1])
+        picked = np.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
+        counted = (mask[:, 1:] * mask[:, :-1]).astype(bool)
+        nll -= float(picked[counted].sum())
+        tokens += int(counted.sum())
+    return (math.exp(nll / tokens) if tokens else float("nan")), tokens
 
 
 def accuracy(runner, inputs: Sequence[np.ndarray], labels: np.ndarray, batch_size: int = 64) -> float:

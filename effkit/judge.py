@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from effkit.errors import UsageError
-from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs
+from effkit.fidelity import FIDELITY_SAMPLES, accuracy, compare_outputs, held_out_inputs, perplexity
 from effkit.specs import Threshold, _finite, parse_threshold
 
 
@@ -23,20 +23,28 @@ METRICS = {"cosine": "cosine_min", "cosine_min": "cosine_min", "cosine_mean": "c
                      "sqnr": "sqnr_db", "sqnr_db": "sqnr_db", "max_abs_diff": "max_abs_diff",
                      "top1": "top1_agreement", "top1_agreement": "top1_agreement", "accuracy": "accuracy",
                      # language models: next-token choices and distributions against the original's
-                     "agreement": "token_agreement", "token_agreement": "token_agreement", "kl": "kl_mean"}
+                     "agreement": "token_agreement", "token_agreement": "token_agreement", "kl": "kl_mean",
+                     # language models on --eval-text, like accuracy on --eval: before and after, not a comparison
+                     "perplexity": "perplexity", "ppl": "perplexity"}
 # metrics where lower is better
-LOWER_IS_BETTER = ("max_abs_diff", "kl")
+LOWER_IS_BETTER = ("max_abs_diff", "kl", "perplexity", "ppl")
+# metrics measured before and after on data (not outputs against the original's), bounded absolutely or by a change
+ON_DATA = ("accuracy", "perplexity", "ppl")
 
 
 def check_tolerance(t: Threshold) -> None:
     """Raise UsageError unless `t` bounds a fidelity metric absolutely, or accuracy in any form."""
     if t.metric not in METRICS:
         raise UsageError(f"--tolerance {t.text!r}: unknown metric {t.metric!r}",
-                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl or accuracy, "
+                         "use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl, accuracy or perplexity, "
                          "e.g. cosine>=0.99")
-    if t.metric != "accuracy" and t.kind != "absolute":
+    if t.metric not in ON_DATA and t.kind != "absolute":
         raise UsageError(f"--tolerance {t.text!r}: {t.metric} takes an absolute bound",
-                         f"e.g. {t.metric}>=0.99; only accuracy takes a change such as accuracy:-1pt")
+                         f"e.g. {t.metric}>=0.99; only accuracy and perplexity take a change such as accuracy:-1pt "
+                         "or perplexity:+5%")
+    if t.metric in ("perplexity", "ppl") and t.kind == "points":
+        raise UsageError(f"--tolerance {t.text!r}: perplexity is no percentage",
+                         "bound its change in percent (perplexity:+5%) or its value (perplexity<=30)")
 
 
 def parse_tolerance(text: str) -> Threshold:
@@ -46,11 +54,22 @@ def parse_tolerance(text: str) -> Threshold:
     return t
 
 
-def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dict | None) -> list[str]:
+def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dict | None,
+                       perplexity: dict | None = None) -> list[str]:
     """The thresholds a result misses, each as 'TEXT (got VALUE)'; empty when it passes."""
     failures = []
     for t in thresholds:
-        if t.metric == "accuracy":
+        if t.metric in ("perplexity", "ppl"):
+            if perplexity is None:
+                raise UsageError(f"--tolerance {t.text!r} needs text to measure perplexity on",
+                                 "pass --eval-text FILE (a .txt or .jsonl file)")
+            before, after = perplexity["before"], perplexity["after"]
+            if t.kind == "absolute":
+                ok, got = t.holds(after), f"{after:.4g}"
+            else:  # perplexity:+5% allows it to grow by 5%
+                change = after / before - 1
+                ok, got = change <= t.value, f"{100 * change:+.2f}%"
+        elif t.metric == "accuracy":
             before, after = accuracy["before"], accuracy["after"]
             if t.kind == "absolute":
                 ok, got = t.holds(after), f"{100 * after:.2f}%"
@@ -73,10 +92,12 @@ def tolerance_failures(thresholds: Sequence[Threshold], fid: dict, accuracy: dic
     return failures
 
 
-def score(t: Threshold, fid: dict, accuracy: dict | None) -> float:
+def score(t: Threshold, fid: dict, accuracy: dict | None, perplexity: dict | None = None) -> float:
     """How well a result does on threshold `t`'s metric; higher is better."""
     if t.metric == "accuracy":
         return accuracy["after"]
+    if t.metric in ("perplexity", "ppl"):
+        return -perplexity["after"]
     value = fid[METRICS[t.metric]]
     value = 1e9 if value == math.inf else value
     return -value if t.metric in LOWER_IS_BETTER else value
@@ -88,7 +109,7 @@ def parse_bar_tolerance(text: str) -> Threshold:
     t = parse_threshold(text)
     if t.metric == "accuracy" and t.kind == "points" and t.value <= 0:
         return t
-    if t.metric in METRICS and t.metric != "accuracy" and t.kind == "absolute":
+    if t.metric in METRICS and t.metric not in ON_DATA and t.kind == "absolute":
         return t
     raise UsageError(f"tolerance {text!r} is not supported by compress",
                      "use cosine>=X, sqnr>=DB, top1>=X, agreement>=X, kl<=X, max_abs_diff<=X or accuracy:-Npt")
@@ -96,6 +117,7 @@ def parse_bar_tolerance(text: str) -> Threshold:
 
 DEFAULT_MAX_ACCURACY_DROP = "1pt"  # the bar with labelled --eval data, unless the user sets another
 DEFAULT_FIDELITY_BAR = "cosine>=0.99"  # the bar without labels (outputs against the original's)
+DEFAULT_PERPLEXITY_BAR = "perplexity:+5%"  # the bar of a language model measured on --eval-text
 OFF = "none"  # `--max-accuracy-drop none` / `--tolerance none`: no such bar
 
 
@@ -125,10 +147,12 @@ class QualityBar:
         return (" and ".join(parts) or "none") + (" (default)" if self.source == "default" else "")
 
 
-def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelled: bool) -> QualityBar:
+def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelled: bool,
+                text: bool = False) -> QualityBar:
     """The bar in force for a command that changes a model: what the user set, else the default: with
-    labelled evaluation data an accuracy drop of at most DEFAULT_MAX_ACCURACY_DROP, without labels
-    DEFAULT_FIDELITY_BAR on held-out inputs. `none` switches a bar off (`--max-accuracy-drop none`,
+    labelled evaluation data an accuracy drop of at most DEFAULT_MAX_ACCURACY_DROP, with text for a
+    language model's perplexity (`text`) DEFAULT_PERPLEXITY_BAR, else DEFAULT_FIDELITY_BAR on held-out
+    inputs. `none` switches a bar off (`--max-accuracy-drop none`,
     `--tolerance none`); `accuracy:-Npt` tolerances count as accuracy drops, other bounds (fidelity, and
     for quantize absolute or relative accuracy) stay bounds."""
     tolerance_off = any(str(t).strip().lower() == OFF for t in tolerance)
@@ -145,7 +169,7 @@ def quality_bar(max_accuracy_drop: str | None, tolerance: Sequence[str], labelle
     max_drop = min(drops) if drops else None
     set_by_user = max_accuracy_drop is not None or bool(tolerance)
     if not set_by_user and not labelled and not tolerance_off:
-        return QualityBar(None, (parse_threshold(DEFAULT_FIDELITY_BAR),), "default")
+        return QualityBar(None, (parse_threshold(DEFAULT_PERPLEXITY_BAR if text else DEFAULT_FIDELITY_BAR),), "default")
     return QualityBar(max_drop, fidelity, "set" if set_by_user else "default")
 
 
@@ -199,11 +223,15 @@ class Judge:
     """The original's outputs on a fixed set of inputs (and its accuracy on labelled data), and how close
     a changed model comes to them: the same inputs and the same arithmetic for every candidate and step."""
 
-    def __init__(self, reference_runner, inputs: list[tuple], eval_data=None):
+    def __init__(self, reference_runner, inputs: list[tuple], eval_data=None, text=None):
         self.inputs = inputs
         self.reference = [reference_runner.run(b) for b in inputs]
         self.eval_data = eval_data if eval_data is not None and eval_data.labels is not None else None
         self.accuracy_before = self.accuracy(reference_runner)
+        self.text = text  # windows of token ids (effkit.data.load_text_stream) for a language model's perplexity
+        # in batches of the inputs' batch size: an exported model may take no other
+        self.text_batch = len(inputs[0][0]) if inputs and inputs[0] and getattr(inputs[0][0], "ndim", 0) else 1
+        self.perplexity_before = perplexity(reference_runner, text.inputs, self.text_batch) if text is not None else None
 
     def fidelity(self, runner) -> dict:
         """Agreement of `runner`'s outputs with the original's (effkit.fidelity.compare_outputs)."""
@@ -220,6 +248,13 @@ class Judge:
         if self.eval_data is None:
             return None
         return {"before": self.accuracy_before, "after": self.accuracy(runner)}
+
+    def perplexity_change(self, runner) -> dict | None:
+        """{"before", "after": perplexity on the text, "tokens": tokens predicted, "source"}; None without text."""
+        if self.text is None:
+            return None
+        after, tokens = perplexity(runner, self.text.inputs, self.text_batch)
+        return {"before": self.perplexity_before[0], "after": after, "tokens": tokens, "source": self.text.source}
 
 
 def input_kind(model) -> str | None:

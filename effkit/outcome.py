@@ -32,6 +32,7 @@ class Outcome:
     after: BenchResult
     fidelity: dict | None = None
     accuracy: dict | None = None  # {"before": fraction, "after": fraction}
+    perplexity: dict | None = None  # language models on --eval-text: {"before", "after", "tokens", "source"}
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -73,6 +74,9 @@ class Outcome:
         on_accuracy = [b for b in bar.bounds if b.metric == "accuracy"]
         if on_accuracy and self.accuracy:
             missed += [f"accuracy breaks {f}" for f in tolerance_failures(on_accuracy, {}, self.accuracy)]
+        on_text = [b for b in bar.bounds if b.metric in ("perplexity", "ppl")]
+        if on_text:
+            missed += [f"perplexity breaks {f}" for f in tolerance_failures(on_text, {}, None, self.perplexity)]
         if missed:
             self.status, self.failure = "failed", "; ".join(missed)
         return missed
@@ -93,6 +97,7 @@ class Outcome:
             "size_ratio": self.size_ratio(),
             "fidelity": self.fidelity,
             "accuracy": self.accuracy,
+            "perplexity": self.perplexity,
             "details": self.details,
             "notes": self.notes,
             "outputs": self.outputs,
@@ -110,11 +115,12 @@ PAIRS = 20  # A/B pairs per before/after comparison
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
-                         fidelity_runtime: str | None = None, judge_data=None) -> Outcome:
+                         fidelity_runtime: str | None = None, judge_data=None, text=None) -> Outcome:
     """Time `original` against `changed` side by side on each runtime, compare their outputs on
     held-out inputs (`judge_data`, else `eval_data`, else random ones: `effkit.judge.held_out_batches`,
-    as quantize judges its candidates), and with labels in `eval_data` their accuracy. The fidelity
-    record says which inputs and how many batches and rows.
+    as quantize judges its candidates), with labels in `eval_data` their accuracy, and with `text`
+    (windows of token ids, `effkit.data.load_text_stream`) a language model's perplexity. The
+    fidelity record says which inputs and how many batches and rows.
 
     Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
     `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
@@ -137,11 +143,11 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
     runtime = fidelity_runtime or runtimes[0]
     new_runner = make_runner(changed, runtime if changed.kind == "torch" else "onnxruntime", threads)
     held_out, source = held_out_batches(original.example_inputs, judge_data if judge_data is not None else eval_data)
-    judge = Judge(native_runner(original, threads), held_out, eval_data)
+    judge = Judge(native_runner(original, threads), held_out, eval_data, text)
     rows = int(sum(len(b[0]) if b and getattr(b[0], "ndim", 0) else 1 for b in held_out))
     return Outcome(step, before, after, paired=paired,
                    fidelity={**judge.fidelity(new_runner), "inputs": source, "rows": rows},
-                   accuracy=judge.accuracy_change(new_runner))
+                   accuracy=judge.accuracy_change(new_runner), perplexity=judge.perplexity_change(new_runner))
 
 
 def speed_verdict(outcome: Outcome, runtime: str, allow_slower: bool) -> str | None:

@@ -328,9 +328,11 @@ def test_exclude_that_matches_nothing(cli):
     ("cosine>>0.9", "Error: cannot parse the value in threshold 'cosine>>0.9' "
                     "(write e.g. size:<=12MB, latency.p50:<=3ms or cosine>=0.99)"),
     ("speed>=2", "Error: --tolerance 'speed>=2': unknown metric 'speed' "
-                 "(use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl or accuracy, e.g. cosine>=0.99)"),
+                 "(use cosine, cosine_mean, sqnr, max_abs_diff, top1, agreement, kl, accuracy or perplexity, "
+                 "e.g. cosine>=0.99)"),
     ("cosine:-1%", "Error: --tolerance 'cosine:-1%': cosine takes an absolute bound "
-                   "(e.g. cosine>=0.99; only accuracy takes a change such as accuracy:-1pt)"),
+                   "(e.g. cosine>=0.99; only accuracy and perplexity take a change such as accuracy:-1pt or "
+                   "perplexity:+5%)"),
 ])
 def test_tolerance_that_cannot_be_parsed(cli, text, message):
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--tolerance", text, *OPTS)

@@ -78,7 +78,8 @@ def test_weight_only_nbits_works_on_a_model_that_is_not_a_language_model():
     (["--bits", "4", "--group-size", "24"], "--group-size 24 is not a power of two of at least 16 (e.g. --group-size "
                                             "32 or 128)"),
     (["--tolerance", "agreement:+5%"], "--tolerance 'agreement:+5%': agreement takes an absolute bound (e.g. "
-                                       "agreement>=0.99; only accuracy takes a change such as accuracy:-1pt)"),
+                                       "agreement>=0.99; only accuracy and perplexity take a change such as "
+                                       "accuracy:-1pt or perplexity:+5%)"),
 ])
 def test_bad_weight_only_options_are_one_error_line(cli, folders, args, message):
     code, _, err = cli("quantize", f"hf:{folders['gpt2']}", "-o", "q.onnx", *args)
@@ -110,3 +111,70 @@ def test_token_agreement_and_kl_of_language_model_logits():
     p = np.exp(ref[0, 0] - ref[0, 0].max()); p /= p.sum()
     q = np.exp(changed[0, 0] - changed[0, 0].max()); q /= q.sum()
     assert result["kl_mean"] == pytest.approx(float(np.sum(p * np.log(p / q))) / 10, rel=1e-6)
+
+
+class _Logits:
+    """A runner whose next-token logits are given: `right` puts all mass on the true next token."""
+
+    def __init__(self, vocab: int, right: bool):
+        self.vocab, self.right = vocab, right
+
+    def run(self, batch):
+        ids = batch[0]
+        logits = np.zeros((*ids.shape, self.vocab))
+        if self.right:
+            np.put_along_axis(logits[:, :-1], ids[:, 1:, None], 50.0, axis=-1)
+        return [logits]
+
+
+def test_perplexity_is_one_for_a_perfect_model_and_the_vocabulary_for_a_uniform_one():
+    from effkit.fidelity import perplexity
+
+    ids = np.random.default_rng(0).integers(0, 10, (3, 6))
+    assert perplexity(_Logits(10, right=True), (ids,))[0] == pytest.approx(1.0, abs=1e-6)
+    ppl, tokens = perplexity(_Logits(10, right=False), (ids,))
+    assert ppl == pytest.approx(10.0) and tokens == 3 * 5
+    mask = np.ones_like(ids)
+    mask[:, 4:] = 0  # padding: the last two positions predict nothing and are predicted by nothing
+    assert perplexity(_Logits(10, right=False), (ids, mask))[1] == 3 * 3
+
+
+def _text(path, words: int = 400):
+    from models_llm import WORDS, VOCAB
+
+    rng = np.random.default_rng(1)
+    lines = [" ".join(rng.choice(WORDS[:VOCAB - 1], size=20)) for _ in range(words // 20)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_quantize_reports_perplexity_on_eval_text_and_holds_it_to_the_bar(cli, folders, tmp_path):
+    import json
+
+    text = _text(tmp_path / "book.txt")
+    common = ["quantize", f"hf:{folders['gpt2']}", "--method", "weight-only", "--bits", "4", "--group-size", "32",
+              "--backend", "onnxruntime", "--eval-text", text, "--input-shape", "int64:1x16", "--input-shape", "int64:1x16", "--min-time", "0.05",
+              "--warmup", "1", "--iterations", "3", "--threads", "1", "--allow-slower"]
+    code, out, err = cli(*common, "-o", tmp_path / "q.onnx", "--json", tmp_path / "q.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "q.json").read_text())
+    ppl = result["perplexity"]
+    assert ppl["tokens"] == 25 * 15 and ppl["source"] == str(text)  # 400 words: 25 windows of 16, 15 predictions
+    assert 1 < ppl["before"] < 200 and 1 < ppl["after"] < 200
+    assert result["bar"] == "perplexity:+5% (default)" and ppl["after"] <= 1.05 * ppl["before"]
+    assert "perplexity (375 tokens)" in out
+    chosen = next(c for c in result["details"]["candidates"] if c["status"] == "chosen")
+    assert chosen["perplexity"]["after"] == pytest.approx(ppl["after"], rel=1e-6)  # judged on the figure reported
+    code, _, err = cli(*common, "--tolerance", "perplexity<=1", "-o", tmp_path / "never.onnx")
+    assert code == 1 and not (tmp_path / "never.onnx").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tolerance", "perplexity:+5%"], "Error: a perplexity tolerance needs text to measure it on"),
+    (["--tolerance", "perplexity:-2pt", "--eval-text", "book.txt"], "perplexity is no percentage"),
+])
+def test_perplexity_without_text_or_in_points_is_a_usage_error(cli, folders, args, message):
+    _text(__import__("pathlib").Path("book.txt"))
+    code, _, err = cli("quantize", f"hf:{folders['gpt2']}", "--method", "weight-only", "--bits", "4",
+                       "--backend", "onnxruntime", "-o", "q.onnx", *args)
+    assert code == 2 and message in err, err

@@ -12,7 +12,7 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputS
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, err, load, resolve_threads, show_step,
                                warning_text)
-from effkit.data import load_data
+from effkit.data import load_data, load_text_stream
 from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
                                      ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.env import cpu_info, int8_outlook
@@ -68,15 +68,19 @@ def quantize_command(
     = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         "--tolerance", help=f"Quality bar on held-out inputs, e.g. cosine>=0.99, sqnr>=20, for language models "
-                            f"agreement>=0.95 (next-token top-1) or kl<=0.05; repeatable (default "
-                            f"without --eval: {DEFAULT_TOLERANCE}; none: no fidelity bar). Missed: sensitive layers "
-                            f"are kept in float until it passes, else exit 1.")] = None,
+                            f"agreement>=0.95 (next-token top-1), kl<=0.05 or, on --eval-text, perplexity:+5%; "
+                            f"repeatable (default without --eval: {DEFAULT_TOLERANCE}, with --eval-text "
+                            f"perplexity:+5%; none: no fidelity bar). Missed: sensitive layers are kept in float "
+                            f"until it passes, else exit 1.")] = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
         "--max-accuracy-drop", help="The most accuracy int8 may lose on --eval, e.g. 0.5pt (default with --eval: "
                                     "1pt; none: no accuracy bar).")] = None,
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled data (inputs and labels): accuracy before and after, and the data the "
                        "tolerance is judged on (else a held-out quarter of --calib, else random inputs).")] = None,
+    eval_text: Annotated[Optional[str], typer.Option(
+        "--eval-text", help="A language model's perplexity before and after on this .txt/.jsonl text, in windows "
+                            "of its sequence length (--max-length).", metavar="FILE")] = None,
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
                                 "paired timing's 95% interval above +5%).")] = False,
@@ -114,7 +118,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 (`effkit bench OUT.ts --input-shape ...` runs it).
     """
     suffix = output.suffix.lower() or None
-    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None)
+    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None, text=eval_text is not None)
     config = QuantizeConfig(
         method=method, backend=backend, calib_samples=calib_samples, calib_method=calib_method,
         per_channel=per_channel, activation_type=activation_type, weight_type=weight_type,
@@ -142,9 +146,11 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     labelled = None if eval_data is None else load_data(eval_data, model=loaded, reading=data_reading)
     if labelled is not None and labelled.labels is None:
         raise UsageError(f"--eval {eval_data} holds no labels", "store them as 'labels' (or y/targets) beside the inputs")
+    text = None if eval_text is None else load_text_stream(eval_text, loaded, data_reading)
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)  # against every file read
 
-    unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
+    judged = judging_split(calib_data, labelled)[1]
+    unrepresentative = random_inputs_warning(loaded, calib_data, labelled if labelled is not None else text)
     if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
         err.print(warning_text(unrepresentative))
 
@@ -156,11 +162,11 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         return path
 
     def step(progress):
-        run = lambda: quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress,  # noqa: E731
+        run = lambda: quantize(loaded, config, calib=calib_data, eval_data=labelled, text=text, progress=progress,  # noqa: E731
                                threads=threads, candidate_time=min_time / 2, candidate_iterations=iterations)
         return apply_step("quantize", loaded, run, bar=bar, output=target, threads=threads, warmup=warmup,
-                          iterations=iterations, min_time=min_time, eval_data=labelled,
-                          judge_data=judging_split(calib_data, labelled)[1], export_onnx=export_onnx, force=force,
+                          iterations=iterations, min_time=min_time, eval_data=labelled, text=text,
+                          judge_data=judged if judged is not None else text, export_onnx=export_onnx, force=force,
                           allow_slower=allow_slower, what="the int8 model",
                           hint="loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or "
                                "pass --calib with representative data", progress=progress)

@@ -135,14 +135,15 @@ def _choice(option: str, value: str, allowed: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------- measuring
 
-def _judge(ctx: CandidateContext, judged) -> tuple[Judge, str]:
+def _judge(ctx: CandidateContext, judged, text=None) -> tuple[Judge, str]:
     """The judge of every candidate, and what it judges on: the original's outputs on data no candidate
     was calibrated on (`effkit.judge.judging_split`: --eval, else a held-out part of --calib, else fresh
     inputs), batched as the before/after record batches them, so the verdict is made on the figures
     reported. Random normal inputs are far from what a trained model sees (a statically calibrated model
-    clips them and looks broken), so they are the last resort."""
+    clips them and looks broken), so they are the last resort. A language model's perplexity is
+    judged on `text` (windows of token ids) when given."""
     inputs, source = held_out_batches(ctx.model.example_inputs, judged, ctx.config.fidelity_samples)
-    return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data), source
+    return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data, text), source
 
 
 def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: list[str], label: str) -> bool:
@@ -152,14 +153,15 @@ def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: l
         with quiet_torch():
             model = candidate.build(exclude, ctx.step(label))
             runner = native_runner(model, ctx.threads)
-            fid, acc = judge.fidelity(runner), judge.accuracy_change(runner)
-            failures = tolerance_failures(ctx.config.thresholds, fid, acc)
+            fid, acc, ppl = judge.fidelity(runner), judge.accuracy_change(runner), judge.perplexity_change(runner)
+            failures = tolerance_failures(ctx.config.thresholds, fid, acc, ppl)
     except (UsageError, InputError):
         raise
     except Exception as e:
         candidate.error = first_line(e)
         return False
     candidate.model, candidate.fidelity, candidate.accuracy, candidate.failures = model, fid, acc, failures
+    candidate.perplexity = ppl
     return True
 
 
@@ -185,12 +187,13 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- the pass
 
-def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
+def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=None,
              progress: Callable[[str, float], None] | None = None, threads: int | None = None,
              candidate_time: float = DEFAULT_CANDIDATE_TIME, candidate_iterations: int | None = None):
     """Quantize `model` to int8 as `config` says; return a PassResult (the original is not modified).
 
-    `calib` and `eval_data` are `effkit.data.Data`; `progress(label, fraction)` drives a progress
+    `calib` and `eval_data` are `effkit.data.Data`, `text` a language model's windows of token ids to
+    measure perplexity on (`effkit.data.load_text_stream`); `progress(label, fraction)` drives a progress
     bar. Candidates are timed interleaved on `threads`, `candidate_time` seconds each (or exactly
     `candidate_iterations` calls per round). details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
@@ -206,13 +209,16 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         notes.append(outlook)
     if any(t.metric == "accuracy" for t in config.thresholds) and (eval_data is None or eval_data.labels is None):
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
+    if any(t.metric in ("perplexity", "ppl") for t in config.thresholds) and text is None:
+        raise UsageError("a perplexity tolerance needs text to measure it on", "pass --eval-text FILE (.txt or .jsonl)")
     if eval_data is not None:
         eval_data.check_against(model)
     fit, judged = judging_split(calib, eval_data)
+    judged = text if judged is None else judged  # real text beats random token ids for the fidelity too
     batches = calibration_batches(model, config, fit)
     if calib is not None and batches is None:
         notes.append(f"calibration data is not used by --method {config.method}")
-    unrepresentative = random_inputs_warning(model, calib, eval_data)
+    unrepresentative = random_inputs_warning(model, calib, eval_data if eval_data is not None else text)
     if unrepresentative:
         notes.append(unrepresentative)
     if config.random_calibration and batches:
@@ -221,7 +227,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
-    judge, judged_on = _judge(ctx, judged)
+    judge, judged_on = _judge(ctx, judged, text)
     for c in candidates:
         if c.error is None:
             _build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
@@ -372,15 +378,15 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext,
     thresholds = ctx.config.thresholds
     tried = []
     for c in sorted(built, key=lambda c: c.latency_ms):
-        primary = next(t for t in thresholds if tolerance_failures([t], c.fidelity, c.accuracy))
+        primary = next(t for t in thresholds if tolerance_failures([t], c.fidelity, c.accuracy, c.perplexity))
         free = [layer["name"] for layer in c.layers if layer["name"] not in c.excluded]
-        all_int8 = (c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures)
+        all_int8 = (c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.perplexity, c.failures)
         scores = {}
         for i, name in enumerate(free):
             if ctx.progress:
                 ctx.progress(f"layer sensitivity: {c.label}", i / max(1, len(free)))
             if _build(c, judge, ctx, c.excluded + [name], "calibrating"):
-                scores[name] = score(primary, c.fidelity, c.accuracy)
+                scores[name] = score(primary, c.fidelity, c.accuracy, c.perplexity)
         ranked = sorted(scores, key=lambda n: -scores[n])
         step = max(1, math.ceil(len(ranked) / 10))
         passed = False
@@ -396,7 +402,7 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext,
             c.kept_cost = {"size_bytes": {"all_int8": all_int8[2], "with_float_layers": c.size_bytes},
                            "latency_ratio": after["kept"] / after["all int8"]}
             return c
-        c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures = all_int8
+        c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.perplexity, c.failures = all_int8
         c.error = None
         tried.append(f"{c.label}: {'; '.join(c.failures)}")
     raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")

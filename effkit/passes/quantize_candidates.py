@@ -32,6 +32,7 @@ class Candidate:
     error: str | None = None
     fidelity: dict | None = None
     accuracy: dict | None = None
+    perplexity: dict | None = None  # a language model's, on --eval-text
     failures: list[str] = field(default_factory=list)
     latency_ms: float | None = None
     size_bytes: int | None = None
@@ -46,7 +47,7 @@ class Candidate:
     def summary(self) -> dict:
         return {"label": self.label, "backend": self.backend, "method": self.method, "error": self.error,
                 "latency_ms": self.latency_ms, "size_bytes": self.size_bytes, "fidelity": self.fidelity,
-                "accuracy": self.accuracy, "tolerance_missed": self.failures,
+                "accuracy": self.accuracy, "perplexity": self.perplexity, "tolerance_missed": self.failures,
                 "kept_in_float": self.display(self.kept_float)}
 
 

@@ -217,6 +217,9 @@ def _quality(doc: dict) -> list[str]:
     fid, acc = doc.get("fidelity") or {}, doc.get("accuracy") or {}
     rows = [[f"accuracy ({k.replace('_', ' ')})", _pct(v)] for k, v in acc.items() if isinstance(v, (int, float))]
     rows += [[k.replace("_", " "), _cell(v)] for k, v in fid.items() if k != "inputs"]
+    ppl = doc.get("perplexity") or {}
+    rows += [[f"perplexity {side} ({ppl['source']}, {ppl['tokens']:,} tokens)", _cell(ppl[side])]
+             for side in ("before", "after") if side in ppl]
     if not rows:
         return []
     return ["<h2>Quality</h2>", table(["", "value"], rows)]

@@ -160,6 +160,13 @@ def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
         rows.append(["max abs diff", "0", f"{f['max_abs_diff']:.3g}", ""])
         if "top1_agreement" in f:
             rows.append(["top-1 agreement", "100%", f"{100 * f['top1_agreement']:.2f}%", ""])
+        if "token_agreement" in f:  # a language model: its next-token choices and distributions
+            rows.append(["next-token agreement", "100%", f"{100 * f['token_agreement']:.2f}%", ""])
+            rows.append(["next-token KL", "0", f"{f['kl_mean']:.3g} nats", ""])
+    if outcome.perplexity:
+        ppl = outcome.perplexity
+        rows.append([f"perplexity ({ppl['tokens']:,} tokens)", f"{ppl['before']:.3f}", f"{ppl['after']:.3f}",
+                     f"{100 * (ppl['after'] / ppl['before'] - 1):+.2f}%"])
     if outcome.accuracy:
         acc = outcome.accuracy
         for key in [k for k in acc if k not in ("before", "after")]:
