@@ -26,7 +26,7 @@ Nothing is written here: `effkit.outdir` writes the result to OUTDIR.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,7 @@ class _Context:
         self.judge = Judge(self.runner(original), inputs, self.eval_data)
         self.states: list[State] = []  # the accepted states so far; [0] is the original
         self.notes: list[str] = []  # for the whole result
+        self.warnings: list[str] = []  # for the whole result: the caller's, and those of declined steps
 
     def runner(self, model):
         return native_runner(model, self.threads)
@@ -176,6 +177,7 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
                              current) from e
         if not result.kept:
             ctx.notes += [f"{step.name}: {note}" for note in result.notes]
+            ctx.warnings += [f"{step.name}: {w}" for w in result.warnings]
             return []
         state = checked = ctx.evaluate(step.name, result.model)
         recovered = None
@@ -197,12 +199,12 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
         config = milder
     # attempts are worth a record where there can be more than one
     steps = [Step(step.name, _config_dict(config), current, state, attempts if step.back_off else [], result.details,
-                  list(result.notes))]
+                  list(result.notes), warnings=list(result.warnings))]
     if len(attempts) > 1 and step.backoff_note:
         steps[0].notes.append(step.backoff_note(asked, config, result))
     if recovered is not None:
         steps.append(Step(recovery[0].name, _config_dict(recovery[1]), state, checked, [], recovered.details,
-                          list(recovered.notes)))
+                          list(recovered.notes), warnings=list(recovered.warnings)))
     return steps
 
 
@@ -221,15 +223,17 @@ def _plan(recipe: Recipe) -> list[tuple[Pass, Any, tuple[Pass, Any] | None]]:
 
 def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
                  progress: Callable[[str, float], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> CompressResult:
+                 log: Callable[[str], None] | None = None, warnings: Sequence[str] = ()) -> CompressResult:
     """Run the recipe's steps on `model` in pipeline order; time every state; return the result.
 
     data: training / calibration data (`effkit.data.Data`), needed by fine-tuning, distillation and
     static quantization. eval_data: labelled data for accuracy (else fidelity only). The result's
     status is "failed" (with a message) when the bar could not be met; nothing is written here.
+    warnings: the caller's own (a command's), listed first among the result's.
     """
     _check_recipe(model, recipe, data, eval_data)
     ctx = _Context(model, recipe, data, eval_data, progress, log)
+    ctx.warnings += warnings
     origin = "the recipe's threads" if recipe.bench.threads else "the free cores; --threads N to change"
     ctx.log(f"compress {model.source}: {' -> '.join(recipe.steps)}; {plural(ctx.threads, 'thread')} ({origin})")
     original = ctx.evaluate("original", model)
@@ -237,7 +241,7 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,
                             data_source=data.source if data is not None else None,
                             eval_source=eval_data.source if eval_data is not None else None,
-                            bar=ctx.bar.describe())
+                            bar=ctx.bar.describe(), general_warnings=ctx.warnings)
     ctx.log(f"quality bar: {ctx.bar.describe()}")
     ctx.log("timing the original")
     ctx.bench(original)

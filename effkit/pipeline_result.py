@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from effkit.comparison import load_warnings
 from effkit.env import environment
 from effkit.export import onnx_path_for
 from effkit.passes.quantize_ort import layers
@@ -59,6 +60,7 @@ class Step:
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     paired: dict = field(default_factory=dict)  # runtime -> PairedResult: A the previous state, B this one
+    warnings: list[str] = field(default_factory=list)  # the pass's (random inputs, ...)
 
     def speedup(self, runtime: str) -> float | None:
         """The paired p50 speedup of this state over the previous one on `runtime` (estimate)."""
@@ -67,7 +69,7 @@ class Step:
 
     def to_dict(self) -> dict:
         return {"step": self.name, "config": self.config, "attempts": self.attempts, "details": self.details,
-                "notes": self.notes, "before": self.before.name, "after": self.after.name,
+                "notes": self.notes, "warnings": self.warnings, "before": self.before.name, "after": self.after.name,
                 "speedup": {rt: dict(p.speedup(), p90=p.speedup("p90")) for rt, p in self.paired.items()},
                 "size_ratio": _size(self.after) / _size(self.before)
                 if _size(self.after) and _size(self.before) else None}
@@ -90,6 +92,7 @@ class CompressResult:
     eval_source: str | None = None  # --eval
     same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
     bar: str | None = None  # the quality bar in force, in words (effkit.judge.QualityBar.describe)
+    general_warnings: list[str] = field(default_factory=list)  # the command's (outputs not finite, ...)
 
     @property
     def original(self) -> State:
@@ -164,8 +167,19 @@ class CompressResult:
                 for name, (kind, total, _) in before.items() if total]
 
     def warnings(self) -> list[str]:
-        """Every measurement warning of every state and runtime (noisy timing, a busy machine), once each."""
-        return sorted({f"{r['state']} {r['runtime']}: {w}" for r in self.rows() for w in r["warnings"]})
+        """Every warning, once each: the command's, each step's, then the measurements' (noisy timing, a busy
+        machine) of every state and runtime and of the side-by-side timings."""
+        steps = [f"{step.name}: {w}" for step in self.steps for w in step.warnings]
+        where: dict[str, list[str]] = {}  # one line per warning, naming every timing it applies to
+        for row in self.rows():
+            for w in row["warnings"]:
+                where.setdefault(w, []).append(f"{row['state']} on {row['runtime']}")
+        timed = [f"{w} ({', '.join(places)})" for w, places in where.items()]
+        paired = [p for step in self.steps for p in step.paired.values()]
+        paired += [p for state in self.states for p in state.vs_reference.values()]
+        paired += [self.same_runtime] if self.same_runtime is not None else []
+        timed += [f"side-by-side timings: {w}" for w in load_warnings(paired)]
+        return list(dict.fromkeys(self.general_warnings + steps + timed))
 
     def to_dict(self) -> dict:
         threads = self.original.bench.runs[0]["threads"] if self.original.bench else None

@@ -223,7 +223,7 @@ def test_cli_random_calibration_warns(cli):
                          "--json", "-", *OPTS)
     assert code == 0, err
     report = json.loads(out)
-    assert any("calibrated on random inputs" in n for n in report["notes"])
+    assert any("calibrated on random inputs" in w for w in report["warnings"])
     assert report["details"]["calibration"]["source"] == "random"
 
 

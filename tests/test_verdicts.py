@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import FAST, spec
+from conftest import FAST, MODELS, NO_BAR, spec
 from effkit.judge import quality_bar
 
 
@@ -259,3 +259,69 @@ def test_the_stable_rule_prefers_fewer_float_layers_then_smaller_then_the_origin
                      candidate("ort", 200, [], "onnxruntime"), candidate("torch", 200, [], "torch")],
                     key=lambda c: q.stable_rank(c, torch_model))
     assert [c.label for c in ranked] == ["torch", "ort", "big", "floaty"]
+
+
+# ---------------------------------------------------------------- warnings everywhere
+
+NAN_MODEL = f"{MODELS.parent / 'hostile' / 'hostile_models.py'}:nan_outputs"
+
+
+def _busy_machine(monkeypatch):
+    """Every load measurement says another process kept one core busy: the busy-machine warnings of bench
+    runs and of side-by-side timings come out as they would on a loaded CI machine."""
+    from effkit.env import CpuMonitor
+
+    def busy(self, *exc):
+        self.result = {"measured": True, "other_cpu_cores": 1.0, "cores": 2, "free_cores": 1.0,
+                       "threads": self.threads, "busy": True, "oversubscribed": False}
+
+    monkeypatch.setattr(CpuMonitor, "__exit__", busy)
+
+
+# command, its arguments, what the provoked warning says, whether it writes Markdown
+_WARNED = {
+    "bench": (["bench", spec("mlp"), *FAST], "busy machine", True),
+    "bench a NaN model": (["bench", NAN_MODEL, *FAST], "NaN/Inf values; any step that compares", True),
+    "compare": (["compare", spec("mlp"), spec("mlp"), "--pairs", "2", "--iterations", "3", "--warmup", "1"],
+                "other processes used 1.00 cores", True),
+    "quantize": (["quantize", spec("cnn"), "-o", "q.onnx", "--backend", "onnxruntime", "--method", "dynamic",
+                  "--tolerance", "none", "--allow-slower", *FAST], "not representative of images", True),
+    "prune": (["prune", spec("mlp"), "-o", "p.pt2", "--ratio", "0.3", "--runtime", "torch", *NO_BAR, *FAST],
+              "other processes used 1.00 cores", True),
+    "distill": (["distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz", "--epochs", "1",
+                 "--val-split", "0.25", "-o", "s.pt2", *NO_BAR, *FAST], "other processes used 1.00 cores", True),
+    "compress": (["compress", spec("mlp"), "--prune", "0.3", "--tolerance", "none", "-o", "out", *FAST],
+                 "busy machine", False),
+    "gate": (["gate", "bench.json", "--fail-on", "latency.p50:<=10s"], "measured on a busy machine", True),
+    "inspect": (["inspect", NAN_MODEL], "NaN/Inf values; any step that compares", False),
+}
+
+
+@pytest.mark.parametrize("case", list(_WARNED))
+def test_every_warning_reaches_the_terminal_json_markdown_and_html(cli, tmp_path, monkeypatch, case):
+    """The issue's case: report.md listed 8 measurement warnings while the terminal and report.html showed
+    none. Now every command's warnings, of whatever kind, are the same text in all four outputs."""
+    from html import escape
+
+    args, provoked, has_markdown = _WARNED[case]
+    _busy_machine(monkeypatch)
+    np.savez(tmp_path / "train.npz", x=np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    if case == "gate":
+        code, _, stderr = cli("bench", spec("mlp"), *FAST, "--json", "bench.json")
+        assert code == 0, stderr
+    outputs = ["--json", "r.json", "--html", "r.html"] + (["--markdown", "r.md"] if has_markdown else [])
+    code, stdout, stderr = cli(*args, *outputs)
+    assert code == 0, stderr
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert any(provoked in w for w in warnings), warnings
+    terminal = stdout + stderr
+    markdown = (tmp_path / ("r.md" if has_markdown else "out/report.md")).read_text() \
+        if has_markdown or case == "compress" else None
+    html = (tmp_path / "r.html").read_text()
+    for w in warnings:
+        assert f"warning: {w}\n" in terminal, (w, terminal)
+        assert terminal.count(f"warning: {w}\n") == 1, w  # once: as it arose, or after the table
+        assert markdown is None or f"- warning: {w}\n" in markdown, (w, markdown)
+        assert f"<li>{escape(w)}</li>" in html, w
+    if case == "compress":  # OUTDIR's reports say what --json and --html say
+        assert json.loads((tmp_path / "out" / "report.json").read_text())["warnings"] == warnings

@@ -19,8 +19,8 @@ from rich.text import Text
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               bar_options_help, check_outputs_free, command, console_for, err, load, progress_bar,
-                               refuse_below_bar, resolve_threads, write_outputs)
+                               bar_options_help, check_outputs_free, command, console_for, err, load, print_warnings,
+                               progress_bar, refuse_below_bar, resolve_threads, warned, write_outputs)
 from effkit.data import load_data
 from effkit.errors import EffkitError, UsageError
 from effkit.files import check_not_read, remove
@@ -248,6 +248,7 @@ def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, 
                                        iterations=iterations, min_time=min_time, eval_data=val, progress=progress)
     outcome.details.update(result.details)
     outcome.notes.extend(result.notes)
+    outcome.general_warnings = list(dict.fromkeys(warned() + result.warnings))
     if val is not None:
         agreement = outcome.fidelity.get("top1_agreement")
         outcome.notes.append(f"fidelity measured on the {len(val)} validation samples"
@@ -258,6 +259,7 @@ def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, 
     if outcome.status != "ok":
         remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
         console.print(outcome_table(outcome))
+        print_warnings(console, outcome.warnings())
         refuse_below_bar(outcome, "the distilled student", "train longer (--epochs), use a larger student, or "
                          "loosen --max-accuracy-drop / --tolerance", json, markdown,
                          lambda: outcome_markdown(outcome), force, html)
@@ -265,5 +267,6 @@ def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, 
         outcome.outputs = [str(p) for p in save_with_onnx(trained, output, export_onnx, force)]
     remove(ckpt, "checkpoint")  # the run finished: its checkpoint is spent
     console.print(outcome_table(outcome))
+    print_warnings(console, outcome.warnings())
     console.print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: outcome_markdown(outcome), force, html_path=html)

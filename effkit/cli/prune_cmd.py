@@ -11,7 +11,7 @@ from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, progress_bar,
-                               refuse_below_bar, resolve_threads, warning_text, write_outputs)
+                               print_warnings, refuse_below_bar, resolve_threads, warned, write_outputs)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
@@ -130,13 +130,13 @@ def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, 
                                        eval_data=evaluation, progress=progress)
     outcome.details = result.details
     outcome.notes = list(result.notes)
+    outcome.general_warnings = list(dict.fromkeys(warned() + result.warnings))
     accuracy = result.details.get("accuracy")  # before and after: measure_before_after has them on the same data
     if accuracy and "recovered" in accuracy and outcome.accuracy:
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
     outcome.hold_to(bar)
     console.print(outcome_table(outcome))
-    for warning in outcome.before.warnings + outcome.after.warnings:
-        console.print(warning_text(warning))
+    print_warnings(console, outcome.warnings())
     refuse_below_bar(outcome, "the pruned model", "prune less (a smaller --ratio), recover with --finetune-epochs N "
                      "--data FILE, or loosen --max-accuracy-drop / --tolerance", json, markdown,
                      lambda: outcome_markdown(outcome), force, html)

@@ -9,8 +9,8 @@ import typer
 
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, progress_bar, refuse_below_bar,
-                               resolve_threads, warning_text, write_outputs)
+                               check_outputs_free, command, console_for, load, print_warnings, progress_bar,
+                               refuse_below_bar, resolve_threads, warn, warned, write_outputs)
 from effkit.data import load_data
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
 from effkit.env import cpu_info, int8_outlook
@@ -136,7 +136,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
-        err.print(warning_text(outlook))
+        warn(outlook)
     images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
                              mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3))
     calib_data = None if calib in (None, "random") else load_data(calib, loaded.input_names, limit=calib_samples,
@@ -148,7 +148,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     unrepresentative = random_inputs_warning(loaded, calib_data, labelled)
     if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
-        err.print(warning_text(unrepresentative))
+        warn(unrepresentative)
     with progress_bar() as progress:
         result = quantize(loaded, config, calib=calib_data, eval_data=labelled, progress=progress, threads=threads,
                           candidate_time=min_time / 2, candidate_iterations=iterations)
@@ -163,11 +163,13 @@ torch.ao's packed int8 weights serialize and load back without your model's code
                                            eval_data=labelled, progress=progress,
                                            judge_data=judging_split(calib_data, labelled)[1])
     outcome.details, outcome.notes = result.details, list(result.notes)
+    outcome.general_warnings = list(dict.fromkeys(warned() + result.warnings))
     slowdown = speed_verdict(outcome, runtime, allow_slower)
 
     outcome.hold_to(bar)
     console.print(outcome_table(outcome))
     console.print(candidates_table(result.details))
+    print_warnings(console, outcome.warnings())
     refuse_below_bar(outcome, "the int8 model", "loosen --tolerance or --max-accuracy-drop, keep layers in float with "
                      "--exclude, or pass --calib with representative data", json, markdown,
                      lambda: outcome_markdown(outcome) + candidates_markdown(result.details), force, html)

@@ -230,10 +230,11 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     if not 0 <= candidate_time < math.inf or (candidate_iterations is not None and candidate_iterations < 1):
         raise UsageError("candidate timing needs a finite time >= 0 and iterations >= 1")  # inf: timed forever
     notes: list[str] = []
+    warnings: list[str] = []
     cpu = cpu_info()
     outlook = int8_outlook(cpu["isa"])
     if outlook:
-        notes.append(outlook)
+        warnings.append(outlook)
     if any(t.metric == "accuracy" for t in config.thresholds) and (eval_data is None or eval_data.labels is None):
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
     if eval_data is not None:
@@ -244,9 +245,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         notes.append(f"calibration data is not used by --method {config.method}")
     unrepresentative = random_inputs_warning(model, calib, eval_data)
     if unrepresentative:
-        notes.append(unrepresentative)
+        warnings.append(unrepresentative)
     if config.random_calibration and batches:
-        notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
+        warnings.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
@@ -306,7 +307,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
         "preprocessing": ctx.preprocess_notes,
         "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
     }
-    return PassResult(model=chosen.model, details=details, notes=notes)
+    return PassResult(model=chosen.model, details=details, notes=notes, warnings=warnings)
 
 
 def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
@@ -319,7 +320,7 @@ def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
         if not config.allow_slower:
             return PassResult(model, result.details, [
                 f"the int8 model ({result.details.get('label')}) was slower than its float input, so the float "
-                "model was kept; allow-slower = true in [quantize] keeps it"], kept=False)
+                "model was kept; allow-slower = true in [quantize] keeps it"], kept=False, warnings=result.warnings)
         result.notes.insert(0, f"the int8 model ({result.details.get('label')}) is SLOWER than its float input "
                                "(kept: allow-slower)")
     return result
