@@ -27,17 +27,18 @@ class State:
 
     name: str  # "original" or the step that produced it
     model: Any  # effkit.model.Model
-    accuracy: float | None  # fraction, on the eval data
-    fidelity: dict | None  # against the original's outputs (None for the original)
+    accuracy: float | None  # fraction, on the verdict's data (reported)
+    fidelity: dict | None  # against the original's outputs, on the verdict's data (None for the original)
     bench: Any = None  # BenchResult, once timed
     vs_reference: dict = field(default_factory=dict)  # runtime -> PairedResult: A the original on torch, B this
+    decision: dict = field(default_factory=dict)  # accuracy and fidelity on the data back-off is decided on
 
     def to_dict(self) -> dict:
         bench = self.bench.to_dict() if self.bench is not None else None
         if bench is not None:  # fast models give tens of thousands of samples per run
             bench["runs"] = [_thinned(run) for run in bench["runs"]]
         return {"name": self.name, "kind": self.model.kind, "accuracy": self.accuracy, "fidelity": self.fidelity,
-                "bench": bench}
+                "decision": self.decision, "bench": bench}
 
 
 def _thinned(run: dict) -> dict:
@@ -93,6 +94,7 @@ class CompressResult:
     same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
     bar: str | None = None  # the quality bar in force, in words (effkit.judge.QualityBar.describe)
     general_warnings: list[str] = field(default_factory=list)  # the command's (outputs not finite, ...)
+    judged: dict = field(default_factory=dict)  # "decisions" / "verdict" -> source, samples, labelled
 
     @property
     def original(self) -> State:
@@ -184,7 +186,7 @@ class CompressResult:
     def to_dict(self) -> dict:
         threads = self.original.bench.runs[0]["threads"] if self.original.bench else None
         return {"schema": SCHEMA, "source": self.source, "status": self.status, "message": self.message, "hint": self.hint,
-                "bar": self.bar, "warnings": self.warnings(),
+                "bar": self.bar, "judged": self.judged, "warnings": self.warnings(),
                 "steps_run": [s.name for s in self.steps], "recipe": self.recipe.to_dict(),
                 "overall": self.overall(), "summary": self.rows(), "notes": self.notes, "layers": self.layers(),
                 "steps": [s.to_dict() for s in self.steps], "states": [s.to_dict() for s in self.states],

@@ -132,6 +132,95 @@ def test_a_tolerance_is_judged_on_the_figures_reported(cli, tmp_path):
     assert report["fidelity"]["cosine_min"] >= 0.9
 
 
+def _rows(data) -> set[tuple]:
+    return {tuple(r) for r in np.asarray(data.inputs[0])}
+
+
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_compress_fits_decides_and_judges_on_disjoint_data(with_eval):
+    """Passes fit on one part of --data, back-off is decided on a part held out of it, and the verdict is
+    made on --eval, all of it (without --eval, on another held-out part): no decision on the verdict's data."""
+    from effkit.data import Data
+    from effkit.judge import pipeline_splits
+
+    x = np.arange(200, dtype=np.float32).reshape(100, 2)
+    data = Data((x,), np.arange(100) % 3, "train.npz")
+    evaluation = Data((x[:30] + 1000,), np.zeros(30, np.int64), "eval.npz") if with_eval else None
+    splits = pipeline_splits(data, evaluation, needs_labels=with_eval)
+    fit, decide, verdict = _rows(splits.fit), _rows(splits.decide), _rows(splits.verdict)
+    assert not fit & decide and not fit & verdict and not decide & verdict
+    assert len(fit | decide | (set() if with_eval else verdict)) == 100  # nothing of --data is left unused
+    assert splits.note is None
+    if with_eval:
+        assert splits.verdict is evaluation and len(decide) == 25
+        assert splits.decide.source == "held-out part of train.npz"
+    else:
+        assert (splits.decide.source, splits.verdict.source) == ("held-out part of train.npz (back-off)",
+                                                                 "held-out part of train.npz (verdict)")
+
+
+def test_without_data_to_hold_out_the_note_says_what_back_off_was_decided_on():
+    from effkit.data import Data
+    from effkit.judge import pipeline_splits
+
+    x = np.zeros((40, 2), np.float32)
+    evaluation = Data((x,), np.zeros(40, np.int64), "eval.npz")
+    no_data = pipeline_splits(None, evaluation, needs_labels=True)
+    assert no_data.decide is no_data.verdict is evaluation and no_data.fit is None
+    assert no_data.note == ("back-off was decided on eval.npz, the data the verdict is made on, because there is no "
+                            "--data: pass labelled --data to decide on data held out from it")
+    unlabelled = pipeline_splits(Data((x,), None, "train.npz"), evaluation, needs_labels=True)
+    assert unlabelled.decide is evaluation and len(unlabelled.fit) == 40
+    assert "because --data has no labels for the accuracy bar" in unlabelled.note
+    fresh = pipeline_splits(None, None, needs_labels=False)
+    assert (fresh.decide, fresh.verdict) == (None, None)
+    assert fresh.note.startswith("back-off was decided on fresh random inputs, other ones than the verdict's")
+
+
+def test_compress_records_what_it_decided_on_and_what_it_judged_on(cli, tmp_path):
+    """Calibration gets the fitting part of --data only; quantize's choice and back-off are made on the
+    held-out part; the verdict and every figure reported on all of --eval; the JSON says so, with n."""
+    from effkit.export import make_runner
+    from effkit.load import load_model
+
+    x = np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, labels=make_runner(load_model(spec("mlp")), "torch").run((x,))[0].argmax(1))
+    _labelled_eval(tmp_path / "eval.npz")
+    # allow-slower: a tiny model's int8 may time slower, and a declined step would leave nothing to look at
+    (tmp_path / "r.toml").write_text('[quantize]\nmethod = "static"\nallow-slower = true\n')
+    code, stdout, stderr = cli("compress", spec("mlp"), "--recipe", "r.toml", "--data", "train.npz", "--eval",
+                               "eval.npz", "--max-accuracy-drop", "50pt", "-o", "out", *FAST, "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["judged"] == {"decisions": {"source": "held-out part of train.npz", "samples": 16, "labelled": True},
+                                "verdict": {"source": "eval.npz", "samples": 256, "labelled": True}}
+    quantize = next(s for s in report["steps"] if s["step"] == "quantize")
+    assert quantize["details"]["calibration"]["samples"] == 48  # 64 less the 16 held out
+    assert quantize["details"]["judged_on"]["source"] == "held-out part of train.npz"
+    assert report["notes"][0] == ("the verdict and every figure reported: eval.npz, all 256 samples; back-off "
+                                  "decisions: held-out part of train.npz, 16 samples")
+    assert report["notes"][0] in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_distill_reports_on_eval_and_chooses_the_epoch_on_validation(cli, tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "train.npz", x=rng.standard_normal((40, 16)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((24, 16)).astype(np.float32))
+    code, stdout, stderr = cli("distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz",
+                               "--eval", "eval.npz", "--epochs", "1", "--val-split", "0.25", "-o", "s.pt2",
+                               *NO_BAR, *FAST, "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["details"]["val_samples"] == 10 and report["details"]["best_epoch"] == 1
+    assert report["details"]["judged_on"] == {"source": "eval.npz", "samples": 24, "chose_the_epoch": False}
+    assert (report["fidelity"]["inputs"], report["fidelity"]["rows"]) == ("eval.npz", 24)
+    code, stdout, _ = cli("distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz", "--epochs",
+                          "1", "--val-split", "0.25", "-o", "t.pt2", *NO_BAR, *FAST, "--json", "-")
+    report = json.loads(stdout)
+    assert report["details"]["judged_on"]["chose_the_epoch"] is True
+    assert any(n.startswith("these samples also chose the best epoch") for n in report["notes"])
+
+
 # ---------------------------------------------------------------- gates that do not contradict themselves
 
 def _gate_doc(median_ms: float, busy: bool) -> dict:
