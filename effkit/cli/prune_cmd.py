@@ -39,7 +39,9 @@ def prune_command(
         "--prune-heads", help="Remove whole attention heads (the --ratio of them) instead of narrowing every head; "
                               "nn.MultiheadAttention keeps its heads.")] = False,
     target_latency: Annotated[Optional[str], typer.Option(
-        "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x.")] = None,
+        "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x: timed "
+                                 "side by side with the original (--min-time/2 seconds each per step), met when the "
+                                 "95% interval of the ratio is at or below it.")] = None,
     target_macs: Annotated[Optional[str], typer.Option(
         "--target-macs", help="Prune in steps until MACs are this factor of the original, e.g. 0.5x.")] = None,
     target_runtime: Annotated[str, typer.Option(
@@ -124,7 +126,8 @@ def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, 
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")
     with progress_bar() as progress:
-        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress, threads=threads)
+        result = prune(loaded, config, data=train, eval_data=evaluation, progress=progress, threads=threads,
+                       min_time=min_time / 2, iterations=iterations)
         outcome = measure_before_after("prune", original, result.model, runtimes=runtimes, threads=threads,
                                        warmup=warmup, iterations=iterations, min_time=min_time,
                                        eval_data=evaluation, progress=progress)

@@ -20,21 +20,19 @@ import numpy as np
 
 from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
-from effkit.errors import InputError, StepFailed, UsageError, first_line
+from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import FIDELITY_SAMPLES, held_out_inputs
 from effkit.inputs import batched
-from effkit.judge import (Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning, score,
-                          tolerance_failures)
+from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning
 from effkit.passes import PassContext, PassResult
 from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for, ort_model
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
+from effkit.passes.quantize_tolerance import build, size_of, tolerance_loop
 from effkit.runners import native_runner
-from effkit.size import size_info
 from effkit.specs import Threshold, check_numbers, parse_threshold
-from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
 CALIBRATED = ("static", "smoothquant")  # the methods that need calibration data
@@ -146,24 +144,6 @@ def _judge(ctx: CandidateContext, judged) -> tuple[Judge, str]:
     return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data), source
 
 
-def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: list[str], label: str) -> bool:
-    """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
-    candidate.error = None
-    try:
-        with quiet_torch():
-            model = candidate.build(exclude, ctx.step(label))
-            runner = native_runner(model, ctx.threads)
-            fid, acc = judge.fidelity(runner), judge.accuracy_change(runner)
-            failures = tolerance_failures(ctx.config.thresholds, fid, acc)
-    except (UsageError, InputError):
-        raise
-    except Exception as e:
-        candidate.error = first_line(e)
-        return False
-    candidate.model, candidate.fidelity, candidate.accuracy, candidate.failures = model, fid, acc, failures
-    return True
-
-
 def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, iterations: int | None,
                      rounds: int = 3) -> dict[str, float]:
     """Median latency (ms) of each call, timed in interleaved rounds so that load on a shared
@@ -255,7 +235,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     judge, judged_on = _judge(ctx, judged)
     for c in candidates:
         if c.error is None:
-            _build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
+            build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
     built = [c for c in candidates if c.model is not None]
     if not built:
         raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{c.label}: {c.error}" for c in candidates))
@@ -265,18 +245,24 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None,
     timings = _time(ctx, {**baselines, **{c.label: c.model for c in built}})
     for c in built:
         c.latency_ms = timings[c.label]
-        c.size_bytes = _size(c.model)
+        c.size_bytes = size_of(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen, decision = choose(passing, ctx, model) if passing else (_tolerance_loop(built, judge, ctx, unrepresentative), None)
+    decision = None
+    if passing:
+        chosen, decision = choose(passing, ctx, model)
+    else:
+        chosen, set_aside = tolerance_loop(built, judge, ctx, unrepresentative, {k: timings[k] for k in baselines})
+        notes += set_aside
     if decision and decision["tied"]:
         notes.append(f"{' and '.join(decision['tied'])} are tied within timing noise (paired 95% intervals); "
                      f"{chosen.label} was chosen by the stable rule (fewer float layers, then smaller, then the "
                      "original's runtime)")
     if config.initializer_inputs and chosen.backend == "onnxruntime":
         chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
-    original_size = _size(model)
+    original_size = size_of(model)
     # slower only when the paired interval says so; worded by who acts on it: compress (run) or the command
-    against_float = paired_timing(ctx, model, runtime_of(chosen.model), chosen.model, runtime_of(chosen.model))
+    against_float = chosen.against_float or paired_timing(ctx, model, runtime_of(chosen.model), chosen.model,
+                                                          runtime_of(chosen.model))
     slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
@@ -395,53 +381,3 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
             known = sorted({layer["alias"] for c in candidates for layer in c.layers})
             raise UsageError(f"--exclude {pattern!r} matches no quantizable layer",
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
-
-
-def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, unrepresentative: str | None) -> Candidate:
-    """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
-    metric with only that layer kept in float) and keep the worst in float, a few at a time."""
-    thresholds = ctx.config.thresholds
-    tried = []
-    for c in sorted(built, key=lambda c: c.latency_ms):
-        primary = next(t for t in thresholds if tolerance_failures([t], c.fidelity, c.accuracy))
-        free = [layer["name"] for layer in c.layers if layer["name"] not in c.excluded]
-        all_int8 = (c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures)
-        scores = {}
-        for i, name in enumerate(free):
-            if ctx.progress:
-                ctx.progress(f"layer sensitivity: {c.label}", i / max(1, len(free)))
-            if _build(c, judge, ctx, c.excluded + [name], "calibrating"):
-                scores[name] = score(primary, c.fidelity, c.accuracy)
-        ranked = sorted(scores, key=lambda n: -scores[n])
-        step = max(1, math.ceil(len(ranked) / 10))
-        passed = False
-        for k in range(step, len(ranked), step):  # at least one layer stays int8, or it is no int8 model
-            if _build(c, judge, ctx, c.excluded + ranked[:k], "calibrating") and not c.failures:
-                c.kept_float, passed = ranked[:k], True
-                break
-        if passed:
-            after = time_interleaved({"all int8": _bind(ctx, all_int8[0]), "kept": _bind(ctx, c.model)},
-                                     seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
-            c.size_bytes = _size(c.model)
-            c.latency_ms = all_int8[1] * after["kept"] / after["all int8"]
-            c.kept_cost = {"size_bytes": {"all_int8": all_int8[2], "with_float_layers": c.size_bytes},
-                           "latency_ratio": after["kept"] / after["all int8"]}
-            return c
-        c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.failures = all_int8
-        c.error = None
-        tried.append(f"{c.label}: {'; '.join(c.failures)}")
-    raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")
-                     + "no int8 model meets the tolerance, even with sensitive layers kept in float: "
-                     + " | ".join(tried) + "; nothing was written",
-                     "loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or pass --calib with "
-                     "representative data")
-
-
-def _size(m) -> int:
-    """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
-    with quiet_torch():
-        return size_info(m)["bytes_on_disk"]
-
-
-def _bind(ctx: CandidateContext, m) -> Callable[[], Any]:
-    return native_runner(m, ctx.threads).bind(m.example_inputs)
