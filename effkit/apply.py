@@ -60,6 +60,7 @@ def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: Quality
                                        iterations=iterations, min_time=min_time, eval_data=eval_data,
                                        progress=progress, judge_data=judge_data, text=text)
     outcome.details, outcome.notes = result.details, list(result.notes)
+    outcome.general_warnings = list(dict.fromkeys(outcome.general_warnings + list(result.warnings)))
     accuracy = result.details.get("accuracy")
     if isinstance(accuracy, dict) and "recovered" in accuracy and outcome.accuracy:
         # fine-tuned after the change (prune): the accuracy it recovered from, on the same data

@@ -181,9 +181,14 @@ class BenchResult:
     environment: dict
     extra: dict = field(default_factory=dict)  # fidelity, accuracy, ... added by commands
     schema: str = SCHEMA
+    general_warnings: list[str] = field(default_factory=list)  # about the whole run (outputs not finite, ...)
 
     @property
     def warnings(self) -> list[str]:
+        """The run's general warnings, then each measurement's (noisy, busy machine), once each."""
+        return list(dict.fromkeys(self.general_warnings + self._run_warnings()))
+
+    def _run_warnings(self) -> list[str]:
         return [f"{r['runtime']} batch {r['batch_size']}: {w}" for r in self.runs for w in r["warnings"]]
 
     def run(self, runtime: str | None = None, batch_size: int | None = None) -> dict:
@@ -230,10 +235,13 @@ class BenchResult:
             raise UsageError(f"result schema {data['schema']} is not supported by this effkit ({SCHEMA})")
         known = {"schema", "model", "size", "environment", "metrics", "warnings", "runs"}
         try:
-            return cls(model=data["model"], size=data["size"], runs=data["runs"], environment=data["environment"],
-                       extra={k: v for k, v in data.items() if k not in known})
+            result = cls(model=data["model"], size=data["size"], runs=data["runs"], environment=data["environment"],
+                         extra={k: v for k, v in data.items() if k not in known})
         except KeyError as e:
             raise UsageError(f"bench result lacks the field {e.args[0]!r}") from None
+        saved = data.get("warnings") if isinstance(data.get("warnings"), list) else []
+        result.general_warnings = [w for w in saved if w not in result._run_warnings()]
+        return result
 
     @classmethod
     def load(cls, path: str | Path) -> BenchResult:

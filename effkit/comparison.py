@@ -364,15 +364,27 @@ def measure_paired(runner_a: Any, runner_b: Any, inputs: Sequence[np.ndarray], *
         result.analyse(min_pairs=target // 2 if min_pairs is None else min_pairs * (round_ + 1))
         if conclusive(result):
             break
-    if result.attempts > len(result.pairs) and result.pairs:
-        result.warnings.append(f"busy machine: {_discard_text(result.discarded)} of {result.attempts} pairs, "
-                               "measured again")
-    loads = [x for p in result.pairs for x in p["load"] if x is not None]
-    if loads and float(np.median(loads)) >= 0.25:
-        result.warnings.append(f"other processes used {float(np.median(loads)):.2f} cores (median) during the kept "
-                               "pairs; steady load hits A and B alike, but the absolute times are slower than on an "
-                               "idle machine")
+    result.warnings = load_warnings([result])
     return result
+
+
+def load_warnings(results: Sequence[PairedResult]) -> list[str]:
+    """What the load of other processes did to one or more paired timings, taken together: pairs measured
+    again, and steady load that slowed both sides alike."""
+    attempts, kept = sum(r.attempts for r in results), sum(len(r.pairs) for r in results)
+    discarded: dict[str, int] = {}
+    for r in results:
+        for reason, n in r.discarded.items():
+            discarded[reason] = discarded.get(reason, 0) + n
+    warnings = []
+    if attempts > kept and kept:
+        warnings.append(f"busy machine: {_discard_text(discarded)} of {attempts} pairs, measured again")
+    loads = [x for r in results for p in r.pairs for x in p["load"] if x is not None]
+    if loads and float(np.median(loads)) >= 0.25:
+        warnings.append(f"other processes used {float(np.median(loads)):.2f} cores (median) during the kept "
+                        "pairs; steady load hits A and B alike, but the absolute times are slower than on an "
+                        "idle machine")
+    return warnings
 
 
 def compare(model_a: Any, model_b: Any, *, runtime: str | None = None, threads: int | None = None,

@@ -6,6 +6,7 @@ every command's before/after record.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -203,6 +204,46 @@ def judging_split(fit_data, eval_data):
         return fit_data, None
     fit, held_out = fit_data.split(HELD_OUT_FRACTION, seed=0)
     return fit, type(held_out)(held_out.inputs, held_out.labels, f"held-out part of {fit_data.source}")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """compress's data, each part for one purpose: `fit` trains and calibrates (the passes' --data),
+    `decide` drives back-off (does this step still meet the bar?), `verdict` gives the final verdict and
+    every figure reported. None: no such data (fresh random inputs stand in for `decide` and `verdict`,
+    drawn with other seeds). `note` says, when it is so, that back-off was decided on the verdict's data."""
+
+    fit: object
+    decide: object
+    verdict: object
+    note: str | None = None
+
+
+def pipeline_splits(data, eval_data, needs_labels: bool) -> Splits:
+    """Split compress's data so that no decision is made on the data the verdict is made on, and neither
+    on data a pass fitted on: a seeded part of `data` (a quarter, at most JUDGE_ROWS samples) is held out
+    of fitting to decide back-off on, and `eval_data`, all of it, judges; without `eval_data` the held-out
+    part is cut in two, one half to decide, one to judge. `needs_labels`: the bar bounds accuracy, so the
+    decisions need labelled data; when `data` has none (or is too small to split), back-off is decided on
+    `eval_data` and the note says so."""
+    usable = data is not None and len(data) >= 4 and (data.labels is not None or not needs_labels)
+    if not usable:
+        why = ("--data has no labels for the accuracy bar" if data is not None and len(data) >= 4 else
+               "--data is too small to hold part of it out" if data is not None else "there is no --data")
+        if eval_data is not None:
+            note = (f"back-off was decided on {eval_data.source}, the data the verdict is made on, because {why}: "
+                    "pass labelled --data to decide on data held out from it")
+        else:
+            note = f"back-off was decided on fresh random inputs, other ones than the verdict's, because {why}"
+        return Splits(data, eval_data, eval_data, note)
+    held = min(max(2, round(HELD_OUT_FRACTION * len(data))), JUDGE_ROWS * (1 if eval_data is not None else 2),
+               len(data) - 2)
+    fit, held_out = data.split(held / len(data), seed=0)
+    if eval_data is not None:
+        return Splits(fit, dataclasses.replace(held_out, source=f"held-out part of {data.source}"), eval_data)
+    decide, verdict = held_out.split(0.5, seed=1)
+    return Splits(fit, dataclasses.replace(decide, source=f"held-out part of {data.source} (back-off)"),
+                  dataclasses.replace(verdict, source=f"held-out part of {data.source} (verdict)"))
 
 
 def held_out_batches(example, data=None, samples: int = FIDELITY_SAMPLES) -> tuple[list[tuple], str]:

@@ -40,6 +40,7 @@ class Outcome:
     status: str = "ok"  # "failed": the changed model misses the quality bar (nothing is written then)
     failure: str | None = None  # how it misses the bar, in words
     bar: str | None = None  # the quality bar it was held to (effkit.judge.QualityBar.describe)
+    general_warnings: list[str] = field(default_factory=list)  # the command's and the pass's (random inputs, ...)
 
     def comparison(self, runtime: str | None = None, stat: str = "p50") -> dict | None:
         """The paired speedup (before/after) on `runtime` (default: the first measured): estimate,
@@ -61,8 +62,9 @@ class Outcome:
         return notes
 
     def warnings(self) -> list[str]:
-        """The measurement warnings of both sides (noisy timing, a busy machine), once each."""
-        return list(dict.fromkeys(self.before.warnings + self.after.warnings))
+        """The general warnings, then the measurement warnings of both sides (noisy timing, a busy machine),
+        once each: what every rendering (terminal, JSON, Markdown, HTML) lists."""
+        return list(dict.fromkeys(self.general_warnings + self.before.warnings + self.after.warnings))
 
     def hold_to(self, bar) -> list[str]:
         """Check the changed model against `bar` (an `effkit.judge.QualityBar`) on the accuracy and fidelity

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -156,13 +156,14 @@ def _write(path: Path, text: str) -> None:
 
 def compress(model, recipe: Recipe, outdir: str | Path, *, data=None, eval_data=None, force: bool = False,
              progress: Callable[[str, float], None] | None = None,
-             log: Callable[[str], None] | None = None) -> CompressResult:
+             log: Callable[[str], None] | None = None, warnings: Sequence[str] = ()) -> CompressResult:
     """Run the pipeline on `model` and write OUTDIR. Raises `CompressFailed` (exit 1) when the quality
     bar cannot be met; OUTDIR then holds the recipe and the reports, no model. OUTDIR may not hold
-    the model's files (it is replaced whole)."""
+    the model's files (it is replaced whole). `warnings`: the caller's, which the reports list first."""
     with reading(*model_files(model)):
         check_outdir(outdir, force)
-        result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log)
+        result = run_pipeline(model, recipe, data=data, eval_data=eval_data, progress=progress, log=log,
+                              warnings=warnings)
         write_outdir(result, outdir, force)
     if result.status != "ok":
         raise CompressFailed(result.message or "the quality bar could not be met", result.hint, result)

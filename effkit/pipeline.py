@@ -27,7 +27,7 @@ Nothing is written here: `effkit.outdir` writes the result to OUTDIR.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ from effkit.comparison import measure_paired
 from effkit.env import default_threads
 from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
-from effkit.judge import Judge, bar_violations, held_out_batches, judging_split
+from effkit.fidelity import held_out_inputs
+from effkit.judge import Judge, bar_violations, pipeline_splits
 from effkit.outcome import PAIRS
 from effkit.passes import PassContext, registry
 from effkit.passes.registry import Pass
@@ -44,6 +45,8 @@ from effkit.pipeline_result import CompressResult, State, Step, _final_runtime, 
 from effkit.recipe import Recipe, _plain, _toml_key
 from effkit.runners import native_runner
 from effkit.util import plural, quiet_torch
+
+FIDELITY_BATCH = 16  # samples per batch when outputs are compared
 
 __all__ = ["Bar", "CompressFailed", "CompressResult", "Recipe", "State", "Step", "run_pipeline"]
 
@@ -59,38 +62,64 @@ class CompressFailed(StepFailed):
 # ---------------------------------------------------------------- measuring a state
 
 class _Context:
-    """What every step needs: the original, the data, the bar, the reference outputs, progress."""
+    """What every step needs: the original, the data (split by `effkit.judge.pipeline_splits`: what the passes
+    fit on, what back-off is decided on, what the verdict is made on), the bar, the judges, progress."""
 
     def __init__(self, original, recipe: Recipe, data, eval_data, progress, log):
         self.original = original
         self.recipe = recipe
-        # The passes fit on `data` less what judges them (as quantize and every command pick it): --eval,
-        # else a held-out part of --data, else random inputs, which are off the data's distribution.
-        self.data, judged = judging_split(data, eval_data)
-        self.eval_data = eval_data if eval_data is not None and eval_data.labels is not None else None
+        labelled = eval_data if eval_data is not None and eval_data.labels is not None else None
         self.progress = progress
         self.log = log or (lambda message: None)
         self.threads = recipe.bench.threads or default_threads()
-        self.bar = recipe.pipeline.bar(labelled=self.eval_data is not None)
+        self.bar = recipe.pipeline.bar(labelled=labelled is not None)
         self.max_drop = self.bar.max_drop_pt
         self.bounds = list(self.bar.bounds)
-        inputs, self.judged_on = held_out_batches(original.example_inputs, judged)
-        self.judge = Judge(self.runner(original), inputs, self.eval_data)
+        self.splits = pipeline_splits(data, eval_data, needs_labels=self.max_drop is not None)
+        self.data = self.splits.fit  # what the passes train and calibrate on
+        self.judged: dict = {}  # role -> what it was judged on: source, samples, labelled
+        self.verdict = self._judge("verdict", self.splits.verdict, seed=99)
+        self.decide = (self.verdict if self.splits.decide is self.splits.verdict and self.splits.verdict is not None
+                       else self._judge("decisions", self.splits.decide, seed=7))
+        self.judged.setdefault("decisions", self.judged["verdict"])
         self.states: list[State] = []  # the accepted states so far; [0] is the original
         self.notes: list[str] = []  # for the whole result
+        self.warnings: list[str] = []  # for the whole result: the caller's, and those of declined steps
+
+    def _judge(self, role: str, data, seed: int) -> Judge:
+        """A judge on all of `data` (outputs, and accuracy when it has labels), else on fresh random inputs
+        drawn with `seed` (off the data's distribution: the last resort); recorded in `judged[role]`."""
+        inputs = ([batch for batch, _ in data.batches(FIDELITY_BATCH)] if data is not None
+                  else held_out_inputs(self.original.example_inputs, seed=seed))
+        judge = Judge(self.runner(self.original), inputs, data)
+        samples = len(data) if data is not None else int(sum(len(b[0]) if b and b[0].ndim else 1 for b in inputs))
+        self.judged[role] = {"source": data.source if data is not None else "fresh random inputs",
+                             "samples": samples, "labelled": judge.eval_data is not None}
+        return judge
 
     def runner(self, model):
         return native_runner(model, self.threads)
 
     def evaluate(self, name: str, model) -> State:
-        """Accuracy on the eval data and fidelity against the original: cheap, no timing."""
+        """Accuracy and fidelity against the original: on the verdict's data (what is reported) and on the
+        decisions' data (what back-off reads); cheap, no timing."""
         runner = self.runner(model)
-        return State(name, model, self.judge.accuracy(runner),
-                     None if model is self.original else self.judge.fidelity(runner))
 
-    def violations(self, state: State, base: State) -> list[str]:
-        """How `state` breaks the whole-pipeline bar (against the original `base`); empty when it holds."""
-        return bar_violations(self.max_drop, self.bounds, base.accuracy, state.accuracy, state.fidelity)
+        def figures(judge: Judge) -> dict:
+            return {"accuracy": judge.accuracy(runner),
+                    "fidelity": None if model is self.original else judge.fidelity(runner)}
+
+        reported = figures(self.verdict)
+        return State(name, model, reported["accuracy"], reported["fidelity"],
+                     decision=reported if self.decide is self.verdict else figures(self.decide))
+
+    def violations(self, state: State, base: State, on: str = "decision") -> list[str]:
+        """How `state` breaks the whole-pipeline bar against the original `base`, on the decisions' figures
+        (back-off) or the verdict's (`on="verdict"`); empty when it holds."""
+        if on == "verdict":
+            return bar_violations(self.max_drop, self.bounds, base.accuracy, state.accuracy, state.fidelity)
+        return bar_violations(self.max_drop, self.bounds, base.decision["accuracy"], state.decision["accuracy"],
+                              state.decision["fidelity"])
 
     def bench(self, state: State) -> None:
         b = self.recipe.bench
@@ -138,8 +167,9 @@ class Bar:
 def _bar_left(ctx: _Context, current: State) -> Bar:
     first = ctx.states[0]
     left = None
-    if ctx.max_drop is not None and current.accuracy is not None and first.accuracy is not None:
-        left = max(0.0, ctx.max_drop - 100 * (first.accuracy - current.accuracy))
+    before, now = first.decision["accuracy"], current.decision["accuracy"]
+    if ctx.max_drop is not None and now is not None and before is not None:
+        left = max(0.0, ctx.max_drop - 100 * (before - now))
     return Bar(left, ctx.bounds)
 
 
@@ -157,7 +187,8 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
     Returns the steps to time; none when the pass declined its own result."""
     asked, attempts = config, []
     timing = ctx.recipe.bench
-    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.eval_data, threads=ctx.threads, min_time=timing.min_time,
+    # a pass that decides for itself (quantize: which candidate meets the bar) decides on the decisions' data
+    pass_ctx = PassContext(data=ctx.data, eval_data=ctx.splits.decide, threads=ctx.threads, min_time=timing.min_time,
                            iterations=timing.iterations, progress=ctx.progress, teacher=ctx.original)
     for attempt in range(ctx.recipe.pipeline.backoff_tries + 1):
         ctx.log(f"{step.name}: {step.describe(config)}")
@@ -170,6 +201,7 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
                              current) from e
         if not result.kept:
             ctx.notes += [f"{step.name}: {note}" for note in result.notes]
+            ctx.warnings += [f"{step.name}: {w}" for w in result.warnings]
             return []
         state = checked = ctx.evaluate(step.name, result.model)
         recovered = None
@@ -178,8 +210,9 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
             recovered = recovery[0].run(result.model, recovery[1], pass_ctx)
             checked = ctx.evaluate(recovery[0].name, recovered.model)
         broken = ctx.violations(checked, ctx.states[0])
-        attempts.append({"attempt": attempt + 1, "setting": step.describe(config), "accuracy": checked.accuracy,
-                         "fidelity": checked.fidelity, "violations": broken, "accepted": not broken,
+        attempts.append({"attempt": attempt + 1, "setting": step.describe(config),
+                         "accuracy": checked.decision["accuracy"], "fidelity": checked.decision["fidelity"],
+                         "violations": broken, "accepted": not broken,
                          **(step.attempt_details(result) if step.attempt_details else {})})
         if not broken:
             break
@@ -191,12 +224,12 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
         config = milder
     # attempts are worth a record where there can be more than one
     steps = [Step(step.name, _config_dict(config), current, state, attempts if step.back_off else [], result.details,
-                  list(result.notes))]
+                  list(result.notes), warnings=list(result.warnings))]
     if len(attempts) > 1 and step.backoff_note:
         steps[0].notes.append(step.backoff_note(asked, config, result))
     if recovered is not None:
         steps.append(Step(recovery[0].name, _config_dict(recovery[1]), state, checked, [], recovered.details,
-                          list(recovered.notes)))
+                          list(recovered.notes), warnings=list(recovered.warnings)))
     return steps
 
 
@@ -215,15 +248,17 @@ def _plan(recipe: Recipe) -> list[tuple[Pass, Any, tuple[Pass, Any] | None]]:
 
 def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
                  progress: Callable[[str, float], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> CompressResult:
+                 log: Callable[[str], None] | None = None, warnings: Sequence[str] = ()) -> CompressResult:
     """Run the recipe's steps on `model` in pipeline order; time every state; return the result.
 
     data: training / calibration data (`effkit.data.Data`), needed by fine-tuning, distillation and
     static quantization. eval_data: labelled data for accuracy (else fidelity only). The result's
     status is "failed" (with a message) when the bar could not be met; nothing is written here.
+    warnings: the caller's own (a command's), listed first among the result's.
     """
     _check_recipe(model, recipe, data, eval_data)
     ctx = _Context(model, recipe, data, eval_data, progress, log)
+    ctx.warnings += warnings
     origin = "the recipe's threads" if recipe.bench.threads else "the free cores; --threads N to change"
     ctx.log(f"compress {model.source}: {' -> '.join(recipe.steps)}; {plural(ctx.threads, 'thread')} ({origin})")
     original = ctx.evaluate("original", model)
@@ -231,9 +266,12 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     result = CompressResult(model.source, recipe, ctx.states, [], notes=ctx.notes,
                             data_source=data.source if data is not None else None,
                             eval_source=eval_data.source if eval_data is not None else None,
-                            bar=ctx.bar.describe())
-    judged_on = "random inputs" if ctx.judged_on == "random" else ctx.judged_on
-    ctx.log(f"quality bar: {ctx.bar.describe()}, judged on {judged_on}")
+                            bar=ctx.bar.describe(), general_warnings=ctx.warnings, judged=ctx.judged)
+    verdict, decisions = ctx.judged["verdict"], ctx.judged["decisions"]
+    ctx.notes.append(f"the verdict and every figure reported: {verdict['source']}, all {verdict['samples']} samples; "
+                     f"back-off decisions: {decisions['source']}, {decisions['samples']} samples")
+    ctx.notes += [ctx.splits.note] if ctx.splits.note else []
+    ctx.log(f"quality bar: {ctx.bar.describe()}, judged on {verdict['source']}")
     ctx.log("timing the original")
     ctx.bench(original)
     for step, config, recovery in _plan(recipe):
@@ -254,9 +292,12 @@ def run_pipeline(model, recipe: Recipe, *, data=None, eval_data=None,
     if len(ctx.states) > 1:
         runtime = _final_runtime(ctx.states[-1])
         result.same_runtime = ctx.pair(original.model, runtime, ctx.states[-1].model, runtime)
-    broken = ctx.violations(ctx.states[-1], original)
-    if broken:  # export is verified to tolerance, so this is rare, but the bar is the bar
-        result.status, result.message = "failed", f"the final model breaks the quality bar: {'; '.join(broken)}"
+    broken = ctx.violations(ctx.states[-1], original, on="verdict")
+    if broken:  # back-off met the bar on the decisions' data; the verdict's data may still say otherwise
+        result.status, result.message = "failed", (f"the final model breaks the quality bar on {verdict['source']}: "
+                                                   f"{'; '.join(broken)}")
+        result.hint = (f"back-off kept the bar on {decisions['source']}; prune less (a smaller --prune), or loosen "
+                       "--max-accuracy-drop / --tolerance")
     return result
 
 

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from effkit.comparison import load_warnings
 from effkit.env import environment
 from effkit.export import onnx_path_for
 from effkit.passes.quantize_ort import layers
@@ -26,17 +27,18 @@ class State:
 
     name: str  # "original" or the step that produced it
     model: Any  # effkit.model.Model
-    accuracy: float | None  # fraction, on the eval data
-    fidelity: dict | None  # against the original's outputs (None for the original)
+    accuracy: float | None  # fraction, on the verdict's data (reported)
+    fidelity: dict | None  # against the original's outputs, on the verdict's data (None for the original)
     bench: Any = None  # BenchResult, once timed
     vs_reference: dict = field(default_factory=dict)  # runtime -> PairedResult: A the original on torch, B this
+    decision: dict = field(default_factory=dict)  # accuracy and fidelity on the data back-off is decided on
 
     def to_dict(self) -> dict:
         bench = self.bench.to_dict() if self.bench is not None else None
         if bench is not None:  # fast models give tens of thousands of samples per run
             bench["runs"] = [_thinned(run) for run in bench["runs"]]
         return {"name": self.name, "kind": self.model.kind, "accuracy": self.accuracy, "fidelity": self.fidelity,
-                "bench": bench}
+                "decision": self.decision, "bench": bench}
 
 
 def _thinned(run: dict) -> dict:
@@ -59,6 +61,7 @@ class Step:
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     paired: dict = field(default_factory=dict)  # runtime -> PairedResult: A the previous state, B this one
+    warnings: list[str] = field(default_factory=list)  # the pass's (random inputs, ...)
 
     def speedup(self, runtime: str) -> float | None:
         """The paired p50 speedup of this state over the previous one on `runtime` (estimate)."""
@@ -67,7 +70,7 @@ class Step:
 
     def to_dict(self) -> dict:
         return {"step": self.name, "config": self.config, "attempts": self.attempts, "details": self.details,
-                "notes": self.notes, "before": self.before.name, "after": self.after.name,
+                "notes": self.notes, "warnings": self.warnings, "before": self.before.name, "after": self.after.name,
                 "speedup": {rt: dict(p.speedup(), p90=p.speedup("p90")) for rt, p in self.paired.items()},
                 "size_ratio": _size(self.after) / _size(self.before)
                 if _size(self.after) and _size(self.before) else None}
@@ -90,6 +93,8 @@ class CompressResult:
     eval_source: str | None = None  # --eval
     same_runtime: Any = None  # PairedResult: A the original, B the final model, on the final runtime
     bar: str | None = None  # the quality bar in force, in words (effkit.judge.QualityBar.describe)
+    general_warnings: list[str] = field(default_factory=list)  # the command's (outputs not finite, ...)
+    judged: dict = field(default_factory=dict)  # "decisions" / "verdict" -> source, samples, labelled
 
     @property
     def original(self) -> State:
@@ -164,13 +169,24 @@ class CompressResult:
                 for name, (kind, total, _) in before.items() if total]
 
     def warnings(self) -> list[str]:
-        """Every measurement warning of every state and runtime (noisy timing, a busy machine), once each."""
-        return sorted({f"{r['state']} {r['runtime']}: {w}" for r in self.rows() for w in r["warnings"]})
+        """Every warning, once each: the command's, each step's, then the measurements' (noisy timing, a busy
+        machine) of every state and runtime and of the side-by-side timings."""
+        steps = [f"{step.name}: {w}" for step in self.steps for w in step.warnings]
+        where: dict[str, list[str]] = {}  # one line per warning, naming every timing it applies to
+        for row in self.rows():
+            for w in row["warnings"]:
+                where.setdefault(w, []).append(f"{row['state']} on {row['runtime']}")
+        timed = [f"{w} ({', '.join(places)})" for w, places in where.items()]
+        paired = [p for step in self.steps for p in step.paired.values()]
+        paired += [p for state in self.states for p in state.vs_reference.values()]
+        paired += [self.same_runtime] if self.same_runtime is not None else []
+        timed += [f"side-by-side timings: {w}" for w in load_warnings(paired)]
+        return list(dict.fromkeys(self.general_warnings + steps + timed))
 
     def to_dict(self) -> dict:
         threads = self.original.bench.runs[0]["threads"] if self.original.bench else None
         return {"schema": SCHEMA, "source": self.source, "status": self.status, "message": self.message, "hint": self.hint,
-                "bar": self.bar, "warnings": self.warnings(),
+                "bar": self.bar, "judged": self.judged, "warnings": self.warnings(),
                 "steps_run": [s.name for s in self.steps], "recipe": self.recipe.to_dict(),
                 "overall": self.overall(), "summary": self.rows(), "notes": self.notes, "layers": self.layers(),
                 "steps": [s.to_dict() for s in self.steps], "states": [s.to_dict() for s in self.states],

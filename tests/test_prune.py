@@ -137,13 +137,38 @@ def test_target_macs_stops_at_the_first_ratio_that_reaches_it():
 
 
 def test_target_latency_stops_at_its_target():
-    result = prune(load_model(pattern("wide_mlp")), PruneConfig(target_latency=0.9), threads=1)
+    """A latency target is met when the whole 95% interval of the paired ratio (pruned / original) is at or
+    below it; steps before it were not shown to meet it."""
+    result = prune(load_model(pattern("wide_mlp")), PruneConfig(target_latency=0.9), threads=1, min_time=0.2)
     target = result.details["target"]
     assert target["reached"] and target["runtime"] == "onnxruntime"
-    assert target["steps"][-1]["factor"] <= 0.9
-    assert all(s["factor"] > 0.9 for s in target["steps"][:-1])
-    assert result.details["ratio"] == target["steps"][-1]["ratio"] < 0.9
+    last = target["steps"][-1]
+    assert last["verdict"] == "met" and last["factor"] <= last["ci95"][1] <= 0.9
+    assert all(s["verdict"] != "met" for s in target["steps"][:-1])
+    assert result.details["ratio"] == last["ratio"] < 0.9
     assert f"reached at pruning ratio {target['ratio']:.2f}" in result.notes[0]
+
+
+def test_an_inconclusive_latency_step_is_not_claimed_and_says_so(monkeypatch):
+    """The interval straddles the target: pruning goes on, and the note says the timing could not tell."""
+    from types import SimpleNamespace
+
+    import effkit.passes.prune_target as target_mod
+
+    intervals = iter([(0.95, [0.85, 1.05]), (0.7, [0.6, 0.8])])  # ratio 0.05: straddles 0.9; 0.10: below
+
+    def fake_paired(a, b, inputs, **kw):
+        ratio, ci = next(intervals)
+        return SimpleNamespace(stats={"p50": {"a_ms": 1.0, "b_ms": ratio, "ratio": ratio, "ci": ci}}, reasons=[])
+
+    monkeypatch.setattr(target_mod, "measure_paired", fake_paired)
+    result = prune(load_model(spec("mlp")), PruneConfig(target_latency=0.9, runtime="torch"))
+    steps = result.details["target"]["steps"]
+    assert [s["verdict"] for s in steps] == ["inconclusive", "met"]
+    assert result.details["ratio"] == steps[-1]["ratio"]
+    assert result.notes[0].startswith("latency on torch target 0.9x reached at pruning ratio 0.10 (0.70x of the "
+                                      "original, 95% interval [0.60, 0.80])")
+    assert result.notes[1].startswith("at pruning ratio 0.05 the timing could not tell whether the 0.9x target was met")
 
 
 def test_digits_accuracy_recovers_within_one_point():

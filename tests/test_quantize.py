@@ -185,6 +185,37 @@ def test_tolerance_loop_keeps_the_sensitive_layer_in_float(backend):
     assert any("kept 1 sensitive layer" in n for n in result.notes)
 
 
+def test_the_tolerance_loop_sets_aside_a_candidate_its_paired_timing_calls_slower(monkeypatch):
+    """With layers kept in float a candidate can end slower than the float model. That is decided on the
+    paired timing's interval: "slower" sets it aside for the next candidate; "inconclusive" is no reason to."""
+    from types import SimpleNamespace
+
+    import effkit.passes.quantize_tolerance as loop
+    from effkit.passes.quantize import quantize
+
+    verdicts, timed = ["slower", "inconclusive"], []
+
+    def fake_paired(ctx, a, runtime_a, b, runtime_b):
+        verdict = verdicts[len(timed)]
+        timed.append(runtime_b)
+        estimate, ci = (0.8, [0.75, 0.85]) if verdict == "slower" else (1.0, [0.8, 1.2])
+        return SimpleNamespace(speedup=lambda stat="p50": {
+            "estimate": estimate, "ci95": ci, "verdict": verdict, "reasons": [], "pairs": 10, "attempts": 10,
+            "discarded": {}, "before_ms": 1.0, "after_ms": 1 / estimate})
+
+    monkeypatch.setattr(loop, "paired_timing", fake_paired)
+    model = _load("one_sensitive")
+    result = quantize(model, **FAST_Q, config=_config(method="dynamic", backend="auto", per_channel=True,
+                                                      tolerance=("cosine>=0.999",)))
+    assert len(timed) == 2 and timed[0] != timed[1]  # the first candidate timed slower, the second was tried
+    first = "torch" if timed[0] == "torch" else "onnxruntime"
+    assert result.details["backend"] != first and result.details["kept_in_float"] == ["fc2"]
+    assert result.details["against_float"]["verdict"] == "inconclusive"
+    assert not result.details["slower_than_original"]  # inconclusive claims neither faster nor slower
+    assert any(n.endswith("1.25x slower [1.18, 1.33] than the float model, so the next candidate was tried")
+               for n in result.notes), result.notes
+
+
 def test_tolerance_that_cannot_pass_exits_1_and_writes_nothing(cli):
     code, out, err = cli("quantize", qspec("one_sensitive"), "-o", "q.onnx", "--method", "dynamic",
                          "--tolerance", "sqnr>=300", *OPTS)
@@ -223,7 +254,7 @@ def test_cli_random_calibration_warns(cli):
                          "--json", "-", *OPTS)
     assert code == 0, err
     report = json.loads(out)
-    assert any("calibrated on random inputs" in n for n in report["notes"])
+    assert any("calibrated on random inputs" in w for w in report["warnings"])
     assert report["details"]["calibration"]["source"] == "random"
 
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import FAST, spec
+from conftest import FAST, MODELS, NO_BAR, spec
 from effkit.judge import quality_bar
 
 
@@ -148,6 +148,95 @@ def test_a_tolerance_is_judged_on_the_figures_reported(cli, tmp_path):
     assert report["fidelity"]["cosine_min"] >= 0.9
 
 
+def _rows(data) -> set[tuple]:
+    return {tuple(r) for r in np.asarray(data.inputs[0])}
+
+
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_compress_fits_decides_and_judges_on_disjoint_data(with_eval):
+    """Passes fit on one part of --data, back-off is decided on a part held out of it, and the verdict is
+    made on --eval, all of it (without --eval, on another held-out part): no decision on the verdict's data."""
+    from effkit.data import Data
+    from effkit.judge import pipeline_splits
+
+    x = np.arange(200, dtype=np.float32).reshape(100, 2)
+    data = Data((x,), np.arange(100) % 3, "train.npz")
+    evaluation = Data((x[:30] + 1000,), np.zeros(30, np.int64), "eval.npz") if with_eval else None
+    splits = pipeline_splits(data, evaluation, needs_labels=with_eval)
+    fit, decide, verdict = _rows(splits.fit), _rows(splits.decide), _rows(splits.verdict)
+    assert not fit & decide and not fit & verdict and not decide & verdict
+    assert len(fit | decide | (set() if with_eval else verdict)) == 100  # nothing of --data is left unused
+    assert splits.note is None
+    if with_eval:
+        assert splits.verdict is evaluation and len(decide) == 25
+        assert splits.decide.source == "held-out part of train.npz"
+    else:
+        assert (splits.decide.source, splits.verdict.source) == ("held-out part of train.npz (back-off)",
+                                                                 "held-out part of train.npz (verdict)")
+
+
+def test_without_data_to_hold_out_the_note_says_what_back_off_was_decided_on():
+    from effkit.data import Data
+    from effkit.judge import pipeline_splits
+
+    x = np.zeros((40, 2), np.float32)
+    evaluation = Data((x,), np.zeros(40, np.int64), "eval.npz")
+    no_data = pipeline_splits(None, evaluation, needs_labels=True)
+    assert no_data.decide is no_data.verdict is evaluation and no_data.fit is None
+    assert no_data.note == ("back-off was decided on eval.npz, the data the verdict is made on, because there is no "
+                            "--data: pass labelled --data to decide on data held out from it")
+    unlabelled = pipeline_splits(Data((x,), None, "train.npz"), evaluation, needs_labels=True)
+    assert unlabelled.decide is evaluation and len(unlabelled.fit) == 40
+    assert "because --data has no labels for the accuracy bar" in unlabelled.note
+    fresh = pipeline_splits(None, None, needs_labels=False)
+    assert (fresh.decide, fresh.verdict) == (None, None)
+    assert fresh.note.startswith("back-off was decided on fresh random inputs, other ones than the verdict's")
+
+
+def test_compress_records_what_it_decided_on_and_what_it_judged_on(cli, tmp_path):
+    """Calibration gets the fitting part of --data only; quantize's choice and back-off are made on the
+    held-out part; the verdict and every figure reported on all of --eval; the JSON says so, with n."""
+    from effkit.export import make_runner
+    from effkit.load import load_model
+
+    x = np.random.default_rng(2).standard_normal((64, 16)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", x=x, labels=make_runner(load_model(spec("mlp")), "torch").run((x,))[0].argmax(1))
+    _labelled_eval(tmp_path / "eval.npz")
+    # allow-slower: a tiny model's int8 may time slower, and a declined step would leave nothing to look at
+    (tmp_path / "r.toml").write_text('[quantize]\nmethod = "static"\nallow-slower = true\n')
+    code, stdout, stderr = cli("compress", spec("mlp"), "--recipe", "r.toml", "--data", "train.npz", "--eval",
+                               "eval.npz", "--max-accuracy-drop", "50pt", "-o", "out", *FAST, "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["judged"] == {"decisions": {"source": "held-out part of train.npz", "samples": 16, "labelled": True},
+                                "verdict": {"source": "eval.npz", "samples": 256, "labelled": True}}
+    quantize = next(s for s in report["steps"] if s["step"] == "quantize")
+    assert quantize["details"]["calibration"]["samples"] == 48  # 64 less the 16 held out
+    assert quantize["details"]["judged_on"]["source"] == "held-out part of train.npz"
+    assert report["notes"][0] == ("the verdict and every figure reported: eval.npz, all 256 samples; back-off "
+                                  "decisions: held-out part of train.npz, 16 samples")
+    assert report["notes"][0] in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_distill_reports_on_eval_and_chooses_the_epoch_on_validation(cli, tmp_path):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "train.npz", x=rng.standard_normal((40, 16)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((24, 16)).astype(np.float32))
+    code, stdout, stderr = cli("distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz",
+                               "--eval", "eval.npz", "--epochs", "1", "--val-split", "0.25", "-o", "s.pt2",
+                               *NO_BAR, *FAST, "--json", "-")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["details"]["val_samples"] == 10 and report["details"]["best_epoch"] == 1
+    assert report["details"]["judged_on"] == {"source": "eval.npz", "samples": 24, "chose_the_epoch": False}
+    assert (report["fidelity"]["inputs"], report["fidelity"]["rows"]) == ("eval.npz", 24)
+    code, stdout, _ = cli("distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz", "--epochs",
+                          "1", "--val-split", "0.25", "-o", "t.pt2", *NO_BAR, *FAST, "--json", "-")
+    report = json.loads(stdout)
+    assert report["details"]["judged_on"]["chose_the_epoch"] is True
+    assert any(n.startswith("these samples also chose the best epoch") for n in report["notes"])
+
+
 # ---------------------------------------------------------------- gates that do not contradict themselves
 
 def _gate_doc(median_ms: float, busy: bool) -> dict:
@@ -275,3 +364,69 @@ def test_the_stable_rule_prefers_fewer_float_layers_then_smaller_then_the_origin
                      candidate("ort", 200, [], "onnxruntime"), candidate("torch", 200, [], "torch")],
                     key=lambda c: q.stable_rank(c, torch_model))
     assert [c.label for c in ranked] == ["torch", "ort", "big", "floaty"]
+
+
+# ---------------------------------------------------------------- warnings everywhere
+
+NAN_MODEL = f"{MODELS.parent / 'hostile' / 'hostile_models.py'}:nan_outputs"
+
+
+def _busy_machine(monkeypatch):
+    """Every load measurement says another process kept one core busy: the busy-machine warnings of bench
+    runs and of side-by-side timings come out as they would on a loaded CI machine."""
+    from effkit.env import CpuMonitor
+
+    def busy(self, *exc):
+        self.result = {"measured": True, "other_cpu_cores": 1.0, "cores": 2, "free_cores": 1.0,
+                       "threads": self.threads, "busy": True, "oversubscribed": False}
+
+    monkeypatch.setattr(CpuMonitor, "__exit__", busy)
+
+
+# command, its arguments, what the provoked warning says, whether it writes Markdown
+_WARNED = {
+    "bench": (["bench", spec("mlp"), *FAST], "busy machine", True),
+    "bench a NaN model": (["bench", NAN_MODEL, *FAST], "NaN/Inf values; any step that compares", True),
+    "compare": (["compare", spec("mlp"), spec("mlp"), "--pairs", "2", "--iterations", "3", "--warmup", "1"],
+                "other processes used 1.00 cores", True),
+    "quantize": (["quantize", spec("cnn"), "-o", "q.onnx", "--backend", "onnxruntime", "--method", "dynamic",
+                  "--tolerance", "none", "--allow-slower", *FAST], "not representative of images", True),
+    "prune": (["prune", spec("mlp"), "-o", "p.pt2", "--ratio", "0.3", "--runtime", "torch", *NO_BAR, *FAST],
+              "other processes used 1.00 cores", True),
+    "distill": (["distill", spec("mlp"), "--student-from-prune", "0.5", "--data", "train.npz", "--epochs", "1",
+                 "--val-split", "0.25", "-o", "s.pt2", *NO_BAR, *FAST], "other processes used 1.00 cores", True),
+    "compress": (["compress", spec("mlp"), "--prune", "0.3", "--tolerance", "none", "-o", "out", *FAST],
+                 "busy machine", False),
+    "gate": (["gate", "bench.json", "--fail-on", "latency.p50:<=10s"], "measured on a busy machine", True),
+    "inspect": (["inspect", NAN_MODEL], "NaN/Inf values; any step that compares", False),
+}
+
+
+@pytest.mark.parametrize("case", list(_WARNED))
+def test_every_warning_reaches_the_terminal_json_markdown_and_html(cli, tmp_path, monkeypatch, case):
+    """The issue's case: report.md listed 8 measurement warnings while the terminal and report.html showed
+    none. Now every command's warnings, of whatever kind, are the same text in all four outputs."""
+    from html import escape
+
+    args, provoked, has_markdown = _WARNED[case]
+    _busy_machine(monkeypatch)
+    np.savez(tmp_path / "train.npz", x=np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    if case == "gate":
+        code, _, stderr = cli("bench", spec("mlp"), *FAST, "--json", "bench.json")
+        assert code == 0, stderr
+    outputs = ["--json", "r.json", "--html", "r.html"] + (["--markdown", "r.md"] if has_markdown else [])
+    code, stdout, stderr = cli(*args, *outputs)
+    assert code == 0, stderr
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert any(provoked in w for w in warnings), warnings
+    terminal = stdout + stderr
+    markdown = (tmp_path / ("r.md" if has_markdown else "out/report.md")).read_text() \
+        if has_markdown or case == "compress" else None
+    html = (tmp_path / "r.html").read_text()
+    for w in warnings:
+        assert f"warning: {w}\n" in terminal, (w, terminal)
+        assert terminal.count(f"warning: {w}\n") == 1, w  # once: as it arose, or after the table
+        assert markdown is None or f"- warning: {w}\n" in markdown, (w, markdown)
+        assert f"<li>{escape(w)}</li>" in html, w
+    if case == "compress":  # OUTDIR's reports say what --json and --html say
+        assert json.loads((tmp_path / "out" / "report.json").read_text())["warnings"] == warnings

@@ -10,7 +10,7 @@ import typer
 from effkit.benchmark import DEFAULT_WARMUP, bench
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
-                               progress_bar, resolve_threads, warning_text, write_outputs)
+                               print_warnings, progress_bar, resolve_threads, warned, write_outputs)
 from effkit.errors import UsageError
 from effkit.generation import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_generation
 from effkit.generation import DEFAULT_WARMUP as GENERATION_WARMUP
@@ -87,10 +87,10 @@ latency per token, with time to first token and tokens/s beside it.
     with progress_bar() as progress:
         result = bench(loaded, runtimes=runtimes, batch_sizes=batch_size, threads=threads, warmup=warmup,
                        iterations=iterations, min_time=min_time, progress=progress)
+    result.general_warnings = warned()
     console = console_for(json)
     console.print(bench_table(result))
-    for warning in result.warnings:
-        console.print(warning_text(warning))
+    print_warnings(console, result.warnings)
     write_outputs(json, result.to_json, markdown, lambda: bench_markdown(result), force, html_path=html)
 
 
@@ -126,8 +126,8 @@ def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, pro
                                   batch_sizes=batch_sizes, threads=threads,
                                   warmup=GENERATION_WARMUP if warmup is None else warmup, iterations=iterations,
                                   min_time=min_time, progress=progress)
+    result.general_warnings = warned()
     console = console_for(json)
     console.print(generation_table(result))
-    for warning in result.warnings:
-        console.print(warning_text(warning))
+    print_warnings(console, result.warnings)
     write_outputs(json, result.to_json, markdown, lambda: generation_markdown(result), force, html_path=html)

@@ -100,7 +100,8 @@ app = typer.Typer(
 out = Console(markup=False)
 err = Console(stderr=True, markup=False)
 DEBUG = {"on": bool(os.environ.get("EFFKIT_DEBUG"))}
-_RUNNING: dict = {"params": {}}  # the running command's arguments, so outputs can be checked against them
+# the running command's arguments (so outputs can be checked against them) and the warnings it printed
+_RUNNING: dict = {"params": {}, "warnings": []}
 
 MODEL_HELP = ("Model: a .pt/.pth or .safetensors state_dict (with --arch), .pt2, TorchScript, .onnx, a "
               "Hugging Face folder (hf:PATH), or a factory path/to/file.py:function or package.module:function. "
@@ -167,7 +168,7 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     try:  # timings of a model that computes NaN still stand; its numbers do not
         check_finite(outputs, "the model on its example inputs")
     except StepFailed as e:
-        err.print(warning_text(f"{e.message}; any step that compares its outputs will fail"), soft_wrap=True)
+        warn(f"{e.message}; any step that compares its outputs will fail")
     return loaded
 
 
@@ -182,6 +183,26 @@ def resolve_threads(threads: int | None, console: Console | None = None) -> int:
 def warning_text(text: str) -> Text:
     """`warning: TEXT` with the label in yellow; TEXT is printed as it is, never read as markup."""
     return Text.assemble(("warning:", "yellow"), " ", text)
+
+
+def warn(text: str, console: Console | None = None) -> None:
+    """Print `warning: TEXT` on `console` (default: stderr), once per command, and keep it: `warned()` hands
+    the command's warnings to its result, so that its JSON, Markdown and HTML carry them too."""
+    if text in _RUNNING["warnings"]:
+        return
+    _RUNNING["warnings"].append(text)
+    (console or err).print(warning_text(text), soft_wrap=True)
+
+
+def print_warnings(console: Console, warnings: list[str]) -> None:
+    """A result's warnings after its table: those not printed yet as they arose (`warn`)."""
+    for text in warnings:
+        warn(text, console)
+
+
+def warned() -> list[str]:
+    """Every warning this command printed so far, in order."""
+    return list(_RUNNING["warnings"])
 
 
 def write_outputs(json_path: str | None, json_text: Callable[[], str], markdown_path: Path | None,
@@ -219,15 +240,20 @@ def show_step(apply: Callable[[Callable[[str, float], None] | None], Any], rende
     then show its Outcome: the tables (`render`), the files written, the reports. A refused step is shown
     all the same: its tables and, when it missed the quality bar, the reports that say why (marked
     failed); then its error ends the command with exit 1 and nothing else written."""
+    def show(outcome) -> None:  # the command's own warnings join the step's, in every report
+        outcome.general_warnings = list(dict.fromkeys(warned() + outcome.general_warnings))
+        render(outcome)
+        print_warnings(console_for(json), outcome.warnings())
+
     try:
         with progress_bar() as progress:
             outcome = apply(progress)
     except StepRefused as e:
-        render(e.outcome)
+        show(e.outcome)
         if e.outcome.status == "failed":  # a slower result's record says "ok": no report of it is written
             write_outputs(json, e.outcome.to_json, markdown, lambda: markdown_text(e.outcome), force, html_path=html)
         raise
-    render(outcome)
+    show(outcome)
     console_for(json).print(f"wrote {', '.join(outcome.outputs)}")
     write_outputs(json, outcome.to_json, markdown, lambda: markdown_text(outcome), force, html_path=html)
     return outcome
@@ -300,7 +326,7 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        _RUNNING["params"] = kwargs
+        _RUNNING["params"], _RUNNING["warnings"] = kwargs, []
         if DEBUG["on"]:
             set_onnxruntime_logging(True)
         try:
@@ -326,7 +352,7 @@ def handle_errors(func: Callable, name: str | None = None) -> Callable:
             first = first_line(e) if str(e).strip() else ""
             _fail(f"unexpected {type(e).__name__}{': ' + first if first else ''} (run with --debug for the traceback)", 2)
         finally:
-            _RUNNING["params"] = {}
+            _RUNNING["params"], _RUNNING["warnings"] = {}, []
 
     return wrapper
 

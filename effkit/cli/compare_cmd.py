@@ -9,7 +9,8 @@ import typer
 
 from effkit.cli.common import (ArchOpt, ForceOpt, HtmlOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, ThreadsOpt,
                                TimeoutOpt, TrustOpt, load, resolve_threads,
-                               WarmupOpt, check_outputs_free, command, console_for, progress_bar, warning_text)
+                               WarmupOpt, check_outputs_free, command, console_for, print_warnings, progress_bar,
+                               warned)
 from effkit.cli.gate_cmd import JunitOpt, StrictOpt, report_gates
 from effkit.comparison import DEFAULT_BLOCK_TIME, DEFAULT_PAIRS, DEFAULT_THRESHOLD, compare
 from effkit.errors import UsageError
@@ -89,12 +90,12 @@ def compare_command(
                          rerun_inconclusive=rerun_inconclusive,
                          conclusive=lambda r: r.verdict != "inconclusive" and not gate(r, gates).inconclusive,
                          seed=seed, progress=progress)
+    result.warnings = list(dict.fromkeys(warned() + result.warnings))  # the command's own, then the timing's
     console = console_for(json)
     console.print(compare_table(result))
-    for w in result.warnings:
-        console.print(warning_text(w), soft_wrap=True)
+    print_warnings(console, result.warnings)
     report = gate(result, gates, strict=strict)
-    report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # printed above
+    report.warnings = [w for w in report.warnings if not w.startswith("this run: ")]  # the comparison's, above
 
     def json_text() -> str:
         import json as jsonlib

@@ -11,7 +11,7 @@ from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxL
                                      ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for,
-                               err, load, progress_bar, write_outputs)
+                               err, load, print_warnings, progress_bar, warned, write_outputs)
 from effkit.data import load_data
 from effkit.errors import UsageError
 from effkit.onnx_files import save_onnx_file
@@ -128,14 +128,17 @@ def compress_command(
         with progress_bar() as progress:  # closed (and cleared) before anything else is printed
             result = compress(loaded, the_recipe, output, data=train, eval_data=evaluation, force=force,
                               progress=progress, log=lambda message: err.print(message, markup=False,
-                                                                               highlight=False))
+                                                                               highlight=False),
+                              warnings=warned())
     except CompressFailed as failed:  # the table and where the reports are; the reason is the Error: line
         console.print(compress_table(failed.result))
+        print_warnings(console, failed.result.warnings())
         console.print(f"wrote {output}: {', '.join(Path(p).name for p in failed.result.outputs)} "
                       "(the reports of the failed run, no model)", markup=False, highlight=False, soft_wrap=True)
         write_outputs(json, failed.result.to_json, None, str, force, html_path=html)
         raise
     console.print(compress_table(result))
+    print_warnings(console, result.warnings())
     if export_onnx is not None:
         save_onnx_file(output / "model.onnx", export_onnx, force)
         result.outputs.append(str(export_onnx))

@@ -125,10 +125,15 @@ def distill_command(
                                      "channels (e.g. 0.5), then distill: the prune-then-distill recipe.")] = None,
     student_arch: Annotated[Optional[str], typer.Option("--student-arch", help="Factory that builds the student's "
                                                         "architecture for a state_dict student.")] = None,
-    val_data: Annotated[Optional[str], typer.Option("--val-data", help=f"Validation data: {DATA_HELP}.")] = None,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help=f"Validation data, which chooses the best "
+                                                    f"epoch: {DATA_HELP}.")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval", help="Data the result is judged on and reported on (accuracy with labels, fidelity to the "
+                       "teacher), never trained on nor used to choose the epoch (default: the validation data).")]
+    = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
-        "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP + " on labelled validation data",
-                                                     DEFAULT_FIDELITY_BAR)[0])] = None,
+        "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP + " on labelled --eval (else "
+                                                     "validation) data", DEFAULT_FIDELITY_BAR)[0])] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
         "--tolerance", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP, DEFAULT_FIDELITY_BAR)[1])] = None,
     val_split: Annotated[float, typer.Option("--val-split", help="Fraction of --data held out for validation when "
@@ -209,12 +214,15 @@ def distill_command(
                          "pass --resume to continue it, or --force to start over")
 
     data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
-    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(val_data, data),
+    teacher_model = load(teacher, arch, trust, input_shape, inputs, data=(eval_data, val_data, data),
                          console=console_for(json), reading=data_reading)
     check_outputs_free([output], force, inputs=(teacher_model.path,))
     runtimes = parse_runtimes(runtime or ("torch" if teacher_model.kind == "torch" else "onnxruntime"),
                               teacher_model.kind)
     train, val = _load_data(data, val_data, val_split, seed, teacher_model, data_reading)
+    evaluation = load_data(eval_data, model=teacher_model, reading=data_reading) if eval_data else None
+    if evaluation is not None:
+        evaluation.check_against(teacher_model)
     if prune_ratio is None:
         student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
     else:
@@ -228,10 +236,11 @@ def distill_command(
         result.details["prune"] = pruned.details
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
-        bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=val is not None and val.labels is not None)
+        judged = evaluation if evaluation is not None else val
+        bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=judged is not None and judged.labels is not None)
         measure_threads = resolve_threads(threads, console_for(json))
-        _report(teacher_model, result, val, bar, output, ckpt, runtimes, measure_threads, warmup, iterations,
-                min_time, json, markdown, html, export_onnx, force)
+        _report(teacher_model, result, judged, bar, output, ckpt, runtimes, measure_threads, warmup, iterations,
+                min_time, json, markdown, html, export_onnx, force, chose_epoch=judged is val)
 
 
 def _load_data(data: str, val_data: str | None, val_split: float, seed: int, teacher, data_reading):
@@ -250,16 +259,21 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
                        resume=resume, threads=threads)
 
 
-def _report(teacher, result, val, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
-            markdown, html, export_onnx, force) -> None:
+def _report(teacher, result, judged, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
+            markdown, html, export_onnx, force, chose_epoch: bool) -> None:
+    """Measure the student against the teacher, judged on `judged` (--eval, else the validation data, which
+    also chose the best epoch: `chose_epoch`), hold it to the bar, print and write."""
+    result.details["judged_on"] = None if judged is None else {"source": judged.source, "samples": len(judged),
+                                                                "chose_the_epoch": chose_epoch}
     console = console_for(json)
 
     def step(progress):  # trained already: on every torchrun process, under its own progress display
         return apply_step("distill", teacher, lambda: result, bar=bar, output=output, runtimes=runtimes,
-                          threads=threads, warmup=warmup, iterations=iterations, min_time=min_time, eval_data=val,
+                          threads=threads, warmup=warmup, iterations=iterations, min_time=min_time, eval_data=judged,
                           export_onnx=export_onnx, force=force, what="the distilled student",
                           hint="train longer (--epochs), use a larger student, or loosen --max-accuracy-drop / "
-                               "--tolerance", notes=lambda outcome: validation_notes(val, outcome.fidelity),
+                               "--tolerance",
+                          notes=lambda outcome: validation_notes(judged, outcome.fidelity, chose_epoch),
                           progress=progress)
 
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
-                               check_outputs_free, command, console_for, load, write_outputs)
+                               check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.errors import UsageError
 from effkit.export import DEFAULT_OPSET, ExportConfig, export_onnx
 
@@ -48,5 +48,6 @@ def export_command(
     if "fallback_reason" in report:
         console_for(json).print(f"note: the {report['exporter']} exporter was used because "
                                 f"{report['fallback_reason']}", markup=False, highlight=False, soft_wrap=True)
-    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.export/1", "output": str(output), **report}, indent=2),
+    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.export/1", "output": str(output), **report,
+                                               "warnings": warned()}, indent=2),
                   None, str, force, html_path=html)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
-                               check_outputs_free, command, console_for, load, write_outputs)
+                               check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.report.text import inspect_tables
 from effkit.structure import describe
 
@@ -30,5 +30,5 @@ def inspect_command(
     console = console_for(json)
     for table in inspect_tables(info):
         console.print(table)
-    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.inspect/1", **info}, indent=2), None, str,
-                  force, html_path=html)
+    write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.inspect/1", **info, "warnings": warned()}, indent=2),
+                  None, str, force, html_path=html)

@@ -14,7 +14,7 @@ from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxL
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
-                               show_step, warning_text)
+                               show_step)
 from effkit.data import load_data
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
@@ -40,7 +40,9 @@ def prune_command(
         "--prune-heads", help="Remove whole attention heads (the --ratio of them) instead of narrowing every head; "
                               "nn.MultiheadAttention keeps its heads.")] = False,
     target_latency: Annotated[Optional[str], typer.Option(
-        "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x.")] = None,
+        "--target-latency", help="Prune in steps until latency is this factor of the original, e.g. 0.5x: timed "
+                                 "side by side with the original (--min-time/2 seconds each per step), met when the "
+                                 "95% interval of the ratio is at or below it.")] = None,
     target_macs: Annotated[Optional[str], typer.Option(
         "--target-macs", help="Prune in steps until MACs are this factor of the original, e.g. 0.5x.")] = None,
     target_runtime: Annotated[str, typer.Option(
@@ -138,16 +140,11 @@ def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, 
 
     def step(progress):
         run = lambda: prune(loaded, config, data=train, eval_data=evaluation, progress=progress,  # noqa: E731
-                            threads=threads)
+                            threads=threads, min_time=min_time / 2, iterations=iterations)
         return apply_step("prune", original, run, bar=bar, output=output, runtimes=runtimes, threads=threads,
                           warmup=warmup, iterations=iterations, min_time=min_time, eval_data=evaluation,
                           export_onnx=export_onnx, force=force, what="the pruned model",
                           hint="prune less (a smaller --ratio), recover with --finetune-epochs N --data FILE, or "
                                "loosen --max-accuracy-drop / --tolerance", progress=progress)
 
-    def render(outcome) -> None:
-        console.print(outcome_table(outcome))
-        for warning in outcome.before.warnings + outcome.after.warnings:
-            console.print(warning_text(warning))
-
-    show_step(step, render, json, markdown, outcome_markdown, force, html)
+    show_step(step, lambda outcome: console.print(outcome_table(outcome)), json, markdown, outcome_markdown, force, html)

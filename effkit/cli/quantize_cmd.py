@@ -10,8 +10,7 @@ import typer
 from effkit.apply import apply_step
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
-                               check_outputs_free, command, console_for, err, load, resolve_threads, show_step,
-                               warning_text)
+                               check_outputs_free, command, console_for, load, resolve_threads, show_step, warn)
 from effkit.data import load_data, load_text_stream
 from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
                                      ResizeOpt, StdOpt, TextFieldOpt, reading)
@@ -140,7 +139,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
 
     outlook = int8_outlook(cpu_info()["isa"])
     if outlook:
-        err.print(warning_text(outlook))
+        warn(outlook)
     calib_data = None if calib in (None, "random") else load_data(calib, model=loaded, limit=calib_samples,
                                                                   reading=data_reading)
     labelled = None if eval_data is None else load_data(eval_data, model=loaded, reading=data_reading)
@@ -152,7 +151,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     judged = judging_split(calib_data, labelled)[1]
     unrepresentative = random_inputs_warning(loaded, calib_data, labelled if labelled is not None else text)
     if unrepresentative and not (config.method in CALIBRATED and calib is None):  # else refused: no data at all
-        err.print(warning_text(unrepresentative))
+        warn(unrepresentative)
 
     def target(chosen) -> Path:  # OUT, or OUT with the chosen backend's suffix, checked before the measurement
         if suffix:

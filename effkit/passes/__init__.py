@@ -18,7 +18,8 @@ from typing import Any
 
 @dataclass
 class PassResult:
-    """What a pass produced: the new Model, JSON-ready details, and plain-language notes.
+    """What a pass produced: the new Model, JSON-ready details, plain-language notes, and warnings (what
+    makes its verdict less trustworthy: random inputs, a CPU without fast int8 kernels, ...).
 
     `kept` is False when the pass declines its own result (quantize: the int8 model is slower than
     its input and slower models were not allowed); `model` is then the input, unchanged.
@@ -28,6 +29,7 @@ class PassResult:
     details: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     kept: bool = True
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

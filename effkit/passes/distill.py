@@ -265,15 +265,20 @@ def run(student, config: DistillConfig, ctx: PassContext) -> PassResult:
     return distill(ctx.teacher, student, config, data=ctx.data, progress=ctx.progress, threads=ctx.threads)
 
 
-def validation_notes(val_data, fidelity: dict | None) -> list[str]:
-    """What the before/after record of a distilled student says about its validation data: how many
-    samples it was judged on, and how often the student agrees with the teacher there (classifiers)."""
-    if val_data is None:
+def validation_notes(judged, fidelity: dict | None, chose_epoch: bool) -> list[str]:
+    """What the before/after record of a distilled student says about the data it was judged on (--eval,
+    else the validation data, which also chose the best epoch: `chose_epoch`): how many samples, and how
+    often the student agrees with the teacher there (classifiers)."""
+    if judged is None:
         return []
     agreement = (fidelity or {}).get("top1_agreement")
-    return [f"fidelity measured on the {len(val_data)} validation samples"
-            + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
-               if agreement is not None else "")]
+    notes = [f"fidelity measured on the {len(judged)} {'validation' if chose_epoch else '--eval'} samples"
+             + (f"; the student agrees with the teacher on {100 * agreement:.2f}% of them (top-1)"
+                if agreement is not None else "")]
+    if chose_epoch:
+        notes.append("these samples also chose the best epoch, so the figures lean optimistic; pass --eval DATA to "
+                     "judge on samples the run never used")
+    return notes
 
 
 def _default_threads() -> int:

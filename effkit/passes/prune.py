@@ -22,26 +22,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from effkit.benchmark import time_calls
 from effkit.errors import StepFailed, UsageError
-from effkit.export import make_runner
 from effkit.fidelity import accuracy
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill import DistillConfig, distill
-from effkit.passes.prune_graph import (attention_heads, count_macs_params, dependency_graph, head_counts, importance,
-                                       match_ignore, modules_named, set_head_counts, taylor_gradients,
-                                       output_layers, prunable_types, widths)
+from effkit.passes.prune_graph import (attention_heads, count_macs_params, dependency_graph, match_ignore,
+                                       modules_named, output_layers, prunable_types, widths)
+from effkit.passes.prune_target import DEFAULT_TARGET_TIME, prune_step, pruner, search_target
 from effkit.passes.prune_unstructured import prune_unstructured, unstructured_notes
 from effkit.runners import TorchRunner, flatten_outputs
 from effkit.specs import check_numbers
-from effkit.util import quiet_torch
 
 SCOPES = ("layer", "global")
 IMPORTANCES = ("l1", "l2", "taylor")
 RUNTIMES = ("torch", "onnxruntime")
-# The most a target search removes: past this, models are rarely worth keeping.
-MAX_SEARCH_RATIO = 0.9
-SEARCH_STEPS = 18  # ratio increments of MAX_SEARCH_RATIO / SEARCH_STEPS (0.05)
 
 
 @dataclass(frozen=True)
@@ -140,12 +134,14 @@ class PruneConfig:
 # ---------------------------------------------------------------- the pass
 
 def prune(model, config: PruneConfig, *, data=None, eval_data=None,
-          progress: Callable[[str, float], None] | None = None, threads: int | None = None) -> PassResult:
+          progress: Callable[[str, float], None] | None = None, threads: int | None = None,
+          min_time: float = DEFAULT_TARGET_TIME, iterations: int | None = None) -> PassResult:
     """Prune a torch Model as `config` says; return a new Model (saved as .pt2) with details and notes.
 
     `data` (labelled) is needed for taylor importance and for recovery fine-tuning; `eval_data`
-    (labelled) gives accuracy before pruning, right after and after recovery. The input model is
-    never modified.
+    (labelled) gives accuracy before pruning, right after and after recovery. A latency target is
+    timed side by side with the original, `min_time` seconds per model and step (or `iterations` calls
+    per block; `effkit.passes.prune_target`). The input model is never modified.
     """
     import torch
 
@@ -183,7 +179,8 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     else:
         macs_before, params_before = count_macs_params(module, example)
         widths_before, heads_before = widths(module), attention_heads(module)
-        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads)
+        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads,
+                          {"min_time": min_time, "iterations": iterations})
         macs_after, params_after = count_macs_params(module, example)
         details["macs"] = {"before": macs_before, "after": macs_after}
         details["parameters"] = {"before": params_before, "after": params_after}
@@ -216,7 +213,8 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
 
 def run(model, config: PruneConfig, ctx: PassContext) -> PassResult:
     """The pass interface: `prune` with the context's data, evaluation data and progress."""
-    return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, threads=ctx.threads)
+    return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, threads=ctx.threads,
+                 min_time=DEFAULT_TARGET_TIME if ctx.min_time is None else ctx.min_time, iterations=ctx.iterations)
 
 
 def setting(config: PruneConfig) -> str:
@@ -276,23 +274,8 @@ def _check_same_outputs(reference: list, pruned: list) -> None:
 
 # ---------------------------------------------------------------- structured
 
-def _pruner(module, example, config: PruneConfig, ignored: list[str], ratio: float, steps: int):
-    """A Torch-Pruning pruner. Every dict argument is passed fresh: tp 1.6.1 mutates its mutable defaults
-    (out_channel_groups, in_channel_groups), which would leak one model's layers into the next pruner."""
-    import torch_pruning as tp
-
-    with quiet_torch():
-        return tp.pruner.BasePruner(
-            module, list(example), importance=importance(config.importance), global_pruning=config.scope == "global",
-            pruning_ratio=ratio, iterative_steps=steps, ignored_layers=modules_named(module, ignored),
-            round_to=config.round_to, num_heads=head_counts(module), in_channel_groups={}, out_channel_groups={},
-            prune_num_heads=config.prune_heads, prune_head_dims=not config.prune_heads,
-            head_pruning_ratio=ratio if config.prune_heads else 0.0,
-        )
-
-
 def _prune_structured(model, module, example, graph, config: PruneConfig, ignored, data, details, notes,
-                      progress, threads) -> None:
+                      progress, threads, timing: dict) -> None:
     import torch_pruning as tp
 
     if not any(isinstance(m, prunable_types()) for m in module.modules()):
@@ -303,69 +286,14 @@ def _prune_structured(model, module, example, graph, config: PruneConfig, ignore
         raise UsageError("nothing to prune: every prunable layer is an output layer or ignored",
                          f"ignored: {', '.join(ignored) or 'none'}")
     if config.target_latency is None and config.target_macs is None:
-        pruner = _pruner(module, example, config, ignored, config.ratio, config.iterative_steps)
+        steps = pruner(module, example, config, ignored, config.ratio, config.iterative_steps)
         for step in range(config.iterative_steps):
-            _step(pruner, module, example, config, data)
+            prune_step(steps, module, config, data)
             if progress:
                 progress("pruning", (step + 1) / config.iterative_steps)
         details["ratio"] = config.ratio
         return
-    _search_target(model, module, example, config, ignored, data, details, notes, progress, threads)
-
-
-def _step(pruner, module, example, config: PruneConfig, data) -> None:
-    """One pruning step; taylor importance first needs gradients of a loss on the data."""
-    if config.importance == "taylor":
-        taylor_gradients(module, data, config.batch_size)
-    with quiet_torch():
-        pruner.step()
-    module.zero_grad(set_to_none=True)
-    if config.prune_heads:  # the modules' own head counts drive their reshapes: they follow the pruner's
-        set_head_counts(module, pruner.num_heads)
-
-
-def _search_target(model, module, example, config: PruneConfig, ignored, data, details, notes, progress,
-                   threads) -> None:
-    """Prune in steps of increasing ratio, measuring after each, until the MACs or latency target is met."""
-    target = config.target_latency if config.target_latency is not None else config.target_macs
-    kind = "latency" if config.target_latency is not None else "macs"
-    measure = (_latency_meter(model, config, threads) if kind == "latency"
-               else (lambda m: count_macs_params(m, example)[0]))
-    baseline = measure(module)
-    pruner = _pruner(module, example, config, ignored, MAX_SEARCH_RATIO, SEARCH_STEPS)
-    trail = []
-    for step in range(1, SEARCH_STEPS + 1):
-        _step(pruner, module, example, config, data)
-        value = measure(module)
-        ratio = round(pruner.per_step_pruning_ratio[step], 4)
-        trail.append({"ratio": ratio, kind: value, "factor": value / baseline})
-        if progress:
-            progress(f"pruning to {kind} {target}x", step / SEARCH_STEPS)
-        if value <= target * baseline:
-            break
-    reached = trail[-1]["factor"] <= target
-    details["target"] = {"kind": kind, "factor": target, "reached": reached, "ratio": trail[-1]["ratio"],
-                         "baseline": baseline, "steps": trail,
-                         **({"runtime": config.runtime} if kind == "latency" else {})}
-    details["ratio"] = trail[-1]["ratio"]
-    what = f"{kind} on {config.runtime}" if kind == "latency" else "MACs"
-    if reached:
-        notes.append(f"{what} target {target}x reached at pruning ratio {trail[-1]['ratio']:.2f} "
-                     f"({trail[-1]['factor']:.2f}x of the original)")
-    else:
-        notes.append(f"{what} target {target}x NOT reached: stopped at the maximum ratio {MAX_SEARCH_RATIO} "
-                     f"({trail[-1]['factor']:.2f}x of the original)")
-
-
-def _latency_meter(model, config: PruneConfig, threads: int | None):
-    """Median latency (ms) of a module on the config's runtime and `threads`, on the model's example inputs."""
-    def measure(module) -> float:
-        # a snapshot: the ONNX export cache is keyed by module, and this one keeps changing
-        snapshot = model.replace(module=copy.deepcopy(module).eval(), path=None, format="derived")
-        call = make_runner(snapshot, config.runtime, threads).bind(model.example_inputs)
-        return float(np.median(time_calls(call, warmup=5, min_time=0.3)))
-
-    return measure
+    search_target(model, module, example, config, ignored, data, details, notes, progress, threads, **timing)
 
 
 # ---------------------------------------------------------------- recovery

@@ -20,21 +20,19 @@ import numpy as np
 
 from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
-from effkit.errors import InputError, StepFailed, UsageError, first_line
+from effkit.errors import StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import FIDELITY_SAMPLES
-from effkit.judge import (Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning, score,
-                          tolerance_failures)
+from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning
 from effkit.passes import PassContext, PassResult
 from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_calib import calibration_batches
 from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for, ort_model
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
+from effkit.passes.quantize_tolerance import build, size_of, tolerance_loop
 from effkit.runners import native_runner
-from effkit.size import size_info
 from effkit.specs import Threshold, check_numbers, parse_threshold
-from effkit.util import quiet_torch
 
 METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
 BACKENDS = ("auto", "onnxruntime", "torch")
@@ -146,25 +144,6 @@ def _judge(ctx: CandidateContext, judged, text=None) -> tuple[Judge, str]:
     return Judge(native_runner(ctx.model, ctx.threads), inputs, ctx.eval_data, text), source
 
 
-def _build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: list[str], label: str) -> bool:
-    """Build `candidate` with `exclude` kept in float and judge it; False (with .error) when it fails."""
-    candidate.error = None
-    try:
-        with quiet_torch():
-            model = candidate.build(exclude, ctx.step(label))
-            runner = native_runner(model, ctx.threads)
-            fid, acc, ppl = judge.fidelity(runner), judge.accuracy_change(runner), judge.perplexity_change(runner)
-            failures = tolerance_failures(ctx.config.thresholds, fid, acc, ppl)
-    except (UsageError, InputError):
-        raise
-    except Exception as e:
-        candidate.error = first_line(e)
-        return False
-    candidate.model, candidate.fidelity, candidate.accuracy, candidate.failures = model, fid, acc, failures
-    candidate.perplexity = ppl
-    return True
-
-
 def time_interleaved(calls: dict[str, Callable[[], Any]], *, seconds: float, iterations: int | None,
                      rounds: int = 3) -> dict[str, float]:
     """Median latency (ms) of each call, timed in interleaved rounds so that load on a shared
@@ -203,10 +182,11 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     if not 0 <= candidate_time < math.inf or (candidate_iterations is not None and candidate_iterations < 1):
         raise UsageError("candidate timing needs a finite time >= 0 and iterations >= 1")  # inf: timed forever
     notes: list[str] = []
+    warnings: list[str] = []
     cpu = cpu_info()
     outlook = int8_outlook(cpu["isa"])
     if outlook:
-        notes.append(outlook)
+        warnings.append(outlook)
     if any(t.metric == "accuracy" for t in config.thresholds) and (eval_data is None or eval_data.labels is None):
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
     if any(t.metric in ("perplexity", "ppl") for t in config.thresholds) and text is None:
@@ -220,9 +200,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         notes.append(f"calibration data is not used by --method {config.method}")
     unrepresentative = random_inputs_warning(model, calib, eval_data if eval_data is not None else text)
     if unrepresentative:
-        notes.append(unrepresentative)
+        warnings.append(unrepresentative)
     if config.random_calibration and batches:
-        notes.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
+        warnings.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
                      "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
@@ -230,7 +210,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     judge, judged_on = _judge(ctx, judged, text)
     for c in candidates:
         if c.error is None:
-            _build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
+            build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
     built = [c for c in candidates if c.model is not None]
     if not built:
         raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{c.label}: {c.error}" for c in candidates))
@@ -240,18 +220,24 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     timings = _time(ctx, {**baselines, **{c.label: c.model for c in built}})
     for c in built:
         c.latency_ms = timings[c.label]
-        c.size_bytes = _size(c.model)
+        c.size_bytes = size_of(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
-    chosen, decision = choose(passing, ctx, model) if passing else (_tolerance_loop(built, judge, ctx, unrepresentative), None)
+    decision = None
+    if passing:
+        chosen, decision = choose(passing, ctx, model)
+    else:
+        chosen, set_aside = tolerance_loop(built, judge, ctx, unrepresentative, {k: timings[k] for k in baselines})
+        notes += set_aside
     if decision and decision["tied"]:
         notes.append(f"{' and '.join(decision['tied'])} are tied within timing noise (paired 95% intervals); "
                      f"{chosen.label} was chosen by the stable rule (fewer float layers, then smaller, then the "
                      "original's runtime)")
     if config.initializer_inputs and chosen.backend == "onnxruntime":
         chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
-    original_size = _size(model)
+    original_size = size_of(model)
     # slower only when the paired interval says so; worded by who acts on it: compress (run) or the command
-    against_float = paired_timing(ctx, model, runtime_of(chosen.model), chosen.model, runtime_of(chosen.model))
+    against_float = chosen.against_float or paired_timing(ctx, model, runtime_of(chosen.model), chosen.model,
+                                                          runtime_of(chosen.model))
     slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
@@ -282,7 +268,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         "preprocessing": ctx.preprocess_notes,
         "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
     }
-    return PassResult(model=chosen.model, details=details, notes=notes)
+    return PassResult(model=chosen.model, details=details, notes=notes, warnings=warnings)
 
 
 def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
@@ -295,7 +281,7 @@ def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
         if not config.allow_slower:
             return PassResult(model, result.details, [
                 f"the int8 model ({result.details.get('label')}) was slower than its float input, so the float "
-                "model was kept; allow-slower = true in [quantize] keeps it"], kept=False)
+                "model was kept; allow-slower = true in [quantize] keeps it"], kept=False, warnings=result.warnings)
         result.notes.insert(0, f"the int8 model ({result.details.get('label')}) is SLOWER than its float input "
                                "(kept: allow-slower)")
     return result
@@ -370,53 +356,3 @@ def _resolve_excludes(patterns: Sequence[str], candidates: list[Candidate]) -> N
             known = sorted({layer["alias"] for c in candidates for layer in c.layers})
             raise UsageError(f"--exclude {pattern!r} matches no quantizable layer",
                              f"layers: {', '.join(known[:12]) or 'none'}{' ...' if len(known) > 12 else ''}")
-
-
-def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, unrepresentative: str | None) -> Candidate:
-    """No candidate meets the tolerance: for each (fastest first), rank layers by sensitivity (the
-    metric with only that layer kept in float) and keep the worst in float, a few at a time."""
-    thresholds = ctx.config.thresholds
-    tried = []
-    for c in sorted(built, key=lambda c: c.latency_ms):
-        primary = next(t for t in thresholds if tolerance_failures([t], c.fidelity, c.accuracy, c.perplexity))
-        free = [layer["name"] for layer in c.layers if layer["name"] not in c.excluded]
-        all_int8 = (c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.perplexity, c.failures)
-        scores = {}
-        for i, name in enumerate(free):
-            if ctx.progress:
-                ctx.progress(f"layer sensitivity: {c.label}", i / max(1, len(free)))
-            if _build(c, judge, ctx, c.excluded + [name], "calibrating"):
-                scores[name] = score(primary, c.fidelity, c.accuracy, c.perplexity)
-        ranked = sorted(scores, key=lambda n: -scores[n])
-        step = max(1, math.ceil(len(ranked) / 10))
-        passed = False
-        for k in range(step, len(ranked), step):  # at least one layer stays int8, or it is no int8 model
-            if _build(c, judge, ctx, c.excluded + ranked[:k], "calibrating") and not c.failures:
-                c.kept_float, passed = ranked[:k], True
-                break
-        if passed:
-            after = time_interleaved({"all int8": _bind(ctx, all_int8[0]), "kept": _bind(ctx, c.model)},
-                                     seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
-            c.size_bytes = _size(c.model)
-            c.latency_ms = all_int8[1] * after["kept"] / after["all int8"]
-            c.kept_cost = {"size_bytes": {"all_int8": all_int8[2], "with_float_layers": c.size_bytes},
-                           "latency_ratio": after["kept"] / after["all int8"]}
-            return c
-        c.model, c.latency_ms, c.size_bytes, c.fidelity, c.accuracy, c.perplexity, c.failures = all_int8
-        c.error = None
-        tried.append(f"{c.label}: {'; '.join(c.failures)}")
-    raise StepFailed(("" if not unrepresentative else unrepresentative + ". ")
-                     + "no int8 model meets the tolerance, even with sensitive layers kept in float: "
-                     + " | ".join(tried) + "; nothing was written",
-                     "loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or pass --calib with "
-                     "representative data")
-
-
-def _size(m) -> int:
-    """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
-    with quiet_torch():
-        return size_info(m)["bytes_on_disk"]
-
-
-def _bind(ctx: CandidateContext, m) -> Callable[[], Any]:
-    return native_runner(m, ctx.threads).bind(m.example_inputs)

@@ -38,6 +38,7 @@ class Candidate:
     size_bytes: int | None = None
     kept_float: list[str] = field(default_factory=list)  # added by the tolerance loop
     kept_cost: dict | None = None  # what keeping them in float cost against all-int8
+    against_float: Any = None  # PairedResult: the float model (A) against this one (B), when already timed
 
     def display(self, names: Sequence[str]) -> list[str]:
         """Layer names as users know them: the torch module name where the ONNX node kept it."""

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from effkit.report.text import _num, fmt_ms
+from effkit.report.text import _num, fmt_ms, warnings_markdown
 from effkit.util import fmt_bytes, fmt_speedup
 
 HEADER = ["step", "runtime", "p50", "p90", "speedup (step)", "vs torch fp32", "size", "size (step)",
@@ -71,15 +71,6 @@ def headline(result) -> str:
     return "; ".join(parts)
 
 
-def _bar_and_warnings(result) -> list[str]:
-    """The quality bar in force and the measurement warnings, for the terminal."""
-    lines = [f"quality bar: {result.bar}"] if result.bar else []
-    warnings = result.warnings()
-    if warnings:
-        lines += [f"warning: {w}" for w in warnings]
-    return lines
-
-
 def step_lines(result) -> list[str]:
     """One line per step: its setting, the attempts (back-off) and its notes."""
     lines = []
@@ -127,7 +118,8 @@ def compress_table(result) -> Table:
         table.add_row(*cells)
     # a failed run's reason is its Error: line, printed once, after the table
     notes = [n for n in result.notes if n != f"stopped: {result.message}"]
-    lines = ([headline(result)] if result.status == "ok" else []) + step_lines(result) + notes + _bar_and_warnings(result)
+    lines = ([headline(result)] if result.status == "ok" else []) + step_lines(result) + notes
+    lines += [f"quality bar: {result.bar}"] if result.bar else []  # the warnings are printed below the table
     caption = Text("\n".join(c for c in lines if c))  # Text, not markup: notes hold [section] names
     if result.status != "ok":  # red, so that nobody mistakes it for a result; the reason is the Error: line
         caption = Text.assemble(("FAILED: no model was written (the reason follows)", "bold red"), "\n", caption)
@@ -157,10 +149,7 @@ def compress_markdown(result) -> str:
     lines += [f"- {note}" for note in result.notes]
     if result.bar:
         lines.append(f"- quality bar: {result.bar}")
-    warnings = result.warnings()
-    if warnings:
-        lines += ["", f"**Measurement warnings ({len(warnings)})**: the timings may be off", ""]
-        lines += [f"- {w}" for w in warnings]
+    lines += warnings_markdown(result.warnings())
     if result.original.bench is not None:
         env = result.original.bench.environment
         lines += ["", f"<sub>{env['cpu']['model']}, {result.original.bench.runs[0]['threads']} threads, "

@@ -97,6 +97,7 @@ def _environment(env: dict | None) -> list[str]:
 def inspect_page(doc: dict) -> str:
     body = [verdict("info", f"{doc['format']} model ({doc['kind']}): {doc['parameters']:,} parameters "
                             f"({doc['nonzero_parameters']:,} non-zero), {len(doc['layers'])} weight layers")]
+    body += warnings(doc.get("warnings", []))
     io_rows = [[f"{side} {t['name']}", "x".join(map(str, t["shape"])), t["dtype"]]
                for side, key in (("input", "inputs"), ("output", "outputs")) for t in doc.get(key, [])]
     body += ["<h2>Inputs and outputs</h2>", table(["tensor", "shape", "dtype"], io_rows, left=1)]
@@ -118,9 +119,10 @@ def inspect_page(doc: dict) -> str:
 
 
 def export_page(doc: dict) -> str:
-    body = [verdict("ok", f"{doc['output']}: opset {doc['opset']}, verified in ONNX Runtime, max abs diff "
+    body = [verdict("warn" if doc.get("warnings") else "ok", f"{doc['output']}: opset {doc['opset']}, verified in ONNX Runtime, max abs diff "
                           f"{doc['max_abs_diff']:.3g} at batch sizes {', '.join(map(str, doc.get('batches_checked', [])))}")]
-    body.append(collapsed("Configuration", {k: v for k, v in doc.items() if k != "schema"}))
+    body += warnings(doc.get("warnings", []))
+    body.append(collapsed("Configuration", {k: v for k, v in doc.items() if k not in ("schema", "warnings")}))
     return page(f"effkit export: {doc['output']}", body)
 
 
@@ -137,7 +139,7 @@ def step_page(doc: dict) -> str:
         parts.append(f"accuracy {_pct(acc['before'])} -> {_pct(acc['after'])} ({change:+.2f} pt)")
     elif doc.get("fidelity"):
         parts.append(f"cosine to the original {doc['fidelity']['cosine_min']:.5f} (min)")
-    every_warning = [f"before, {w}" for w in before.get("warnings", [])] + [f"after, {w}" for w in after.get("warnings", [])]
+    every_warning = doc.get("warnings", [])  # the command's, the pass's and both sides' measurement warnings
     slower = [f"slower on {rt}" for rt, sp in doc.get("speedup", {}).items() if sp.get("verdict") == "slower"]
     status = _status(doc.get("status"), change, every_warning + slower)
     body = [verdict(status, "; ".join(p for p in parts if p))]
@@ -248,7 +250,7 @@ def _product(shape: list[int]) -> int:
 def compress_page(doc: dict) -> str:
     overall = doc.get("overall", {})
     summary = doc.get("summary", [])
-    every_warning = sorted({f"{r['state']} on {r['runtime']}: {w}" for r in summary for w in r.get("warnings", [])})
+    every_warning = doc.get("warnings", [])
     change = overall.get("accuracy_change_pt")
     status = _status(doc.get("status"), change, every_warning)
     body = [verdict(status, _compress_headline(doc))]
@@ -386,7 +388,7 @@ def compare_page(doc: dict) -> str:
         text += (f": p50 {fmt_ms(p50['a_ms'])} -> {fmt_ms(p50['b_ms'])}, B/A {p50['ratio']:.3f} "
                  f"[{p50['ci'][0]:.3f}, {p50['ci'][1]:.3f}]")
     body = [verdict(status, text), bullets(doc.get("reasons", []))]
-    body += warnings(doc.get("warnings", []))
+    body += warnings(doc.get("warnings", []) + (doc.get("gates") or {}).get("warnings", []))
     rows = []
     for stat in ("p50", "p90"):
         s = doc["stats"].get(stat)

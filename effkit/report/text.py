@@ -73,7 +73,7 @@ def bench_markdown(result) -> str:
     s = result.size
     lines += ["", f"{s['parameters']:,} parameters ({s['nonzero_parameters']:,} non-zero), "
               f"{fmt_bytes(s['bytes_on_disk'])} on disk, {fmt_bytes(s['gzip_bytes'])} gzipped."]
-    lines += [f"- warning: {w}" for w in result.warnings]
+    lines += warnings_markdown(result.warnings)
     env = result.environment
     lines += ["", f"<sub>{env['cpu']['model']}, {env['cores']} cores, ISA {' '.join(env['cpu']['isa']) or '-'}, "
               f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}, {env['time']}</sub>"]
@@ -122,7 +122,7 @@ def generation_markdown(result) -> str:
              "| " + " | ".join(_GENERATION_HEADER) + " |", "|" + "---|" * len(_GENERATION_HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in _generation_rows(result)]
     lines += ["", _generation_caption(result) + "."]
-    lines += [f"- warning: {w}" for w in result.warnings]
+    lines += warnings_markdown(result.warnings)
     env = result.environment
     lines += ["", f"<sub>{env['cpu']['model']}, {env['cores']} cores, torch {env['versions']['torch']}, "
               f"{env['time']}</sub>"]
@@ -183,8 +183,8 @@ def outcome_table(outcome) -> Table:
         table.add_column(h, justify="left" if not h else "right", no_wrap=h == "change")
     for row in _outcome_rows(outcome, sep="\n"):
         table.add_row(*row)
+    # the warnings are printed below the table (the command's warnings as they arose, then these)
     lines = outcome.timing_notes() + outcome.notes + ([f"quality bar: {outcome.bar}"] if outcome.bar else [])
-    lines += [f"warning: {w}" for w in outcome.warnings()]
     caption = Text("\n".join(lines))  # Text, not markup: notes may hold [brackets]
     if outcome.status != "ok":  # red, so that a model that misses the bar is never read as a result
         caption = Text.assemble(("FAILED: ", "bold red"), (outcome.failure or "", "red"), "\n" if lines else "",
@@ -203,10 +203,15 @@ def outcome_markdown(outcome) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _outcome_rows(outcome)]
     lines += [""] + [f"- {n}" for n in outcome.timing_notes() + outcome.notes]
     lines += [f"- quality bar: {outcome.bar}"] if outcome.bar else []
-    if outcome.warnings():
-        lines += ["", f"**Measurement warnings ({len(outcome.warnings())})**: the timings may be off", ""]
-        lines += [f"- {w}" for w in outcome.warnings()]
+    lines += warnings_markdown(outcome.warnings())
     return "\n".join(lines) + "\n"
+
+
+def warnings_markdown(warnings: list[str]) -> list[str]:
+    """A result's warnings as a Markdown list under a bold heading (nothing when there are none)."""
+    if not warnings:
+        return []
+    return ["", f"**Warnings ({len(warnings)})**: the figures may be off", ""] + [f"- warning: {w}" for w in warnings]
 
 
 # ---------------------------------------------------------------- inspect
