@@ -114,22 +114,6 @@ def test_the_judging_split_never_judges_on_what_calibrated():
     assert judging_split(None, None) == (None, None)
 
 
-def test_compress_judges_on_data_its_passes_did_not_fit_on():
-    """compress picks its judging data as quantize does (judge.judging_split): without --eval a held-out
-    quarter of --data, which the passes then do not get."""
-    from effkit.data import Data
-    from effkit.load import load_model
-    from effkit.pipeline import _Context
-    from effkit.recipe import Recipe
-
-    x = np.random.default_rng(1).standard_normal((40, 16)).astype(np.float32)
-    ctx = _Context(load_model(spec("mlp")), Recipe(), Data((x,), None, "train.npz"), None, None, None)
-    fitted = {tuple(r) for r in ctx.data.inputs[0]}
-    judged = {tuple(r) for batch in ctx.judge.inputs for r in batch[0]}
-    assert len(fitted) == 30 and judged and not fitted & judged
-    assert ctx.judged_on == "held-out part of train.npz"
-
-
 def test_a_tolerance_is_judged_on_the_figures_reported(cli, tmp_path):
     """The issue's case: a candidate passed on its own calibration data (0.99095) while the report of the
     same run showed 0.98586 on other inputs. Now the verdict and the report are made on the same held-out
