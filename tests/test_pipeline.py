@@ -334,7 +334,7 @@ def test_html_is_self_contained_with_its_charts(pruned_result):
 def test_markdown_fits_a_pull_request_comment(pruned_result):
     from effkit.report.compress import compress_markdown
 
-    md = compress_markdown(pruned_result)
+    md = compress_markdown(json.loads(pruned_result.to_json()))
     assert md.startswith(f"### effkit compress: `{spec('mlp')}`\n\n**Result:** ")
     assert "| original | torch |" in md and "| prune | onnxruntime |" in md and "| export | onnxruntime |" in md
     assert len(md) < 65536  # GitHub's comment limit

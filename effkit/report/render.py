@@ -12,6 +12,7 @@ from __future__ import annotations
 from html import escape
 
 from effkit.errors import UsageError
+from effkit.report.compress import headline
 from effkit.report.page import bar_chart, bullets, collapsed, page, scatter, table, verdict, warnings
 from effkit.util import fmt_bytes, fmt_speedup
 
@@ -248,7 +249,7 @@ def compress_page(doc: dict) -> str:
     every_warning = sorted({f"{r['state']} on {r['runtime']}: {w}" for r in summary for w in r.get("warnings", [])})
     change = overall.get("accuracy_change_pt")
     status = _status(doc.get("status"), change, every_warning)
-    body = [verdict(status, _compress_headline(doc))]
+    body = [verdict(status, headline(doc) or "done")]
     for step in doc.get("steps", []):
         body += _chosen_method(step.get("details", {})) if step["step"] == "quantize" else []
     body += warnings(every_warning)
@@ -269,35 +270,6 @@ def compress_page(doc: dict) -> str:
     body.append(collapsed("Recipe", doc.get("recipe", {})))
     body += _environment(doc.get("environment"))
     return page(f"effkit compress: {doc['source']}", body)
-
-
-def _compress_headline(doc: dict) -> str:
-    o = doc.get("overall", {})
-    if doc.get("status") not in (None, "ok"):
-        return doc.get("message", "failed") + (f" ({doc['hint']})" if doc.get("hint") else "")
-    parts = []
-    speed = (o.get("speedup") or {}).get("vs_torch_fp32")
-    if speed:
-        parts.append(f"{fmt_speedup(speed['p50'])} at p50 ({fmt_speedup(speed['p90'])} at p90) against torch fp32 "
-                     f"eager, on {o['final_runtime']}" + _unsure(speed["p50"]))
-    same = (o.get("speedup") or {}).get("same_runtime")
-    if same and o.get("final_runtime") != "torch":
-        parts.append(f"{fmt_speedup(same['p50'])} against the original on {o['final_runtime']}" + _unsure(same["p50"]))
-    if o.get("size_ratio"):
-        parts.append(f"size {fmt_bytes(o['size_before'])} -> {fmt_bytes(o['size_after'])} "
-                     f"({1 / o['size_ratio']:.3g}x smaller)")
-    if o.get("accuracy_before") is not None:
-        parts.append(f"accuracy {_pct(o['accuracy_before'])} -> {_pct(o['accuracy_after'])} "
-                     f"({o['accuracy_change_pt']:+.2f} pt)")
-    elif o.get("fidelity"):
-        parts.append(f"cosine to the original {o['fidelity']['cosine_min']:.5f} (min)")
-    return "; ".join(parts) or "done"
-
-
-def _unsure(speedup: dict) -> str:
-    """Why an inconclusive speedup is one, in brackets; empty otherwise."""
-    reasons = speedup.get("reasons") or []
-    return f" ({'; '.join(reasons)})" if speedup.get("verdict") == "inconclusive" and reasons else ""
 
 
 def _compress_charts(doc: dict) -> list[str]:
