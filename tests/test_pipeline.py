@@ -325,7 +325,7 @@ def test_html_is_self_contained_with_its_charts(pruned_result):
     from effkit.report.render import render_html
 
     html = render_html(json.loads(pruned_result.to_json()))
-    assert re.findall(r'data-chart="([a-z]+)"', html) == ["latency", "size", "tradeoff", "layers"]
+    assert re.findall(r'data-chart="([a-z-]+)"', html) == ["latency", "latency-distribution", "size", "tradeoff", "layers"]
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "http://" not in html and "https://" not in html and "<script" not in html and "<link" not in html
     assert "<h2>Summary</h2>" in html and "<td class=\"l\">prune.ratio</td><td>0.5</td>" in html  # tables, recipe
