@@ -126,8 +126,9 @@ def write_outdir(result: CompressResult, outdir: str | Path, force: bool = False
         _write(stage / "recipe.toml", result.recipe.to_toml(_recipe_comments(result)))
         document = result.to_json()
         _write(stage / "report.json", document + "\n")
-        _write(stage / "report.md", compress_markdown(result))
-        _write(stage / "report.html", render_html(json.loads(document)))
+        doc = json.loads(document)  # every report renders the saved document
+        _write(stage / "report.md", compress_markdown(doc))
+        _write(stage / "report.html", render_html(doc))
     return [Path(p) for p in result.outputs]
 
 

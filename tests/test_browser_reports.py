@@ -24,7 +24,7 @@ LAYOUT = """(() => {
   const charts = [...document.querySelectorAll('figure.chart')].map(f => {
     const r = f.getBoundingClientRect();
     return {name: f.dataset.chart, width: r.width, height: r.height, right: r.right,
-            marks: f.querySelectorAll('.bar, .missing, circle').length};
+            marks: f.querySelectorAll('.bar, .bin, .missing, circle').length};
   });
   return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, charts: charts,
           status: document.querySelector('.verdict').dataset.status};
@@ -97,7 +97,8 @@ def test_report_reads_at_every_width_in_a_real_browser(reports, browser, kind):
 def test_every_kind_has_its_charts(reports):
     charts = {kind: json.dumps(sorted(set(re.findall(r'data-chart="([a-z0-9-]+)"', (reports / f"{kind}.html").read_text()))))
               for kind in KINDS}
-    assert charts["bench"] == '["latency"]' and charts["compare"] == '["latency"]'
-    assert charts["prune"] == '["latency", "layers", "size"]'
-    assert charts["compress"] == '["latency", "layers", "size", "tradeoff"]'
+    assert charts["bench"] == '["latency-distribution"]' and charts["compare"] == '["latency-distribution"]'
+    assert charts["prune"] == '["latency-distribution", "layers", "size"]'
+    assert charts["quantize"] == '["latency-distribution", "size"]'
+    assert charts["compress"] == '["latency", "latency-distribution", "layers", "size", "tradeoff"]'
     assert charts["history"] == '["latency-history", "p50", "size"]'

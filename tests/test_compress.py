@@ -154,3 +154,70 @@ def test_force_replaces_an_earlier_outdir_and_dot_works(cli, tmp_path):
     assert code == 0, stderr
     assert sorted(p.name for p in empty.iterdir()) == ["model.onnx", "model.pt2", "recipe.toml", "report.html",
                                                         "report.json", "report.md"]
+
+
+# ---------------------------------------------------------------- the summary at 80 columns
+
+def _speedup(estimate: float, lo: float, hi: float, verdict: str, reasons: tuple = ()) -> dict:
+    return {"estimate": estimate, "ci95": [lo, hi], "verdict": verdict, "reasons": list(reasons)}
+
+
+def _summary_doc(labelled: bool) -> dict:
+    """A compress result document with the widest figures a summary shows: two-digit speedups,
+    an inconclusive and a slower step, a 100% accuracy and a large loss."""
+    rows = []
+    for state, runtime, p50, step, vs, size, ratio, acc, cosine in [
+            ("original", "torch", 0.1096, None, None, 4_508_873, None, 0.9833, None),
+            ("original", "onnxruntime", 0.0817, None, _speedup(2.10, 2.05, 2.16, "faster"), 4_508_873, None, 0.9833,
+             None),
+            ("prune", "torch", 0.077, _speedup(2.19, 2.03, 2.42, "faster"), _speedup(2.34, 1.93, 2.77, "faster"),
+             1_221_000, 0.2708, 1.0, 0.97306),
+            ("prune", "onnxruntime", 0.0336, _speedup(0.76, 0.70, 0.80, "slower"),
+             _speedup(5.59, 4.81, 6.54, "faster"), 1_221_000, 0.2708, 1.0, 0.97306),
+            ("distill", "torch", 0.0771, _speedup(1.01, 0.70, 1.40, "inconclusive"),
+             _speedup(2.33, 1.90, 2.80, "faster"), 1_221_000, 1.0, 0.1333, 0.41234),
+            ("quantize", "onnxruntime", 0.013, _speedup(1.78, 1.67, 1.85, "faster"),
+             _speedup(10.33, 9.41, 11.61, "faster"), 309_394, 0.2534, 0.9861, 0.97306)]:
+        rows.append({"state": state, "runtime": runtime, "p50_ms": p50, "p90_ms": 1.2 * p50, "speedup_step_paired": step,
+                     "speedup_vs_torch_fp32_paired": vs, "size_bytes": size, "size_ratio_step": ratio,
+                     "accuracy": acc if labelled else None,
+                     "accuracy_change_pt": 100 * (acc - 0.9833) if labelled else None,
+                     "cosine_min": cosine, "warnings": []})
+    p50, p90 = _speedup(10.33, 9.41, 11.61, "faster"), _speedup(11.72, 8.96, 14.41, "faster")
+    overall = {"final_runtime": "onnxruntime", "speedup": {"vs_torch_fp32": {"p50": p50, "p90": p90}},
+               "size_before": 4_508_873, "size_after": 309_394, "size_ratio": 0.0686,
+               **({"accuracy_before": 0.9833, "accuracy_after": 0.9861, "accuracy_change_pt": 0.28} if labelled
+                  else {"fidelity": {"cosine_min": 0.97306}})}
+    steps = [{"step": name, "attempts": [{"attempt": 1, "setting": setting, "accepted": True, "violations": []}],
+              "notes": [f"{name}: a note long enough to wrap at eighty columns, which it must do between words"]}
+             for name, setting in (("prune", "ratio 0.5"), ("distill", None), ("quantize", None))]
+    return {"schema": "effkit.compress/1", "source": "examples/digits.py:mlp_wide", "status": "ok", "message": None,
+            "hint": None, "bar": "accuracy drop <= 1 pt" if labelled else "cosine>=0.99", "summary": rows, "overall": overall, "steps": steps,
+            "notes": ["the final model is ONNX already, so it is the export"],
+            "warnings": ["prune torch: busy machine: other processes used 1.16 of 2 cores during the measurement"]}
+
+
+def test_the_terminal_summary_reads_at_80_columns_without_a_cut_figure():
+    import io
+
+    from rich.console import Console
+
+    from effkit.report.compress import compress_summary
+
+    for labelled in (True, False):
+        console = Console(width=80, record=True, file=io.StringIO())
+        console.print(compress_summary(_summary_doc(labelled)))
+        text = console.export_text()
+        lines = text.splitlines()
+        assert "…" not in text and max(len(line.rstrip()) for line in lines) <= 80
+        assert [line.split()[0] for line in lines if line.startswith(("original ", "prune ", "distill ", "quantize "))] \
+            == ["original", "original", "prune", "prune", "distill", "quantize",  # latency: per state and runtime
+                "original", "prune", "distill", "quantize"]  # size and quality: per state
+        assert all(f"{name}: try 1" in text for name in ("prune", "distill", "quantize"))
+        assert "10.33x faster" in text and "[9.41, 11.61]" in text  # the headline figure, whole, in the table
+        assert "10.33x faster [9.41, 11.61] at p50 (11.72x faster [8.96, 14.41] at p90)" in text
+        assert "1.01x inconclusive" in text and "1.32x slower" in text and "4.51 MB" in text and "309 KB" in text
+        if labelled:
+            assert "100.00%" in text and "-85.00" in text and "(+0.28 pt)" in text
+        else:
+            assert "cosine (min)" in text and "0.41234" in text and "accuracy" not in text

@@ -326,7 +326,7 @@ def test_html_is_self_contained_with_its_charts(pruned_result):
     from effkit.report.render import render_html
 
     html = render_html(json.loads(pruned_result.to_json()))
-    assert re.findall(r'data-chart="([a-z]+)"', html) == ["latency", "size", "tradeoff", "layers"]
+    assert re.findall(r'data-chart="([a-z-]+)"', html) == ["latency", "latency-distribution", "size", "tradeoff", "layers"]
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "http://" not in html and "https://" not in html and "<script" not in html and "<link" not in html
     assert "<h2>Summary</h2>" in html and "<td class=\"l\">prune.ratio</td><td>0.5</td>" in html  # tables, recipe
@@ -335,7 +335,7 @@ def test_html_is_self_contained_with_its_charts(pruned_result):
 def test_markdown_fits_a_pull_request_comment(pruned_result):
     from effkit.report.compress import compress_markdown
 
-    md = compress_markdown(pruned_result)
+    md = compress_markdown(json.loads(pruned_result.to_json()))
     assert md.startswith(f"### effkit compress: `{spec('mlp')}`\n\n**Result:** ")
     assert "| original | torch |" in md and "| prune | onnxruntime |" in md and "| export | onnxruntime |" in md
     assert len(md) < 65536  # GitHub's comment limit

@@ -47,8 +47,48 @@ def test_bench_page_says_its_verdict_first_and_lists_warnings(bench_doc):
     first = html.index('class="verdict')
     assert first < html.index("<h2>") and 'data-status="warn"' in html and "Warning:</span>" in html
     assert "<li>noisy: IQR is 40% of the median</li>" in html
-    assert re.search(r'<span class="value">[0-9.]+ ms</span>', html)  # bars carry their values
+    assert re.search(r'</strong>: p50 [0-9.]+ ms, p90 [0-9.]+ ms<svg', html)  # charts carry their values
     assert "<script" not in html and "http" not in html
+
+
+def _figure(html: str, chart: str) -> str:
+    found = re.findall(rf'<figure class="chart" data-chart="{chart}".*?</figure>', html, re.S)
+    assert len(found) == 1, f"{len(found)} {chart} charts"
+    return found[0]
+
+
+def _side_labels(figure: str) -> list[str]:
+    return re.findall(r'<div class="side"><strong>([^<]*)</strong>', figure)
+
+
+def test_latency_distributions_have_one_histogram_per_side(bench_doc):
+    from effkit.report.render import render_html
+
+    runs = bench_doc["runs"]
+    figure = _figure(render_html(bench_doc), "latency-distribution")
+    assert _side_labels(figure) == [f"{r['runtime']}, batch {r['batch_size']}" for r in runs]
+    assert figure.count('<svg class="plot dist"') == len(runs) + 1  # a histogram per run, and the axis
+    for run in runs:  # the recorded p50 and p90, written
+        assert f"p50 {run['latency_ms']['p50']:.3g} ms, p90 {run['latency_ms']['p90']:.3g} ms" in figure
+    assert '<div class="axis">latency per call (ms), from zero</div>' in figure and 'text-anchor="start">0</text>' in figure
+
+    step = {"schema": "effkit.step/1", "step": "prune", "before": bench_doc,
+            "after": _slower(bench_doc, 0.5, "bbbbbbbbbbbb2", "2026-01-02T00:00"), "speedup": {}, "details": {}}
+    figure = _figure(render_html(step), "latency-distribution")
+    assert _side_labels(figure) == [f"{side}, {r['runtime']}" for r in runs for side in ("before", "after")]
+    assert figure.count("<rect class=\"bin\"") > 2 * len(runs)
+
+
+def test_a_side_without_samples_says_why_and_slow_outliers_are_counted_not_drawn():
+    from effkit.report.page import distribution
+
+    figure = distribution("latency-distribution", "A and B.", [
+        {"label": "A", "samples": [1.0] * 199 + [50.0], "p50": 1.0, "p90": 1.0},
+        {"label": "B", "samples": [], "why": "no pair was measured on a quiet enough machine"}])
+    assert _side_labels(figure) == ["A", "B"] and figure.count('<svg class="plot dist"') == 2  # A's, the axis
+    assert '<div class="missing">no samples: no pair was measured on a quiet enough machine</div>' in figure
+    assert 'aria-label="axis: 0 to 1.5 ms"' in figure  # past the p99, not stretched to the 50 ms call
+    assert "Beyond the axis: A: 0.5% of the calls (slowest 50 ms)." in figure
 
 
 def test_unknown_documents_are_refused_with_one_line():

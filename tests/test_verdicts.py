@@ -70,7 +70,7 @@ def test_the_failed_caption_is_red_in_the_terminal(cli, tmp_path):
     from effkit.load import load_model
     from effkit.pipeline import run_pipeline
     from effkit.recipe import Recipe
-    from effkit.report.compress import compress_table
+    from effkit.report.compress import compress_summary
 
     _labelled_eval(tmp_path / "eval.npz")
     with np.load(tmp_path / "eval.npz") as f:
@@ -80,7 +80,7 @@ def test_the_failed_caption_is_red_in_the_terminal(cli, tmp_path):
     result = run_pipeline(load_model(spec("mlp")), recipe, eval_data=data)
     assert result.status == "failed"
     console = Console(force_terminal=True, color_system="standard", width=100, record=True)
-    console.print(compress_table(result))
+    console.print(compress_summary(json.loads(result.to_json())))
     assert "\x1b[1;31mFAILED: " in console.export_text(styles=True)
 
 

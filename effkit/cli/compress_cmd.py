@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from effkit.onnx_files import save_onnx_file
 from effkit.outdir import check_outdir, compress
 from effkit.pipeline import CompressFailed
 from effkit.recipe import Recipe
-from effkit.report.compress import compress_table
+from effkit.report.compress import compress_summary
 from effkit.specs import parse_ratio
 
 # `--quantize int8` asks for int8 with quantize's own choice of method; a method name picks one.
@@ -131,13 +132,13 @@ def compress_command(
                                                                                highlight=False),
                               warnings=warned())
     except CompressFailed as failed:  # the table and where the reports are; the reason is the Error: line
-        console.print(compress_table(failed.result))
+        console.print(compress_summary(jsonlib.loads(failed.result.to_json())))
         print_warnings(console, failed.result.warnings())
         console.print(f"wrote {output}: {', '.join(Path(p).name for p in failed.result.outputs)} "
                       "(the reports of the failed run, no model)", markup=False, highlight=False, soft_wrap=True)
         write_outputs(json, failed.result.to_json, None, str, force, html_path=html)
         raise
-    console.print(compress_table(result))
+    console.print(compress_summary(jsonlib.loads(result.to_json())))
     print_warnings(console, result.warnings())
     if export_onnx is not None:
         save_onnx_file(output / "model.onnx", export_onnx, force)

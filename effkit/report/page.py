@@ -9,6 +9,7 @@ words and with an icon, never by colour alone.
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 
 # status -> (icon, word); the colour comes from the CSS class of the same name
@@ -47,6 +48,10 @@ figcaption { color: #444; font-size: 0.92em; margin-bottom: 0.4em; }
 .legend { font-size: 0.85em; margin: 0.3em 0; } .legend span { display: inline-block; margin-right: 1em; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; vertical-align: -0.1em; margin-right: 0.3em; }
 svg.plot { width: 100%; max-width: 720px; height: auto; display: block; }
+.dist { max-width: 520px; font-size: 0.9em; } .dist .side { margin-top: 0.4em; }
+.dist svg.plot { max-width: 520px; } .dist .axis { text-align: center; color: #444; }
+.dist .missing { color: #555; font-style: italic; margin-bottom: 0.3em; }
+figure .note { font-size: 0.85em; }
 details { margin: 0.6em 0; } summary { cursor: pointer; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 .note { color: #444; }
@@ -194,3 +199,104 @@ def scatter(name: str, caption: str, points: list[dict], x_label: str, y_label: 
 
 def _tick(v: float) -> str:
     return f"{v:.3g}"
+
+
+# The latency distribution: histogram bins across the axis, and the SVGs' coordinates (the histograms
+# and the axis share them, so they align at any width).
+BINS = 48
+_WIDTH, _PAD, _BAND = 400, 8, 36
+
+
+def distribution(name: str, caption: str, sides: list[dict]) -> str:
+    """Latency distributions on one axis from zero: a histogram of each side's samples with its p50
+    (solid line) and p90 (dashed) marked and written above it, so no colour is needed to read it.
+
+    sides: {"label", "samples" (ms; None or empty when there are none), "p50", "p90" (ms, the
+    recorded statistics, written as they are), "series" (the colour group, default the label),
+    "why" (said in the side's place when it has no samples)}. The axis ends past the largest p99
+    and p90, so that a few very slow calls do not squash the rest; the share of calls beyond it
+    is written under the chart. Each histogram is scaled to its own tallest bin. Labels are HTML:
+    they wrap and keep the page's font size.
+    """
+    drawn = [s for s in sides if s.get("samples")]
+    ends = [_quantile(sorted(s["samples"]), 0.99) for s in drawn] + [s["p90"] for s in drawn if s.get("p90")]
+    top, step = _axis(1.02 * max(ends, default=0.0))  # a little room: no bar sits on the axis's end
+    series = list(dict.fromkeys(s.get("series") or s["label"] for s in sides))
+    colors = {k: SERIES_COLORS[i % len(SERIES_COLORS)] for i, k in enumerate(series)}
+    rows, beyond = [], []
+    for side in sides:
+        samples = side.get("samples") or []
+        label = f"<strong>{escape(side['label'])}</strong>"
+        if not samples:
+            rows.append(f"<div class=\"side\">{label}<div class=\"missing\">no samples: "
+                        f"{escape(side.get('why') or 'none saved in this result')}</div></div>")
+            continue
+        stats = ", ".join(f"{k} {_tick(side[k])} ms" for k in ("p50", "p90") if side.get(k) is not None)
+        svg = _histogram(samples, side, top, colors[side.get("series") or side["label"]],
+                         f"{side['label']}: histogram of {len(samples):,} calls; {stats}")
+        rows.append(f"<div class=\"side\">{label}{': ' + stats if stats else ''}{svg}</div>")
+        over = sum(ms > top for ms in samples)
+        if over:
+            beyond.append(f"{side['label']}: {100 * over / len(samples):.2g}% of the calls "
+                          f"(slowest {_tick(max(samples))} ms)")
+    axis = _axis_svg(top, step) + "<div class=\"axis\">latency per call (ms), from zero</div>" if drawn else ""
+    legend = ("<div class=\"legend\">Solid line: p50; dashed line: p90; each histogram is scaled to its tallest bar."
+              "</div>" if drawn else "")
+    notes = f"<p class=\"note\">Beyond the axis: {escape('; '.join(beyond))}.</p>" if beyond else ""
+    return (f"<figure class=\"chart\" data-chart=\"{escape(name)}\" data-sides=\"{len(sides)}\">"
+            f"<figcaption>{escape(caption)}</figcaption>{legend}<div class=\"dist\">{''.join(rows)}{axis}</div>"
+            f"{notes}</figure>")
+
+
+def _x(ms: float, top: float) -> float:
+    return _PAD + min(ms, top) / top * (_WIDTH - 2 * _PAD)
+
+
+def _histogram(samples: list[float], side: dict, top: float, color: str, spoken: str) -> str:
+    """One side's samples in BINS bins from 0 to `top`, its p50 and p90 as lines."""
+    counts = [0] * BINS
+    for ms in samples:
+        if ms <= top:
+            counts[min(BINS - 1, int(ms / top * BINS))] += 1
+    tallest, bin_width = max(counts) or 1, (_WIDTH - 2 * _PAD) / BINS
+    marks = []
+    for b, n in enumerate(counts):
+        if n:
+            h = max(1.0, n / tallest * _BAND)
+            marks.append(f"<rect class=\"bin\" x=\"{_PAD + b * bin_width:.1f}\" y=\"{_BAND - h:.1f}\" "
+                         f"width=\"{bin_width:.1f}\" height=\"{h:.1f}\" fill=\"{color}\"/>")
+    for stat, dash in (("p50", ""), ("p90", " stroke-dasharray=\"4 3\"")):
+        if side.get(stat) is not None:
+            x = _x(side[stat], top)
+            marks.append(f"<line x1=\"{x:.1f}\" y1=\"0\" x2=\"{x:.1f}\" y2=\"{_BAND}\" stroke=\"#1d1d1d\" "
+                         f"stroke-width=\"2\"{dash}/>")
+    marks.append(f"<line x1=\"{_PAD}\" y1=\"{_BAND}\" x2=\"{_WIDTH - _PAD}\" y2=\"{_BAND}\" stroke=\"#999\"/>")
+    return (f"<svg class=\"plot dist\" viewBox=\"0 0 {_WIDTH} {_BAND + 1}\" role=\"img\" "
+            f"aria-label=\"{escape(spoken)}\">{''.join(marks)}</svg>")
+
+
+def _axis_svg(top: float, step: float) -> str:
+    """The shared time axis under the histograms, ticked every `step` ms from 0 to `top`."""
+    ticks = [k * step for k in range(round(top / step) + 1)]
+    out = [f"<svg class=\"plot dist\" viewBox=\"0 0 {_WIDTH} 22\" role=\"img\" aria-label=\"axis: 0 to "
+           f"{_tick(top)} ms\" font-size=\"12\" font-family=\"sans-serif\">"
+           f"<line x1=\"{_PAD}\" y1=\"1\" x2=\"{_WIDTH - _PAD}\" y2=\"1\" stroke=\"#444\"/>"]
+    for t in ticks:
+        anchor = "start" if t == 0 else "end" if t == ticks[-1] else "middle"
+        out.append(f"<line x1=\"{_x(t, top):.1f}\" y1=\"1\" x2=\"{_x(t, top):.1f}\" y2=\"5\" stroke=\"#444\"/>"
+                   f"<text x=\"{_x(t, top):.1f}\" y=\"18\" text-anchor=\"{anchor}\">{_tick(t)}</text>")
+    return "".join(out) + "</svg>"
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+def _axis(value: float) -> tuple[float, float]:
+    """The end of an axis from zero that holds `value`, and its tick step: 1, 2, 2.5 or 5 times a power
+    of ten, in at most four steps."""
+    if value <= 0:
+        return 1.0, 0.25
+    power = 10 ** math.floor(math.log10(value / 4))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value / 4)
+    return math.ceil(value / step - 1e-9) * step, step

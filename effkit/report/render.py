@@ -12,13 +12,17 @@ from __future__ import annotations
 from html import escape
 
 from effkit.errors import UsageError
-from effkit.report.page import bar_chart, bullets, collapsed, page, scatter, table, verdict, warnings
+from effkit.report.compress import headline
+from effkit.report.page import bar_chart, bullets, collapsed, distribution, page, scatter, table, verdict, warnings
 from effkit.util import fmt_bytes, fmt_speedup
 
 # A step or pipeline that loses more accuracy than this (points) is shown as failed, whatever its bar.
 LARGE_LOSS_PT = 5.0
 # Candidates whose latencies are within this fraction of the chosen one's are shown as ties.
 TIE = 0.03
+# Why a latency distribution has no samples: paired timings keep only pairs measured on a quiet machine.
+QUIET = "no pair was measured on a quiet enough machine"
+NO_SAMPLES = "this result holds no latency samples"
 
 
 def render_html(doc: dict) -> str:
@@ -53,8 +57,9 @@ def bench_page(doc: dict) -> str:
     p50 = "; ".join(f"{r['runtime']} (batch {r['batch_size']}) p50 {fmt_ms(r['latency_ms']['p50'])}" for r in runs)
     body = [verdict(status, f"{p50}; {fmt_bytes(doc['size'].get('bytes_on_disk'))} on disk")]
     body += warnings(doc.get("warnings", []))
-    body += ["<h2>Latency</h2>", _latency_chart("latency", [(f"{r['runtime']}, batch {r['batch_size']}", r)
-                                                           for r in runs])]
+    body += ["<h2>Latency</h2>", distribution(
+        "latency-distribution", "Latency per call of every timed call (ms), per runtime and batch size.",
+        [_side(f"{r['runtime']}, batch {r['batch_size']}", r, NO_SAMPLES, r["runtime"]) for r in runs])]
     body.append(table(["runtime", "batch", "p50", "p90", "p99", "mean", "items/s", "peak RSS"],
                       [[r["runtime"], r["batch_size"], *(fmt_ms(r["latency_ms"][k]) for k in ("p50", "p90", "p99", "mean")),
                         f"{r['throughput_per_s']:,.0f}", fmt_bytes(r.get("peak_rss_bytes"))] for r in runs]))
@@ -63,15 +68,12 @@ def bench_page(doc: dict) -> str:
     return page(f"effkit bench: {doc['model']['source']}", body)
 
 
-def _latency_chart(name: str, sides: list[tuple[str, dict]]) -> str:
-    """p50 and p90 of each run, side by side, from zero."""
-    rows = []
-    for label, run in sides:
-        for stat in ("p50", "p90"):
-            value = run["latency_ms"].get(stat) if run else None
-            rows.append({"label": f"{label} {stat}", "value": value, "text": fmt_ms(value), "series": stat,
-                         "why": "not measured on this runtime"})
-    return bar_chart(name, "Latency per call (ms), p50 and p90; shorter is faster.", rows, series=["p50", "p90"])
+def _side(label: str, run: dict | None, why: str, series: str | None = None) -> dict:
+    """A bench run (or None) as a side of a latency distribution: its samples and recorded p50 and p90;
+    `why` is said in its place when it has no samples."""
+    latency = (run or {}).get("latency_ms") or {}
+    return {"label": label, "samples": (run or {}).get("samples_ms"), "p50": latency.get("p50"),
+            "p90": latency.get("p90"), "series": series, "why": why}
 
 
 def _size_section(size: dict) -> list[str]:
@@ -144,12 +146,13 @@ def step_page(doc: dict) -> str:
     status = _status(doc.get("status"), change, every_warning + slower)
     body = [verdict(status, "; ".join(p for p in parts if p))]
     body += _chosen_method(doc.get("details", {}))
-    body += ["<h2>Latency, before and after</h2>"]
     sides = []
     for run in after.get("runs", []):
         found = next((r for r in before.get("runs", []) if r["runtime"] == run["runtime"]), None)
-        sides += [(f"before, {run['runtime']}", found), (f"after, {run['runtime']}", run)]
-    body.append(_latency_chart("latency", sides))
+        sides += [_side(f"{side}, {run['runtime']}", r, QUIET if r else "not measured on this runtime", side)
+                  for side, r in (("before", found), ("after", run))]
+    body += ["<h2>Latency, before and after</h2>", distribution(
+        "latency-distribution", "Latency per call before and after (ms), from the quiet interleaved pairs.", sides)]
     body.append(table(["runtime", "p50 before", "p50 after", "paired speedup (p50)"],
                       [[rt, fmt_ms(s.get("before_ms")), fmt_ms(s.get("after_ms")), fmt_speedup(s)]
                        for rt, s in doc.get("speedup", {}).items()]))
@@ -253,7 +256,7 @@ def compress_page(doc: dict) -> str:
     every_warning = doc.get("warnings", [])
     change = overall.get("accuracy_change_pt")
     status = _status(doc.get("status"), change, every_warning)
-    body = [verdict(status, _compress_headline(doc))]
+    body = [verdict(status, headline(doc) or "done")]
     for step in doc.get("steps", []):
         body += _chosen_method(step.get("details", {})) if step["step"] == "quantize" else []
     body += warnings(every_warning)
@@ -276,52 +279,26 @@ def compress_page(doc: dict) -> str:
     return page(f"effkit compress: {doc['source']}", body)
 
 
-def _compress_headline(doc: dict) -> str:
-    o = doc.get("overall", {})
-    if doc.get("status") not in (None, "ok"):
-        return doc.get("message", "failed") + (f" ({doc['hint']})" if doc.get("hint") else "")
-    parts = []
-    speed = (o.get("speedup") or {}).get("vs_torch_fp32")
-    if speed:
-        parts.append(f"{fmt_speedup(speed['p50'])} at p50 ({fmt_speedup(speed['p90'])} at p90) against torch fp32 "
-                     f"eager, on {o['final_runtime']}" + _unsure(speed["p50"]))
-    same = (o.get("speedup") or {}).get("same_runtime")
-    if same and o.get("final_runtime") != "torch":
-        parts.append(f"{fmt_speedup(same['p50'])} against the original on {o['final_runtime']}" + _unsure(same["p50"]))
-    if o.get("size_ratio"):
-        parts.append(f"size {fmt_bytes(o['size_before'])} -> {fmt_bytes(o['size_after'])} "
-                     f"({1 / o['size_ratio']:.3g}x smaller)")
-    if o.get("accuracy_before") is not None:
-        parts.append(f"accuracy {_pct(o['accuracy_before'])} -> {_pct(o['accuracy_after'])} "
-                     f"({o['accuracy_change_pt']:+.2f} pt)")
-    elif o.get("fidelity"):
-        parts.append(f"cosine to the original {o['fidelity']['cosine_min']:.5f} (min)")
-    return "; ".join(parts) or "done"
-
-
-def _unsure(speedup: dict) -> str:
-    """Why an inconclusive speedup is one, in brackets; empty otherwise."""
-    reasons = speedup.get("reasons") or []
-    return f" ({'; '.join(reasons)})" if speedup.get("verdict") == "inconclusive" and reasons else ""
-
-
 def _compress_charts(doc: dict) -> list[str]:
     states = [s for s in doc.get("states", []) if s.get("bench")]
     if not states:
         return []
     runtimes = list(dict.fromkeys(r["runtime"] for s in states for r in s["bench"]["runs"]))
-    latency_rows = []
+    latency_rows, sides = [], []
     for s in states:
         for rt in runtimes:
             run = next((r for r in s["bench"]["runs"] if r["runtime"] == rt), None)
             value = run["latency_ms"]["p50"] if run else None
             latency_rows.append({"label": f"{s['name']}, {rt}", "value": value, "text": fmt_ms(value), "series": rt,
                                  "why": _missing_run(s, rt)})
+            sides.append(_side(f"{s['name']}, {rt}", run, NO_SAMPLES if run else _missing_run(s, rt), rt))
     size_rows = [{"label": s["name"], "value": s["bench"]["size"].get("bytes_on_disk"),
                   "text": fmt_bytes(s["bench"]["size"].get("bytes_on_disk")), "why": "not measured"} for s in states]
     out = ["<h2>Charts</h2>",
            bar_chart("latency", "p50 latency per call after each step, per runtime (ms, from zero).", latency_rows,
                      series=runtimes),
+           distribution("latency-distribution", "Latency per call of every timed call after each step, per "
+                        "runtime (ms).", sides),
            bar_chart("size", "Size on disk after each step.", size_rows)]
     accurate = all(s.get("accuracy") is not None for s in states)
     points = []
@@ -389,15 +366,11 @@ def compare_page(doc: dict) -> str:
                  f"[{p50['ci'][0]:.3f}, {p50['ci'][1]:.3f}]")
     body = [verdict(status, text), bullets(doc.get("reasons", []))]
     body += warnings(doc.get("warnings", []) + (doc.get("gates") or {}).get("warnings", []))
-    rows = []
-    for stat in ("p50", "p90"):
-        s = doc["stats"].get(stat)
-        for side in ("a", "b"):
-            value = s.get(f"{side}_ms") if s else None
-            rows.append({"label": f"{side.upper()} {stat}", "value": value, "text": fmt_ms(value), "series": side.upper(),
-                         "why": "no pair was measured on a quiet enough machine"})
-    body += ["<h2>Latency, A against B</h2>", bar_chart("latency", "Latency per call (ms), A and B; shorter is faster.",
-                                                       rows, series=["A", "B"])]
+    sides = [{"label": side.upper(), "samples": [ms for pair in doc.get("pairs", []) for ms in pair[f"{side}_ms"]],
+              **{stat: (doc["stats"].get(stat) or {}).get(f"{side}_ms") for stat in ("p50", "p90")}, "why": QUIET}
+             for side in ("a", "b")]
+    body += ["<h2>Latency, A against B</h2>", distribution(
+        "latency-distribution", "Latency per call of A and B (ms), from the quiet interleaved pairs.", sides)]
     body.append(table(["statistic", "A", "B", "B/A", "95% interval", "verdict"],
                       [[k, fmt_ms(s["a_ms"]), fmt_ms(s["b_ms"]), f"{s['ratio']:.3f}",
                         f"[{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]" if s.get("ci") else "-", s["verdict"]]
