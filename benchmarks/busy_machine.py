@@ -13,7 +13,8 @@ is none). A second quiet run ("quiet again") is the control: how far the same me
 from the first quiet run's interval with no load at all. Run it on an otherwise idle machine: a
 machine that others load already is neither "quiet" nor the controlled load the benchmark means.
 
-    .venv/bin/python benchmarks/busy_machine.py            # full size (minutes; run it alone)
+    .venv/bin/python benchmarks/busy_machine.py            # full size, the commands' default --min-time 1 s
+                                                           # (about 12 minutes; run it alone)
     .venv/bin/python benchmarks/busy_machine.py --quick    # smoke run: small shapes, short blocks
     .venv/bin/python benchmarks/busy_machine.py --models mlp --commands quantize
 """
@@ -131,7 +132,7 @@ def main() -> None:
                     with quiet_torch():
                         outcome = measure_before_after(command, model, after, runtimes=[runtime], threads=args.threads,
                                                        warmup=3 if args.quick else 10,
-                                                       min_time=0.3 if args.quick else 2.0, progress=load.progress)
+                                                       min_time=0.3 if args.quick else 1.0, progress=load.progress)
                 finally:
                     load.stop()
                 speedup = outcome.comparison(runtime)
