@@ -66,6 +66,44 @@ def text_preprocess(model, max_length: int | None = None, text_field: str = "tex
     return TextPreprocess(tokenizer_file(model), max_length, text_field, label_field)
 
 
+def text_examples(texts: list[str], tokenizer: Path | None, input_names: list[str], dtypes: list[Any],
+                  max_length: int | None = None, context: int | None = None) -> tuple[np.ndarray, ...]:
+    """`texts` tokenized as one batch of example inputs, one array per model input, padded to the
+    longest (or padded and truncated to `max_length`). A text longer than the model's `context` (its
+    position embeddings) without `max_length` is an error saying how to cut it."""
+    if tokenizer is None:
+        raise InputError("--text needs the model's tokenizer.json, and the model has none",
+                         "load the model from its Hugging Face folder with its tokenizer.json, or pass --inputs file.npz")
+    if not texts:
+        raise InputError("no text to tokenize", "give --text \"...\" or a --text-file with one example per line")
+    tok = _read_tokenizer(tokenizer)
+    longest = max(len(e.ids) for e in tok.encode_batch(texts))
+    if max_length is None and context is not None and longest > context:
+        raise InputError(f"--text is {longest} tokens long, longer than the model's {context} positions",
+                         f"pass --max-length {context} to truncate it")
+    prep = TextPreprocess(tokenizer, max_length or longest)
+    tok = _tokenizer(prep)
+    batch = tok.encode_batch(texts)
+    parts = {"ids": np.array([e.ids for e in batch]), "attention_mask": np.array([e.attention_mask for e in batch]),
+             "type_ids": np.array([e.type_ids for e in batch]),
+             "position_ids": np.broadcast_to(np.arange(prep.max_length), (len(texts), prep.max_length))}
+    return tuple(np.ascontiguousarray(parts[_field(name, len(input_names))], dtype=dtype)
+                 for name, dtype in zip(input_names, dtypes))
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The non-blank lines of a text file (`--text-file`)."""
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e.reason})", "save the file as UTF-8") from e
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {first_line(e)}") from e
+    if not lines:
+        raise InputError(f"{path} holds no text", "write one example per line")
+    return lines
+
+
 def text_samples(path: Path, prep: TextPreprocess | None, input_names: list[str], dtypes: list[Any],
                  limit: int | None) -> tuple[tuple[Samples, ...], np.ndarray | None]:
     """The file's examples as one lazily tokenized Samples per model input, and their labels (None
@@ -181,14 +219,7 @@ def _read_text(path: Path, offset: int, prep: TextPreprocess) -> str:
 
 def _tokenizer(prep: TextPreprocess):
     """The tokenizer, truncating and padding to `prep.max_length`."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError as e:
-        raise UsageError("reading text needs the tokenizers library", "pip install 'effkit[hf]'") from e
-    try:
-        tokenizer = Tokenizer.from_file(str(prep.tokenizer))
-    except Exception as e:
-        raise InputError(f"{prep.tokenizer} is not a readable tokenizer.json: {first_line(e, 200)}") from e
+    tokenizer = _read_tokenizer(prep.tokenizer)
     tokenizer.enable_truncation(prep.max_length)
     padding = tokenizer.padding or {}
     pad_token = padding.get("pad_token") or next((t for t in PAD_TOKENS if tokenizer.token_to_id(t) is not None), None)
@@ -196,6 +227,17 @@ def _tokenizer(prep: TextPreprocess):
     # padded positions get attention_mask 0, so the pad id only has to be a valid one
     tokenizer.enable_padding(length=prep.max_length, pad_id=pad_id, pad_token=pad_token or "[PAD]")
     return tokenizer
+
+
+def _read_tokenizer(file: Path):
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as e:
+        raise UsageError("reading text needs the tokenizers library", "pip install 'effkit[hf]'") from e
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:
+        raise InputError(f"{file} is not a readable tokenizer.json: {first_line(e, 200)}") from e
 
 
 def token_windows(path: Path, prep: TextPreprocess | None, input_names: list[str], dtypes: list[Any],

@@ -11,6 +11,7 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.data import Reading, load_data
+from effkit.data_text import text_examples, tokenizer_file
 from effkit.files import mark_read
 from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
                            match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
@@ -67,11 +69,13 @@ def load_model(
     inputs: str | Path | None = None,
     data: str | None = None,
     reading: Reading = Reading(),
+    texts: Sequence[str] = (),
     check: bool = True,
 ) -> Model:
     """Load MODEL from a spec (see MODEL_SPEC_HELP) with its example inputs.
 
-    Example inputs come from, in order: `inputs` (an .npz file, for every format), `input_shapes`
+    Example inputs come from, in order: `inputs` (an .npz file, for every format), `texts` (tokenized
+    with the model's tokenizer.json as one batch, padded to the longest or to `reading.max_length`), `input_shapes`
     (random values, seeded), the factory or the file itself (a .pt2 archive's example, an ONNX
     file's fixed shapes), the first sample of `data` (a DATA spec, see effkit.data, read as `reading`
 says, so that its first sample has the shape the command's data will have), and last
@@ -103,17 +107,27 @@ says, so that its first sample has the shape the command's data will have), and 
     if arch and model.format not in ("state_dict", "safetensors"):
         raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
                          "drop --arch")
-    model = _with_example_inputs(model, spec, inputs, data, reading)
+    if texts and (inputs is not None or input_shapes):
+        raise UsageError("give the example inputs one way: --text, --inputs or --input-shape")
+    model = _with_example_inputs(model, spec, inputs, data, reading, texts)
     if check:
         check_runs(model)
     return model
 
 
 def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, data: str | None,
-                         reading: Reading) -> Model:
+                         reading: Reading, texts: Sequence[str]) -> Model:
     """The model with the example inputs it will use (see `load_model` for the order)."""
     if inputs is not None:
         return with_inputs_file(model, inputs)
+    if texts:
+        given = [a.dtype for a in model.example_inputs]
+        names = model.input_names or ["input_ids"]
+        dtypes = given if len(given) == len(names) else [np.int64] * len(names)
+        arrays = text_examples(list(texts), tokenizer_file(model), names, dtypes, reading.max_length,
+                               model.meta.get("context_length"))
+        return match_inputs(model, dict(zip(names, arrays)),
+                            f"--text: {len(texts)} tokenized, length {arrays[0].shape[-1]}")
     if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
         first = load_data(data, model.input_names or None, limit=1, model=model, reading=reading)
         names = model.input_names if len(model.input_names) == len(first.inputs) else [

@@ -145,6 +145,7 @@ def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
                   source=spec, format="hf", path=path, save_suffix=".pt2")
     model.meta["hf_architecture"] = arch
     model.meta["causal_lm"] = is_causal_lm(config)
+    model.meta["context_length"] = context_length(config)  # how many positions a --text may fill
     model.meta["inputs_from"] = "--input-shape" if input_shapes else f"random token ids, length {example[0].shape[-1]}"
     return model
 

@@ -116,3 +116,34 @@ def test_quantize_judges_accuracy_on_jsonl(bert, tmp_path, cli):
     assert result["fidelity"]["inputs"].endswith("eval.jsonl") and result["fidelity"]["samples"] == 8
     for side in ("before", "after"):  # over the 8 labelled lines
         assert (result["accuracy"][side] * 8) % 1 == 0, result["accuracy"]
+
+
+def test_text_gives_a_hugging_face_model_its_example_inputs(bert, cli):
+    code, out, err = cli("bench", f"hf:{bert}", "--text", "the cat sat on a mat", "--text", "a dog", *FAST,
+                         "--json", "b.json")
+    assert code == 0, err
+    assert "inputs (--text: 2 tokenized, length 8): input_ids: 2x8 int64, attention_mask: 2x8 int64" in out
+    Path("lines.txt").write_text("the cat\n\nred mat big\n")
+    code, out, err = cli("inspect", f"hf:{bert}", "--text-file", "lines.txt", "--max-length", "10")
+    assert code == 0, err
+    assert "inputs (--text: 2 tokenized, length 10): input_ids: 2x10 int64" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", " ".join(WORDS[:11])], "Error: --text is 13 tokens long, longer than the model's 12 positions "
+                                       "(pass --max-length 12 to truncate it)"),
+    (["--text", "the cat", "--input-shape", "int64:1x4"],
+     "Error: give the example inputs one way: --text, --inputs or --input-shape"),
+    (["--text-file", "empty.txt"], "Error: empty.txt holds no text (write one example per line)"),
+])
+def test_bad_text_inputs_are_one_error_line(bert, cli, args, message):
+    Path("empty.txt").write_text("\n\n")
+    code, _, err = cli("bench", f"hf:{bert}", *args)
+    assert (code, err.strip()) == (2, message)
+
+
+def test_text_for_a_model_without_a_tokenizer_says_what_is_missing(cli):
+    from conftest import spec
+
+    code, _, err = cli("bench", spec("mlp"), "--text", "hello")
+    assert code == 2 and err.startswith("Error: --text needs the model's tokenizer.json, and the model has none")

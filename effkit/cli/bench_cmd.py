@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.benchmark import DEFAULT_WARMUP, bench
+from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
+from effkit.data import Reading
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
                                print_warnings, progress_bar, resolve_threads, warned, write_outputs)
@@ -60,6 +62,9 @@ def bench_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    text: TextOpt = None,
+    text_file: TextFileOpt = None,
+    max_length: MaxLengthOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
@@ -80,7 +85,9 @@ latency per token, with time to first token and tokens/s beside it.
     if given:
         raise UsageError(f"{given[0]} applies to generation", "add --generate")
     warmup = DEFAULT_WARMUP if warmup is None else warmup
-    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
+    texts = example_texts(text, text_file)
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
+                  reading=Reading(max_length=max_length), console=console_for(json))
     check_outputs_free([json, html, markdown], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)

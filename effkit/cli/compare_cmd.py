@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
+from effkit.data import Reading
 from effkit.cli.common import (ArchOpt, ForceOpt, HtmlOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, ThreadsOpt,
                                TimeoutOpt, TrustOpt, load, resolve_threads,
                                WarmupOpt, check_outputs_free, command, console_for, print_warnings, progress_bar,
@@ -53,6 +55,9 @@ def compare_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    text: TextOpt = None,
+    text_file: TextFileOpt = None,
+    max_length: MaxLengthOpt = None,
     junit: JunitOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
@@ -80,8 +85,11 @@ def compare_command(
     gates, config_strict = thresholds_from(fail_on, config) if fail_on or config else ([limit], False)
     strict = strict or config_strict
     check_outputs_free([json, html, markdown, junit], force)
-    loaded_a = load(model_a, arch, trust, input_shape, inputs, console=console_for(json))
-    loaded_b = load(model_b, arch, trust, input_shape, inputs, console=console_for(json))
+    texts = example_texts(text, text_file)
+    loaded_a = load(model_a, arch, trust, input_shape, inputs, texts=texts,
+                    reading=Reading(max_length=max_length), console=console_for(json))
+    loaded_b = load(model_b, arch, trust, input_shape, inputs, texts=texts,
+                    reading=Reading(max_length=max_length), console=console_for(json))
     check_outputs_free([json, html, markdown, junit], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:

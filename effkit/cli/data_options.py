@@ -4,12 +4,14 @@ together under "Data" in their --help."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from effkit.data import Reading
 from effkit.data_images import ImagePreprocess, parse_floats, parse_image_size
+from effkit.data_text import read_text_lines
 
 PANEL = "Data"
 
@@ -31,8 +33,13 @@ MeanOpt = Annotated[Optional[str], typer.Option(
 StdOpt = Annotated[Optional[str], typer.Option(
     "--std", help="For a folder of images: per-channel std, e.g. 0.229,0.224,0.225.", metavar="R,G,B",
     rich_help_panel=PANEL)]
+TextOpt = Annotated[Optional[list[str]], typer.Option(
+    "--text", help="Example input of a text model: this text, tokenized with the model's tokenizer.json "
+                   "(repeatable: a batch, padded to the longest or to --max-length).", metavar="TEXT")]
+TextFileOpt = Annotated[Optional[Path], typer.Option(
+    "--text-file", help="Example inputs of a text model: one text per line of FILE, as --text.", metavar="FILE")]
 MaxLengthOpt = Annotated[Optional[int], typer.Option(
-    "--max-length", help="For .txt/.jsonl text: tokens per sample, padded or truncated (default: the model's "
+    "--max-length", "--seq-len", help="For .txt/.jsonl text: tokens per sample, padded or truncated (default: the model's "
                          "sequence length).", min=1, metavar="N", rich_help_panel=PANEL)]
 TextFieldOpt = Annotated[str, typer.Option(
     "--text-field", help="For .jsonl text: the field that holds the text.", metavar="NAME", rich_help_panel=PANEL)]
@@ -48,3 +55,8 @@ def reading(limit: int | None, num_workers: int, image_size: str | None, resize:
                              mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3),
                              workers=num_workers)
     return Reading(limit=limit, images=images, max_length=max_length, text_field=text_field, label_field=label_field)
+
+
+def example_texts(text: list[str] | None, text_file: Path | None) -> list[str]:
+    """The texts of --text and --text-file, in that order: a text model's example inputs."""
+    return [*(text or []), *(read_text_lines(text_file) if text_file is not None else [])]

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
+from effkit.data import Reading
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.errors import UsageError
@@ -27,6 +29,9 @@ def export_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    text: TextOpt = None,
+    text_file: TextFileOpt = None,
+    max_length: MaxLengthOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     force: ForceOpt = False,
@@ -36,7 +41,9 @@ def export_command(
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)
-    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
+    texts = example_texts(text, text_file)
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
+                  reading=Reading(max_length=max_length), console=console_for(json))
     check_outputs_free([output, json, html], force, inputs=(loaded.path,))
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json as jsonlib
 
+from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
+from effkit.data import Reading
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.report.text import inspect_tables
@@ -17,6 +19,9 @@ def inspect_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    text: TextOpt = None,
+    text_file: TextFileOpt = None,
+    max_length: MaxLengthOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     force: ForceOpt = False,
@@ -24,7 +29,9 @@ def inspect_command(
 ) -> None:
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
     check_outputs_free([json, html], force)
-    loaded = load(model, arch, trust, input_shape, inputs, console=console_for(json))
+    texts = example_texts(text, text_file)
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
+                  reading=Reading(max_length=max_length), console=console_for(json))
     check_outputs_free([json, html], force)  # against the files loading read (an ONNX model's data, ...)
     info = describe(loaded)
     console = console_for(json)

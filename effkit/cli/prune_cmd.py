@@ -10,7 +10,7 @@ import typer
 from effkit.apply import apply_step
 from effkit.cli.bench_cmd import parse_runtimes
 from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
-                                     ResizeOpt, StdOpt, TextFieldOpt, reading)
+                                     ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
@@ -84,6 +84,8 @@ def prune_command(
     trust: TrustOpt = False,
     input_shape: InputShapeOpt = None,
     inputs: InputsOpt = None,
+    text: TextOpt = None,
+    text_file: TextFileOpt = None,
     export_onnx: ExportOnnxOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
@@ -112,7 +114,8 @@ def prune_command(
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     check_outputs_free([output, export_onnx, json, html, markdown], force)
     data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
-    loaded = load(model, arch, trust, input_shape, inputs, data=(eval_data, data), console=console_for(json),
+    texts = example_texts(text, text_file)
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, data=(eval_data, data), console=console_for(json),
                   reading=data_reading)
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
