@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -46,4 +47,8 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:
         DEBUG["on"] = True
         sys.argv = [a for a in sys.argv if a != "--debug"]
+    else:
+        # torch's C++ warnings bypass Python's warning filters (loading an int8 TorchScript prints the
+        # Quantizer.cpp deprecation of quantized tensors); read once, when torch is first imported
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     app()
