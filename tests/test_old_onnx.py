@@ -16,20 +16,22 @@ from conftest import FAST
 OPTS = [*FAST, "--threads", "1", "--min-time", "0.05", "--allow-slower"]
 
 
-def old_graph(path: Path, opset: int, ir_version: int = 3) -> None:
+def old_graph(path: Path, opset: int, ir_version: int = 3, positional: bool = False) -> None:
     """A small CNN as Caffe2 / early converters wrote it: every weight also a graph input; a Conv whose
     output feeds a spatial BatchNormalization and a three-input Sum (so the BatchNormalization cannot
-    fold into it); from opset 9 on, a bias made by ConstantOfShape."""
+    fold into it); from opset 9 on, a bias made by ConstantOfShape. `positional` (opsets 7 and 8): the
+    BatchNormalization has spatial=0, statistics per position (8 x 16 x 16)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
+    stats = (8, 16, 16) if positional else 8
     weights = {"conv_w": rng.standard_normal((8, 3, 3, 3)) * 0.3, "conv_b": rng.standard_normal(8) * 0.1,
-               "bn_scale": rng.uniform(0.5, 1.5, 8), "bn_bias": rng.standard_normal(8) * 0.1,
-               "bn_mean": rng.standard_normal(8) * 0.1, "bn_var": rng.uniform(0.5, 1.5, 8),
+               "bn_scale": rng.uniform(0.5, 1.5, stats), "bn_bias": rng.standard_normal(stats) * 0.1,
+               "bn_mean": rng.standard_normal(stats) * 0.1, "bn_var": rng.uniform(0.5, 1.5, stats),
                "fc_w": rng.standard_normal((10, 8)) * 0.3, "fc_b": rng.standard_normal(10) * 0.1}
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()]
-    bn = {"epsilon": 1e-5, **({"spatial": 1} if opset < 9 else {})}
+    bn = {"epsilon": 1e-5, **({"spatial": 0 if positional else 1} if opset < 9 else {})}
     logits = "out" if opset < 9 else "gemm"
     nodes = [helper.make_node("Conv", ["data", "conv_w", "conv_b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("BatchNormalization", ["c", *list(weights)[2:6]], ["bn"], **bn),
@@ -101,6 +103,24 @@ def test_static_int8_of_an_ir3_graph_calibrates_and_matches(cli, opset):
     cosine = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cosine >= 0.99
     assert Path("old.onnx").read_bytes() == _fresh_bytes(opset, Path("again.onnx"))  # the input is untouched
+
+
+@pytest.mark.parametrize("opset", [7, 8])
+def test_a_batchnorm_with_statistics_per_position_is_rewritten_before_the_opset_upgrade(cli, opset):
+    """spatial=0 makes ONNX's version converter fail ("Attribute spatial must have value 1")."""
+    old_graph(Path("old.onnx"), opset, positional=True)
+    np.savez("calib.npz", data=_images())
+    code, out, err = cli("quantize", "old.onnx", "--method", "static", "--calib", "calib.npz", "-o", "q.onnx",
+                         "--json", "r.json", *OPTS)
+    assert code == 0, err
+    steps = json.loads(Path("r.json").read_text())["details"]["preprocessing"]
+    assert "rewrote 1 BatchNormalization node(s) with spatial=0 (statistics per position) as Mul and Add" in steps
+    import onnx
+
+    assert [i.name for i in onnx.load("q.onnx").graph.input] == ["data"]
+    x = _images(4)[:1]
+    ref, got = _run("old.onnx", x), _run("q.onnx", x)
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) >= 0.99
 
 
 def _fresh_bytes(opset: int, path: Path) -> bytes:

@@ -113,12 +113,15 @@ def _sum_to_adds(proto) -> int:
     return rewritten
 
 
-def _batchnorm_to_affine(proto) -> int:
+def _batchnorm_to_affine(proto, non_spatial_only: bool = False) -> int:
     """Rewrite an inference BatchNormalization with constant statistics as `x * a + b` (a Mul and an Add
     on per-channel constants). ONNX Runtime folds a BatchNormalization into the Conv before it only
     when the Conv feeds nothing else; one left standing (Caffe2 graphs have them) makes its static
     quantizer emit a per-axis QuantizeLinear that fails at calibration. Mul and Add quantize, and fold
-    into a Conv where they can. Returns how many were rewritten."""
+    into a Conv where they can. `spatial=0` (opsets before 9: statistics per position, shaped C x D1
+    x ... x Dn) becomes constants of that shape, which broadcast over the batch; ONNX's version
+    converter refuses such a node, so `non_spatial_only` rewrites just those, before it runs.
+    Returns how many were rewritten."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -129,18 +132,26 @@ def _batchnorm_to_affine(proto) -> int:
     nodes, rewritten = [], 0
     for node in proto.graph.node:
         rank = ranks.get(node.input[0]) if node.input else None
+        spatial = next((a.i for a in node.attribute if a.name == "spatial"), 1)
         if (node.op_type != "BatchNormalization" or node.domain or len(node.output) != 1 or len(node.input) != 5
-                or not all(n in inits for n in node.input[1:]) or not rank or rank < 2):
+                or not all(n in inits for n in node.input[1:]) or not rank or rank < 2
+                or (non_spatial_only and spatial != 0)):
             nodes.append(node)
             continue
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:])
         mul = scale / np.sqrt(var + eps)
-        shape = (-1,) + (1,) * (rank - 2)
+        shape = (-1,) + (1,) * (rank - 2) if spatial != 0 else scale.shape
+        if spatial == 0 and scale.ndim != rank - 1:  # per position, but not laid out as C x D1 x ... x Dn
+            nodes.append(node)
+            continue
         name = node.name or f"BatchNormalization_{rewritten}"
         a, b = f"{name}_affine_scale", f"{name}_affine_shift"
-        proto.graph.initializer.extend([numpy_helper.from_array(mul.reshape(shape).astype(np.float32), a),
-                                        numpy_helper.from_array((bias - mean * mul).reshape(shape).astype(np.float32), b)])
+        constants = [numpy_helper.from_array(mul.reshape(shape).astype(np.float32), a),
+                     numpy_helper.from_array((bias - mean * mul).reshape(shape).astype(np.float32), b)]
+        proto.graph.initializer.extend(constants)
+        if proto.ir_version < 4:  # IR 3 lists every weight as a graph input too (the version converter reads them there)
+            proto.graph.input.extend(helper.make_tensor_value_info(c.name, c.data_type, list(c.dims)) for c in constants)
         nodes += [helper.make_node("Mul", [node.input[0], a], [f"{name}_scaled"], name=f"{name}_mul"),
                   helper.make_node("Add", [f"{name}_scaled", b], [node.output[0]], name=f"{name}_add")]
         rewritten += 1
@@ -152,11 +163,17 @@ def _batchnorm_to_affine(proto) -> int:
 
 
 def drop_unused_initializers(proto) -> None:
-    """Remove initializers no node reads any more (ONNX Runtime warns about each one)."""
+    """Remove initializers no node reads any more (ONNX Runtime warns about each one), and the graph
+    inputs that listed them (IR 3), which would otherwise become inputs the caller has to feed."""
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    dropped = {i.name for i in proto.graph.initializer if i.name not in used}
     keep = [i for i in proto.graph.initializer if i.name in used]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(keep)
+    inputs = [i for i in proto.graph.input if i.name not in dropped]
+    if len(inputs) != len(proto.graph.input):
+        del proto.graph.input[:]
+        proto.graph.input.extend(inputs)
 
 
 def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
@@ -175,6 +192,10 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     notes = []
     proto = onnx.load(str(onnx_path))
     opset = _default_opset(proto)
+    positional = _batchnorm_to_affine(proto, non_spatial_only=True)
+    if positional:
+        notes.append(f"rewrote {positional} BatchNormalization node(s) with spatial=0 (statistics per position) "
+                     "as Mul and Add")
     if opset < MIN_OPSET:
         try:
             proto = version_converter.convert_version(proto, MIN_OPSET)
