@@ -376,6 +376,30 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, files, teacher, data
     assert not torch.equal(ddp["0.weight"], plain_student()[0].weight)  # it did train
 
 
+def test_two_nodes_on_one_machine_match_one_process(tmp_path, files, teacher, data):
+    """A two-node torchrun job (one process per node, the nodes meeting at 127.0.0.1, as on a cluster)
+    reaches the weights of one process: each rank reads its own share of every global batch."""
+    from models_distill import plain_student
+
+    port = str(_free_port())
+    nodes = [subprocess.Popen([str(VENV / "torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node",
+                               "1", "--master-addr", "127.0.0.1", "--master-port", port, "-m", "effkit", "distill",
+                               spec("teacher"), *NO_BAR, "--student", spec("plain_student"),
+                               "--data", str(files / "train.npz"), "--val-data", str(files / "val.npz"), "--epochs",
+                               "2", "--batch-size", "32", "--seed", "5", *FAST, "-o", str(tmp_path / "nodes.pt")],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = [node.communicate(timeout=180) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], results
+    assert results[0][0].count("effkit distill") == 1 and "effkit distill" not in results[1][0]  # global rank 0 only
+    train, val = data
+    one = distill(teacher, teacher.replace(module=plain_student()), DistillConfig(epochs=2, batch_size=32, seed=5),
+                  data=train, val_data=val).model.module.state_dict()
+    two = torch.load(tmp_path / "nodes.pt")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5)
+
+
 def _free_port() -> int:
     import socket
 
