@@ -1,4 +1,4 @@
-"""Transformer encoders for the quantize tests and benchmarks/transformers.py (factory specs
+"""Transformer encoders for the quantize tests and benchmarks/transformers_int8.py (factory specs
 tests/models_transformer.py:NAME).
 
 `OutlierEncoder` reproduces how int8 fails on real transformer checkpoints, where random-weight

@@ -17,8 +17,8 @@ held-out sequences against torch fp32. The goals (issue 14): on the outlier enco
 has cosine >= 0.99 at >= 1.8x ONNX Runtime fp32 and size <= 0.3x; on base it is at least as fast as
 the fastest anchor with cosine >= 0.999.
 
-    .venv/bin/python benchmarks/transformers.py            # full size (minutes; run it alone)
-    .venv/bin/python benchmarks/transformers.py --quick    # smoke run
+    .venv/bin/python benchmarks/transformers_int8.py            # full size (minutes; run it alone)
+    .venv/bin/python benchmarks/transformers_int8.py --quick    # smoke run
 """
 
 from __future__ import annotations
