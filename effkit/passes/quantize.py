@@ -32,7 +32,7 @@ from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateCon
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
 from effkit.runners import native_runner
-from effkit.size import size_info
+from effkit.size import disk_bytes
 from effkit.specs import Threshold, check_numbers, parse_threshold
 from effkit.util import quiet_torch
 
@@ -439,7 +439,7 @@ def _tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext,
 def _size(m) -> int:
     """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
     with quiet_torch():
-        return size_info(m)["bytes_on_disk"]
+        return disk_bytes(m)
 
 
 def _bind(ctx: CandidateContext, m) -> Callable[[], Any]:
