@@ -22,6 +22,8 @@ from effkit.util import quiet_loggers, workdir
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
 MIN_OPSET = 13
+LARGE_NOTE = ("a large model (weights kept in external data): pre-processed without symbolic shape inference, "
+              "which would copy the whole model")
 
 
 @contextlib.contextmanager
@@ -248,7 +250,7 @@ def _pre_process_large(staged: Path, out: Path) -> list[str]:
 
     ort = import_onnxruntime()
     optimized = staged.with_name("optimized.onnx")
-    notes = ["a model over 2 GB: pre-processed without symbolic shape inference (it would copy the whole model)"]
+    notes = [LARGE_NOTE]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(optimized)
