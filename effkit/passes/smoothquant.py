@@ -17,6 +17,7 @@ torch path); both return the smoothed model and a per-LayerNorm report.
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,19 +144,18 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
     if not groups:
         return onnx_path, []
 
-    # the LayerNorm outputs over the calibration batches, from a probe graph beside the model (its
-    # external data, if any, is found there)
+    # the LayerNorm outputs over the calibration batches, from a probe graph written as a work file
     probe = copy.deepcopy(proto)
     for node, _ in groups:
         probe.graph.output.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    probe_path = Path(tempfile.mkstemp(suffix=".onnx", dir=base)[1])
+    probe_dir = Path(tempfile.mkdtemp(dir=workdir()))
     try:
-        onnx.save_model(probe, str(probe_path))
+        write_model(probe, probe_dir / "probe.onnx", base)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(probe_path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(probe_dir / "probe.onnx"), options, providers=["CPUExecutionProvider"])
     finally:
-        probe_path.unlink()
+        shutil.rmtree(probe_dir)
     names = [i.name for i in session.get_inputs()]
     wanted = [node.output[0] for node, _ in groups]
     stats = {name: _Stats() for name in wanted}
