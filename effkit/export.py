@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from effkit import onnx_files
 from effkit.env import available_cores
 from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
 from effkit.fidelity import check_finite
@@ -23,7 +24,6 @@ from effkit.files import atomic_path, forget_temporary, track_temporary
 from effkit.inputs import batched
 from effkit.load import load_onnx
 from effkit.model import Model
-from effkit import onnx_files
 from effkit.onnx_files import load_graph, save_onnx_file, tensor_data_bytes, write_model
 from effkit.runners import RUNTIMES, OrtRunner, Runner, TorchRunner
 from effkit.specs import check_numbers

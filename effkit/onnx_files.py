@@ -257,7 +257,7 @@ def write_model(proto: Any, dst: Path, source_dir: Path | None = None, external:
     With external data (`external`; by default when some tensors are external already, read from
     `source_dir`, or when the tensors hold more than EXTERNAL_DATA_THRESHOLD bytes), every tensor over
     `inline_bytes` goes to one data file beside `dst`, `NAME.onnx.data`: external ones are copied in
-    chunks, loaded ones written and dropped from memory, so the serialized graph stays small."""
+    chunks, loaded ones written out and cleared from the proto, so the serialized graph stays small."""
     import onnx
     from onnx import numpy_helper
     from onnx.external_data_helper import _get_attribute_tensors, _get_initializer_tensors
@@ -281,11 +281,8 @@ def write_model(proto: Any, dst: Path, source_dir: Path | None = None, external:
                 _copy_span(*_span(t, source_dir), out, t.name)
             elif movable and t.data_type != onnx.TensorProto.STRING and \
                     (len(t.raw_data) if t.raw_data else declared_bytes(t) or 0) > inline_bytes:
-                if t.raw_data:
-                    out.write(t.raw_data)
-                else:  # values in a typed field: stored little-endian, as raw data is
-                    values = numpy_helper.to_array(t)
-                    out.write(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes())
+                # values in a typed field are stored as raw data would hold them
+                out.write(t.raw_data or numpy_helper.from_array(numpy_helper.to_array(t)).raw_data)
                 for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                     t.ClearField(field)
                 t.data_location = _EXTERNAL

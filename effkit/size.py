@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -78,28 +78,15 @@ def disk_bytes(model: Model) -> int:
 
 def _gzip_bytes(path: Path) -> int:
     """The size of `path` gzipped (level 6), compressed in chunks: a model of several GB is never read whole."""
-    counter = _ByteCounter()
-    with open(path, "rb") as src, gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:
-        while chunk := src.read(_GZIP_CHUNK):
-            gz.write(chunk)
-    return counter.count
+    stream = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_GZIP_CHUNK):
+            size += len(stream.compress(chunk))
+    return size + len(stream.flush())
 
 
 _GZIP_CHUNK = 16 * 2**20
-
-
-class _ByteCounter:
-    """A write-only file object that only counts what is written to it."""
-
-    def __init__(self):
-        self.count = 0
-
-    def write(self, data) -> int:
-        self.count += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
 
 
 def _onnx_weight_chunks(path: Path):
