@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from effkit import onnx_files
 from effkit.env import available_cores
 from effkit.errors import EffkitError, OutputExistsError, StepFailed, UsageError, first_line
 from effkit.fidelity import check_finite
@@ -23,14 +24,12 @@ from effkit.files import atomic_path, forget_temporary, track_temporary
 from effkit.inputs import batched
 from effkit.load import load_onnx
 from effkit.model import Model
-from effkit.onnx_files import save_onnx_file, write_onnx
+from effkit.onnx_files import load_graph, save_onnx_file, tensor_data_bytes, write_model
 from effkit.runners import RUNTIMES, OrtRunner, Runner, TorchRunner
 from effkit.specs import check_numbers
 from effkit.util import quiet_torch, workdir
 
 DEFAULT_OPSET = 18
-# Above this, weights go to an external data file (protobuf refuses messages over 2 GB).
-EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,17 @@ TORCHSCRIPT = "TorchScript"
 TORCHSCRIPT_MAX_OPSET = 17
 
 
-def _export_proto(model: Model, config: ExportConfig) -> tuple[Any, dict]:
-    """The ONNX proto and how it was made: {"exporter", "fallback_reason" (when torch.export failed)}."""
+def _weight_bytes(module: Any) -> int:
+    """Bytes of a torch module's parameters and buffers (each shared tensor once)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _export_proto(model: Model, config: ExportConfig, target: Path | None = None) -> tuple[Any, dict]:
+    """The ONNX proto and how it was made: {"exporter", "fallback_reason" (when torch.export failed)}.
+
+    With `target`, the model is written there instead, its weights in external data beside it, written
+    from the module's tensors one at a time (no proto of the whole model is built), and the proto is None."""
     import torch
 
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
@@ -80,14 +88,18 @@ def _export_proto(model: Model, config: ExportConfig) -> tuple[Any, dict]:
             try:
                 program = torch.onnx.export(model.module, args, dynamo=True, opset_version=config.opset,
                                             input_names=model.input_names, dynamic_shapes=dynamic, verbose=False)
-                return program.model_proto, {"exporter": TORCH_EXPORT}
+                if target is None:
+                    return program.model_proto, {"exporter": TORCH_EXPORT}
+                program.save(str(target), external_data=True)
+                return None, {"exporter": TORCH_EXPORT}
             except Exception as e:
                 errors.append(e)
-        # TorchScript modules and some quantized modules only go through the older TorchScript exporter.
+        # TorchScript modules and some quantized modules only go through the older TorchScript exporter
+        # (to a file, it writes the weights of a model over 2 GB as external data).
         buffer = io.BytesIO()
         axes = {n: {0: "batch"} for n in model.input_names} if config.dynamic_batch else None
         try:
-            torch.onnx.export(model.module, args, buffer, dynamo=False,
+            torch.onnx.export(model.module, args, buffer if target is None else str(target), dynamo=False,
                               opset_version=min(config.opset, TORCHSCRIPT_MAX_OPSET),
                               input_names=model.input_names, dynamic_axes=axes)
         except Exception as e:
@@ -100,7 +112,7 @@ def _export_proto(model: Model, config: ExportConfig) -> tuple[Any, dict]:
     how = {"exporter": TORCHSCRIPT}
     how["fallback_reason"] = (f"torch.export failed: {first_line(errors[0], 200)}" if errors
                               else "a TorchScript module only goes through the TorchScript exporter")
-    return onnx.load_from_string(buffer.getvalue()), how
+    return (onnx.load_from_string(buffer.getvalue()) if target is None else None), how
 
 
 def _opset_of(proto: Any) -> int | None:
@@ -152,7 +164,9 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
 def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = None, force: bool = False) -> Model:
     """Export `model` to ONNX at `path`, verified in ONNX Runtime; return the ONNX Model.
 
-    Writes atomically: a failed verification leaves nothing at `path`.
+    Writes atomically: a failed verification leaves nothing at `path`. A model whose weights exceed
+    `onnx_files.EXTERNAL_DATA_THRESHOLD` is written with them in a data file beside `path`, straight
+    from the module's tensors: the whole model is never built as one proto.
     """
     import onnx
 
@@ -162,25 +176,33 @@ def export_onnx(model: Model, path: str | Path, config: ExportConfig | None = No
         raise UsageError("the model is ONNX already", "pass a torch model to export")
     if path.exists() and not force:
         raise OutputExistsError(f"{path} already exists", "pass --force to overwrite it")
-    proto, how = _export_proto(model, config)
-    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
+    large = _weight_bytes(model.module) > onnx_files.EXTERNAL_DATA_THRESHOLD
+    proto, how = (None, {}) if large else _export_proto(model, config)
+    if proto is not None and tensor_data_bytes(proto) <= onnx_files.EXTERNAL_DATA_THRESHOLD:
+        with atomic_path(path, force) as tmp:
+            onnx.save_model(proto, str(tmp))
+            report = verify_onnx(model, tmp, config)
+        opset = _opset_of(proto)
+    else:
         # staged and verified beside the target, then copied in data-first: a failed verification
         # leaves the old output as it was
         stage = track_temporary(tempfile.mkdtemp(prefix=".effkit-export-", dir=path.parent))
         try:
-            staged = write_onnx(proto, stage / path.name, force=True, external_data=True)[0]
+            staged = stage / path.name
+            if proto is None:
+                _, how = _export_proto(model, config, target=staged)
+            else:  # the module was under the threshold, its export is not
+                write_model(proto, staged, external=True)
+            del proto
             report = verify_onnx(model, staged, config)
+            opset = _opset_of(load_graph(staged))
             save_onnx_file(staged, path, force)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
             forget_temporary(stage)
-    else:
-        with atomic_path(path, force) as tmp:
-            onnx.save_model(proto, str(tmp))
-            report = verify_onnx(model, tmp, config)
     exported = load_onnx(path, str(path), ())
     exported = exported.replace(example_inputs=model.example_inputs, source=model.source)
-    exported.meta["export"] = {"opset": _opset_of(proto), "opset_requested": config.opset, **how,
+    exported.meta["export"] = {"opset": opset, "opset_requested": config.opset, **how,
                                "dynamic_batch": config.dynamic_batch, **report}
     return exported
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from effkit.model import Model
-from effkit.onnx_files import external_files
+from effkit.onnx_files import external_files, load_graph, tensor_chunks
 from effkit.save import save_model
 from effkit.util import workdir
 
@@ -37,13 +37,14 @@ def size_info(model: Model) -> dict:
         info["nonzero_parameters"] = int(sum(int((t != 0).sum()) for t in weights))
         info["bytes_in_memory"] = int(sum(t.numel() * t.element_size() for t in _torch_tensors(model.module)))
     else:
-        arrays = _onnx_initializers(model.onnx_path)
-        info["parameters"] = int(sum(a.size for a in arrays))
-        info["nonzero_parameters"] = int(sum(np.count_nonzero(a) for a in arrays))
-        info["bytes_in_memory"] = int(sum(a.nbytes for a in arrays))
+        info["parameters"] = info["nonzero_parameters"] = info["bytes_in_memory"] = 0
+        for chunk in _onnx_weight_chunks(model.onnx_path):
+            info["parameters"] += int(chunk.size)
+            info["nonzero_parameters"] += int(np.count_nonzero(chunk))
+            info["bytes_in_memory"] += int(chunk.nbytes)
     files = artifact_files(model)
     info["bytes_on_disk"] = int(sum(f.stat().st_size for f in files))
-    info["gzip_bytes"] = int(sum(len(gzip.compress(f.read_bytes(), compresslevel=6)) for f in files))
+    info["gzip_bytes"] = int(sum(_gzip_bytes(f) for f in files))
     info["format"] = model.save_suffix.lstrip(".") if model.path is None else model.format
     info["files"] = [f.name for f in files] if model.path is not None or model.kind == "onnx" else []
     return info
@@ -70,15 +71,32 @@ def _torch_tensors(module: Any, buffers: bool = True):
                 yield w.int_repr() if w.is_quantized else w
 
 
-def _onnx_initializers(path: Path) -> list[np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
+def disk_bytes(model: Model) -> int:
+    """Bytes on disk of the model's files, sidecars included (without the gzip size_info also measures)."""
+    return int(sum(f.stat().st_size for f in artifact_files(model)))
 
-    proto = onnx.load(str(path))
-    arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer]
-    for node in proto.graph.node:  # weights stored as Constant nodes count too
+
+def _gzip_bytes(path: Path) -> int:
+    """The size of `path` gzipped (level 6), compressed in chunks: a model of several GB is never read whole."""
+    stream = zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_GZIP_CHUNK):
+            size += len(stream.compress(chunk))
+    return size + len(stream.flush())
+
+
+_GZIP_CHUNK = 16 * 2**20
+
+
+def _onnx_weight_chunks(path: Path):
+    """The values of an ONNX model's initializers and Constant-node tensors (weights stored as Constant nodes
+    count too), piece by piece: external data is read in chunks, never the whole model at once."""
+    graph = load_graph(path)
+    for tensor in graph.graph.initializer:
+        yield from tensor_chunks(tensor, path.parent)
+    for node in graph.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
-                    arrays.append(numpy_helper.to_array(attr.t))
-    return arrays
+                    yield from tensor_chunks(attr.t, path.parent)

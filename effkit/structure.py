@@ -9,6 +9,7 @@ import numpy as np
 from effkit.errors import EffkitError
 from effkit.inputs import torch_inputs
 from effkit.load import check_runs
+from effkit.onnx_files import load_graph, tensor_chunks
 from effkit.passes.prune_graph import dependency_graph, output_layers, prunable_types
 from effkit.util import quiet_torch
 
@@ -95,25 +96,25 @@ def _macs(model) -> int | None:
 
 
 def _describe_onnx(model) -> dict:
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(model.onnx_path))
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    proto = load_graph(model.onnx_path)  # external weights are read a chunk at a time, never held whole
+    inits = {}  # name -> (values, non-zero values)
+    for t in proto.graph.initializer:
+        counts = [(c.size, np.count_nonzero(c)) for c in tensor_chunks(t, model.onnx_path.parent)]
+        inits[t.name] = (int(sum(n for n, _ in counts)), int(sum(z for _, z in counts)))
     ops = Counter(n.op_type for n in proto.graph.node)
     layers = []
     for node in proto.graph.node:
         weights = [inits[i] for i in node.input if i in inits]
-        count = int(sum(w.size for w in weights))
-        zeros = int(sum(w.size - np.count_nonzero(w) for w in weights))
+        count = int(sum(n for n, _ in weights))
+        zeros = int(sum(n - nonzero for n, nonzero in weights))
         if count or node.op_type in QUANTIZABLE_ONNX:
             layers.append({"name": node.name or node.output[0], "type": node.op_type, "parameters": count,
                            "sparsity": zeros / count if count else 0.0,
                            "quantizable": node.op_type in QUANTIZABLE_ONNX, "prunable": False})
-    total = int(sum(a.size for a in inits.values()))
+    total = int(sum(n for n, _ in inits.values()))
     return {
         "parameters": total,
-        "nonzero_parameters": int(sum(np.count_nonzero(a) for a in inits.values())),
+        "nonzero_parameters": int(sum(nonzero for _, nonzero in inits.values())),
         "macs": None,
         "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "layer_types": [{"type": t, "count": c, "parameters": sum(l["parameters"] for l in layers if l["type"] == t)}

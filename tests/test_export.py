@@ -7,11 +7,12 @@ from conftest import spec
 from effkit.errors import StepFailed
 from effkit.load import load_model
 from effkit import export as export_mod
+from effkit import onnx_files
 from effkit.export import make_runner
 
 
 def test_large_model_path_writes_external_data_that_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)  # treat the tiny model as a 2 GB one
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 0)  # treat the tiny model as a 2 GB one
     model = load_model(spec("mlp"))
     export_mod.export_onnx(model, tmp_path / "m.onnx")
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -24,7 +25,7 @@ def test_large_model_path_writes_external_data_that_loads(tmp_path, monkeypatch)
 @pytest.mark.parametrize("large", [False, True])
 def test_failed_verification_leaves_the_old_output(tmp_path, monkeypatch, large):
     if large:
-        monkeypatch.setattr(export_mod, "EXTERNAL_DATA_BYTES", 0)
+        monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_THRESHOLD", 0)
     (tmp_path / "m.onnx").write_bytes(b"the old export")
 
     def mismatch(*args, **kwargs):

@@ -3,7 +3,8 @@ initializers, named nodes, old opsets (7-9, IR 3) upgraded, weights taken off th
 Caffe2-era patterns (multi-input Sum, standalone BatchNormalization) rewritten.
 
 Every function writes new files into effkit's private work folder and returns their paths; the
-input file is never touched.
+input file is never touched. A model over `EXTERNAL_DATA_THRESHOLD` is handled as its graph with the
+weights left on disk (read only where a rewrite needs them) and written with external data.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from effkit.errors import StepFailed, first_line
+from effkit.onnx_files import INLINE_TENSOR_BYTES, external_files, is_large, load_graph, read_tensor, write_model
 from effkit.runners import import_onnxruntime
 from effkit.util import quiet_loggers, workdir
 
 # ORT's quantizers need opset >= 10 and quantize per channel only from 13 on.
 MIN_OPSET = 13
+LARGE_NOTE = ("a large model (weights kept in external data): pre-processed without symbolic shape inference, "
+              "which would copy the whole model")
 
 
 @contextlib.contextmanager
@@ -113,7 +117,7 @@ def _sum_to_adds(proto) -> int:
     return rewritten
 
 
-def _batchnorm_to_affine(proto, non_spatial_only: bool = False) -> int:
+def _batchnorm_to_affine(proto, base_dir: Path, non_spatial_only: bool = False) -> int:
     """Rewrite an inference BatchNormalization with constant statistics as `x * a + b` (a Mul and an Add
     on per-channel constants). ONNX Runtime folds a BatchNormalization into the Conv before it only
     when the Conv feeds nothing else; one left standing (Caffe2 graphs have them) makes its static
@@ -139,7 +143,7 @@ def _batchnorm_to_affine(proto, non_spatial_only: bool = False) -> int:
             nodes.append(node)
             continue
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        scale, bias, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:])
+        scale, bias, mean, var = (read_tensor(inits[n], base_dir).astype(np.float64) for n in node.input[1:])
         mul = scale / np.sqrt(var + eps)
         shape = (-1,) + (1,) * (rank - 2) if spatial != 0 else scale.shape
         if spatial == 0 and scale.ndim != rank - 1:  # per position, but not laid out as C x D1 x ... x Dn
@@ -184,15 +188,18 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     are taken off the graph inputs (IR 3), Sum becomes Adds, Constant-node weights become
     initializers, unnamed nodes get names, then `quant_pre_process` runs (symbolic shape inference
     and graph optimization, which folds ConstantOfShape-made weights into constants), falling back
-    to plain ONNX shape inference when the graph defeats it.
+    to plain ONNX shape inference when the graph defeats it. A large model (`is_large`) is rewritten
+    as its graph alone, its weights left on disk, and optimized and shape-inferred from file to file
+    (`_pre_process_large`): it is never held whole, nor serialized as one message.
     """
     import onnx
     from onnx import version_converter
 
     notes = []
-    proto = onnx.load(str(onnx_path))
+    large = is_large(onnx_path)
+    proto = load_graph(onnx_path) if large else onnx.load(str(onnx_path))
     opset = _default_opset(proto)
-    positional = _batchnorm_to_affine(proto, non_spatial_only=True)
+    positional = _batchnorm_to_affine(proto, onnx_path.parent, non_spatial_only=True)
     if positional:
         notes.append(f"rewrote {positional} BatchNormalization node(s) with spatial=0 (statistics per position) "
                      "as Mul and Add")
@@ -210,7 +217,7 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     sums = _sum_to_adds(proto)
     if sums:
         notes.append(f"rewrote {sums} Sum node(s) as Adds")
-    norms = _batchnorm_to_affine(proto)
+    norms = _batchnorm_to_affine(proto, onnx_path.parent)
     if norms:
         notes.append(f"rewrote {norms} BatchNormalization node(s) as Mul and Add")
     moved = _constants_to_initializers(proto)
@@ -218,8 +225,27 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
         notes.append(f"moved {moved} Constant-node tensors to initializers")
     _name_nodes(proto)
     staged = _new_path("staged.onnx")
-    onnx.save_model(proto, str(staged))
+    staged_files = write_model(proto, staged, onnx_path.parent)
+    del proto  # a large model's rewritten weights: on disk now
     out = staged.with_name("preprocessed.onnx")
+    if large:
+        notes += _pre_process_large(staged, out)
+    else:
+        notes += _pre_process(staged, out)
+    needed = {out.parent / name for name in external_files(out)}
+    for file in set(staged_files) - needed:  # a copy of the model: free the disk before the quantizers write theirs
+        file.unlink()
+    # the optimizer may rename or create nodes: name them again (a large model's data stays where it is)
+    proto = load_graph(out)
+    _name_nodes(proto)
+    onnx.save_model(proto, str(out))
+    return out, notes
+
+
+def _pre_process(staged: Path, out: Path) -> list[str]:
+    """ONNX Runtime's `quant_pre_process`, with fallbacks: without symbolic shape inference, then ONNX
+    shape inference alone. Returns the notes of the fallbacks taken."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with quiet_ort():
@@ -228,16 +254,43 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
         except Exception:
             try:
                 quant_pre_process(str(staged), str(out), skip_symbolic_shape=True)
-                notes.append("symbolic shape inference failed; used ONNX shape inference")
+                return ["symbolic shape inference failed; used ONNX shape inference"]
             except Exception:
-                inferred = onnx.shape_inference.infer_shapes(proto)
-                onnx.save_model(inferred, str(out))
-                notes.append("ONNX Runtime pre-processing failed; used ONNX shape inference only")
-    # the optimizer may rename or create nodes: name them again
-    proto = onnx.load(str(out))
-    _name_nodes(proto)
+                onnx.save_model(onnx.shape_inference.infer_shapes(onnx.load(str(staged))), str(out))
+                return ["ONNX Runtime pre-processing failed; used ONNX shape inference only"]
+    return []
+
+
+def _pre_process_large(staged: Path, out: Path) -> list[str]:
+    """What `quant_pre_process` does, for a model with external data, from file to file: ONNX Runtime's
+    basic graph optimization (its session writes the optimized model with external data beside it),
+    then ONNX shape inference on the file. Symbolic shape inference is left out: it copies the whole
+    model in memory. Returns the notes of what was left out or failed."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
+
+    ort = import_onnxruntime()
+    optimized = staged.with_name("optimized.onnx")
+    notes = [LARGE_NOTE]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     optimized.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                     str(INLINE_TENSOR_BYTES))
+    with quiet_ort():
+        try:
+            ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+            source = optimized
+        except Exception:
+            notes.append("ONNX Runtime pre-processing failed; used ONNX shape inference only")
+            source = staged  # its data file stays: the shape-inferred graph points to it
+    onnx.shape_inference.infer_shapes_path(str(source), str(out))
+    proto = load_graph(out)
+    add_pre_process_metadata(proto)
     onnx.save_model(proto, str(out))
-    return out, notes
+    return notes
 
 
 # ---------------------------------------------------------------- layers
@@ -246,13 +299,12 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
 def with_initializers_as_inputs(onnx_path: Path) -> Path:
     """A copy of the graph that lists every initializer as a graph input too, as IR 3 graphs did, for
     tools that still expect it (ONNX Runtime then treats the weights as overridable and folds less)."""
-    import onnx
     from onnx import helper
 
-    proto = onnx.load(str(onnx_path))
+    proto = load_graph(onnx_path)
     listed = {i.name for i in proto.graph.input}
     proto.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                              for t in proto.graph.initializer if t.name not in listed)
     out = _new_path("initializer_inputs.onnx")
-    onnx.save_model(proto, str(out))
+    write_model(proto, out, onnx_path.parent)
     return out

@@ -3,12 +3,15 @@ weight-only quantization with `onnxruntime.quantization` (weight-only is written
 int8 weight-only mode, only 4-bit MatMulNBits).
 
 Every function writes new files into effkit's private work folder and returns their paths; the
-input file is never touched.
+input file is never touched. ONNX Runtime's quantizers get paths, never protos (a proto is serialized
+whole, which fails over 2 GB), and write a large model's result with external data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from effkit.errors import StepFailed
+from effkit.onnx_files import is_large, load_graph, read_tensor, write_model
 from effkit.passes.onnx_preprocess import drop_unused_initializers, quiet_ort
 from effkit.util import workdir
 
@@ -31,9 +35,7 @@ def _new_path(name: str) -> Path:
 def layers(onnx_path: Path) -> list[dict]:
     """The nodes that carry a constant weight: [{name, alias, op}]; alias is the torch module the
     weight came from when the exporter kept its name (e.g. "fc1" for "fc1.weight")."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    proto = load_graph(onnx_path)
     initializers = {i.name for i in proto.graph.initializer}
     found = []
     for node in proto.graph.node:
@@ -45,9 +47,7 @@ def layers(onnx_path: Path) -> list[dict]:
 
 def nodes(onnx_path: Path) -> list[dict]:
     """Every node of the graph: [{name, op}]."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    proto = load_graph(onnx_path)
     return [{"name": n.name, "op": n.op_type} for n in proto.graph.node]
 
 
@@ -75,14 +75,15 @@ def matching(layer_list: Sequence[dict], pattern: str) -> list[str]:
 
 # ---------------------------------------------------------------- Gemm -> MatMul (dynamic)
 
-def _gemm_to_matmul(proto) -> None:
+def _gemm_to_matmul(proto, base_dir: Path) -> bool:
     """Rewrite Gemm with a constant weight as MatMul + Add, keeping the node's name: ORT's dynamic
     quantizer (MatMulInteger) does this rewrite itself but renames the nodes, so `nodes_to_exclude`
-    (--exclude, the tolerance loop) would silently miss every Linear that torch exported as Gemm."""
+    (--exclude, the tolerance loop) would silently miss every Linear that torch exported as Gemm.
+    Weights are read from `base_dir` where the proto left them external. Returns whether any was."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
-    nodes = []
+    nodes, rewritten = [], 0
     for node in proto.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         ok = (node.op_type == "Gemm" and len(node.input) >= 2 and node.input[1] in inits
@@ -90,7 +91,8 @@ def _gemm_to_matmul(proto) -> None:
         if not ok:
             nodes.append(node)
             continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
+        rewritten += 1
+        weight = read_tensor(inits[node.input[1]], base_dir)
         if attrs.get("transB", 0):
             weight = weight.T
         w_name = node.input[1] + "_matmul"
@@ -102,26 +104,58 @@ def _gemm_to_matmul(proto) -> None:
         nodes.append(matmul)
         if has_bias:
             nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+    if not rewritten:
+        return False
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     drop_unused_initializers(proto)
+    return True
+
+
+def _without_gemm(onnx_path: Path) -> Path:
+    """The model with its Gemms rewritten as MatMul (`_gemm_to_matmul`) in a new work file, or `onnx_path`
+    itself when it has none. Only the rewritten weights are read; the others are copied from disk."""
+    proto = load_graph(onnx_path)
+    if not _gemm_to_matmul(proto, onnx_path.parent):
+        return onnx_path
+    out = _new_path("matmul.onnx")
+    write_model(proto, out, onnx_path.parent)
+    return out
 
 
 # ---------------------------------------------------------------- the three methods
 
 def quantize_dynamic(onnx_path: Path, *, per_channel: bool, weight_type: str, exclude: Sequence[str]) -> Path:
     """int8 weights ahead of time, activations quantized at run time (MatMulInteger, ConvInteger, ...)."""
-    import onnx
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_dynamic
 
-    proto = onnx.load(str(onnx_path))
-    _gemm_to_matmul(proto)
+    source = _without_gemm(onnx_path)
     out = _new_path("dynamic.onnx")
-    with quiet_ort():
-        ort_dynamic(proto, str(out), per_channel=per_channel, weight_type=getattr(QuantType, _ORT_TYPES[weight_type]),
-                    nodes_to_exclude=list(exclude), extra_options={"MatMulConstBOnly": True})
+    with quiet_ort(), _one_copy(source):
+        ort_dynamic(str(source), str(out), per_channel=per_channel,
+                    weight_type=getattr(QuantType, _ORT_TYPES[weight_type]), nodes_to_exclude=list(exclude),
+                    use_external_data_format=is_large(source), extra_options={"MatMulConstBOnly": True})
     return out
+
+
+@contextlib.contextmanager
+def _one_copy(source: Path):
+    """ORT's dynamic quantizer rewrites Gemm as MatMul, then saves a deep copy of the model and loads it back
+    to infer the shapes again: three copies of every weight in memory at once. With no Gemm left in
+    `source` (`_without_gemm` rewrote them) that rewrite changes nothing, and the model ORT holds was
+    shape-inferred as it was loaded, so within the block ORT keeps the model it has instead."""
+    from onnxruntime.quantization import onnx_quantizer
+
+    if any(node.op_type == "Gemm" for node in load_graph(source).graph.node):
+        yield
+        return
+    reload = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = lambda model: model
+    try:
+        yield
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = reload
 
 
 class _Reader:
@@ -147,24 +181,54 @@ def quantize_static(onnx_path: Path, batches: list[tuple], *, per_channel: bool,
                     weight_type: str, calib_method: str, exclude: Sequence[str],
                     progress: Callable[[float], None] | None = None) -> Path:
     """QDQ int8 with activation ranges calibrated on `batches` (each a tuple of input arrays)."""
-    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_static
 
-    proto = onnx.load(str(onnx_path), load_external_data=False)
+    proto = load_graph(onnx_path)
     initializers = {i.name for i in proto.graph.initializer}
     names = [i.name for i in proto.graph.input if i.name not in initializers]
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches, progress)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calib_method]
     out = _new_path("static.onnx")
-    extra = {"ActivationSymmetric": activation_type == "s8", "WeightSymmetric": weight_type == "s8"}
+    large = is_large(onnx_path)
+    options = {"extra_options": {"ActivationSymmetric": activation_type == "s8", "WeightSymmetric": weight_type == "s8"}}
     with quiet_ort():
+        cache = _calibration_cache(onnx_path, reader, method) if large else None
+        if cache is not None:
+            reader, options["calibration_cache_path"] = None, str(cache)
         ort_static(str(onnx_path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                    activation_type=getattr(QuantType, _ORT_TYPES[activation_type]),
                    weight_type=getattr(QuantType, _ORT_TYPES[weight_type]), calibrate_method=method,
-                   nodes_to_exclude=list(exclude), extra_options=extra)
+                   nodes_to_exclude=list(exclude), use_external_data_format=large, **options)
     return out
+
+
+def _calibration_cache(onnx_path: Path, reader, method) -> Path | None:
+    """The activation ranges of `onnx_path` on `reader`'s batches, calibrated apart as quantize_static would
+    and written as its calibration cache; None when this onnxruntime's quantize_static reads no cache
+    (it has `calibration_cache_path` since 2026). Within one quantize_static call, the model it quantizes
+    stays loaded while its calibrator loads a second copy and runs a session on a third; apart, two at most."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static as ort_static
+
+    if "calibration_cache_path" not in inspect.signature(ort_static).parameters:
+        return None
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    folder = Path(tempfile.mkdtemp(dir=workdir()))
+    calibrator = create_calibrator(onnx_path, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                                   augmented_model_path=str(folder / "augmented.onnx"), calibrate_method=method,
+                                   use_external_data_format=True)
+    calibrator.collect_data(reader)
+    ranges = calibrator.compute_data()
+    del calibrator  # its copy of the model and its session
+    shutil.rmtree(folder)  # the augmented copy of the model
+    cache = _new_path("calibration.json")
+    save_tensors_data(ranges, cache)
+    return cache
 
 
 def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str]) -> Path:
@@ -178,7 +242,7 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
                                                                  HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
 
     proto = onnx.load(str(onnx_path))
-    _gemm_to_matmul(proto)
+    _gemm_to_matmul(proto, onnx_path.parent)
     if algorithm == "hqq":
         config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
     else:
@@ -190,7 +254,7 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
     if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
         raise StepFailed("no MatMul with a constant weight to quantize (MatMulNBits takes MatMul only)")
     out = _new_path(f"int{bits}_weight_only.onnx")
-    onnx.save_model(quantizer.model.model, str(out))
+    write_model(quantizer.model.model, out)
     return out
 
 
@@ -240,5 +304,5 @@ def quantize_weight_only(onnx_path: Path, *, per_channel: bool, exclude: Sequenc
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     out = _new_path("weight_only.onnx")
-    onnx.save_model(proto, str(out))
+    write_model(proto, out)
     return out

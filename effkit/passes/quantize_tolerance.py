@@ -11,7 +11,7 @@ from effkit.judge import Judge, score, tolerance_failures
 from effkit.passes.quantize_candidates import Candidate, CandidateContext
 from effkit.passes.quantize_choice import paired_timing, runtime_of
 from effkit.runners import native_runner
-from effkit.size import size_info
+from effkit.size import disk_bytes
 from effkit.util import fmt_speedup, quiet_torch
 
 HINT = ("loosen --tolerance or --max-accuracy-drop, keep layers in float with --exclude, or pass --calib with "
@@ -40,7 +40,7 @@ def build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: li
 def size_of(model) -> int:
     """Bytes on disk (a torch model is serialized as TorchScript to measure it)."""
     with quiet_torch():
-        return size_info(model)["bytes_on_disk"]
+        return disk_bytes(model)
 
 
 def tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, unrepresentative: str | None,

@@ -17,6 +17,7 @@ torch path); both return the smoothed model and a per-LayerNorm report.
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from effkit.onnx_files import load_graph, read_tensor, write_model
 from effkit.runners import import_onnxruntime
 from effkit.util import workdir
 
@@ -98,30 +100,32 @@ class _Stats:
 
 # ---------------------------------------------------------------- ONNX
 
-def _weight(inits: dict, node) -> tuple[np.ndarray, int] | None:
-    """A MatMul/Gemm's constant weight as [in, out] and the axis of its input channels, or None."""
-    from onnx import numpy_helper
-
+def _is_weighted(inits: dict, node) -> bool:
+    """Whether `node` is a MatMul/Gemm with a constant 2-D float32 weight (told from the graph alone)."""
     if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-        return None
-    w = numpy_helper.to_array(inits[node.input[1]])
-    if w.ndim != 2 or w.dtype != np.float32:
-        return None
-    attrs = {a.name: a.i for a in node.attribute}
-    if node.op_type == "Gemm" and attrs.get("transA", 0):
-        return None
-    trans = node.op_type == "Gemm" and attrs.get("transB", 0)
+        return False
+    t = inits[node.input[1]]
+    trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+    return len(t.dims) == 2 and t.data_type == 1 and not (node.op_type == "Gemm" and trans_a)  # 1: FLOAT
+
+
+def _weight(inits: dict, node, base_dir: Path) -> tuple[np.ndarray, int]:
+    """The weight of a node `_is_weighted` accepts, read now, as [in, out], and the axis of its input channels."""
+    w = read_tensor(inits[node.input[1]], base_dir)
+    trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
     return (w.T if trans else w), (1 if trans else 0)
 
 
 def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> tuple[Path, list[dict]]:
     """Smooth every LayerNormalization -> MatMul group of the graph; write a new file beside effkit's
-    work files and return (path, report). `batches` are the calibration inputs, in graph-input order."""
+    work files and return (path, report). `batches` are the calibration inputs, in graph-input order.
+    The graph is loaded without external data: only the weights it smooths are read."""
     import onnx
     from onnx import helper, numpy_helper
 
     ort = import_onnxruntime()  # its log at effkit's severity: quiet unless --debug
-    proto = onnx.load(str(onnx_path))
+    base = onnx_path.parent
+    proto = load_graph(onnx_path)
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     readers: dict[str, list] = {}
@@ -134,19 +138,24 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
         if node.op_type != "LayerNormalization" or len(node.input) < 2 or node.input[1] not in inits:
             continue
         out = node.output[0]
-        mms = [n for n in readers.get(out, []) if n.input[0] == out and _weight(inits, n) is not None]
+        mms = [n for n in readers.get(out, []) if n.input[0] == out and _is_weighted(inits, n)]
         if mms:
             groups.append((node, mms))
     if not groups:
         return onnx_path, []
 
-    # the LayerNorm outputs over the calibration batches
+    # the LayerNorm outputs over the calibration batches, from a probe graph written as a work file
     probe = copy.deepcopy(proto)
     for node, _ in groups:
         probe.graph.output.append(helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    probe_dir = Path(tempfile.mkdtemp(dir=workdir()))
+    try:
+        write_model(probe, probe_dir / "probe.onnx", base)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(probe_dir / "probe.onnx"), options, providers=["CPUExecutionProvider"])
+    finally:
+        shutil.rmtree(probe_dir)
     names = [i.name for i in session.get_inputs()]
     wanted = [node.output[0] for node, _ in groups]
     stats = {name: _Stats() for name in wanted}
@@ -157,7 +166,7 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
     report, new_nodes = [], {}
     for node, mms in groups:
         out = node.output[0]
-        weights = [_weight(inits, n) for n in mms]
+        weights = [_weight(inits, n, base) for n in mms]
         s, chosen, error = choose_scales(stats[out].sample(), stats[out].max, [w for w, _ in weights], alpha)
         for n, (w, axis) in zip(mms, weights):
             scaled = w * s[:, None]
@@ -169,7 +178,7 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
         if sole_readers:  # fold 1/s into the LayerNorm's own scale and bias (copies: they may be shared)
             for k in (1, 2):
                 if len(node.input) > k and node.input[k] in inits:
-                    value = numpy_helper.to_array(inits[node.input[k]]) / s
+                    value = read_tensor(inits[node.input[k]], base) / s
                     name = node.input[k] + "_smoothed"
                     graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
                     node.input[k] = name
@@ -194,8 +203,9 @@ def smooth_onnx(onnx_path: Path, batches: list[tuple], alpha: float | None) -> t
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    del session  # its copy of the weights
     path = Path(tempfile.mkdtemp(dir=workdir())) / "smoothed.onnx"
-    onnx.save_model(proto, str(path))
+    write_model(proto, path, base)
     return path, report
 
 
