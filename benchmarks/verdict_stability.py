@@ -78,15 +78,18 @@ def quantize_runs(case: dict, runs: int, quick: bool) -> None:
             timing = measure_paired(make_runner(original, runtime, THREADS), make_runner(chosen, runtime, THREADS),
                                     example, pairs=6 if quick else 20, block_time=0.02 if quick else 0.05,
                                     warmup=2 if quick else 10, seed=len(rows))
-            rows.append((result.details["label"], timing.speedup()["verdict"], dict(built)))
+            tied = any("tied within timing noise" in note for note in result.notes)
+            rows.append((result.details["label"], timing.speedup()["verdict"], dict(built), tied))
     finally:
         quantize_mod._time = real_time
-    choices = Counter(label for label, _, _ in rows)
-    verdicts = Counter(verdict for _, verdict, _ in rows)
+    choices = Counter(row[0] for row in rows)
+    verdicts = Counter(row[1] for row in rows)
     print(f"\n{case['name']}: {runs} runs in {time.perf_counter() - start:.0f}s")
     print(f"  choice:  {dict(choices)}  ({max(choices.values())}/{runs} the same)")
     print(f"  verdict: {dict(verdicts)}  ({max(verdicts.values())}/{runs} the same; int8 against fp32 on its runtime)")
-    label, _, candidates = rows[-1]
+    print(f"  ties reported: {sum(row[3] for row in rows)}/{runs} runs (candidates within timing noise, resolved by "
+          "the stable rule)")
+    label, _, candidates, _ = rows[-1]
     chosen_model = candidates[label]
     chosen_runtime = "torch" if chosen_model.kind == "torch" else "onnxruntime"
     worst = (1.0, [1.0, 1.0], label)
