@@ -34,7 +34,7 @@ from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
 from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
-from effkit.data_text import is_text_file, text_preprocess, text_samples, token_windows
+from effkit.data_text import is_text_file, text_preprocess, text_samples, token_dtypes, token_windows
 from effkit.runners import native_runner
 from effkit.samples import Samples, npy_file, npz_members, spill, subset
 
@@ -236,8 +236,7 @@ def load_text_stream(spec: str, model, reading: Reading = Reading()) -> Data:
         raise UsageError(f"{spec} is not a .txt or .jsonl file", "give a text file for the perplexity")
     mark_read(path)
     text = text_preprocess(model, reading.max_length, reading.text_field, reading.label_field)
-    given = [a.dtype for a in model.example_inputs]
-    dtypes = given if len(given) == len(model.input_names) else [np.int64] * len(model.input_names)
+    dtypes = token_dtypes(model, model.input_names)
     return Data(token_windows(path, text, model.input_names, dtypes, reading.limit), None, spec)
 
 
@@ -267,9 +266,7 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
             text = None if model is None else text_preprocess(model, reading.max_length, reading.text_field,
                                                               reading.label_field)
             names = input_names or ["input_ids"]
-            given = [a.dtype for a in model.example_inputs] if model is not None else []
-            dtypes = given if len(given) == len(names) else [np.int64] * len(names)
-            inputs, labels = text_samples(path, text, names, dtypes, limit)
+            inputs, labels = text_samples(path, text, names, token_dtypes(model, names), limit)
             return Data(inputs, labels, spec)
         if suffix == ".npz":
             try:

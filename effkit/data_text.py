@@ -83,12 +83,7 @@ def text_examples(texts: list[str], tokenizer: Path | None, input_names: list[st
                          f"pass --max-length {context} to truncate it")
     prep = TextPreprocess(tokenizer, max_length or longest)
     tok = _tokenizer(prep)
-    batch = tok.encode_batch(texts)
-    parts = {"ids": np.array([e.ids for e in batch]), "attention_mask": np.array([e.attention_mask for e in batch]),
-             "type_ids": np.array([e.type_ids for e in batch]),
-             "position_ids": np.broadcast_to(np.arange(prep.max_length), (len(texts), prep.max_length))}
-    return tuple(np.ascontiguousarray(parts[_field(name, len(input_names))], dtype=dtype)
-                 for name, dtype in zip(input_names, dtypes))
+    return _model_inputs(_arrays(tok.encode_batch(texts)), input_names, dtypes)
 
 
 def read_text_lines(path: Path) -> list[str]:
@@ -122,11 +117,8 @@ def text_samples(path: Path, prep: TextPreprocess | None, input_names: list[str]
         key = k.tobytes()
         if key not in cache:  # every input of a batch reads the same rows: tokenize them once
             texts = [_read_text(path, offsets[int(j)], prep) for j in k]
-            batch = tokenizer.encode_batch(texts)
             cache.clear()
-            cache[key] = {"ids": np.array([e.ids for e in batch]),
-                          "attention_mask": np.array([e.attention_mask for e in batch]),
-                          "type_ids": np.array([e.type_ids for e in batch])}
+            cache[key] = _arrays(tokenizer.encode_batch(texts))
         return cache[key]
 
     def reader(field: str):
@@ -266,7 +258,27 @@ def token_windows(path: Path, prep: TextPreprocess | None, input_names: list[str
         raise InputError(f"{path} holds {len(ids)} tokens, fewer than one window of {prep.max_length}",
                          "give more text, or a shorter window with --max-length")
     tokens = np.array(ids[:windows * prep.max_length], dtype=np.int64).reshape(windows, prep.max_length)
-    parts = {"ids": tokens, "attention_mask": np.ones_like(tokens), "type_ids": np.zeros_like(tokens),
-             "position_ids": np.broadcast_to(np.arange(prep.max_length), tokens.shape)}
+    parts = {"ids": tokens, "attention_mask": np.ones_like(tokens), "type_ids": np.zeros_like(tokens)}
+    return _model_inputs(parts, input_names, dtypes)
+
+
+def token_dtypes(model, names: list[str]) -> list[Any]:
+    """The dtype of each of `names` (the model's inputs that text feeds): the model's own example
+    inputs' when they match one to one, else int64."""
+    given = [a.dtype for a in model.example_inputs] if model is not None else []
+    return given if len(given) == len(names) else [np.int64] * len(names)
+
+
+def _arrays(encodings) -> dict[str, np.ndarray]:
+    """A batch of the tokenizer's encodings (padded to one length) as arrays by field."""
+    return {"ids": np.array([e.ids for e in encodings]),
+            "attention_mask": np.array([e.attention_mask for e in encodings]),
+            "type_ids": np.array([e.type_ids for e in encodings])}
+
+
+def _model_inputs(parts: dict[str, np.ndarray], input_names: list[str], dtypes: list[Any]) -> tuple[np.ndarray, ...]:
+    """One array per model input from a batch's token arrays (`_arrays`), positions added."""
+    ids = parts["ids"]
+    parts = {**parts, "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape)}
     return tuple(np.ascontiguousarray(parts[_field(name, len(input_names))], dtype=dtype)
                  for name, dtype in zip(input_names, dtypes))

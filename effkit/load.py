@@ -20,7 +20,7 @@ from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.data import Reading, load_data
-from effkit.data_text import text_examples, tokenizer_file
+from effkit.data_text import text_examples, token_dtypes, tokenizer_file
 from effkit.files import mark_read
 from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
                            match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
@@ -121,11 +121,9 @@ def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, dat
     if inputs is not None:
         return with_inputs_file(model, inputs)
     if texts:
-        given = [a.dtype for a in model.example_inputs]
         names = model.input_names or ["input_ids"]
-        dtypes = given if len(given) == len(names) else [np.int64] * len(names)
-        arrays = text_examples(list(texts), tokenizer_file(model), names, dtypes, reading.max_length,
-                               model.meta.get("context_length"))
+        arrays = text_examples(list(texts), tokenizer_file(model), names, token_dtypes(model, names),
+                               reading.max_length, model.meta.get("context_length"))
         return match_inputs(model, dict(zip(names, arrays)),
                             f"--text: {len(texts)} tokenized, length {arrays[0].shape[-1]}")
     if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
