@@ -310,13 +310,14 @@ def input_kind(model) -> str | None:
     return None
 
 
-def random_inputs_warning(model, calib, eval_data) -> str | None:
-    """The warning for a model of images or text judged (and calibrated) with no real data, else None."""
+def random_inputs_warning(model, calib, eval_data, data_flag: str = "--calib") -> str | None:
+    """The warning for a model of images or text judged (and calibrated) with no real data, else None.
+    `data_flag`: the option that gives the command its data (compress takes --data, not --calib)."""
     kind = input_kind(model)
     if calib is not None or eval_data is not None or kind is None:
         return None
-    how = ("a folder of images (--calib photos/ --image-size 224) or an .npz of preprocessed arrays"
+    how = (f"a folder of images ({data_flag} photos/ --image-size 224) or an .npz of preprocessed arrays"
            if kind == "images" else "an .npz of real token ids (input_ids, attention_mask, ...)")
     return (f"no real data was given, so this model of {kind} is calibrated and judged on random inputs, which "
-            f"are not representative of {kind}: a verdict on them says little about real inputs; pass --calib "
+            f"are not representative of {kind}: a verdict on them says little about real inputs; pass {data_flag} "
             f"DATA and --eval DATA with real samples: {how}")

@@ -189,7 +189,8 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
     timing = ctx.recipe.bench
     # a pass that decides for itself (quantize: which candidate meets the bar) decides on the decisions' data
     pass_ctx = PassContext(data=ctx.data, eval_data=ctx.splits.decide, threads=ctx.threads, min_time=timing.min_time,
-                           iterations=timing.iterations, progress=ctx.progress, teacher=ctx.original)
+                           iterations=timing.iterations, progress=ctx.progress, teacher=ctx.original,
+                           data_flag="--data")
     for attempt in range(ctx.recipe.pipeline.backoff_tries + 1):
         ctx.log(f"{step.name}: {step.describe(config)}")
         try:

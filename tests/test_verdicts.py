@@ -414,3 +414,14 @@ def test_every_warning_reaches_the_terminal_json_markdown_and_html(cli, tmp_path
         assert f"<li>{escape(w)}</li>" in html, w
     if case == "compress":  # OUTDIR's reports say what --json and --html say
         assert json.loads((tmp_path / "out" / "report.json").read_text())["warnings"] == warnings
+
+
+def test_compress_names_its_own_data_option_when_it_warns_of_random_inputs(cli, tmp_path):
+    """quantize's random-inputs warning named --calib, which compress does not have; inside compress
+    the warning and its hint name --data, the option that gives compress its data."""
+    code, stdout, stderr = cli("compress", spec("cnn"), "--quantize", "int8", "--tolerance", "none", "-o", "out",
+                               "--json", "r.json", *FAST)
+    assert code == 0, stderr
+    warnings = [w for w in json.loads((tmp_path / "r.json").read_text())["warnings"] if "random inputs" in w]
+    assert warnings and all("--data DATA and --eval DATA" in w for w in warnings), warnings
+    assert "--calib" not in stdout + stderr

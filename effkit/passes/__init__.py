@@ -43,3 +43,4 @@ class PassContext:
     iterations: int | None = None  # or exactly this many timed calls
     progress: Callable[[str, float], None] | None = None  # progress(label, fraction)
     teacher: Any = None  # the Model a pass learns from (distill); compress gives the original
+    data_flag: str = "--calib"  # the command's option for `data`, named in hints (compress's is --data)

@@ -168,13 +168,14 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
 
 def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=None,
              progress: Callable[[str, float], None] | None = None, threads: int | None = None,
-             candidate_time: float = DEFAULT_CANDIDATE_TIME, candidate_iterations: int | None = None):
+             candidate_time: float = DEFAULT_CANDIDATE_TIME, candidate_iterations: int | None = None,
+             data_flag: str = "--calib"):
     """Quantize `model` to int8 as `config` says; return a PassResult (the original is not modified).
 
     `calib` and `eval_data` are `effkit.data.Data`, `text` a language model's windows of token ids to
     measure perplexity on (`effkit.data.load_text_stream`); `progress(label, fraction)` drives a progress
     bar. Candidates are timed interleaved on `threads`, `candidate_time` seconds each (or exactly
-    `candidate_iterations` calls per round). details: the chosen backend and method, every candidate measured (latency, size, fidelity,
+    `candidate_iterations` calls per round). `data_flag`: the option hints name for calibration data. details: the chosen backend and method, every candidate measured (latency, size, fidelity,
     why rejected), fp32 baselines, layers kept in float, the CPU's int8 outlook, calibration.
     """
     if threads is not None and threads < 1:
@@ -198,12 +199,12 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     batches = calibration_batches(model, config, fit)
     if calib is not None and batches is None:
         notes.append(f"calibration data is not used by --method {config.method}")
-    unrepresentative = random_inputs_warning(model, calib, eval_data if eval_data is not None else text)
+    unrepresentative = random_inputs_warning(model, calib, eval_data if eval_data is not None else text, data_flag)
     if unrepresentative:
         warnings.append(unrepresentative)
     if config.random_calibration and batches:
         warnings.append("calibrated on random inputs: activation ranges may not match real data, so accuracy on "
-                     "real inputs may be worse than the fidelity shown; pass --calib DATA for a trustworthy result")
+                     f"real inputs may be worse than the fidelity shown; pass {data_flag} DATA for a trustworthy result")
     ctx = CandidateContext(model, config, batches, eval_data, progress, threads, candidate_time, candidate_iterations)
     candidates = candidates_for(ctx)
     _resolve_excludes(config.exclude, candidates)
@@ -276,7 +277,8 @@ def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:
     slower than its input is declined (kept=False) unless `allow_slower`."""
     result = quantize(model, config, calib=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress,
                       threads=ctx.threads, candidate_iterations=ctx.iterations,
-                      candidate_time=DEFAULT_CANDIDATE_TIME if ctx.min_time is None else ctx.min_time)
+                      candidate_time=DEFAULT_CANDIDATE_TIME if ctx.min_time is None else ctx.min_time,
+                      data_flag=ctx.data_flag)
     if result.details.get("slower_than_original"):
         if not config.allow_slower:
             return PassResult(model, result.details, [
