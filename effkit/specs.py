@@ -122,6 +122,29 @@ def parse_ratio(text: str | float, name: str = "ratio") -> float:
     return value
 
 
+def parse_block_ratios(text: str, blocks: tuple[str, ...], name: str = "--ratio") -> dict[str, float] | None:
+    """Per-block-type ratios, `heads=0.25,ffn=0.5` -> {"heads": 0.25, "ffn": 0.5} (a block type left out: 0,
+    kept whole); None when `text` is a single ratio (`parse_ratio` reads it)."""
+    if "=" not in str(text):
+        return None
+    found = dict.fromkeys(blocks, 0.0)
+    for part in str(text).split(","):
+        key, _, value = part.partition("=")
+        key = key.strip().lower()
+        if key not in blocks:
+            raise UsageError(f"unknown block type {key!r} in {name} {text!r}",
+                             f"name {' and '.join(blocks)}, e.g. {name} {blocks[0]}=0.25,{blocks[-1]}=0.5")
+        raw = value.strip()
+        try:
+            zero = float(raw.rstrip("%")) == 0
+        except ValueError:
+            zero = False
+        found[key] = 0.0 if zero else parse_ratio(raw, f"{name} {key}")
+    if not any(found.values()):
+        raise UsageError(f"{name} {text!r} removes nothing", "give at least one block type a ratio above 0")
+    return found
+
+
 def parse_factor(text: str, name: str) -> float:
     """Parse a target factor such as `0.5x` (relative to the original) into 0.5."""
     raw = text.strip()

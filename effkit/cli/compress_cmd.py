@@ -20,7 +20,7 @@ from effkit.outdir import check_outdir, compress
 from effkit.pipeline import CompressFailed
 from effkit.recipe import Recipe
 from effkit.report.compress import compress_summary
-from effkit.specs import parse_ratio
+from effkit.specs import parse_block_ratios, parse_ratio
 
 # `--quantize int8` asks for int8 with quantize's own choice of method; a method name picks one.
 QUANTIZE_CHOICES = ("int8", "auto", "dynamic", "static", "weight-only")
@@ -32,7 +32,10 @@ def build_recipe(recipe_path: Path | None, *, prune: str | None, distill: bool, 
     """The recipe file (or an empty recipe) with the command-line options laid over it."""
     recipe = Recipe.load(recipe_path) if recipe_path is not None else Recipe()
     if prune is not None:
-        recipe = recipe.with_changes("prune", ratio=parse_ratio(prune, "--prune"))
+        blocks = parse_block_ratios(prune, ("heads", "ffn"), "--prune")
+        recipe = recipe.with_changes("prune", **({"ratio": max(blocks.values()), "head_ratio": blocks["heads"],
+                                                   "ffn_ratio": blocks["ffn"]} if blocks
+                                                  else {"ratio": parse_ratio(prune, "--prune")}))
     if distill and recipe.distill is None:
         recipe = recipe.with_changes("distill")
     if quantize is not None:
@@ -61,7 +64,8 @@ def compress_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the results: model, model.onnx, "
                                          "recipe.toml, report.json, report.md, report.html.")],
     prune: Annotated[Optional[str], typer.Option(
-        "--prune", help="Structured pruning: the ratio of channels removed, e.g. 0.5 or 50%.")] = None,
+        "--prune", help="Structured pruning: the ratio of channels removed, e.g. 0.5 or 50%; for a decoder LM, "
+                        "per block type: heads=0.25,ffn=0.5.")] = None,
     distill: Annotated[bool, typer.Option(
         "--distill", help="Recover the pruned model by distillation from the original (needs --data).")] = False,
     quantize: Annotated[Optional[str], typer.Option(

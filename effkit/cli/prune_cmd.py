@@ -20,14 +20,16 @@ from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.passes.prune import PruneConfig, prune
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.specs import parse_factor, parse_ratio
+from effkit.specs import parse_block_ratios, parse_factor, parse_ratio
 
 
 @command("prune")
 def prune_command(
     model: ModelArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="The pruned model (.pt2: loads back without your code).")],
-    ratio: Annotated[str, typer.Option("--ratio", help="Fraction of channels to remove, in (0, 1) (a --target-* replaces it).")] = "0.5",
+    ratio: Annotated[str, typer.Option("--ratio", help="Fraction of channels to remove, in (0, 1) (a --target-* replaces it). "
+                                       "A decoder LM (Llama-style, GPT-2) loses whole attention heads and FFN "
+                                       "channels: one ratio for both, or per block type: heads=0.25,ffn=0.5.")] = "0.5",
     scope: Annotated[str, typer.Option("--scope", help="layer: the ratio in every layer; global: ranked across "
                                                        "the model.")] = "layer",
     importance: Annotated[str, typer.Option("--importance", help="l1, l2 or taylor (taylor needs --data).")] = "l1",
@@ -99,8 +101,11 @@ def prune_command(
                          "for ONNX, add --export-onnx PATH")
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
+    blocks = parse_block_ratios(ratio, ("heads", "ffn"))
     config = PruneConfig(
-        unstructured=unstructured, ratio=parse_ratio(ratio, "--ratio"), scope=scope, importance=importance,
+        unstructured=unstructured, ratio=max(blocks.values()) if blocks else parse_ratio(ratio, "--ratio"),
+        head_ratio=blocks["heads"] if blocks else None, ffn_ratio=blocks["ffn"] if blocks else None,
+        scope=scope, importance=importance,
         ignore=tuple(ignore or ()), round_to=round_to, iterative_steps=iterative_steps,
         prune_heads=prune_heads,
         target_latency=parse_factor(target_latency, "--target-latency") if target_latency else None,

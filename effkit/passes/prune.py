@@ -26,6 +26,8 @@ from effkit.errors import StepFailed, UsageError
 from effkit.fidelity import accuracy
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill import DistillConfig, distill
+from effkit.passes.prune_llm import layout as decoder_layout
+from effkit.passes.prune_llm import prune_decoder
 from effkit.passes.prune_graph import (attention_heads, count_macs_params, dependency_graph, match_ignore,
                                        modules_named, output_layers, prunable_types, widths)
 from effkit.passes.prune_target import DEFAULT_TARGET_TIME, prune_step, pruner, search_target
@@ -44,7 +46,9 @@ class PruneConfig:
 
     Structured (default): `ratio` of channels removed per layer (`scope="layer"`) or ranked across
     the whole model (`"global"`), by `importance` (l1, l2 or taylor, which needs data); widths kept
-    multiples of `round_to`; reached in `iterative_steps`. `prune_heads`: attention modules lose
+    multiples of `round_to`; reached in `iterative_steps`. A decoder language model (Llama-style or GPT-2)
+    loses whole attention heads and FFN channels instead (`effkit.passes.prune_llm`), `head_ratio` and
+    `ffn_ratio` of them (each defaults to `ratio`). `prune_heads`: attention modules lose
     whole heads (`ratio` of them, through Torch-Pruning's head pruning) instead of head dimensions.
     `target_latency` / `target_macs` (a factor
     of the original, e.g. 0.5) prune in steps until the target is met, instead of a fixed ratio.
@@ -64,6 +68,8 @@ class PruneConfig:
     round_to: int | None = None
     iterative_steps: int = 1
     prune_heads: bool = False
+    head_ratio: float | None = None  # decoder LMs: the fraction of attention heads removed (None: ratio)
+    ffn_ratio: float | None = None  # decoder LMs: the fraction of FFN channels removed (None: ratio)
     target_latency: float | None = None
     target_macs: float | None = None
     sparsity: float | None = None
@@ -80,6 +86,9 @@ class PruneConfig:
         object.__setattr__(self, "ignore", tuple(self.ignore))
         if not 0.0 < self.ratio < 1.0:
             raise UsageError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}", "e.g. 0.5 removes half")
+        for name, value in (("heads", self.head_ratio), ("ffn", self.ffn_ratio)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise UsageError(f"--ratio {name}={value} is outside [0, 1)", f"e.g. --ratio {name}=0.25")
         if self.scope not in SCOPES:
             raise UsageError(f"unknown --scope {self.scope!r}", "use layer or global")
         if self.importance not in IMPORTANCES:
@@ -163,37 +172,14 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in model.example_inputs)
     reference = _run(module, example)
 
-    graph = dependency_graph(module, example)
-    names = {m: n for n, m in module.named_modules()}
-    outputs = output_layers(graph, names)
-    ignored = sorted(set(outputs) | match_ignore(module, config.ignore))
-    details: dict[str, Any] = {"method": "unstructured" if config.unstructured else "structured",
-                               "ignored_layers": ignored, "output_layers": outputs}
-    notes: list[str] = []
     accuracy: dict[str, float] = {}
     if eval_data is not None and eval_data.labels is not None:
         accuracy["before"] = _accuracy(module, eval_data)
-
-    if config.unstructured:
-        prune_unstructured(module, config, ignored, details)
+    if decoder_layout(module) is not None and not config.unstructured:
+        details, notes = _prune_decoder(module, example, config, progress)
     else:
-        macs_before, params_before = count_macs_params(module, example)
-        widths_before, heads_before = widths(module), attention_heads(module)
-        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads,
-                          {"min_time": min_time, "iterations": iterations})
-        macs_after, params_after = count_macs_params(module, example)
-        details["macs"] = {"before": macs_before, "after": macs_after}
-        details["parameters"] = {"before": params_before, "after": params_after}
-        widths_after = widths(module)
-        details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
-        heads_after = attention_heads(module)
-        details["attention_heads"] = {n: {"before": heads_before[n], "after": heads_after[n]} for n in heads_before}
-        if macs_after >= macs_before:
-            notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
-        elif config.target_latency is None and config.target_macs is None:
-            notes.append(f"structured: {config.ratio:.0%} of the channels removed ({config.scope} scope, "
-                         f"{config.importance} importance); kept whole: {', '.join(ignored)}")
-
+        details, notes = _prune_by_graph(model, module, example, config, data, progress, threads,
+                                         {"min_time": min_time, "iterations": iterations})
     _check_same_outputs(reference, _run(module, example))
     if accuracy:
         accuracy["pruned"] = _accuracy(module, eval_data)
@@ -211,6 +197,74 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     return PassResult(pruned, details, notes)
 
 
+def _prune_by_graph(model, module, example, config: PruneConfig, data, progress, threads, timing: dict):
+    """Prune through Torch-Pruning's dependency graph (structured) or by magnitude (unstructured), in
+    place; return (details, notes)."""
+    graph = dependency_graph(module, example)
+    names = {m: n for n, m in module.named_modules()}
+    outputs = output_layers(graph, names)
+    ignored = sorted(set(outputs) | match_ignore(module, config.ignore))
+    details: dict[str, Any] = {"method": "unstructured" if config.unstructured else "structured",
+                               "ignored_layers": ignored, "output_layers": outputs}
+    notes: list[str] = []
+    if config.head_ratio is not None or config.ffn_ratio is not None:
+        raise UsageError("ratios per block type (heads=..., ffn=...) apply to decoder language models "
+                         "(Llama-style and GPT-2 Hugging Face folders)", "give one --ratio, e.g. --ratio 0.5")
+    if config.unstructured:
+        prune_unstructured(module, config, ignored, details)
+    else:
+        macs_before, params_before = count_macs_params(module, example)
+        widths_before, heads_before = widths(module), attention_heads(module)
+        _prune_structured(model, module, example, graph, config, ignored, data, details, notes, progress, threads,
+                          timing)
+        macs_after, params_after = count_macs_params(module, example)
+        details["macs"] = {"before": macs_before, "after": macs_after}
+        details["parameters"] = {"before": params_before, "after": params_after}
+        widths_after = widths(module)
+        details["widths"] = {n: {"before": widths_before[n], "after": widths_after.get(n)} for n in widths_before}
+        heads_after = attention_heads(module)
+        details["attention_heads"] = {n: {"before": heads_before[n], "after": heads_after[n]} for n in heads_before}
+        if macs_after >= macs_before:
+            notes.append("nothing was pruned: every prunable group is coupled to an ignored or output layer")
+        elif config.target_latency is None and config.target_macs is None:
+            notes.append(f"structured: {config.ratio:.0%} of the channels removed ({config.scope} scope, "
+                         f"{config.importance} importance); kept whole: {', '.join(ignored)}")
+
+    return details, notes
+
+
+def _prune_decoder(module, example, config: PruneConfig, progress):
+    """Width-prune a decoder language model by its layout (`effkit.passes.prune_llm`), in place; return
+    (details, notes)."""
+    if config.target_latency is not None or config.target_macs is not None or config.iterative_steps != 1:
+        raise UsageError("a decoder language model is pruned in one step to a fixed ratio",
+                         "drop --target-latency, --target-macs and --iterative-steps; set --ratio heads=R,ffn=R")
+    if config.ignore:
+        raise UsageError("--ignore does not apply to a decoder language model: every block keeps the same width",
+                         "drop --ignore, and set --ratio heads=0 or ffn=0 to keep a block type whole")
+    macs_before, params_before = count_macs_params(module, example)
+    head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
+    ffn_ratio = config.ratio if config.ffn_ratio is None else config.ffn_ratio
+    shapes = prune_decoder(module, head_ratio, ffn_ratio, config.importance, config.round_to)
+    if progress:
+        progress("pruning", 1.0)
+    macs_after, params_after = count_macs_params(module, example)
+    details = {"method": "structured", "ignored_layers": ["embeddings", "norms", "lm_head"], "output_layers": ["lm_head"],
+               "decoder": shapes, "ratio": {"heads": head_ratio, "ffn": ffn_ratio},
+               "macs": {"before": macs_before, "after": macs_after},
+               "parameters": {"before": params_before, "after": params_after}}
+    heads, ffn = shapes["heads"], shapes["ffn_channels"]
+    notes = [f"decoder width ({shapes['layout']}, {config.importance} importance): attention heads "
+             f"{heads['before']} -> {heads['after']} per block"
+             + (f" ({shapes['kv_heads']['before']} -> {shapes['kv_heads']['after']} key/value heads, whole groups)"
+                if "kv_heads" in shapes else "")
+             + f", FFN channels {ffn['before']} -> {ffn['after']}, in all {shapes['blocks']} blocks; embeddings, "
+               "norms and the LM head keep their width"]
+    if params_after >= params_before:
+        notes.append("nothing was pruned: the ratios round to no whole head and no channel; raise --ratio")
+    return details, notes
+
+
 def run(model, config: PruneConfig, ctx: PassContext) -> PassResult:
     """The pass interface: `prune` with the context's data, evaluation data and progress."""
     return prune(model, config, data=ctx.data, eval_data=ctx.eval_data, progress=ctx.progress, threads=ctx.threads,
@@ -221,6 +275,9 @@ def setting(config: PruneConfig) -> str:
     """What a prune config asks for, in words: "ratio 0.5", "sparsity 0.9", "target-latency 0.5x"."""
     if config.unstructured:
         return f"sparsity {config.sparsity:g}" if config.sparsity is not None else f"pattern {config.pattern}"
+    if config.head_ratio is not None or config.ffn_ratio is not None:
+        return f"ratio heads={config.head_ratio if config.head_ratio is not None else config.ratio:g}," \
+               f"ffn={config.ffn_ratio if config.ffn_ratio is not None else config.ratio:g}"
     if config.target_latency is not None:
         return f"target-latency {config.target_latency:g}x"
     if config.target_macs is not None:
@@ -237,7 +294,8 @@ def back_off(config: PruneConfig, bar, attempt: int) -> PruneConfig | None:
         return dataclasses.replace(config, target_latency=(1 + config.target_latency) / 2)
     if config.target_macs is not None:
         return dataclasses.replace(config, target_macs=(1 + config.target_macs) / 2)
-    return dataclasses.replace(config, ratio=config.ratio / 2)
+    halve = {k: getattr(config, k) / 2 for k in ("head_ratio", "ffn_ratio") if getattr(config, k) is not None}
+    return dataclasses.replace(config, ratio=config.ratio / 2, **halve)
 
 
 def backoff_note(asked: PruneConfig, used: PruneConfig, result: PassResult) -> str:

@@ -161,12 +161,27 @@ def widths(module) -> dict[str, list[int]]:
 
 
 def count_macs_params(module, example) -> tuple[int, int]:
-    """(MACs, parameters) on the example inputs."""
+    """(MACs, parameters) on the example inputs, GPT-2's Conv1D layers included (Torch-Pruning's counter
+    does not know them)."""
+    import sys
+
     import torch_pruning as tp
 
-    with quiet_torch():
-        macs, params = tp.utils.count_ops_and_params(module, list(example))
-    return int(macs), int(params)
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")  # loaded when a model uses Conv1D
+    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    extra = [0]
+
+    def count(layer, inputs, output):
+        extra[0] += output.numel() * layer.weight.shape[0]  # positions x outputs x inputs
+
+    hooks = [m.register_forward_hook(count) for m in module.modules() if conv1d and isinstance(m, conv1d)]
+    try:
+        with quiet_torch():
+            macs, params = tp.utils.count_ops_and_params(module, list(example))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return int(macs) + extra[0], int(params)
 
 
 def importance(name: str):
