@@ -65,6 +65,8 @@ def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: Quality
     if isinstance(accuracy, dict) and "recovered" in accuracy and outcome.accuracy:
         # fine-tuned after the change (prune): the accuracy it recovered from, on the same data
         outcome.accuracy["right_after_pruning"] = accuracy["pruned"]
+    if "perplexity_right_after_pruning" in result.details and outcome.perplexity:
+        outcome.perplexity["right_after_pruning"] = result.details["perplexity_right_after_pruning"]
     if notes is not None:
         outcome.notes += notes(outcome)
     slowdown = speed_verdict(outcome, runtimes[0], allow_slower) if allow_slower is not None else None

@@ -142,3 +142,99 @@ def test_a_latency_target_on_a_decoder_lm_is_refused(cli, folders):
     code, _, stderr = cli("prune", f"hf:{folders['llama']}", "-o", "p.pt2", "--target-latency", "0.5x", *NO_BAR, *FAST)
     assert code == 2
     assert stderr.startswith("Error: a decoder language model is pruned in one step to a fixed ratio"), stderr
+
+
+# ---------------------------------------------------------------- recovery by distillation on text
+
+LINES = ["the people of the water had made the way down to the time when they were",
+         "one of them said that he would find the way out and then all of them could see",
+         "there was no time for what they had to do and so they made it into the water",
+         "he said that they were at the first of them and that the time was long",
+         "she could not see the people who were out there in the water by the way",
+         "when the time came they had made their way down to the water and said no"]
+HELD_OUT = ["what time was it when she made the first way out of the water to see them",
+            "they said the water was long and that he could not find the people there"]
+
+
+def test_the_language_model_loss_compares_next_token_distributions_at_real_tokens_only():
+    """A causal LM's logits are [batch, sequence, vocabulary]: the KL is over the vocabulary (the last
+    dimension, where a classifier's classes are dim 1), and padded positions count for nothing."""
+    import torch
+
+    from effkit.passes.distill import DistillConfig
+    from effkit.passes.distill_training import _per_sample_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 7)
+    student = teacher.clone()
+    positions = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
+    config = DistillConfig(epochs=1)
+    same = _per_sample_loss([student], [teacher], None, [], [], config, positions)
+    assert torch.allclose(same, torch.zeros(2), atol=1e-6)
+    student[0, 3:] = torch.randn(2, 7) * 10  # only padding differs in sample 0
+    student[1, 0] = torch.randn(7) * 10
+    loss = _per_sample_loss([student], [teacher], None, [], [], config, positions)
+    assert loss[0].item() == pytest.approx(0.0, abs=1e-6) and loss[1].item() > 0.1
+    # one position of five differs: the per-position mean over the vocabulary's KL
+    log_s, log_t = torch.log_softmax(student[1, 0] / 4, -1), torch.log_softmax(teacher[1, 0] / 4, -1)
+    expected = (log_t.exp() * (log_t - log_s)).sum() * 16 / 5
+    assert loss[1].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _kl_to(teacher, student, windows) -> float:
+    from effkit.fidelity import compare_outputs
+    from effkit.runners import TorchRunner
+
+    batches = [tuple(a[i:i + 1] for a in windows.inputs) for i in range(len(windows))]
+    reference = [TorchRunner(teacher.module, 1).run(b) for b in batches]
+    return compare_outputs(reference, [TorchRunner(student.module, 1).run(b) for b in batches])["kl_mean"]
+
+
+def test_recovery_distills_the_pruned_lm_towards_the_original_on_text(tmp_path, folders):
+    from effkit.data import Reading, load_data, load_text_stream
+    from effkit.load import load_model
+    from effkit.passes.prune import PruneConfig, prune
+
+    (tmp_path / "train.txt").write_text("\n".join(LINES * 4) + "\n")
+    (tmp_path / "held.txt").write_text(" ".join(HELD_OUT * 3) + "\n")
+    original = load_model(f"hf:{folders['llama']}")
+    data = load_data(str(tmp_path / "train.txt"), model=original, reading=Reading(max_length=16))
+    held = load_text_stream(str(tmp_path / "held.txt"), original, Reading(max_length=16))
+    config = PruneConfig(head_ratio=0.5, ffn_ratio=0.5, seed=0)
+    pruned = prune(original, config).model
+    recovered = prune(original, PruneConfig(head_ratio=0.5, ffn_ratio=0.5, seed=0, finetune_epochs=8, lr=3e-3,
+                                            batch_size=4), data=data, text=held)
+    assert recovered.details["recovery"]["kind"] == "distillation from the unpruned model"
+    assert recovered.details["perplexity_right_after_pruning"] > 1
+    kl_pruned, kl_recovered = _kl_to(original, pruned, held), _kl_to(original, recovered.model, held)
+    assert kl_recovered < 0.9 * kl_pruned, (kl_pruned, kl_recovered)  # 0.52 -> 0.44 here
+
+
+def test_prune_reports_perplexity_before_right_after_pruning_and_after_recovery(cli, tmp_path, folders):
+    (tmp_path / "train.txt").write_text("\n".join(LINES * 2) + "\n")
+    (tmp_path / "held.txt").write_text(" ".join(HELD_OUT * 3) + "\n")
+    code, stdout, stderr = cli("prune", f"hf:{folders['qwen2']}", "-o", "p.pt2", "--ratio", "heads=0.5,ffn=0.5",
+                               "--finetune-epochs", "1", "--data", "train.txt", "--max-length", "16",
+                               "--eval-text", "held.txt", "--runtime", "torch", "--tolerance", "none",
+                               "--json", "p.json", "--markdown", "p.md", *FAST)
+    assert code == 0, stderr
+    ppl = json.loads((tmp_path / "p.json").read_text())["perplexity"]
+    assert set(ppl) == {"before", "right_after_pruning", "after", "tokens", "source"}
+    assert ppl["tokens"] == 6 * 15 and all(ppl[k] > 1 for k in ("before", "right_after_pruning", "after"))
+    shown = f"{ppl['right_after_pruning']:.3f}"
+    assert "perplexity (right after pruning)" in stdout and shown in stdout
+    assert f"| perplexity (right after pruning) |  | {shown} |  |" in (tmp_path / "p.md").read_text()
+
+
+def test_distill_judges_a_language_model_on_perplexity_by_default_with_eval_text(cli, tmp_path, folders):
+    (tmp_path / "train.txt").write_text("\n".join(LINES * 2) + "\n")
+    (tmp_path / "held.txt").write_text(" ".join(HELD_OUT * 3) + "\n")
+    code, stdout, stderr = cli("distill", f"hf:{folders['llama']}", "--student-from-prune", "0.5", "--data",
+                               "train.txt", "--max-length", "16", "--epochs", "1", "--eval-text", "held.txt",
+                               "-o", "s.pt2", "--json", "d.json", *FAST)
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["bar"] == "perplexity:+5% (default)"
+    ppl = report["perplexity"]
+    assert ppl["tokens"] == 6 * 15  # 96 words in windows of 16: 15 predicted tokens each
+    within = ppl["after"] <= 1.05 * ppl["before"]
+    assert (code, report["status"] == "ok") == ((0, True) if within else (1, False)), (ppl, stderr)

@@ -41,6 +41,9 @@ TextFileOpt = Annotated[Optional[Path], typer.Option(
 MaxLengthOpt = Annotated[Optional[int], typer.Option(
     "--max-length", "--seq-len", help="For .txt/.jsonl text: tokens per sample, padded or truncated (default: the model's "
                          "sequence length).", min=1, metavar="N", rich_help_panel=PANEL)]
+EvalTextOpt = Annotated[Optional[str], typer.Option(
+    "--eval-text", help="A language model's perplexity before and after on this .txt/.jsonl text, in windows "
+                        "of its sequence length (--max-length).", metavar="FILE")]
 TextFieldOpt = Annotated[str, typer.Option(
     "--text-field", help="For .jsonl text: the field that holds the text.", metavar="NAME", rich_help_panel=PANEL)]
 LabelFieldOpt = Annotated[str, typer.Option(

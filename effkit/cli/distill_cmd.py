@@ -18,13 +18,13 @@ from rich.text import Text
 
 from effkit.apply import StepRefused, apply_step
 from effkit.cli.bench_cmd import parse_runtimes
-from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
                                      ResizeOpt, StdOpt, TextFieldOpt, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, err, load, resolve_threads,
                                show_step)
-from effkit.data import load_data
+from effkit.data import load_data, load_text_stream
 from effkit.errors import EffkitError, UsageError
 from effkit.files import check_not_read, remove
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
@@ -131,6 +131,7 @@ def distill_command(
         "--eval", help="Data the result is judged on and reported on (accuracy with labels, fidelity to the "
                        "teacher), never trained on nor used to choose the epoch (default: the validation data).")]
     = None,
+    eval_text: EvalTextOpt = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
         "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP + " on labelled --eval (else "
                                                      "validation) data", DEFAULT_FIDELITY_BAR)[0])] = None,
@@ -223,6 +224,7 @@ def distill_command(
     evaluation = load_data(eval_data, model=teacher_model, reading=data_reading) if eval_data else None
     if evaluation is not None:
         evaluation.check_against(teacher_model)
+    text = None if eval_text is None else load_text_stream(eval_text, teacher_model, data_reading)
     if prune_ratio is None:
         student_model = _load_student(student, student_arch, trust, teacher_model, input_shape, inputs)
     else:
@@ -237,9 +239,10 @@ def distill_command(
         result.notes[:0] = pruned.notes + [f"student: the teacher with {prune_ratio:.0%} of its channels pruned"]
     if rank == 0:
         judged = evaluation if evaluation is not None else val
-        bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=judged is not None and judged.labels is not None)
+        bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=judged is not None and judged.labels is not None,
+                          text=text is not None)
         measure_threads = resolve_threads(threads, console_for(json))
-        _report(teacher_model, result, judged, bar, output, ckpt, runtimes, measure_threads, warmup, iterations,
+        _report(teacher_model, result, judged, text, bar, output, ckpt, runtimes, measure_threads, warmup, iterations,
                 min_time, json, markdown, html, export_onnx, force, chose_epoch=judged is val)
 
 
@@ -259,10 +262,11 @@ def _train(rank, world, teacher, student, config, train, val, ckpt: Path, resume
                        resume=resume, threads=threads)
 
 
-def _report(teacher, result, judged, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
+def _report(teacher, result, judged, text, bar, output, ckpt, runtimes, threads, warmup, iterations, min_time, json,
             markdown, html, export_onnx, force, chose_epoch: bool) -> None:
     """Measure the student against the teacher, judged on `judged` (--eval, else the validation data, which
-    also chose the best epoch: `chose_epoch`), hold it to the bar, print and write."""
+    also chose the best epoch: `chose_epoch`) and a language model's perplexity on `text`, hold it to the
+    bar, print and write."""
     result.details["judged_on"] = None if judged is None else {"source": judged.source, "samples": len(judged),
                                                                 "chose_the_epoch": chose_epoch}
     console = console_for(json)
@@ -270,7 +274,7 @@ def _report(teacher, result, judged, bar, output, ckpt, runtimes, threads, warmu
     def step(progress):  # trained already: on every torchrun process, under its own progress display
         return apply_step("distill", teacher, lambda: result, bar=bar, output=output, runtimes=runtimes,
                           threads=threads, warmup=warmup, iterations=iterations, min_time=min_time, eval_data=judged,
-                          export_onnx=export_onnx, force=force, what="the distilled student",
+                          text=text, export_onnx=export_onnx, force=force, what="the distilled student",
                           hint="train longer (--epochs), use a larger student, or loosen --max-accuracy-drop / "
                                "--tolerance",
                           notes=lambda outcome: validation_notes(judged, outcome.fidelity, chose_epoch),

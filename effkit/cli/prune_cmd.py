@@ -9,13 +9,13 @@ import typer
 
 from effkit.apply import apply_step
 from effkit.cli.bench_cmd import parse_runtimes
-from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
                                      ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
                                show_step)
-from effkit.data import load_data
+from effkit.data import load_data, load_text_stream
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
 from effkit.passes.prune import PruneConfig, prune
@@ -57,9 +57,11 @@ def prune_command(
                                                  min=0)] = 0,
     no_distill: Annotated[bool, typer.Option("--no-distill", help="Fine-tune on labels instead of distilling from "
                                                                   "the unpruned model.")] = False,
-    data: Annotated[Optional[str], typer.Option("--data", help="Training data (for taylor and fine-tuning).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Training data (for taylor and fine-tuning; a "
+                                                               ".txt/.jsonl text recovers a language model).")] = None,
     eval_data: Annotated[Optional[str], typer.Option("--eval", help="Labelled data for accuracy before and after "
                                                                     "(and the quality bar).")] = None,
+    eval_text: EvalTextOpt = None,
     max_accuracy_drop: Annotated[Optional[str], typer.Option(
         "--max-accuracy-drop", help=bar_options_help(DEFAULT_MAX_ACCURACY_DROP, DEFAULT_FIDELITY_BAR)[0])] = None,
     tolerance: Annotated[Optional[list[str]], typer.Option(
@@ -114,7 +116,7 @@ def prune_command(
         finetune_epochs=finetune_epochs, distill=not no_distill, lr=lr, batch_size=batch_size, seed=seed,
         runtime=target_runtime,
     )
-    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None)
+    bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None, text=eval_text is not None)
     if bar.max_drop_pt is not None and eval_data is None:
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
     check_outputs_free([output, export_onnx, json, html, markdown], force)
@@ -126,9 +128,10 @@ def prune_command(
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))
     runtimes = parse_runtimes(runtime, loaded.kind)
     train, evaluation = _data(data, eval_data, loaded, data_reading)
+    text = None if eval_text is None else load_text_stream(eval_text, loaded, data_reading)
     check_outputs_free([output, export_onnx, json, html, markdown], force)  # against every file read so far
-    _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
-         json, markdown, html, force)
+    _run(loaded, config, bar, train, evaluation, text, output, export_onnx, runtimes, threads, warmup, iterations,
+         min_time, json, markdown, html, force)
 
 
 def _data(data: str | None, eval_data: str | None, model, data_reading):
@@ -140,17 +143,18 @@ def _data(data: str | None, eval_data: str | None, model, data_reading):
     return train, evaluation
 
 
-def _run(loaded, config, bar, train, evaluation, output, export_onnx, runtimes, threads, warmup, iterations, min_time,
-         json, markdown, html, force) -> None:
+def _run(loaded, config, bar, train, evaluation, text, output, export_onnx, runtimes, threads, warmup, iterations,
+         min_time, json, markdown, html, force) -> None:
     console = console_for(json)
     # Sizes compare like with like: both models as .pt2 archives (the output's format).
     original = loaded.replace(path=None, save_suffix=".pt2")
 
     def step(progress):
-        run = lambda: prune(loaded, config, data=train, eval_data=evaluation, progress=progress,  # noqa: E731
-                            threads=threads, min_time=min_time / 2, iterations=iterations)
+        run = lambda: prune(loaded, config, data=train, eval_data=evaluation, text=text,  # noqa: E731
+                            progress=progress, threads=threads, min_time=min_time / 2, iterations=iterations)
         return apply_step("prune", original, run, bar=bar, output=output, runtimes=runtimes, threads=threads,
-                          warmup=warmup, iterations=iterations, min_time=min_time, eval_data=evaluation,
+                          warmup=warmup, iterations=iterations, min_time=min_time, eval_data=evaluation, text=text,
+                          judge_data=text if evaluation is None else None,
                           export_onnx=export_onnx, force=force, what="the pruned model",
                           hint="prune less (a smaller --ratio), recover with --finetune-epochs N --data FILE, or "
                                "loosen --max-accuracy-drop / --tolerance", progress=progress)

@@ -12,7 +12,7 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputS
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, load, resolve_threads, show_step, warn)
 from effkit.data import load_data, load_text_stream
-from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
+from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
                                      ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
@@ -77,9 +77,7 @@ def quantize_command(
     eval_data: Annotated[Optional[str], typer.Option(
         "--eval", help="Labelled data (inputs and labels): accuracy before and after, and the data the "
                        "tolerance is judged on (else a held-out quarter of --calib, else random inputs).")] = None,
-    eval_text: Annotated[Optional[str], typer.Option(
-        "--eval-text", help="A language model's perplexity before and after on this .txt/.jsonl text, in windows "
-                            "of its sequence length (--max-length).", metavar="FILE")] = None,
+    eval_text: EvalTextOpt = None,
     allow_slower: Annotated[bool, typer.Option(
         "--allow-slower", help="Write the result even when it is measurably slower than the original (the "
                                 "paired timing's 95% interval above +5%).")] = False,

@@ -38,8 +38,8 @@ from effkit.files import check_not_read, reading
 from effkit.limits import check_threads
 from effkit.load import model_files
 from effkit.passes import PassContext, PassResult
-from effkit.passes.distill_training import (EVAL_BATCH, Features, Training, TrainStatus, is_classifier, tensors_of,
-                                            to_tensors)
+from effkit.passes.distill_training import (EVAL_BATCH, Features, LanguageModel, Training, TrainStatus, is_classifier,
+                                            tensors_of, to_tensors)
 from effkit.specs import check_numbers
 
 LOSSES = ("kl", "mse")
@@ -187,6 +187,21 @@ def _teacher_outputs(teacher, data, feature_names: list[str], device) -> tuple[l
     return cat(outs), cat(feats) if feature_names else []
 
 
+def _language_model(teacher, student, config: DistillConfig, train, val) -> LanguageModel | None:
+    """For a causal language model (student and teacher): the live teacher and the attention mask's
+    position among the inputs; None for other models."""
+    if not (student.meta.get("causal_lm") and teacher.meta.get("causal_lm")):
+        return None
+    if config.feature_pairs:
+        raise UsageError("--feature-pairs do not apply to a language model", "drop them: its logits are matched")
+    if any(d is not None and d.labels is not None for d in (train, val)):
+        raise UsageError(f"{train.source} has labels, but a language model is distilled on its teacher's "
+                         "next-token distributions", "give text without a label field")
+    names = list(student.input_names)
+    module = teacher.module if teacher.kind == "torch" else make_runner(teacher, "onnxruntime")
+    return LanguageModel(module, names.index("attention_mask") if "attention_mask" in names else None)
+
+
 def _device():
     """CUDA (this process's LOCAL_RANK device under torchrun) when available, else the CPU."""
     import os
@@ -236,11 +251,16 @@ def distill(teacher, student, config: DistillConfig, *, data, val_data=None,
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or _default_threads())
     try:
-        targets = _teacher_outputs(teacher, train, [t for _, t in config.feature_pairs], device)
+        language = _language_model(teacher, student, config, train, val)
+        if language is not None:  # the teacher runs on each batch: its logits over the text would not fit
+            targets = language.targets(to_tensors(train.take(2).inputs, device))
+            teacher_val = None
+        else:
+            targets = _teacher_outputs(teacher, train, [t for _, t in config.feature_pairs], device)
+            teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
         channels = _check_student(module, features, targets, config, train, val, device)
-        teacher_val = _teacher_outputs(teacher, val, [], device)[0] if val is not None else None
         run = Training(module, features, channels, config, train, targets, val, teacher_val, device,
-                        Path(checkpoint) if checkpoint is not None else None)
+                        Path(checkpoint) if checkpoint is not None else None, language)
         if resume:
             run.resume()
         run.train(progress, on_step)

@@ -98,19 +98,24 @@ class Features:
 
 
 def _per_sample_loss(student_outs: list, teacher_outs: list, labels, student_feats: list, teacher_feats: list,
-                     config):
-    """The loss of every sample in the batch (a 1-D tensor), so that batches can be split across ranks."""
+                     config, positions=None):
+    """The loss of every sample in the batch (a 1-D tensor), so that batches can be split across ranks.
+    `positions` ([batch, sequence] weights, 1 where a token is real): a language model's logits, whose
+    vocabulary is the last dimension, compared at every real position (padding left out)."""
     import torch.nn.functional as F
 
     n = student_outs[0].shape[0]
+    dim = -1 if positions is not None else 1  # classes along dim 1, or a language model's vocabulary last
     kd = 0.0
     for s, t in zip(student_outs, teacher_outs):
-        if config.loss == "kl":  # classes along dim 1; averaged over any further positions (e.g. pixels)
+        if config.loss == "kl":  # averaged over any further positions (pixels, or tokens)
             T = config.temperature
-            log_s, log_t = F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1)
-            kd = kd + (log_t.exp() * (log_t - log_s)).sum(1).reshape(n, -1).mean(1) * (T * T)
+            log_s, log_t = F.log_softmax(s / T, dim=dim), F.log_softmax(t / T, dim=dim)
+            per_position = (log_t.exp() * (log_t - log_s)).sum(dim) * (T * T)
         else:
-            kd = kd + ((s - t) ** 2).reshape(n, -1).mean(1)
+            per_position = (s - t) ** 2 if positions is None else ((s - t) ** 2).mean(-1)
+        kd = kd + (per_position.reshape(n, -1).mean(1) if positions is None
+                   else (per_position * positions).sum(1) / positions.sum(1).clamp(min=1))
     loss = kd
     if labels is not None:
         loss = config.alpha * kd + (1 - config.alpha) * F.cross_entropy(student_outs[0], labels, reduction="none")
@@ -129,28 +134,70 @@ def to_tensors(arrays, device) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
 
 
-def _validate(module, val, teacher_val: list, device) -> dict:
-    """accuracy (with labels) and top-1 agreement with the teacher (classifiers), else MSE to the teacher."""
+def _validate(module, val, teacher_val, device, language=None) -> dict:
+    """accuracy (with labels) and top-1 agreement with the teacher (classifiers), else MSE to the teacher.
+    `teacher_val`: the teacher's outputs on `val`, or a function of a batch's inputs that gives them.
+    `language` (`LanguageModel`): next-token agreement at the real positions of a language model."""
     import torch
 
     was_training = module.training
     module.eval()
-    outs = []
+    agree = correct = seen = 0
+    squared = 0.0
+    start = 0
     with torch.no_grad():
         for inputs, _ in val.batches(EVAL_BATCH):
-            outs.append(tensors_of(module(*to_tensors(inputs, device)))[0])
+            tensors = to_tensors(inputs, device)
+            student = tensors_of(module(*tensors))[0]
+            teacher = teacher_val(tensors)[0][0] if callable(teacher_val) else teacher_val[0][start:start + len(student)]
+            if language is not None:
+                real = language.positions(tensors).bool()
+                agree += int((student.argmax(-1) == teacher.argmax(-1))[real].sum())
+                seen += int(real.sum())
+            elif is_classifier(tuple(teacher.shape)):
+                pred = student.argmax(1)
+                agree += int((pred == teacher.argmax(1)).sum())
+                if val.labels is not None:
+                    correct += int((pred.cpu().numpy() == val.labels[start:start + len(student)]).sum())
+                seen += len(student)
+            else:
+                squared += float(((student - teacher) ** 2).double().sum())
+                seen += student.numel()
+            start += len(student)
     module.train(was_training)
-    student = torch.cat(outs)
-    teacher = teacher_val[0]
-    metrics = {}
-    if is_classifier(tuple(teacher.shape)):
-        pred = student.argmax(1)
-        metrics["agreement"] = float((pred == teacher.argmax(1)).double().mean())
-        if val.labels is not None:
-            metrics["accuracy"] = float((pred.cpu().numpy() == val.labels).mean())
-    else:
-        metrics["mse"] = float(((student - teacher) ** 2).double().mean())
+    if language is None and not is_classifier(tuple(teacher.shape)):
+        return {"mse": squared / max(1, seen)}
+    metrics = {"agreement": agree / max(1, seen)}
+    if language is None and val.labels is not None:
+        metrics["accuracy"] = correct / max(1, seen)
     return metrics
+
+
+@dataclass
+class LanguageModel:
+    """What distilling a causal language model needs: the teacher run live on each batch (its logits over a
+    whole text would not fit in memory) and the input that marks real tokens (None: every position is)."""
+
+    teacher: Any  # a torch module, or a runner with `run(arrays)`
+    mask_input: int | None
+
+    def positions(self, inputs: tuple) -> Any:
+        """[batch, sequence] weights: 1 at real tokens, 0 at padding."""
+        import torch
+
+        ids = inputs[0]
+        return (inputs[self.mask_input].to(torch.float32) if self.mask_input is not None
+                else torch.ones(ids.shape[:2], dtype=torch.float32, device=ids.device))
+
+    def targets(self, inputs: tuple) -> tuple[list, list]:
+        """The teacher's logits on a batch (no features: feature pairs do not apply here)."""
+        import torch
+
+        with torch.no_grad():
+            if isinstance(self.teacher, torch.nn.Module):
+                return [o.detach() for o in tensors_of(self.teacher(*inputs))], []
+            out = self.teacher.run(tuple(t.cpu().numpy() for t in inputs))
+            return [torch.from_numpy(o).to(inputs[0].device) for o in out], []
 
 
 def _primary(metrics: dict) -> tuple[str, float]:
@@ -207,14 +254,16 @@ class Training:
     """The training loop and everything a checkpoint must carry to continue it exactly."""
 
     def __init__(self, module, features, channels, config, train, targets, val, teacher_val, device,
-                 checkpoint: Path | None):
+                 checkpoint: Path | None, language: LanguageModel | None = None):
         import random
 
         import torch
 
         self.rank, self.world = _dist()
         self.module, self.features, self.config, self.device = module, features, config, device
-        self.train_data, (self.teacher_outs, self.teacher_feats) = train, targets
+        # a language model's teacher runs live (`language`); other teachers' outputs are computed once
+        self.train_data, self.language = train, language
+        self.teacher_outs, self.teacher_feats = targets if language is None else ([], [])
         self.val, self.teacher_val, self.checkpoint = val, teacher_val, checkpoint
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -327,9 +376,14 @@ class Training:
         inputs = to_tensors(tuple(a[idx] for a in data.inputs), self.device)
         labels = torch.from_numpy(data.labels[idx]).to(self.device) if data.labels is not None else None
         t_idx = torch.from_numpy(idx).to(self.device)
+        if self.language is not None:
+            (teacher_outs, teacher_feats), positions = self.language.targets(inputs), self.language.positions(inputs)
+        else:
+            teacher_outs, teacher_feats = [t[t_idx] for t in self.teacher_outs], [f[t_idx] for f in self.teacher_feats]
+            positions = None
         out, feats = self.model(*inputs) if self.features else (self.model(*inputs), [])
-        per_sample = _per_sample_loss(tensors_of(out), [t[t_idx] for t in self.teacher_outs], labels, feats,
-                                      [f[t_idx] for f in self.teacher_feats], self.config)
+        per_sample = _per_sample_loss(tensors_of(out), teacher_outs, labels, feats, teacher_feats, self.config,
+                                      positions)
         # DDP averages gradients over ranks: scaling by world / global batch makes that average
         # the gradient of the mean loss over the whole global batch, as one process computes it.
         loss = per_sample.sum() * (self.world / len(global_idx))
@@ -359,7 +413,8 @@ class Training:
         loss_sum, samples = _all_sum(self.sums, self.world, self.device)
         record = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(1.0, samples)}
         if self.val is not None:
-            metrics = _validate(self.module, self.val, self.teacher_val, self.device)
+            teacher_val = self.teacher_val if self.language is None else self.language.targets
+            metrics = _validate(self.module, self.val, teacher_val, self.device, self.language)
             record.update({f"val_{k}": v for k, v in metrics.items()})
             name, score = _primary(metrics)
             if score > self.best["score"]:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from effkit.errors import StepFailed, UsageError
-from effkit.fidelity import accuracy
+from effkit.fidelity import accuracy, perplexity
 from effkit.passes import PassContext, PassResult
 from effkit.passes.distill import DistillConfig, distill
 from effkit.passes.prune_llm import layout as decoder_layout
@@ -142,13 +142,15 @@ class PruneConfig:
 
 # ---------------------------------------------------------------- the pass
 
-def prune(model, config: PruneConfig, *, data=None, eval_data=None,
+def prune(model, config: PruneConfig, *, data=None, eval_data=None, text=None,
           progress: Callable[[str, float], None] | None = None, threads: int | None = None,
           min_time: float = DEFAULT_TARGET_TIME, iterations: int | None = None) -> PassResult:
     """Prune a torch Model as `config` says; return a new Model (saved as .pt2) with details and notes.
 
     `data` (labelled) is needed for taylor importance and for recovery fine-tuning; `eval_data`
-    (labelled) gives accuracy before pruning, right after and after recovery. A latency target is
+    (labelled) gives accuracy before pruning, right after and after recovery; `text` (a language
+    model's windows of token ids, `effkit.data.load_text_stream`) its perplexity right after pruning when
+    recovery follows (the before and final figures are the step's measurement). A latency target is
     timed side by side with the original, `min_time` seconds per model and step (or `iterations` calls
     per block; `effkit.passes.prune_target`). The input model is never modified.
     """
@@ -183,6 +185,9 @@ def prune(model, config: PruneConfig, *, data=None, eval_data=None,
     _check_same_outputs(reference, _run(module, example))
     if accuracy:
         accuracy["pruned"] = _accuracy(module, eval_data)
+    if config.finetune_epochs and text is not None:
+        details["perplexity_right_after_pruning"] = perplexity(TorchRunner(module.eval(), _threads()), text.inputs,
+                                                               max(1, len(model.example_inputs[0])))[0]
     if config.finetune_epochs:
         module, how = _recover(model, module, config, data, progress)
         details["recovery"] = how

@@ -223,8 +223,8 @@ def _quality(doc: dict) -> list[str]:
     rows = [[f"accuracy ({k.replace('_', ' ')})", _pct(v)] for k, v in acc.items() if isinstance(v, (int, float))]
     rows += [[k.replace("_", " "), _cell(v)] for k, v in fid.items() if k != "inputs"]
     ppl = doc.get("perplexity") or {}
-    rows += [[f"perplexity {side} ({ppl['source']}, {ppl['tokens']:,} tokens)", _cell(ppl[side])]
-             for side in ("before", "after") if side in ppl]
+    rows += [[f"perplexity {side.replace('_', ' ')} ({ppl['source']}, {ppl['tokens']:,} tokens)", _cell(ppl[side])]
+             for side in ("before", "right_after_pruning", "after") if side in ppl]
     if not rows:
         return []
     return ["<h2>Quality</h2>", table(["", "value"], rows)]

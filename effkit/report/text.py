@@ -165,6 +165,8 @@ def _outcome_rows(outcome, sep: str = " ") -> list[list[str]]:
             rows.append(["next-token KL", "0", f"{f['kl_mean']:.3g} nats", ""])
     if outcome.perplexity:
         ppl = outcome.perplexity
+        if "right_after_pruning" in ppl:  # recovered by fine-tuning since
+            rows.append(["perplexity (right after pruning)", "", f"{ppl['right_after_pruning']:.3f}", ""])
         rows.append([f"perplexity ({ppl['tokens']:,} tokens)", f"{ppl['before']:.3f}", f"{ppl['after']:.3f}",
                      f"{100 * (ppl['after'] / ppl['before'] - 1):+.2f}%"])
     if outcome.accuracy:
