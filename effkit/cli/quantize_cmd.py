@@ -28,23 +28,27 @@ def quantize_command(
     model: ModelArg,
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
-                               "torch), or OUT without suffix (the suffix of the backend chosen).")],
+                               "torch.ao), OUT.pt2 (torchao), or OUT without suffix (the suffix of the candidate "
+                               "chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), smoothquant (needs --calib: outlier channels' scale "
-                         "moved into the weights, for transformers), weight-only, or auto (dynamic; static and "
-                         "smoothquant when --calib is given; weight-only int4/int8 for causal language models).")] = "auto",
+        "--method", help="dynamic (on torch also torchao's per-token int8 for Linear-heavy models), static (needs "
+                         "--calib), smoothquant (needs --calib: outlier channels' scale moved into the weights, for "
+                         "transformers), weight-only, or auto (dynamic; static and smoothquant when --calib is "
+                         "given; weight-only int4/int8 for causal language models, GPTQ too with --calib).")] = "auto",
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
                         "calibration data).")] = None,
     bits: Annotated[Optional[int], typer.Option(
-        "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; 8 also torch); "
-                       "default: int8 per channel. With --method auto on a causal LM, 4 and 8 are both "
-                       "candidates.")] = None,
+        "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; on torch, torchao's "
+                       "int4 in groups and int8 per channel, and effkit's int8); default: int8 per channel. With "
+                       "--method auto on a causal LM, 4 and 8 are both candidates.")] = None,
     group_size: Annotated[int, typer.Option(
         "--group-size", help="With --bits: weights per scale along the input axis (a power of two >= 16).")]
     = DEFAULT_GROUP_SIZE,
     weight_algorithm: Annotated[str, typer.Option(
-        "--weight-algorithm", help="With --bits 4: rtn (round to nearest) or hqq (half-quadratic fit).")] = "rtn",
+        "--weight-algorithm", help="With --bits 4 on ONNX Runtime: rtn (round to nearest), hqq (half-quadratic "
+                                      "fit) or gptq (error-correcting, calibrated: needs --calib). rtn with "
+                                      "--calib measures GPTQ as one more candidate.")] = "rtn",
     backend: Annotated[str, typer.Option(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
@@ -137,7 +141,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
-        check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))
+        check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts", ".pt2")], True, inputs=(loaded.path,))
     console = console_for(json)
 
     outlook = int8_outlook(cpu_info()["isa"])
