@@ -17,7 +17,8 @@ from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxL
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig, quantize
+from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
+                                   check_calibration, quantize)
 from effkit.passes.quantize_calib import CALIBRATED
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.specs import parse_threshold
@@ -131,6 +132,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
         group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs,
         alpha=alpha)
+    check_calibration(config, None if calib in (None, "random") else calib)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)

@@ -132,6 +132,13 @@ class QuantizeConfig:
         return self.tolerance or (parse_threshold(DEFAULT_TOLERANCE),)
 
 
+def check_calibration(config: QuantizeConfig, calib) -> None:
+    """GPTQ rounds weights against real inputs: without calibration data it is a usage error."""
+    if config.weight_algorithm == "gptq" and calib is None:
+        raise UsageError("--weight-algorithm gptq needs calibration data",
+                         "pass --calib DATA (text for a language model), or use --weight-algorithm rtn or hqq")
+
+
 def _choice(option: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise UsageError(f"unknown {option} {value!r}", f"use one of {', '.join(allowed)}")
@@ -197,9 +204,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
     if any(t.metric in ("perplexity", "ppl") for t in config.thresholds) and text is None:
         raise UsageError("a perplexity tolerance needs text to measure it on", "pass --eval-text FILE (.txt or .jsonl)")
-    if config.weight_algorithm == "gptq" and calib is None:
-        raise UsageError("--weight-algorithm gptq needs calibration data",
-                         "pass --calib DATA (text for a language model), or use --weight-algorithm rtn or hqq")
+    check_calibration(config, calib)
     if eval_data is not None:
         eval_data.check_against(model)
     fit, judged = judging_split(calib, eval_data)

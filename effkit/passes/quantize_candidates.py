@@ -157,7 +157,8 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     if cfg.output_format:
         out = [c for c in out if c.suffix == cfg.output_format]
         if not out:
-            raise UsageError(f"no {cfg.method} int8 candidate writes {cfg.output_format}",
+            asked = f"--method {cfg.method}" + (f" --bits {cfg.bits}" if cfg.bits else "")
+            raise UsageError(f"no candidate of {asked} writes {cfg.output_format}",
                              "name the output .onnx or .ts, or give no suffix"
                              if cfg.output_format == ".pt2" else "give the output no suffix")
     if out and cfg.method != "auto" and all(c.error == quantize_torchao.MISSING for c in out):
