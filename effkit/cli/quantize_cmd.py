@@ -121,7 +121,7 @@ def quantize_command(
 
     The ONNX Runtime path writes OUT.onnx; the torch path writes TorchScript (OUT.ts), the format in which \
 torch.ao's packed int8 weights serialize and load back without your model's code \
-(`effkit bench OUT.ts --input-shape ...` runs it).
+(`effkit bench OUT.ts --input-shape ...` runs it), and torchao's candidates (when torchao is installed) OUT.pt2.
     """
     suffix = output.suffix.lower() or None
     bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None, text=eval_text is not None)

@@ -52,8 +52,8 @@ class QuantizeConfig:
     """How to quantize. `method="auto"` tries dynamic, and static and SmoothQuant when calibration data
     is given; `alpha` is SmoothQuant's migration strength (None: searched per LayerNorm);
     `backend="auto"` tries ONNX Runtime and (for torch models) torch. `tolerance` defaults to
-    cosine>=0.99 on held-out inputs. `output_format` (".onnx" or ".ts") limits the candidates to
-    those that produce it."""
+    cosine>=0.99 on held-out inputs. `output_format` (".onnx", ".ts" or ".pt2": torchao's) limits the
+    candidates to those that produce it."""
 
     method: str = "auto"
     backend: str = "auto"
