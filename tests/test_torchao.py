@@ -102,6 +102,30 @@ def test_auto_on_a_linear_model_measures_torchaos_per_token_int8(tmp_path):
     assert "torch.ao dynamic per-channel" in rows
 
 
+def test_excluded_layers_stay_float_in_a_torchao_model():
+    pytest.importorskip("torchao")
+    from effkit.load import load_model
+
+    result = _quantized(load_model(spec("mlp")), dict(method="weight-only", bits=8, exclude=("0",)))
+    int8 = {n.split(".")[0] for n, p in result.model.module.named_parameters() if str(p.dtype) == "torch.int8"}
+    assert int8 == {"2", "4"}
+    assert result.details["excluded"] == ["0"]
+
+
+def test_auto_on_a_causal_lm_with_calibration_lists_gptq_beside_rtn(gpt2):
+    from effkit.load import load_model
+    from effkit.passes.quantize import QuantizeConfig
+    from effkit.passes.quantize_candidates import CandidateContext, candidates_for
+
+    model = load_model(f"hf:{gpt2}")
+    batches = [tuple(model.example_inputs)]
+    ctx = CandidateContext(model, QuantizeConfig(backend="onnxruntime", group_size=16), batches, None, None, 1, 0.0, 1)
+    labels = [c.label for c in candidates_for(ctx)]
+    assert "ORT MatMulNBits int4 GPTQ group 16" in labels and "ORT MatMulNBits int4 RTN group 16" in labels
+    ctx.calib_batches = None
+    assert not any("GPTQ" in c.label for c in candidates_for(ctx))
+
+
 def test_explicit_int4_on_torch_to_torchscript_is_a_usage_error(cli):
     code, _, err = cli("quantize", spec("mlp"), "--method", "weight-only", "--bits", "4", "--backend", "torch",
                        "-o", "q.ts", *OPTS)

@@ -13,6 +13,7 @@ from effkit.model import Model
 from effkit.passes import quantize_ort, quantize_torch, quantize_torchao, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
+from effkit.save import export_program
 
 
 SUFFIX_OF = {"onnxruntime": ".onnx", "torch": ".ts"}  # what a backend's candidates write, but torchao's
@@ -113,7 +114,11 @@ def _torch_model(ctx: CandidateContext, module) -> Any:
 
 
 def _torchao_model(ctx: CandidateContext, module) -> Any:
-    return ctx.model.replace(module=module, path=None, format="derived", save_suffix=".pt2", meta=dict(ctx.model.meta))
+    """The torchao module as torch.export captures it, which is what OUT.pt2 holds and loads back as: it is
+    measured as users will run it (int4 in groups ran 3.1 ms exported against 22.7 ms eager on a
+    1024-1024-1024 MLP here, where the eager module rebuilds torchao's tensors at every call)."""
+    model = ctx.model.replace(module=module, path=None, format="derived", save_suffix=".pt2", meta=dict(ctx.model.meta))
+    return model.replace(module=export_program(model).module())
 
 
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
