@@ -30,7 +30,7 @@ from effkit.model import Model
 from effkit.onnx_files import check_external_data, external_files
 from effkit.runners import native_runner
 from effkit.specs import InputShape
-from effkit.util import quiet_torch
+from effkit.util import import_torchao, quiet_torch
 
 log = logging.getLogger(__name__)
 MODEL_SPEC_HELP = (
@@ -287,6 +287,10 @@ def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
             pt2_guard.check_archive(path)
     # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
     # plain tensors; without --trust, force every torch.load inside it to weights-only.
+    with _refusing_unsafe_pt2(path):
+        if pt2_guard.uses_torchao(path) and import_torchao() is None:
+            raise ModelLoadError(f"{path} is a torchao int8/int4 model, which needs torchao to run",
+                                 "pip install torchao")
     saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     if not trust:
         os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"

@@ -311,7 +311,7 @@ def _check_recipe(model, recipe: Recipe, data, eval_data) -> None:
         raise UsageError("distill needs training data", "pass --data FILE")
     if recipe.pipeline.asks_accuracy and (eval_data is None or eval_data.labels is None):
         raise UsageError("--max-accuracy-drop needs labelled evaluation data", "pass --eval FILE with labels")
-    if recipe.quantize is not None and (recipe.quantize.backend == "torch" or recipe.quantize.output_format == ".ts"):
+    if recipe.quantize is not None and (recipe.quantize.backend == "torch" or recipe.quantize.output_format in (".ts", ".pt2")):
         raise UsageError("compress ends in a verified ONNX export, and torch int8 models do not export to ONNX",
                          "use backend = \"onnxruntime\" or \"auto\" in [quantize], or effkit quantize for torch int8")
     if model.kind != "torch" and (recipe.prune is not None or recipe.distill is not None):

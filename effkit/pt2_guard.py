@@ -36,6 +36,12 @@ class UnsafeArchive(Exception):
     """What an archive holds that loading it would run; the message completes "ARCHIVE holds ..."."""
 
 
+def uses_torchao(path: Path) -> bool:
+    """Whether the archive's graph calls torchao's operators (which torch resolves once torchao is imported)."""
+    with zipfile.ZipFile(path) as z:
+        return any(b'"torch.ops.torchao.' in z.read(name) for name in z.namelist() if name.endswith(".json"))
+
+
 def check_archive(path: Path) -> None:
     """Raise UnsafeArchive if torch.export.load(path) could run code from the archive.
 
@@ -408,7 +414,9 @@ def _is_input_source(node: ast.AST) -> bool:
 
 # torch resolves a node's target by walking attributes from `torch`, `operator` or `math`: any
 # callable it reaches (torch.ops.import_module, torch.os.system) would be called by the module.
-_OP_NAMESPACES = ("aten", "prims", "quantized", "quantized_decomposed")
+# torchao's operators (its int8/int4 models as effkit saves them) are fixed tensor functions too;
+# torch finds them only once torchao is imported (`effkit.load` imports it for such an archive).
+_OP_NAMESPACES = ("aten", "prims", "quantized", "quantized_decomposed", "torchao")
 _OPERATOR = re.compile(
     r"torch\.ops\.(%s)\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z][A-Za-z0-9_]*)\Z" % "|".join(_OP_NAMESPACES))
 _DUNDER_ATEN_OPS = frozenset({"__and__", "__or__", "__xor__", "__lshift__", "__rshift__",

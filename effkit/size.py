@@ -61,7 +61,9 @@ def _torch_tensors(module: Any, buffers: bool = True):
             yield t
     for m in module.modules():
         weight = getattr(m, "weight", None)
-        if callable(weight) and not isinstance(weight, torch.Tensor):  # quantized layers pack their weight
+        # quantized layers pack their weight (a method); a parametrized layer's `parametrizations` dict
+        # holds a module named weight too, whose tensors are among the parameters already
+        if callable(weight) and not isinstance(weight, (torch.Tensor, torch.nn.Module)):
             try:
                 w = weight()
             except Exception:

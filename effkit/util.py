@@ -42,6 +42,17 @@ def quiet_torch():
         yield
 
 
+def import_torchao() -> Any:
+    """`torchao.quantization`, imported quietly (torchao logs "Failed to load ..." for its CUDA
+    libraries and torch warns about its pytree registrations), or None when torchao is not installed."""
+    try:
+        with quiet_torch():
+            import torchao.quantization
+    except ImportError:
+        return None
+    return torchao.quantization
+
+
 _WORKDIR: tempfile.TemporaryDirectory | None = None
 
 

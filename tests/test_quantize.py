@@ -388,10 +388,10 @@ def test_accuracy_before_and_after_with_eval_data(cli):
 
 
 def test_bad_options_are_usage_errors(cli):
-    code, out, err = cli("quantize", spec("mlp"), "-o", "q.pt2", *OPTS)
+    code, out, err = cli("quantize", spec("mlp"), "-o", "q.pt", *OPTS)
     assert code == 2
-    assert err.strip() == ("Error: int8 models cannot be written as .pt2 (write .onnx (ONNX Runtime) or .ts "
-                           "(TorchScript, torch), or give no suffix)")
+    assert err.strip() == ("Error: int8 models cannot be written as .pt (write .onnx (ONNX Runtime), .ts "
+                           "(TorchScript, torch.ao) or .pt2 (torchao), or give no suffix)")
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "fast", *OPTS)
     assert code == 2
     assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, smoothquant, weight-only)"

@@ -17,7 +17,8 @@ from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, L
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
-from effkit.passes.quantize import DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig, quantize
+from effkit.passes.quantize import (DEFAULT_CALIB_SAMPLES, DEFAULT_GROUP_SIZE, DEFAULT_TOLERANCE, QuantizeConfig,
+                                   check_calibration, quantize)
 from effkit.passes.quantize_calib import CALIBRATED
 from effkit.report.text import fmt_ms, outcome_markdown, outcome_table
 from effkit.specs import parse_threshold
@@ -28,23 +29,27 @@ def quantize_command(
     model: ModelArg,
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="Where to write the int8 model: OUT.onnx (ONNX Runtime), OUT.ts (TorchScript, "
-                               "torch), or OUT without suffix (the suffix of the backend chosen).")],
+                               "torch.ao), OUT.pt2 (torchao), or OUT without suffix (the suffix of the candidate "
+                               "chosen).")],
     method: Annotated[str, typer.Option(
-        "--method", help="dynamic, static (needs --calib), smoothquant (needs --calib: outlier channels' scale "
-                         "moved into the weights, for transformers), weight-only, or auto (dynamic; static and "
-                         "smoothquant when --calib is given; weight-only int4/int8 for causal language models).")] = "auto",
+        "--method", help="dynamic (on torch also torchao's per-token int8 for Linear-heavy models), static (needs "
+                         "--calib), smoothquant (needs --calib: outlier channels' scale moved into the weights, for "
+                         "transformers), weight-only, or auto (dynamic; static and smoothquant when --calib is "
+                         "given; weight-only int4/int8 for causal language models, GPTQ too with --calib).")] = "auto",
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
                         "calibration data).")] = None,
     bits: Annotated[Optional[int], typer.Option(
-        "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; 8 also torch); "
-                       "default: int8 per channel. With --method auto on a causal LM, 4 and 8 are both "
-                       "candidates.")] = None,
+        "--bits", help="Weight-only: 4 or 8-bit weights in groups (ONNX Runtime MatMulNBits; on torch, torchao's "
+                       "int4 in groups and int8 per channel, and effkit's int8); default: int8 per channel. With "
+                       "--method auto on a causal LM, 4 and 8 are both candidates.")] = None,
     group_size: Annotated[int, typer.Option(
         "--group-size", help="With --bits: weights per scale along the input axis (a power of two >= 16).")]
     = DEFAULT_GROUP_SIZE,
     weight_algorithm: Annotated[str, typer.Option(
-        "--weight-algorithm", help="With --bits 4: rtn (round to nearest) or hqq (half-quadratic fit).")] = "rtn",
+        "--weight-algorithm", help="With --bits 4 on ONNX Runtime: rtn (round to nearest), hqq (half-quadratic "
+                                      "fit) or gptq (error-correcting, calibrated: needs --calib). rtn with "
+                                      "--calib measures GPTQ as one more candidate.")] = "rtn",
     backend: Annotated[str, typer.Option(
         "--backend", help="onnxruntime, torch, or auto: measure every candidate, keep the fastest that meets "
                           "the tolerance.")] = "auto",
@@ -114,7 +119,7 @@ def quantize_command(
 
     The ONNX Runtime path writes OUT.onnx; the torch path writes TorchScript (OUT.ts), the format in which \
 torch.ao's packed int8 weights serialize and load back without your model's code \
-(`effkit bench OUT.ts --input-shape ...` runs it).
+(`effkit bench OUT.ts --input-shape ...` runs it), and torchao's candidates (when torchao is installed) OUT.pt2.
     """
     suffix = output.suffix.lower() or None
     bar = quality_bar(max_accuracy_drop, tolerance or (), labelled=eval_data is not None, text=eval_text is not None)
@@ -125,6 +130,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
         allow_slower=allow_slower, random_calibration=calib == "random", output_format=suffix, bits=bits,
         group_size=group_size, weight_algorithm=weight_algorithm, initializer_inputs=initializer_inputs,
         alpha=alpha)
+    check_calibration(config, None if calib in (None, "random") else calib)
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)
@@ -135,7 +141,7 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
     if not suffix:  # OUT gets the chosen backend's suffix: neither may be the input model
-        check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts")], True, inputs=(loaded.path,))
+        check_outputs_free([output.with_name(output.name + s) for s in (".onnx", ".ts", ".pt2")], True, inputs=(loaded.path,))
     console = console_for(json)
 
     outlook = int8_outlook(cpu_info()["isa"])

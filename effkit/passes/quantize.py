@@ -27,7 +27,7 @@ from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split
 from effkit.passes import PassContext, PassResult
 from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_calib import calibration_batches
-from effkit.passes.quantize_candidates import SUFFIX_OF, Candidate, CandidateContext, candidates_for, ort_model
+from effkit.passes.quantize_candidates import SUFFIXES, Candidate, CandidateContext, candidates_for, ort_model
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
 from effkit.passes.quantize_ort import matching
 from effkit.passes.quantize_tolerance import build, size_of, tolerance_loop
@@ -38,11 +38,11 @@ METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
-OUTPUT_FORMATS = (".onnx", ".ts")
+OUTPUT_FORMATS = (".onnx", ".ts", ".pt2")
 DEFAULT_TOLERANCE = "cosine>=0.99"
 DEFAULT_CALIB_SAMPLES = 128
 WEIGHT_BITS = (4, 8)
-WEIGHT_ALGORITHMS = ("rtn", "hqq")
+WEIGHT_ALGORITHMS = ("rtn", "hqq", "gptq")
 DEFAULT_GROUP_SIZE = 128
 DEFAULT_CANDIDATE_TIME = 0.5  # seconds of timed calls per candidate (split over interleaved rounds)
 
@@ -52,8 +52,8 @@ class QuantizeConfig:
     """How to quantize. `method="auto"` tries dynamic, and static and SmoothQuant when calibration data
     is given; `alpha` is SmoothQuant's migration strength (None: searched per LayerNorm);
     `backend="auto"` tries ONNX Runtime and (for torch models) torch. `tolerance` defaults to
-    cosine>=0.99 on held-out inputs. `output_format` (".onnx" or ".ts") limits the candidates to
-    those that produce it."""
+    cosine>=0.99 on held-out inputs. `output_format` (".onnx", ".ts" or ".pt2": torchao's) limits the
+    candidates to those that produce it."""
 
     method: str = "auto"
     backend: str = "auto"
@@ -89,6 +89,10 @@ class QuantizeConfig:
         if self.weight_algorithm == "hqq" and self.bits == 8:
             raise UsageError("HQQ writes 4-bit weights only (ONNX Runtime's CPU kernel takes no 8-bit HQQ)",
                              "use --bits 4, or --weight-algorithm rtn")
+        if self.weight_algorithm == "gptq" and (self.bits == 8 or (self.bits is None and self.method == "weight-only")):
+            raise UsageError("GPTQ writes 4-bit weights only (ONNX Runtime's GPTQ)", "use --bits 4")
+        if self.weight_algorithm == "gptq" and self.backend == "torch":
+            raise UsageError("GPTQ runs on the ONNX Runtime path", "use --backend onnxruntime or auto")
         _choice("--method", self.method, METHODS)
         _choice("--backend", self.backend, BACKENDS)
         _choice("--calib-method", self.calib_method, CALIB_METHODS)
@@ -104,10 +108,12 @@ class QuantizeConfig:
             raise UsageError("--calib-samples must be at least 1")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise UsageError(f"int8 models cannot be written as {self.output_format}",
-                             "write .onnx (ONNX Runtime) or .ts (TorchScript, torch), or give no suffix")
-        if self.output_format and self.backend != "auto" and SUFFIX_OF[self.backend] != self.output_format:
-            raise UsageError(f"--backend {self.backend} writes {SUFFIX_OF[self.backend]}, not {self.output_format}",
-                             f"name the output {SUFFIX_OF[self.backend]} or drop --backend")
+                             "write .onnx (ONNX Runtime), .ts (TorchScript, torch.ao) or .pt2 (torchao), "
+                             "or give no suffix")
+        if self.output_format and self.backend != "auto" and self.output_format not in SUFFIXES[self.backend]:
+            raise UsageError(f"--backend {self.backend} writes {' or '.join(SUFFIXES[self.backend])}, "
+                             f"not {self.output_format}",
+                             f"name the output {SUFFIXES[self.backend][0]} or drop --backend")
         if self.initializer_inputs and (self.backend == "torch" or self.output_format == ".ts"):
             raise UsageError("--initializer-inputs applies to ONNX outputs", "write OUT.onnx, or drop the flag")
         if self.random_calibration and self.method in ("dynamic", "weight-only"):
@@ -124,6 +130,13 @@ class QuantizeConfig:
     @property
     def thresholds(self) -> tuple[Threshold, ...]:
         return self.tolerance or (parse_threshold(DEFAULT_TOLERANCE),)
+
+
+def check_calibration(config: QuantizeConfig, calib) -> None:
+    """GPTQ rounds weights against real inputs: without calibration data it is a usage error."""
+    if config.weight_algorithm == "gptq" and calib is None:
+        raise UsageError("--weight-algorithm gptq needs calibration data",
+                         "pass --calib DATA (text for a language model), or use --weight-algorithm rtn or hqq")
 
 
 def _choice(option: str, value: str, allowed: Sequence[str]) -> None:
@@ -192,6 +205,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         raise UsageError("an accuracy tolerance needs labelled data", "pass --eval DATA with inputs and labels")
     if any(t.metric in ("perplexity", "ppl") for t in config.thresholds) and text is None:
         raise UsageError("a perplexity tolerance needs text to measure it on", "pass --eval-text FILE (.txt or .jsonl)")
+    check_calibration(config, calib)
     if eval_data is not None:
         eval_data.check_against(model)
     fit, judged = judging_split(calib, eval_data)

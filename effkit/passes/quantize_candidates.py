@@ -10,12 +10,14 @@ from typing import Any
 from effkit.errors import UsageError, first_line
 from effkit.export import onnx_path_for
 from effkit.model import Model
-from effkit.passes import quantize_ort, quantize_torch, smoothquant
+from effkit.passes import quantize_ort, quantize_torch, quantize_torchao, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
+from effkit.save import export_program
 
 
-SUFFIX_OF = {"onnxruntime": ".onnx", "torch": ".ts"}
+SUFFIX_OF = {"onnxruntime": ".onnx", "torch": ".ts"}  # what a backend's candidates write, but torchao's
+SUFFIXES = {"onnxruntime": (".onnx",), "torch": (".ts", ".pt2")}  # every format a backend writes
 
 
 @dataclass
@@ -39,6 +41,10 @@ class Candidate:
     kept_float: list[str] = field(default_factory=list)  # added by the tolerance loop
     kept_cost: dict | None = None  # what keeping them in float cost against all-int8
     against_float: Any = None  # PairedResult: the float model (A) against this one (B), when already timed
+    suffix: str = ""  # the format it is saved in: the backend's (SUFFIX_OF) unless named
+
+    def __post_init__(self) -> None:
+        self.suffix = self.suffix or SUFFIX_OF[self.backend]
 
     def display(self, names: Sequence[str]) -> list[str]:
         """Layer names as users know them: the torch module name where the ONNX node kept it."""
@@ -107,8 +113,17 @@ def _torch_model(ctx: CandidateContext, module) -> Any:
     return ctx.model.replace(module=scripted, path=None, format="derived", save_suffix=".ts", meta=dict(ctx.model.meta))
 
 
+def _torchao_model(ctx: CandidateContext, module) -> Any:
+    """The torchao module as torch.export captures it, which is what OUT.pt2 holds and loads back as: it is
+    measured as users will run it (int4 in groups ran several times faster exported than eager on a
+    1024-wide MLP here: the eager module rebuilds torchao's tensors at every call)."""
+    model = ctx.model.replace(module=module, path=None, format="derived", save_suffix=".pt2", meta=dict(ctx.model.meta))
+    return model.replace(module=export_program(model).module())
+
+
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
-    """Every (backend, method) pair that applies to this model, config and calibration data."""
+    """Every (backend, method) pair that applies to this model, config and calibration data. Raises
+    UsageError when the output format leaves none, or when all that are left need torchao and it is missing."""
     cfg, model = ctx.config, ctx.model
     methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static", "smoothquant"] if ctx.calib_batches else [])
     bits: list[int | None] = [cfg.bits]
@@ -117,7 +132,7 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
         bits = [cfg.bits] if cfg.bits is not None else [4, 8]
     backends = ["onnxruntime", "torch"] if cfg.backend == "auto" else [cfg.backend]
     if cfg.output_format:
-        backends = [b for b in backends if SUFFIX_OF[b] == cfg.output_format]
+        backends = [b for b in backends if cfg.output_format in SUFFIXES[b]]
     if model.kind == "onnx":
         if cfg.backend == "torch":
             raise UsageError("an ONNX model is quantized with ONNX Runtime", "use --backend onnxruntime or auto")
@@ -127,10 +142,14 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     out = []
     for backend in backends:
         for method in methods:
-            if method == "weight-only" and bits != [None]:
-                out += [_ort_nbits_candidate(ctx, b) if backend == "onnxruntime" else _torch_nbits_candidate(ctx, b)
-                        for b in bits]
-                continue
+            if method == "weight-only":
+                gptq = ctx.calib_batches and cfg.weight_algorithm != "gptq" and cfg.bits in (None, 4)
+                if backend == "onnxruntime" and gptq:  # calibration data given: GPTQ is one more candidate
+                    out.append(_ort_nbits_candidate(ctx, 4, "gptq"))
+                if bits != [None]:
+                    for b in bits:
+                        out += [_ort_nbits_candidate(ctx, b)] if backend == "onnxruntime" else _torch_nbits_candidates(ctx, b)
+                    continue
             if method == "smoothquant":
                 if cfg.method == "smoothquant" or _has_layer_norm(ctx, backend):  # auto: transformers only
                     out += _smoothquant_candidates(ctx, backend)
@@ -138,16 +157,59 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
             for per_channel in _per_channel_choices(cfg, method):
                 out.append(_ort_candidate(ctx, method, per_channel) if backend == "onnxruntime"
                            else _torch_candidate(ctx, method, per_channel))
+            if backend == "torch" and method == "dynamic" and cfg.per_channel is not False and _linear_heavy(model.module):
+                out.append(_torchao_candidate(ctx, "dynamic", "int8-dynamic"))
+    if cfg.output_format:
+        out = [c for c in out if c.suffix == cfg.output_format]
+        if not out:
+            asked = f"--method {cfg.method}" + (f" --bits {cfg.bits}" if cfg.bits else "")
+            raise UsageError(f"no candidate of {asked} writes {cfg.output_format}",
+                             "name the output .onnx or .ts, or give no suffix"
+                             if cfg.output_format == ".pt2" else "give the output no suffix")
+    if out and cfg.method != "auto" and all(c.error == quantize_torchao.MISSING for c in out):
+        raise UsageError(f"{out[0].label} needs torchao, which is not installed",
+                         "pip install torchao, or use --backend onnxruntime")
     return out
 
 
-def _ort_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
-    """4 or 8-bit blockwise weights on ONNX Runtime's MatMulNBits."""
+def _linear_heavy(module) -> bool:
+    """Whether Linear layers hold most of the weights of the layers int8 handles (transformers, MLPs):
+    where torchao's per-token int8 matmul has most of the model to work on."""
+    from torch import nn
+
+    linear = conv = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear) or quantize_torchao.is_conv1d(m):
+            linear += m.weight.numel()
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            conv += m.weight.numel()
+    return linear > 0 and linear >= conv
+
+
+def _torchao_candidate(ctx: CandidateContext, method: str, scheme: str) -> Candidate:
+    """One of torchao's schemes (`quantize_torchao.SCHEMES`), saved as .pt2; skipped when torchao is missing."""
+    cfg, module = ctx.config, ctx.model.module
+    candidate = Candidate("torch", method, quantize_torchao.label(scheme, cfg.group_size), [], lambda ex, p: None,
+                          suffix=".pt2")
+    if not quantize_torchao.available():
+        candidate.error = quantize_torchao.MISSING
+        return candidate
+    candidate.layers = quantize_torchao.layers(module)
+    candidate.build = lambda ex, p: _torchao_model(ctx, quantize_torchao.quantize(  # noqa: E731
+        module, scheme, group_size=cfg.group_size, exclude=ex))
+    if scheme == "int8-dynamic" and cfg.weight_type != "s8":
+        candidate.error = "torchao's int8 matmul takes s8 weights only"
+    return candidate
+
+
+def _ort_nbits_candidate(ctx: CandidateContext, bits: int, algorithm: str | None = None) -> Candidate:
+    """4 or 8-bit blockwise weights on ONNX Runtime's MatMulNBits (GPTQ calibrated on the calibration batches)."""
     cfg = ctx.config
-    algorithm = "rtn" if bits == 8 else cfg.weight_algorithm
+    algorithm = algorithm or ("rtn" if bits == 8 else cfg.weight_algorithm)
     label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
     build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
-        ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex))
+        ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex,
+        batches=ctx.calib_batches))
     candidate = Candidate("onnxruntime", "weight-only", label, [], build)
     try:
         candidate.layers = [layer for layer in quantize_ort.layers(ctx.onnx_path()) if layer["op"] in ("MatMul", "Gemm")]
@@ -156,13 +218,11 @@ def _ort_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
     return candidate
 
 
-def _torch_nbits_candidate(ctx: CandidateContext, bits: int) -> Candidate:
-    """torch's own int8 weight-only path serves --bits 8; 4-bit weights on torch need torchao."""
+def _torch_nbits_candidates(ctx: CandidateContext, bits: int) -> list[Candidate]:
+    """--bits 8: effkit's own int8 weight-only module and torchao's; --bits 4: torchao's int4 in groups."""
     if bits == 8:
-        return _torch_candidate(ctx, "weight-only", True)
-    candidate = Candidate("torch", "weight-only", "torch weight-only int4", [], lambda ex, p: None)
-    candidate.error = "4-bit weights on torch need torchao, which effkit does not drive yet (use the ONNX Runtime path)"
-    return candidate
+        return [_torch_candidate(ctx, "weight-only", True), _torchao_candidate(ctx, "weight-only", "int8-weight")]
+    return [_torchao_candidate(ctx, "weight-only", "int4-weight")]
 
 
 def _per_channel_choices(cfg, method: str) -> list[bool]:

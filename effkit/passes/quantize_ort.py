@@ -231,24 +231,40 @@ def _calibration_cache(onnx_path: Path, reader, method) -> Path | None:
     return cache
 
 
-def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str]) -> Path:
+def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str],
+                   batches: list[tuple] | None = None) -> Path:
     """4 or 8-bit weights in blocks of `group_size` along the input axis, run by ONNX Runtime's MatMulNBits
     kernel (int8 arithmetic on the activations, accuracy level 4). `algorithm`: "rtn" rounds each block to
-    its nearest levels (symmetric); "hqq" fits scales and zero points half-quadratically (4-bit only).
-    Only MatMul with a constant weight is quantized, so Gemm is rewritten as MatMul first (GPT-2's Conv1D,
-    every Linear with a bias exports as Gemm)."""
+    its nearest levels (symmetric); "hqq" fits scales and zero points half-quadratically (4-bit only);
+    "gptq" (4-bit only) rounds column by column, correcting the rest of the weight for each rounding error
+    with the inputs' Hessian measured on `batches` (symmetric: ONNX Runtime 1.32 packs GPTQ's zero points
+    wrongly when a weight has an odd number of groups). Only MatMul with a constant weight is quantized,
+    so Gemm is rewritten as MatMul first (GPT-2's Conv1D, every Linear with a bias exports as Gemm)."""
     import onnx
+    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 GPTQWeightOnlyQuantConfig,
                                                                  HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
 
     proto = onnx.load(str(onnx_path))
     _gemm_to_matmul(proto, onnx_path.parent)
-    if algorithm == "hqq":
+    if algorithm == "gptq":
+        if not batches:
+            raise ValueError("GPTQ needs calibration data (--calib)")
+        initializers = {i.name for i in proto.graph.initializer}
+        names = [i.name for i in proto.graph.input if i.name not in initializers]
+        reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches, None)
+        config = GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, block_size=group_size)
+    elif algorithm == "hqq":
         config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
     else:
         config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, bits=bits, accuracy_level=4)
-    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=group_size, nodes_to_exclude=list(exclude),
-                                     algo_config=config)
+    # is_symmetric and accuracy_level (int8 compute, as RTN's config says) are read by the GPTQ branch only
+    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=group_size, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=list(exclude), algo_config=config)
+    if algorithm == "gptq" and exclude:  # ORT's GPTQ branch ignores nodes_to_exclude (only RTN's reads it):
+        plan = quantizer._generate_q4_node_config  # mark them fp32 in its per-node plan, as RTN's branch does
+        quantizer._generate_q4_node_config = lambda: {**plan(), **{name: "fp32" for name in exclude}}
     with quiet_ort():
         quantizer.process()
     if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
