@@ -354,7 +354,7 @@ def _examples(inputs: FolderInputs, input_shapes, vocab: int, what: str) -> tupl
     """Example inputs of --input-shape (token ids random, attention masks 1, segments 0, floats
     normal), else of the config's shapes; and where they came from."""
     if len(input_shapes) > len(inputs.names):
-        raise InputError(f"{what} takes {' and '.join(inputs.names)} here; --input-shape was given "
+        raise InputError(f"{what} takes {', '.join(inputs.names)} here; --input-shape was given "
                          f"{len(input_shapes)} times", inputs.hint(what))
     if input_shapes:
         return tuple(_example(name, shape, vocab) for name, shape in zip(inputs.names, input_shapes)), "--input-shape"

@@ -41,7 +41,8 @@ TextOpt = Annotated[Optional[list[str]], typer.Option(
                    "(repeatable: a batch, padded to the longest or to --max-length).", metavar="TEXT")]
 ImageOpt = Annotated[Optional[list[Path]], typer.Option(
     "--image", help="Example input of an image model: this image file, preprocessed with a Hugging Face folder's "
-                    "image processor, else as --image-size/--mean/--std say (repeatable: a batch).", metavar="FILE")]
+                    "image processor, else as --image-size, --mean and --std say (repeatable: a batch).",
+    metavar="FILE")]
 TextFileOpt = Annotated[Optional[Path], typer.Option(
     "--text-file", help="Example inputs of a text model: one text per line of FILE, as --text.", metavar="FILE")]
 MaxLengthOpt = Annotated[Optional[int], typer.Option(
