@@ -151,7 +151,8 @@ class FolderInputs:
             return (f"{what} takes {', '.join(self.names)} ({self.dtype}, 1 x tokens): pass --text, or "
                     f"--input-shape {self.dtype}:{dims} once per input")
         also = ", or --image FILE" if self.kind == "image" else ""
-        return f"{what} takes {self.names[0]} {dims} ({self.dtype}, {self.shape_from}): pass --input-shape {dims}{also}"
+        return (f"{what} takes {self.names[0]} {dims} ({self.dtype}, {self.shape_from}): "
+                f"pass --input-shape {dims}{also}")
 
 
 def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:

@@ -231,7 +231,8 @@ def test_explicit_image_options_win_over_the_image_processor(vit, tmp_path):
     assert model.example_inputs[0].min() >= 0  # scaled to [0, 1], not the processor's normalization
     # the size alone given: the processor's mean and std still apply
     sized = _load(vit, images=[wide], reading=Reading(images=ImagePreprocess(image_size=(32, 32))))
-    normalized = (load_image(wide, given) - np.float32([[[0.5]], [[0.4]], [[0.3]]])) / np.float32([[[0.2]], [[0.25]], [[0.3]]])
+    mean, std = np.float32([0.5, 0.4, 0.3]).reshape(3, 1, 1), np.float32([0.2, 0.25, 0.3]).reshape(3, 1, 1)
+    normalized = (load_image(wide, given) - mean) / std
     np.testing.assert_allclose(sized.example_inputs[0][0], normalized, atol=1e-5)
 
 
