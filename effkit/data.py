@@ -33,7 +33,7 @@ from effkit.errors import InputError, UsageError, first_line
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
-from effkit.data_images import ImagePreprocess, image_samples, is_image_folder
+from effkit.data_images import ImagePreprocess, image_samples, is_image_folder, with_defaults
 from effkit.data_text import is_text_file, text_preprocess, text_samples, token_dtypes, token_windows
 from effkit.runners import native_runner
 from effkit.samples import Samples, npy_file, npz_members, spill, subset
@@ -244,8 +244,9 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
               reading: Reading = Reading()) -> Data:
     """Load a DATA spec (see the module docstring), read lazily, for `model` (the Model it feeds: its
     input names, dtypes and tokenizer) or for `input_names`; at most `limit` samples (and at most
-    `reading.limit`). `reading` says how images and text become inputs (default: images at their own
-    size scaled to [0, 1], text to the model's sequence length)."""
+    `reading.limit`). `reading` says how images and text become inputs (default: images through a
+    Hugging Face folder's image processor, else at their own size scaled to [0, 1]; text to the
+    model's sequence length)."""
     for n in (limit, reading.limit):
         if n is not None and n < 1:
             raise UsageError(f"--limit must be at least 1, not {n}")
@@ -257,7 +258,8 @@ def load_data(spec: str, input_names: list[str] | None = None, limit: int | None
         mark_read(path)
     if path.is_dir():
         if is_image_folder(path):
-            samples, labels = image_samples(path, reading.images, limit)
+            own = None if model is None else model.meta.get("image_preprocess")
+            samples, labels = image_samples(path, with_defaults(reading.images, own), limit)
             return Data((samples,), labels, spec)
         return _npy_folder(path, spec, limit)
     if path.is_file():

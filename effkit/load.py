@@ -20,6 +20,7 @@ from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.data import Reading, load_data
+from effkit.data_images import image_batch, with_defaults
 from effkit.data_text import text_examples, token_dtypes, tokenizer_file
 from effkit.files import mark_read
 from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hint, forward_signature, input_names_for,
@@ -70,12 +71,15 @@ def load_model(
     data: str | None = None,
     reading: Reading = Reading(),
     texts: Sequence[str] = (),
+    images: Sequence[str | Path] = (),
     check: bool = True,
 ) -> Model:
     """Load MODEL from a spec (see MODEL_SPEC_HELP) with its example inputs.
 
     Example inputs come from, in order: `inputs` (an .npz file, for every format), `texts` (tokenized
-    with the model's tokenizer.json as one batch, padded to the longest or to `reading.max_length`), `input_shapes`
+    with the model's tokenizer.json as one batch, padded to the longest or to `reading.max_length`),
+    `images` (image files as one batch, through a Hugging Face folder's image processor, else as
+    `reading.images` says; explicit sizes and normalization in it win), `input_shapes`
     (random values, seeded), the factory or the file itself (a .pt2 archive's example, an ONNX
     file's fixed shapes), the first sample of `data` (a DATA spec, see effkit.data, read as `reading`
 says, so that its first sample has the shape the command's data will have), and last
@@ -107,16 +111,16 @@ says, so that its first sample has the shape the command's data will have), and 
     if arch and model.format not in ("state_dict", "safetensors"):
         raise UsageError(f"--arch applies to state_dict and .safetensors files, not to a {model.format} model",
                          "drop --arch")
-    if texts and (inputs is not None or input_shapes):
-        raise UsageError("give the example inputs one way: --text, --inputs or --input-shape")
-    model = _with_example_inputs(model, spec, inputs, data, reading, texts)
+    if sum(bool(way) for way in (texts, images, inputs is not None or input_shapes)) > 1:
+        raise UsageError("give the example inputs one way: --text, --image, --inputs or --input-shape")
+    model = _with_example_inputs(model, spec, inputs, data, reading, texts, images)
     if check:
         check_runs(model)
     return model
 
 
 def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, data: str | None,
-                         reading: Reading, texts: Sequence[str]) -> Model:
+                         reading: Reading, texts: Sequence[str], images: Sequence[str | Path]) -> Model:
     """The model with the example inputs it will use (see `load_model` for the order)."""
     if inputs is not None:
         return with_inputs_file(model, inputs)
@@ -126,6 +130,14 @@ def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, dat
                                reading.max_length, model.meta.get("context_length"))
         return match_inputs(model, dict(zip(names, arrays)),
                             f"--text: {len(texts)} tokenized, length {arrays[0].shape[-1]}")
+    if images:
+        files = [Path(f) for f in images]
+        for file in files:
+            mark_read(file)
+        batch = image_batch(files, with_defaults(reading.images, model.meta.get("image_preprocess")))
+        name = model.input_names[0] if len(model.input_names) == 1 else "pixel_values"
+        return match_inputs(model, {name: batch}, f"--image: {len(files)} image{'s' * (len(files) > 1)}, "
+                                                  f"{batch.shape[2]}x{batch.shape[3]}")
     if data is not None and (not model.example_inputs or model.meta.get("inputs_random")):
         first = load_data(data, model.input_names or None, limit=1, model=model, reading=reading)
         names = model.input_names if len(model.input_names) == len(first.inputs) else [
@@ -133,7 +145,7 @@ def _with_example_inputs(model: Model, spec: str, inputs: str | Path | None, dat
         arrays = (np.asarray(a[:1]) for a in first.inputs)  # data may be read lazily: one sample, read now
         return match_inputs(model, dict(zip(names, arrays)), f"the first sample of {data}")
     if not model.example_inputs:
-        hint = expected_input_hint(model.module)
+        hint = model.meta.get("input_hint") or expected_input_hint(model.module)
         raise InputError(f"{spec} comes without example inputs",
                          f"{hint + '; ' if hint else ''}pass --input-shape (e.g. 1x3x224x224) or --inputs file.npz")
     return model
@@ -426,7 +438,7 @@ def check_runs(model: Model) -> list[np.ndarray]:
         raise
     except Exception as e:
         first = first_line(e)
-        hint = expected_input_hint(model.module) if model.kind == "torch" else None
+        hint = model.meta.get("input_hint") or (expected_input_hint(model.module) if model.kind == "torch" else None)
         raise InputError(f"the model failed on inputs {model.describe_inputs()}: {first}",
                          hint or "check --input-shape / --inputs against what the model expects") from e
 

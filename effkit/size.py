@@ -1,4 +1,7 @@
-"""How big a model is: parameters, non-zero parameters, bytes in memory, on disk (with sidecars), gzip."""
+"""How big a model is: parameters, non-zero parameters, bytes in memory, on disk (with sidecars), gzip.
+
+On disk, a Hugging Face folder is its files (weights, configs, tokenizer); a model used in part (Whisper's
+encoder) or changed by a pass is measured as effkit saves it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from effkit.load_hf import folder_files
 from effkit.model import Model
 from effkit.onnx_files import external_files, load_graph, tensor_chunks
 from effkit.save import save_model
@@ -22,6 +26,8 @@ def artifact_files(model: Model) -> list[Path]:
         return [src] + [src.parent / f for f in sorted(external_files(src))]
     if model.path is not None and model.path.is_file():
         return [model.path]
+    if model.format == "hf" and model.path is not None and not model.meta.get("hf_part"):
+        return folder_files(model.path)  # the folder as it is, not a copy re-serialized in another format
     target = Path(tempfile.mkdtemp(dir=workdir())) / f"model{model.save_suffix}"
     return save_model(model, target)
 

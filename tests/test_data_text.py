@@ -133,7 +133,7 @@ def test_text_gives_a_hugging_face_model_its_example_inputs(bert, cli):
     (["--text", " ".join(WORDS[:11])], "Error: --text is 13 tokens long, longer than the model's 12 positions "
                                        "(pass --max-length 12 to truncate it)"),
     (["--text", "the cat", "--input-shape", "int64:1x4"],
-     "Error: give the example inputs one way: --text, --inputs or --input-shape"),
+     "Error: give the example inputs one way: --text, --image, --inputs or --input-shape"),
     (["--text-file", "empty.txt"], "Error: empty.txt holds no text (write one example per line)"),
 ])
 def test_bad_text_inputs_are_one_error_line(bert, cli, args, message):

@@ -168,10 +168,11 @@ def test_pt2_from_batch_one_keeps_a_dynamic_batch(tmp_path):
     assert make_runner(loaded, "onnxruntime", threads=1).run(wide.example_inputs)[0].shape == (3, 10)
 
 
-def test_hf_folder_takes_at_most_two_inputs(tmp_path):
+def test_hf_folder_takes_at_most_its_text_inputs(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=64)
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
-    with pytest.raises(InputError, match="^a Hugging Face model takes input_ids and attention_mask here"):
-        load_model(f"hf:{tmp_path / 'bert'}", input_shapes=[parse_input_shape("int64:1x8")] * 3)
+    with pytest.raises(InputError, match="^BertModel takes input_ids, attention_mask, token_type_ids here; "
+                                         "--input-shape was given 4 times"):
+        load_model(f"hf:{tmp_path / 'bert'}", input_shapes=[parse_input_shape("int64:1x8")] * 4)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from effkit.benchmark import DEFAULT_WARMUP, bench
-from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
-from effkit.data import Reading
+from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, MaxLengthOpt, MeanOpt, StdOpt, TextFileOpt, TextOpt,
+                                     example_reading, example_texts)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, MinTimeOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
                                print_warnings, progress_bar, resolve_threads, warned, write_outputs)
@@ -64,7 +64,11 @@ def bench_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
@@ -86,8 +90,8 @@ latency per token, with time to first token and tokens/s beside it.
         raise UsageError(f"{given[0]} applies to generation", "add --generate")
     warmup = DEFAULT_WARMUP if warmup is None else warmup
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
-                  reading=Reading(max_length=max_length), console=console_for(json))
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  reading=example_reading(max_length, image_size, mean, std), console=console_for(json))
     check_outputs_free([json, html, markdown], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     runtimes = parse_runtimes(runtime or ("torch" if loaded.kind == "torch" else "onnxruntime"), loaded.kind)

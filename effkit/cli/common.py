@@ -147,7 +147,7 @@ def console_for(json_path: str | None) -> Console:
 
 def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | None, inputs: Path | None,
          data: tuple[str | None, ...] = (), console: Console | None = None, show_inputs: bool = True,
-         reading: Reading = Reading(), texts: list[str] = ()):
+         reading: Reading = Reading(), texts: list[str] = (), images: list[Path] = ()):
     """Load MODEL with the shared options; parse shapes first so a typo fails before any import.
 
     `data` are the command's data specs, first choice first (--eval, --calib, --data): the first
@@ -160,7 +160,7 @@ def load(model: str, arch: str | None, trust: bool, input_shape: list[str] | Non
     first_data = next((d for d in data if d is not None and d != "random"), None)
     with err.status(Text(f"loading {model}"), spinner="dots"):
         loaded = load_model(model, arch=arch, trust=trust, input_shapes=shapes, inputs=inputs, data=first_data,
-                            reading=reading, texts=texts, check=False)
+                            reading=reading, texts=texts, images=images, check=False)
         if show_inputs:
             (console or out).print(f"inputs ({loaded.meta.get('inputs_from', 'the model')}): {loaded.describe_inputs()}",
                                    markup=False, highlight=False, soft_wrap=True)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
-from effkit.data import Reading
+from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, MaxLengthOpt, MeanOpt, StdOpt, TextFileOpt, TextOpt,
+                                     example_reading, example_texts)
 from effkit.cli.common import (ArchOpt, ForceOpt, HtmlOpt, InputShapeOpt, InputsOpt, JsonOpt, MarkdownOpt, ThreadsOpt,
                                TimeoutOpt, TrustOpt, load, resolve_threads,
                                WarmupOpt, check_outputs_free, command, console_for, print_warnings, progress_bar,
@@ -57,7 +57,11 @@ def compare_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     junit: JunitOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
@@ -86,10 +90,10 @@ def compare_command(
     strict = strict or config_strict
     check_outputs_free([json, html, markdown, junit], force)
     texts = example_texts(text, text_file)
-    loaded_a = load(model_a, arch, trust, input_shape, inputs, texts=texts,
-                    reading=Reading(max_length=max_length), console=console_for(json))
-    loaded_b = load(model_b, arch, trust, input_shape, inputs, texts=texts,
-                    reading=Reading(max_length=max_length), console=console_for(json))
+    loaded_a = load(model_a, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                    reading=example_reading(max_length, image_size, mean, std), console=console_for(json))
+    loaded_b = load(model_b, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                    reading=example_reading(max_length, image_size, mean, std), console=console_for(json))
     check_outputs_free([json, html, markdown, junit], force)  # against the files loading read (an ONNX model's data, ...)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from effkit.cli.data_options import (ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
-                                     ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
+from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt,
+                                     NumWorkersOpt, ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt,
+                                     example_texts, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for,
                                err, load, print_warnings, progress_bar, warned, write_outputs)
@@ -109,6 +110,7 @@ def compress_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     export_onnx: ExportOnnxOpt = None,
@@ -126,7 +128,8 @@ def compress_command(
     check_outputs_free([json, html, export_onnx], force)
     data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, data=(eval_data, data), console=console_for(json),
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  data=(eval_data, data), console=console_for(json),
                   reading=data_reading)
     train = load_data(data, model=loaded, reading=data_reading) if data else None
     evaluation = load_data(eval_data, model=loaded, reading=data_reading) if eval_data else None

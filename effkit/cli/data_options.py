@@ -22,20 +22,27 @@ NumWorkersOpt = Annotated[int, typer.Option(
     "--num-workers", help="Processes that decode images of a folder (0: this process).", min=0, max=64, metavar="N",
     rich_help_panel=PANEL)]
 ImageSizeOpt = Annotated[Optional[str], typer.Option(
-    "--image-size", help="For a folder of images: the crop, HxW or one number (default: the images' own size).",
+    "--image-size", help="For images (a folder, --image): the crop, HxW or one number (default: a Hugging Face "
+                         "folder's image processor, else the images' own size).",
     metavar="HxW", rich_help_panel=PANEL)]
 ResizeOpt = Annotated[Optional[int], typer.Option(
     "--resize", help="For a folder of images: the shorter side before the crop (default: the crop's larger side).",
     min=1, metavar="PIXELS", rich_help_panel=PANEL)]
 MeanOpt = Annotated[Optional[str], typer.Option(
-    "--mean", help="For a folder of images: per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406.",
+    "--mean", help="For images (a folder, --image): per-channel mean after scaling to [0, 1], e.g. 0.485,0.456,0.406 "
+                   "(default: a Hugging Face folder's image processor, else 0).",
     metavar="R,G,B", rich_help_panel=PANEL)]
 StdOpt = Annotated[Optional[str], typer.Option(
-    "--std", help="For a folder of images: per-channel std, e.g. 0.229,0.224,0.225.", metavar="R,G,B",
+    "--std", help="For images (a folder, --image): per-channel std, e.g. 0.229,0.224,0.225 (default: a Hugging "
+                  "Face folder's image processor, else 1).", metavar="R,G,B",
     rich_help_panel=PANEL)]
 TextOpt = Annotated[Optional[list[str]], typer.Option(
     "--text", help="Example input of a text model: this text, tokenized with the model's tokenizer.json "
                    "(repeatable: a batch, padded to the longest or to --max-length).", metavar="TEXT")]
+ImageOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--image", help="Example input of an image model: this image file, preprocessed with a Hugging Face folder's "
+                    "image processor, else as --image-size, --mean and --std say (repeatable: a batch).",
+    metavar="FILE")]
 TextFileOpt = Annotated[Optional[Path], typer.Option(
     "--text-file", help="Example inputs of a text model: one text per line of FILE, as --text.", metavar="FILE")]
 MaxLengthOpt = Annotated[Optional[int], typer.Option(
@@ -55,9 +62,14 @@ def reading(limit: int | None, num_workers: int, image_size: str | None, resize:
             std: str | None, max_length: int | None, text_field: str, label_field: str) -> Reading:
     """The data options of a command as one `effkit.data.Reading`."""
     images = ImagePreprocess(image_size=parse_image_size(image_size), resize=resize,
-                             mean=parse_floats("--mean", mean, (0.0,) * 3), std=parse_floats("--std", std, (1.0,) * 3),
+                             mean=parse_floats("--mean", mean, None), std=parse_floats("--std", std, None),
                              workers=num_workers)
     return Reading(limit=limit, images=images, max_length=max_length, text_field=text_field, label_field=label_field)
+
+
+def example_reading(max_length: int | None, image_size: str | None, mean: str | None, std: str | None) -> Reading:
+    """How a command without DATA options reads its example --text and --image."""
+    return reading(None, 0, image_size, None, mean, std, max_length, "text", "label")
 
 
 def example_texts(text: list[str] | None, text_file: Path | None) -> list[str]:

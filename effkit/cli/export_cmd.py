@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
-from effkit.data import Reading
+from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, MaxLengthOpt, MeanOpt, StdOpt, TextFileOpt, TextOpt,
+                                     example_reading, example_texts)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.errors import UsageError
@@ -31,7 +31,11 @@ def export_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     force: ForceOpt = False,
@@ -42,8 +46,8 @@ def export_command(
         raise UsageError(f"output {output} must end in .onnx")
     config = ExportConfig(opset=opset, dynamic_batch=not static_batch, atol=atol, rtol=rtol)
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
-                  reading=Reading(max_length=max_length), console=console_for(json))
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  reading=example_reading(max_length, image_size, mean, std), console=console_for(json))
     check_outputs_free([output, json, html], force, inputs=(loaded.path,))
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)

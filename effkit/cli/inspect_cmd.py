@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json as jsonlib
 
-from effkit.cli.data_options import MaxLengthOpt, TextFileOpt, TextOpt, example_texts
-from effkit.data import Reading
+from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, MaxLengthOpt, MeanOpt, StdOpt, TextFileOpt, TextOpt,
+                                     example_reading, example_texts)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
                                check_outputs_free, command, console_for, load, warned, write_outputs)
 from effkit.report.text import inspect_tables
@@ -21,7 +21,11 @@ def inspect_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     max_length: MaxLengthOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     force: ForceOpt = False,
@@ -30,8 +34,8 @@ def inspect_command(
     """Layers and parameters by type, sparsity per layer, what int8 and channel pruning can touch, inputs and outputs."""
     check_outputs_free([json, html], force)
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts,
-                  reading=Reading(max_length=max_length), console=console_for(json))
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  reading=example_reading(max_length, image_size, mean, std), console=console_for(json))
     check_outputs_free([json, html], force)  # against the files loading read (an ONNX model's data, ...)
     info = describe(loaded)
     console = console_for(json)

@@ -9,8 +9,9 @@ import typer
 
 from effkit.apply import apply_step
 from effkit.cli.bench_cmd import parse_runtimes
-from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
-                                     ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
+from effkit.cli.data_options import (EvalTextOpt, ImageOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt,
+                                     NumWorkersOpt, ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt,
+                                     example_texts, reading)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputShapeOpt, InputsOpt, IterationsOpt, JsonOpt,
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                bar_options_help, check_outputs_free, command, console_for, load, resolve_threads,
@@ -90,6 +91,7 @@ def prune_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     export_onnx: ExportOnnxOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
@@ -122,7 +124,8 @@ def prune_command(
     check_outputs_free([output, export_onnx, json, html, markdown], force)
     data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, data=(eval_data, data), console=console_for(json),
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  data=(eval_data, data), console=console_for(json),
                   reading=data_reading)
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output, export_onnx, json, html, markdown], force, inputs=(loaded.path,))

@@ -12,8 +12,9 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputS
                                MarkdownOpt, MinTimeOpt, ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, WarmupOpt,
                                check_outputs_free, command, console_for, load, resolve_threads, show_step, warn)
 from effkit.data import load_data, load_text_stream
-from effkit.cli.data_options import (EvalTextOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt, NumWorkersOpt,
-                                     ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt, example_texts, reading)
+from effkit.cli.data_options import (EvalTextOpt, ImageOpt, ImageSizeOpt, LabelFieldOpt, LimitOpt, MaxLengthOpt, MeanOpt,
+                                     NumWorkersOpt, ResizeOpt, StdOpt, TextFieldOpt, TextFileOpt, TextOpt,
+                                     example_texts, reading)
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import UsageError
 from effkit.judge import judging_split, quality_bar, random_inputs_warning
@@ -108,6 +109,7 @@ def quantize_command(
     inputs: InputsOpt = None,
     text: TextOpt = None,
     text_file: TextFileOpt = None,
+    image: ImageOpt = None,
     json: JsonOpt = None,
     html: HtmlOpt = None,
     markdown: MarkdownOpt = None,
@@ -136,7 +138,8 @@ torch.ao's packed int8 weights serialize and load back without your model's code
     check_outputs_free([output if suffix else None, json, html, markdown, export_onnx], force)
     data_reading = reading(limit, num_workers, image_size, resize, mean, std, max_length, text_field, label_field)
     texts = example_texts(text, text_file)
-    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, data=(eval_data, calib), console=console_for(json),
+    loaded = load(model, arch, trust, input_shape, inputs, texts=texts, images=image or [],
+                  data=(eval_data, calib), console=console_for(json),
                   reading=data_reading)
     threads = resolve_threads(threads, console_for(json))
     check_outputs_free([output if suffix else None], force, inputs=(loaded.path,))
