@@ -222,7 +222,7 @@ def test_prune_reports_perplexity_before_right_after_pruning_and_after_recovery(
     assert set(ppl) == {"before", "right_after_pruning", "after", "tokens", "source"}
     assert ppl["tokens"] == 6 * 15 and all(ppl[k] > 1 for k in ("before", "right_after_pruning", "after"))
     shown = f"{ppl['right_after_pruning']:.3f}"
-    assert "perplexity (right after pruning)" in stdout and shown in stdout
+    assert "perplexity (right after" in stdout and shown in stdout  # the label may wrap in its cell
     assert f"| perplexity (right after pruning) |  | {shown} |  |" in (tmp_path / "p.md").read_text()
 
 
