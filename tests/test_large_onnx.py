@@ -84,10 +84,46 @@ def _only_error_line(stderr: str) -> str:
 # ---------------------------------------------------------------- quantize
 
 
-@pytest.mark.parametrize("method", ["dynamic", "static"])
+def norm_chain(path: Path) -> Path:
+    """LayerNormalization -> MatMul -> MatMul, as a transformer block feeds its projections (what
+    SmoothQuant rescales), the weights in external data beside `path`; an outlier channel in the norm's scale."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    scale = np.ones(DIM, np.float32)
+    scale[3] = 30.0  # one channel carries activations 30x the others, as in real checkpoints
+    inits = [numpy_helper.from_array(scale, "gamma"), numpy_helper.from_array(np.zeros(DIM, np.float32), "beta")]
+    inits += [numpy_helper.from_array((rng.standard_normal((DIM, DIM)) / np.sqrt(DIM)).astype(np.float32), n)
+              for n in ("w0", "w1", "w2")]
+    nodes = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["n", "w0"], ["h0"], name="mm0"),
+             helper.make_node("MatMul", ["h0", "w1"], ["h1"], name="mm1"),
+             helper.make_node("MatMul", ["h1", "w2"], ["y"], name="mm2")]
+    graph = helper.make_graph(nodes, "norm_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", DIM])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", DIM])], inits)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+                    save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    return path
+
+
+def test_smoothquant_takes_the_external_data_path_and_the_result_loads_and_matches(cli, large):
+    norm_chain(Path("m.onnx"))
+    code, _, err = cli("quantize", "m.onnx", "--method", "smoothquant", "--calib", "random", "-o", "q.onnx",
+                       "--json", "r.json", *OPTS)
+    assert code == 0, err
+    report = json.loads(Path("r.json").read_text())
+    assert LARGE_NOTE in report["details"]["preprocessing"]
+    assert "SmoothQuant" in report["details"]["label"]
+    assert len(_sidecars(Path("."), "q.onnx")) == 1
+    x = _inputs()
+    assert _cosine(_run(Path("m.onnx"), x), _run(Path("q.onnx"), x)) >= 0.99
+
+
+@pytest.mark.parametrize("method", ["dynamic", "static", "weight-only"])
 def test_quantize_takes_the_external_data_path_and_the_result_loads_and_matches(cli, large, method):
     chain(Path("m.onnx"))
-    extra = ["--calib", "random"] if method == "static" else []
+    extra = {"static": ["--calib", "random"], "weight-only": ["--bits", "4", "--group-size", "16"]}.get(method, [])
     code, _, err = cli("quantize", "m.onnx", "--method", method, *extra, "-o", "q.onnx", "--json", "r.json", *OPTS)
     assert code == 0, err
     data = _sidecars(Path("."), "q.onnx")

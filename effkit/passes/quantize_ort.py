@@ -270,7 +270,8 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
     if not any(n.op_type == "MatMulNBits" for n in quantizer.model.model.graph.node):
         raise StepFailed("no MatMul with a constant weight to quantize (MatMulNBits takes MatMul only)")
     out = _new_path(f"int{bits}_weight_only.onnx")
-    write_model(quantizer.model.model, out)
+    # a large model's result keeps its weights beside it, as every other quantizer writes them
+    write_model(quantizer.model.model, out, external=True if is_large(onnx_path) else None)
     return out
 
 
