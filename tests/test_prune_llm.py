@@ -238,3 +238,18 @@ def test_distill_judges_a_language_model_on_perplexity_by_default_with_eval_text
     assert ppl["tokens"] == 6 * 15  # 96 words in windows of 16: 15 predicted tokens each
     within = ppl["after"] <= 1.05 * ppl["before"]
     assert (code, report["status"] == "ok") == ((0, True) if within else (1, False)), (ppl, stderr)
+
+
+def test_compress_narrows_distills_and_quantizes_a_language_model_from_its_recipe(cli, tmp_path, folders):
+    """The shipped LLM recipe (prune heads and FFN, distill on text, 4-bit weights) runs on a tiny Llama."""
+    from conftest import TESTS
+
+    (tmp_path / "train.txt").write_text("\n".join(LINES * 2) + "\n")
+    code, _, stderr = cli("compress", f"hf:{folders['llama']}", "--recipe", TESTS.parent / "examples/recipes/austen.toml",
+                          "--data", "train.txt", "-o", "out", "--tolerance", "none", *FAST)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [s["name"] for s in report["states"]] == ["original", "prune", "distill", "quantize"]
+    prune_step = next(s for s in report["steps"] if s["step"] == "prune")
+    assert prune_step["details"]["decoder"]["kv_heads"] == {"before": 2, "after": 1}
+    assert "MatMulNBits" in (tmp_path / "out" / "model.onnx").read_bytes().decode("latin-1")
