@@ -134,6 +134,10 @@ def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     if input_shapes:
         example = random_inputs(input_shapes, vocab=vocab)
+        limit = context_length(config)
+        if limit and example[0].ndim == 2 and example[0].shape[1] > limit:
+            raise InputError(f"--input-shape: sequences of {example[0].shape[1]} tokens are longer than the model's "
+                             f"{limit} positions", f"give at most {limit}, e.g. --input-shape int64:1x{limit}")
     else:  # the default length, unless the model's position embeddings are shorter
         length = min(DEFAULT_DYNAMIC_DIM, context_length(config) or DEFAULT_DYNAMIC_DIM)
         ids = np.random.default_rng(SEED).integers(0, vocab, (1, length))

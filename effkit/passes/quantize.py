@@ -211,6 +211,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     for c in candidates:
         if c.error is None:
             build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
+    warnings += ctx.warnings
     built = [c for c in candidates if c.model is not None]
     if not built:
         raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{c.label}: {c.error}" for c in candidates))

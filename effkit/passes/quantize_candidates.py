@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from effkit.errors import UsageError, first_line
-from effkit.export import onnx_path_for
+from effkit.export import describe_export, export_report_for, onnx_path_for
 from effkit.model import Model
 from effkit.passes import quantize_ort, quantize_torch, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
@@ -62,6 +62,7 @@ class CandidateContext:
         self.threads, self.candidate_time, self.candidate_iterations = threads, candidate_time, candidate_iterations
         self._onnx = None
         self.preprocess_notes: list[str] = []
+        self.warnings: list[str] = []  # about the ONNX file the ONNX Runtime candidates start from
         self._smoothed: dict[str, Any] = {}
         self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
 
@@ -89,6 +90,9 @@ class CandidateContext:
         """The model as a pre-processed ONNX file (exported first for torch models)."""
         if self._onnx is None:
             self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
+            if self.model.kind == "torch":  # a text model's export whose sequence axis had to stay static
+                _, _, static_sequence = describe_export(export_report_for(self.model))
+                self.warnings += [static_sequence] if static_sequence else []
         return self._onnx
 
     def step(self, label: str) -> Callable[[float], None] | None:
