@@ -61,6 +61,20 @@ SEQUENCE = "sequence"  # the name of a text model's sequence axis in the ONNX fi
 DIFFERS = "the ONNX export differs from torch: "
 
 
+def _sequence_length(model: Model) -> int | None:
+    """A text model's example sequence length (None for other models)."""
+    seq = sequence_inputs(model.example_inputs)
+    return model.example_inputs[seq[0]].shape[1] if seq else None
+
+
+def _too_short(model: Model) -> str | None:
+    """Why a text model's sequence axis stays static when its example is too short to verify another length."""
+    length = _sequence_length(model)
+    if length is None or _other_length(length, model.meta.get("context_length")) is not None:
+        return None
+    return f"its example has {length} token(s), too few to verify another length (give at least 3)"
+
+
 def _other_length(length: int, limit: int | None) -> int | None:
     """The second sequence length the export is verified at, within the model's positions: 3 longer
     where the limit is known and allows it, else 1 shorter (never 1: torch.export fixes a size-1 axis)."""
@@ -111,7 +125,7 @@ def _why(e: BaseException, limit: int = 200) -> str:
 def _axes(model: Model, config: ExportConfig, sequence: bool) -> dict[str, dict[str, str]]:
     """The dynamic axes of each input, {name: {"0": "batch", "1": "sequence"}}: the batch axis when
     `config.dynamic_batch`, the sequence axis of a text model's inputs when `sequence`."""
-    seq = sequence_inputs(model.example_inputs) if sequence else []
+    seq = sequence_inputs(model.example_inputs) if sequence and not _too_short(model) else []
     axes: dict[str, dict[str, str]] = {}
     for i, (name, a) in enumerate(zip(model.input_names, model.example_inputs)):
         named = {"0": "batch"} if config.dynamic_batch and a.ndim > 0 else {}
@@ -165,6 +179,8 @@ def _export_proto(model: Model, config: ExportConfig, target: Path | None = None
                 how = {"exporter": TORCH_EXPORT, "dynamic_axes": axes}
                 if errors:
                     how["sequence_static_reason"] = f"torch.export cannot make it dynamic ({_why(errors[0])})"
+                elif sequence and _too_short(model):
+                    how["sequence_static_reason"] = _too_short(model)
                 if target is None:
                     return program.model_proto, how
                 program.save(str(target), external_data=True)
@@ -184,6 +200,8 @@ def _export_proto(model: Model, config: ExportConfig, target: Path | None = None
     import onnx
 
     how = {"exporter": TORCHSCRIPT, "dynamic_axes": axes}
+    if sequence and _too_short(model):
+        how["sequence_static_reason"] = _too_short(model)
     how["fallback_reason"] = (f"torch.export failed: {_why(errors[-1])}" if errors
                               else "a TorchScript module only goes through the TorchScript exporter")
     return (onnx.load_from_string(buffer.getvalue()) if target is None else None), how
@@ -214,22 +232,21 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
         checks.append((model.example_inputs[0].shape[0] + 1, None))
     lengths = []
     if _dynamic_sequence(model, ort_runner):
-        length = model.example_inputs[sequence_inputs(model.example_inputs)[0]].shape[1]
+        length = _sequence_length(model)
         other = _other_length(length, model.meta.get("context_length"))
         if other is not None:
             checks.append((None, other))
             lengths = [length, other]
-    mismatches, at_other_length, worst = [], 0, 0.0
+    mismatches: list[tuple[int | None, str]] = []  # (the other sequence length or None, what differs)
+    worst = 0.0
     for batch, length in checks:
-        before = len(mismatches)
         inputs = _fresh_inputs(model, batch, length)
         try:
             expected = torch_runner.run(inputs)
         except Exception as e:
             if length is None:
                 raise
-            mismatches.append(f"torch fails at sequence length {length} ({first_line(e, 200)})")
-            at_other_length += 1
+            mismatches.append((length, f"torch fails at sequence length {length} ({first_line(e, 200)})"))
             continue
         # NaN compares unequal and Inf equal to itself: either would make the comparison lie
         check_finite(expected, "the model before export")
@@ -239,28 +256,26 @@ def verify_onnx(model: Model, onnx_path: Path, config: ExportConfig) -> dict:
             if batch is None and length is None:
                 raise
             where = f"batch {batch}" if batch else f"sequence length {length}"
-            mismatches.append(f"{where}: ONNX Runtime failed ({first_line(e, 200)})")
-            at_other_length += length is not None
+            mismatches.append((length, f"{where}: ONNX Runtime failed ({first_line(e, 200)})"))
             continue
         check_finite(got, "the ONNX export")
         if len(expected) != len(got):
-            mismatches.append(f"torch gives {len(expected)} outputs, ONNX gives {len(got)}")
+            mismatches.append((length, f"torch gives {len(expected)} outputs, ONNX gives {len(got)}"))
             continue
         for i, (e, g) in enumerate(zip(expected, got)):
             name = ort_runner.output_names[i] if i < len(ort_runner.output_names) else f"output {i}"
             if e.shape != g.shape:
-                mismatches.append(f"{name}: shape {list(g.shape)} instead of {list(e.shape)}")
+                mismatches.append((length, f"{name}: shape {list(g.shape)} instead of {list(e.shape)}"))
                 continue
             diff = float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64)))) if e.size else 0.0
             worst = max(worst, diff)
             if not np.allclose(g, e, atol=config.atol, rtol=config.rtol):
                 where = f" at batch {batch}" if batch else f" at sequence length {length}" if length else ""
-                mismatches.append(f"{name}{where}: max abs diff {diff:.3g} > atol {config.atol:g} + rtol {config.rtol:g}")
-        if length is not None:
-            at_other_length += len(mismatches) - before
+                mismatches.append((length, f"{name}{where}: max abs diff {diff:.3g} > atol {config.atol:g} + "
+                                           f"rtol {config.rtol:g}"))
     if mismatches:
-        error = SequenceMismatch if at_other_length == len(mismatches) else ExportMismatch
-        raise error(f"{DIFFERS}{'; '.join(mismatches)}",
+        error = SequenceMismatch if all(length is not None for length, _ in mismatches) else ExportMismatch
+        raise error(f"{DIFFERS}{'; '.join(text for _, text in mismatches)}",
                     "loosen --atol/--rtol if this is expected, or try another --opset")
     batched_ = bool(model.example_inputs) and model.example_inputs[0].ndim > 0
     batches = [b or model.example_inputs[0].shape[0] for b, length in checks if length is None] if batched_ else [1]

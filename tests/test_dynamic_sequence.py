@@ -115,6 +115,14 @@ def test_a_sequence_length_fixed_by_the_code_stays_static_with_a_warning(cli):
     assert _input_dims("m.onnx")["input_ids"][1] == 16
 
 
+def test_an_example_too_short_to_verify_another_length_keeps_the_axis_static(cli):
+    code, out, err = cli("export", ENCODER, "--input-shape", "int64:2x2", "--input-shape", "int64:2x2", "-o", "m.onnx")
+    assert code == 0, err
+    assert ("warning: the sequence axis is static: its example has 2 token(s), too few to verify another length "
+            "(give at least 3)") in err
+    assert _input_dims("m.onnx")["input_ids"][1] == 2
+
+
 def test_an_export_right_at_its_own_length_only_is_made_again_static(tmp_path):
     """TorchScript traces whatever the example did: verified at another length, torch itself fails there."""
     import torch
