@@ -188,3 +188,25 @@ def flat_text():
     torch.manual_seed(0)
     ids, mask = token_batch(2, 16, 1000, seed=1)
     return FlatText().eval(), (torch.from_numpy(ids), torch.from_numpy(mask))
+
+
+class ParityText(nn.Module):
+    """A text model that runs at any length but branches on its parity: an export traced at 16 tokens
+    is right at even lengths only."""
+
+    def __init__(self):
+        super().__init__()
+        self.words = nn.Embedding(1000, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.words(input_ids) * attention_mask[..., None].to(torch.float32)
+        if input_ids.shape[1] % 2 == 0:
+            x = 2 * x
+        return self.head(x.mean(1))
+
+
+def parity_text():
+    torch.manual_seed(0)
+    ids, mask = token_batch(2, 16, 1000, seed=1)
+    return ParityText().eval(), (torch.from_numpy(ids), torch.from_numpy(mask))

@@ -222,6 +222,17 @@ def test_example_inputs_longer_than_the_positions_are_one_error_line(bert, cli):
                                         f"int64:1x{POSITIONS})"]
 
 
+def test_data_of_another_length_for_an_export_that_had_to_stay_static_is_one_error_line(cli):
+    """torch runs the parity model at 9 tokens, its ONNX export (right at even lengths only) cannot."""
+    np.savez("calib.npz", **tokens(16, 9))
+    code, out, err = cli("quantize", f"{TESTS / 'models_transformer.py'}:parity_text", "--calib", "calib.npz",
+                         "-o", "q.onnx", *NO_BAR, *QUICK)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the ONNX export takes sequences of 16 tokens only (")
+    assert lines[0].endswith("the data has 9 (give data of the example inputs' length)")
+
+
 def test_onnx_runtime_wrong_size_error_is_one_clear_line():
     from effkit.runners import onnxruntime_message
 
