@@ -248,7 +248,10 @@ def _pre_process(staged: Path, out: Path) -> list[str]:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with quiet_ort():
+    staged, out = staged.resolve(), out.resolve()
+    # where symbolic shape inference is incomplete, ONNX Runtime saves the model it got so far into the
+    # current folder (sym_shape_infer_temp.onnx and its weights): in a work folder, never the user's
+    with quiet_ort(), contextlib.chdir(tempfile.mkdtemp(dir=workdir())):
         try:
             quant_pre_process(str(staged), str(out))
         except Exception:
