@@ -33,6 +33,7 @@ from effkit.errors import InputError, UsageError, first_line
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.files import mark_read
 from effkit.limits import check_fits_in_memory, npz_bytes, zip_declared_bytes
+from effkit.inputs import sequence_inputs
 from effkit.data_images import ImagePreprocess, image_samples, is_image_folder, with_defaults
 from effkit.data_text import is_text_file, text_preprocess, text_samples, token_dtypes, token_windows
 from effkit.runners import native_runner
@@ -109,6 +110,11 @@ class Data:
         if len(self.inputs) != len(model.example_inputs):
             raise InputError(f"{self.source} holds {len(self.inputs)} input arrays; the model takes "
                              f"{len(model.example_inputs)} ({model.describe_inputs()})")
+        limit, seq = model.meta.get("context_length"), sequence_inputs(model.example_inputs)
+        length = self.inputs[seq[0]].shape[1] if seq and len(self.inputs[seq[0]].shape) == 2 else None
+        if limit and length and length > limit:
+            raise InputError(f"{self.source}: sequences of {length} tokens are longer than the model's {limit} positions",
+                             f"cut them to at most {limit} tokens")
         mismatched = [(name, have, want) for name, have, want in zip(model.input_names, self.inputs, model.example_inputs)
                       if have.shape[1:] != want.shape[1:]]
         if not mismatched:

@@ -212,6 +212,13 @@ def batched(example: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray,
     return tuple(out)
 
 
+def sequence_inputs(example_inputs: tuple[np.ndarray, ...]) -> list[int]:
+    """Which inputs carry a text model's sequence axis (axis 1): every 2-dim input shaped like the first
+    2-dim integer one (token ids; attention masks and token type ids have their shape)."""
+    ids = next((a for a in example_inputs if a.ndim == 2 and np.issubdtype(a.dtype, np.integer)), None)
+    return [] if ids is None else [i for i, a in enumerate(example_inputs) if a.shape == ids.shape]
+
+
 def batch_bytes(example: Sequence[np.ndarray], batch_size: int) -> int:
     """Memory that `batched(example, batch_size)` allocates: the inputs it has to repeat, at the new size."""
     return sum(array_bytes((batch_size, *a.shape[1:]), a.dtype) for a in example

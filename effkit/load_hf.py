@@ -189,6 +189,10 @@ def load_hf(path: Path, spec: str, trust: bool, input_shapes) -> Model:
     vocab = config.get("vocab_size")
     vocab = vocab if isinstance(vocab, int) and vocab > 1 else 2
     example, origin = _examples(inputs, input_shapes, vocab, what)
+    limit = context_length(config)
+    if input_shapes and limit and inputs.kind == "text" and example[0].ndim == 2 and example[0].shape[1] > limit:
+        raise InputError(f"--input-shape: sequences of {example[0].shape[1]} tokens are longer than the model's "
+                         f"{limit} positions", f"give at most {limit}, e.g. --input-shape int64:1x{limit}")
     if part:
         origin += f"; {what} alone"
     names = inputs.names[:len(example)]

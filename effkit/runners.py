@@ -46,6 +46,12 @@ def onnxruntime_message(e: BaseException) -> str:
     text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e))
     text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ (?:[\w:*&<>]+ )?[\w:~<>]+\([^)]*\) ", "", text)  # file:line signature(...)
     text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ \w+ ", "", text)  # file:line FunctionName
+    # an input of the wrong size: ORT names the input on one line and the axis and sizes on the next
+    wrong = re.search(r"Got invalid dimensions for input: (\S+) for the following indices\s+index: (\d+) Got: (\d+) "
+                      r"Expected: (\d+)", text)
+    if wrong:
+        name, axis, got, expected = wrong.groups()
+        return f"input {name!r} has size {got} on axis {axis}; the model takes {expected} there"
     lines = text.strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
 

@@ -18,13 +18,13 @@ from effkit.files import track_temporary
 
 
 @contextlib.contextmanager
-def quiet_loggers(*names: str):
-    """Within the block the named loggers ("" is the root) pass errors only, warnings are ignored and
-    stdout is swallowed: libraries' chatter kept away from users."""
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Within the block the named loggers ("" is the root) pass errors only (records of `level` and up),
+    warnings are ignored and stdout is swallowed: libraries' chatter kept away from users."""
     loggers = [logging.getLogger(n or None) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(level)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -38,7 +38,8 @@ def quiet_loggers(*names: str):
 def quiet_torch():
     """Silence the exporter's and torch.ao's chatter (warnings, logging, prints) for users."""
     with quiet_loggers("torch.onnx", "torch.export", "torch._dynamo", "torch._export", "onnxscript",
-                       "torch.fx.experimental.symbolic_shapes", "torch.utils._pytree", "torchao"):
+                       "torch.fx.experimental.symbolic_shapes", "torch.utils._pytree", "torchao"), \
+            quiet_loggers("torch._guards", level=logging.CRITICAL):  # a failed guard's traceback: it is raised too
         yield
 
 

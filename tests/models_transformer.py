@@ -163,3 +163,50 @@ class PostNorm(nn.Module):
 def post_norm():
     torch.manual_seed(0)
     return PostNorm().eval(), torch.randn(4, 16)
+
+
+def small_text_encoder():
+    """A plain torch text model for the dynamic sequence tests: 1 layer, hidden 32, 32 positions,
+    batch 2 of 16 tokens."""
+    return build(outliers=False, hidden=32, layers=1, heads=2, max_len=32)
+
+
+class FlatText(nn.Module):
+    """A text model whose code fixes the sequence length: it flattens 16 token embeddings into one Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.words = nn.Embedding(1000, 4)
+        self.head = nn.Linear(16 * 4, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.words(input_ids) * attention_mask[..., None].to(torch.float32)
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def flat_text():
+    torch.manual_seed(0)
+    ids, mask = token_batch(2, 16, 1000, seed=1)
+    return FlatText().eval(), (torch.from_numpy(ids), torch.from_numpy(mask))
+
+
+class ParityText(nn.Module):
+    """A text model that runs at any length but branches on its parity: an export traced at 16 tokens
+    is right at even lengths only."""
+
+    def __init__(self):
+        super().__init__()
+        self.words = nn.Embedding(1000, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.words(input_ids) * attention_mask[..., None].to(torch.float32)
+        if input_ids.shape[1] % 2 == 0:
+            x = 2 * x
+        return self.head(x.mean(1))
+
+
+def parity_text():
+    torch.manual_seed(0)
+    ids, mask = token_batch(2, 16, 1000, seed=1)
+    return ParityText().eval(), (torch.from_numpy(ids), torch.from_numpy(mask))

@@ -110,8 +110,8 @@ def test_quantize_judges_accuracy_on_jsonl(bert, tmp_path, cli):
     code, out, err = cli("quantize", f"hf:{bert}", "--input-shape", "int64:1x12", "--input-shape", "int64:1x12",
                          "--calib", tmp_path / "calib.txt", "--eval",
                          tmp_path / "eval.jsonl", "--backend", "onnxruntime", "--method", "dynamic", *NO_BAR, *FAST,
-                         "--min-time", "0.05", "--json", tmp_path / "q.json", "-o", tmp_path / "q")
-    assert code == 0, err
+                         "--min-time", "0.05", "--allow-slower", "--json", tmp_path / "q.json", "-o", tmp_path / "q")
+    assert code == 0, err  # --allow-slower: whether int8 beats fp32 on a 16-wide BERT is the machine's to say
     result = json.loads((tmp_path / "q.json").read_text())
     assert result["fidelity"]["inputs"].endswith("eval.jsonl") and result["fidelity"]["samples"] == 8
     for side in ("before", "after"):  # over the 8 labelled lines

@@ -11,9 +11,9 @@ import typer
 from effkit.cli.data_options import (ImageOpt, ImageSizeOpt, MaxLengthOpt, MeanOpt, StdOpt, TextFileOpt, TextOpt,
                                      example_reading, example_texts)
 from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, InputsOpt, JsonOpt, ModelArg, TimeoutOpt, TrustOpt,
-                               check_outputs_free, command, console_for, load, warned, write_outputs)
+                               check_outputs_free, command, console_for, load, warn, warned, write_outputs)
 from effkit.errors import UsageError
-from effkit.export import DEFAULT_OPSET, ExportConfig, export_onnx
+from effkit.export import DEFAULT_OPSET, ExportConfig, describe_export, export_onnx
 
 
 @command("export")
@@ -52,13 +52,15 @@ def export_command(
     with console_for(json).status("exporting and verifying", spinner="dots"):
         exported = export_onnx(loaded, output, config, force=force)
     report = exported.meta["export"]
+    axes, checked, sequence_warning = describe_export(report)
     console_for(json).print(f"wrote {output} (opset {report['opset']}, {report['exporter']} exporter, "
-                            f"{'dynamic' if config.dynamic_batch else 'static'} batch); verified in ONNX Runtime: "
-                            f"max abs diff {report['max_abs_diff']:.3g} at batch sizes "
-                            f"{', '.join(map(str, report['batches_checked']))}", markup=False, highlight=False)
+                            f"{axes}); verified in ONNX Runtime: max abs diff {report['max_abs_diff']:.3g} at "
+                            f"{checked}", markup=False, highlight=False)
     if "fallback_reason" in report:
         console_for(json).print(f"note: the {report['exporter']} exporter was used because "
                                 f"{report['fallback_reason']}", markup=False, highlight=False, soft_wrap=True)
+    if sequence_warning:
+        warn(sequence_warning)
     write_outputs(json, lambda: jsonlib.dumps({"schema": "effkit.export/1", "output": str(output), **report,
                                                "warnings": warned()}, indent=2),
                   None, str, force, html_path=html)

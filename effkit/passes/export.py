@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from effkit.export import ExportConfig, export_onnx, export_report_for, onnx_path_for, verify_onnx
+from effkit.export import ExportConfig, describe_export, export_onnx, export_report_for, onnx_path_for, verify_onnx
 from effkit.load import load_model
 from effkit.passes import PassContext, PassResult
 from effkit.util import workdir
@@ -32,7 +32,9 @@ def run(model, config: ExportConfig, ctx: PassContext) -> PassResult:
     else:
         exported = export_onnx(model, Path(tempfile.mkdtemp(dir=workdir())) / "model.onnx", config)
         report = dict(exported.meta["export"])
-    return PassResult(exported, report, [f"verified in ONNX Runtime: max abs diff {report['max_abs_diff']:.3g}"])
+    _, checked, sequence_warning = describe_export(report)
+    return PassResult(exported, report, [f"verified in ONNX Runtime: max abs diff {report['max_abs_diff']:.3g} at {checked}"],
+                      warnings=[sequence_warning] if sequence_warning else [])
 
 
 def setting(config: ExportConfig) -> str:

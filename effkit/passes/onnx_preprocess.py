@@ -10,6 +10,7 @@ weights left on disk (read only where a rewrite needs them) and written with ext
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -242,13 +243,27 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     return out, notes
 
 
+@contextlib.contextmanager
+def _in_folder(folder: str):
+    """Within the block the current folder is `folder` (contextlib.chdir, which Python 3.10 lacks)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _pre_process(staged: Path, out: Path) -> list[str]:
     """ONNX Runtime's `quant_pre_process`, with fallbacks: without symbolic shape inference, then ONNX
     shape inference alone. Returns the notes of the fallbacks taken."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with quiet_ort():
+    staged, out = staged.resolve(), out.resolve()
+    # where symbolic shape inference is incomplete, ONNX Runtime saves the model it got so far into the
+    # current folder (sym_shape_infer_temp.onnx and its weights): in a work folder, never the user's
+    with quiet_ort(), _in_folder(tempfile.mkdtemp(dir=workdir())):
         try:
             quant_pre_process(str(staged), str(out))
         except Exception:

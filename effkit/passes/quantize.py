@@ -20,7 +20,7 @@ import numpy as np
 
 from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
-from effkit.errors import StepFailed, UsageError
+from effkit.errors import InputError, StepFailed, UsageError
 from effkit.export import make_runner
 from effkit.fidelity import FIDELITY_SAMPLES
 from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning
@@ -226,9 +226,16 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     for c in candidates:
         if c.error is None:
             build(c, judge, ctx, c.excluded, f"quantizing: {c.label}")
+    warnings += ctx.warnings
     built = [c for c in candidates if c.model is not None]
     if not built:
-        raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{c.label}: {c.error}" for c in candidates))
+        if ctx.refused and all(c.error == ctx.refused for c in candidates):  # the data's length, not int8
+            raise InputError(ctx.refused, "give data of the example inputs' length")
+        by_error: dict[str | None, list[str]] = {}  # one reason once, with every candidate it stopped
+        for c in candidates:
+            by_error.setdefault(c.error, []).append(c.label)
+        raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{', '.join(labels)}: {error}"
+                                                                          for error, labels in by_error.items()))
     baselines = {"torch fp32": model} if model.kind == "torch" else {}
     if any(c.backend == "onnxruntime" for c in built):
         baselines["onnxruntime fp32"] = model

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from effkit.errors import UsageError, first_line
-from effkit.export import onnx_path_for
+from effkit.export import describe_export, export_report_for, onnx_path_for
+from effkit.inputs import sequence_inputs
 from effkit.model import Model
 from effkit.passes import quantize_ort, quantize_torch, quantize_torchao, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
@@ -67,7 +68,9 @@ class CandidateContext:
         self.progress = progress
         self.threads, self.candidate_time, self.candidate_iterations = threads, candidate_time, candidate_iterations
         self._onnx = None
+        self.refused: str | None = None  # why the ONNX file cannot take the data (its sequence length)
         self.preprocess_notes: list[str] = []
+        self.warnings: list[str] = []  # about the ONNX file the ONNX Runtime candidates start from
         self._smoothed: dict[str, Any] = {}
         self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
 
@@ -92,10 +95,32 @@ class CandidateContext:
         return self._smoothed["torch"]
 
     def onnx_path(self):
-        """The model as a pre-processed ONNX file (exported first for torch models)."""
+        """The model as a pre-processed ONNX file (exported first for torch models). Raises ValueError when
+        the export's sequence axis had to stay static and the data has sequences of another length."""
         if self._onnx is None:
             self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
+            if self.model.kind == "torch":  # a text model's export whose sequence axis had to stay static
+                report = export_report_for(self.model)
+                _, _, static_sequence = describe_export(report)
+                self.warnings += [static_sequence] if static_sequence else []
+                other = self._other_data_length() if static_sequence else None
+                if other is not None:
+                    length = self.model.example_inputs[sequence_inputs(self.model.example_inputs)[0]].shape[1]
+                    self.refused = (f"the ONNX export takes sequences of {length} tokens only "
+                                    f"({report['sequence_static_reason']}); the data has {other}")
+        if self.refused:
+            raise ValueError(self.refused)
         return self._onnx
+
+    def _other_data_length(self) -> int | None:
+        """A sequence length of the calibration or evaluation data other than the example inputs', if any."""
+        seq = sequence_inputs(self.model.example_inputs)
+        if not seq:
+            return None
+        arrays = [batch[seq[0]] for batch in self.calib_batches or []]
+        arrays += [self.eval_data.inputs[seq[0]]] if self.eval_data is not None else []
+        want = self.model.example_inputs[seq[0]].shape[1]
+        return next((a.shape[1] for a in arrays if len(a.shape) == 2 and a.shape[1] != want), None)
 
     def step(self, label: str) -> Callable[[float], None] | None:
         return (lambda f: self.progress(label, f)) if self.progress else None

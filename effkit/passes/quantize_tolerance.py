@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 
-from effkit.errors import InputError, StepFailed, UsageError, first_line
+from effkit.errors import InputError, StepFailed, UsageError
 from effkit.judge import Judge, score, tolerance_failures
 from effkit.passes.quantize_candidates import Candidate, CandidateContext
 from effkit.passes.quantize_choice import paired_timing, runtime_of
-from effkit.runners import native_runner
+from effkit.runners import native_runner, onnxruntime_message
 from effkit.size import disk_bytes
 from effkit.util import fmt_speedup, quiet_torch
 
@@ -30,7 +30,7 @@ def build(candidate: Candidate, judge: Judge, ctx: CandidateContext, exclude: li
     except (UsageError, InputError):
         raise
     except Exception as e:
-        candidate.error = first_line(e)
+        candidate.error = onnxruntime_message(e)  # ONNX Runtime's says which input has which wrong size
         return False
     candidate.model, candidate.fidelity, candidate.accuracy, candidate.failures = model, fid, acc, failures
     candidate.perplexity = ppl

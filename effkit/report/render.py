@@ -121,8 +121,9 @@ def inspect_page(doc: dict) -> str:
 
 
 def export_page(doc: dict) -> str:
+    _, checked, _ = describe_export(doc)
     body = [verdict("warn" if doc.get("warnings") else "ok", f"{doc['output']}: opset {doc['opset']}, verified in ONNX Runtime, max abs diff "
-                          f"{doc['max_abs_diff']:.3g} at batch sizes {', '.join(map(str, doc.get('batches_checked', [])))}")]
+                          f"{doc['max_abs_diff']:.3g} at {checked}")]
     body += warnings(doc.get("warnings", []))
     body.append(collapsed("Configuration", {k: v for k, v in doc.items() if k not in ("schema", "warnings")}))
     return page(f"effkit export: {doc['output']}", body)
