@@ -16,7 +16,7 @@ functions. tests/test_layers.py checks all of it against this table:
     benchmark: benchmark, comparison, size, generation
     save: save
     export: export
-    load: load, load_hf, data, data_images, data_text, samples
+    load: load, load_hf, load_pt2, data, data_images, data_text, samples
     runners: runners
     base: effkit, errors, specs, files, util, env, limits, interrupts, factory, model, inputs, onnx_files, fidelity, pt2_guard
 

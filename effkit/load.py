@@ -6,8 +6,6 @@ stays cheap.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import zipfile
 from pathlib import Path
@@ -16,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from effkit import pt2_guard
 from effkit.errors import EffkitError, InputError, ModelLoadError, UsageError, first_line, unreadable
 from effkit.factory import is_factory_spec, resolve_factory
 from effkit.data import Reading, load_data
@@ -27,11 +24,11 @@ from effkit.inputs import (DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, expected_input_hi
                            match_inputs, random_inputs, to_numpy_inputs, with_inputs_file)
 from effkit.limits import check_fits_in_memory, zip_declared_bytes
 from effkit.load_hf import load_hf
+from effkit.load_pt2 import load_pt2
 from effkit.model import Model
 from effkit.onnx_files import check_external_data, external_files
 from effkit.runners import native_runner
 from effkit.specs import InputShape
-from effkit.util import import_torchao, quiet_torch
 
 log = logging.getLogger(__name__)
 MODEL_SPEC_HELP = (
@@ -163,7 +160,9 @@ def _load_file(path: Path, spec: str, arch: str | None, trust: bool, input_shape
     if zipfile.is_zipfile(path):  # .pt, .pt2 and TorchScript: judged by what they declare, before reading
         _check_archive_fits(path, "torch.export (.pt2) archive" if suffix == ".pt2" else "PyTorch checkpoint")
     if suffix == ".pt2":
-        return _load_pt2(path, spec, trust, input_shapes)
+        model = _torch_model(*load_pt2(path, trust), spec, "pt2", path, input_shapes)
+        model.save_suffix = ".pt2"
+        return model
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         return _load_torchscript(path, spec, input_shapes)
     if suffix in (".pt", ".pth", ".bin", ".ckpt", ".tar") or zipfile.is_zipfile(path):
@@ -264,71 +263,6 @@ def _from_state_dict(state: dict, path: Path, spec: str, arch: str | None, input
                              "pass the factory that built the saved model")
     model = _torch_model(module, example, spec, fmt, path, input_shapes)
     model.meta["arch"] = arch
-    return model
-
-
-# effkit's own note inside .pt2 archives it writes: the example inputs' real batch size
-PT2_META = "effkit.json"
-
-
-def _pt2_example_batch(text: str) -> int | None:
-    try:
-        return int(json.loads(text)["example_batch"]) or None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-@contextlib.contextmanager
-def _refusing_unsafe_pt2(path: Path):
-    """Turn what pt2_guard finds into one error line; an unreadable archive is a corrupt file."""
-    try:
-        yield
-    except pt2_guard.UnsafeArchive as e:
-        raise ModelLoadError(f"{path} holds {e}", "re-run with --trust only if you trust its source") from e
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise unreadable(path, "torch.export (.pt2) archive", e) from e
-
-
-def _load_pt2(path: Path, spec: str, trust: bool, input_shapes) -> Model:
-    import os
-
-    import torch
-
-    if not trust:
-        with _refusing_unsafe_pt2(path):
-            pt2_guard.check_archive(path)
-    # torch.export.load falls back to unpickling anything (weights_only=False) when a payload is not
-    # plain tensors; without --trust, force every torch.load inside it to weights-only.
-    with _refusing_unsafe_pt2(path):
-        if pt2_guard.uses_torchao(path) and import_torchao() is None:
-            raise ModelLoadError(f"{path} is a torchao int8/int4 model, which needs torchao to run",
-                                 "pip install torchao")
-    saved = {k: os.environ.pop(k, None) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    if not trust:
-        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    extra = {PT2_META: ""}
-    try:
-        with quiet_torch():
-            program = torch.export.load(str(path), extra_files=extra)
-    except Exception as e:
-        if "Weights only load failed" in str(e):
-            raise ModelLoadError(f"{path} holds pickled Python objects, and unpickling runs code from the file",
-                                 "re-run with --trust only if you trust its source") from e
-        raise unreadable(path, "torch.export (.pt2) archive", e) from e
-    finally:
-        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-    if not trust:  # their dict keys go into the guard code torch builds with the module
-        with _refusing_unsafe_pt2(path):
-            pt2_guard.check_example_inputs(program.example_inputs)
-    example = None
-    if program.example_inputs is not None:
-        example = program.example_inputs[0]
-        batch = _pt2_example_batch(extra[PT2_META])
-        if batch:  # effkit exported from a doubled batch-1 example: give back the real one
-            example = tuple(a[:batch] if a.dim() > 0 else a for a in example)
-    model = _torch_model(program.module(), example, spec, "pt2", path, input_shapes)
-    model.save_suffix = ".pt2"
     return model
 
 

@@ -10,7 +10,7 @@ from effkit.errors import ModelLoadError, UsageError, first_line
 from effkit.export import export_onnx
 from effkit.files import atomic_path
 from effkit.inputs import torch_inputs
-from effkit.load import PT2_META
+from effkit.load_pt2 import PT2_META
 from effkit.model import Model
 from effkit.onnx_files import save_onnx_file
 from effkit.util import quiet_torch

@@ -225,6 +225,9 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     if moved:
         notes.append(f"moved {moved} Constant-node tensors to initializers")
     _name_nodes(proto)
+    # the optimizer drops nodes' metadata, where torch's exporter names the module each node came from
+    # (what --exclude matches): kept by node name, put back below
+    scopes = {n.name: list(n.metadata_props) for n in proto.graph.node if n.metadata_props}
     staged = _new_path("staged.onnx")
     staged_files = write_model(proto, staged, onnx_path.parent)
     del proto  # a large model's rewritten weights: on disk now
@@ -239,6 +242,9 @@ def preprocess(onnx_path: Path) -> tuple[Path, list[str]]:
     # the optimizer may rename or create nodes: name them again (a large model's data stays where it is)
     proto = load_graph(out)
     _name_nodes(proto)
+    for node in proto.graph.node:
+        if not node.metadata_props and node.name in scopes:
+            node.metadata_props.extend(scopes[node.name])
     onnx.save_model(proto, str(out))
     return out, notes
 
