@@ -2,7 +2,7 @@
 that layout (the export here, or a copy of it quantized with MatMulNBits, say).
 
 The layout (the one Hugging Face Optimum uses): inputs `input_ids` [batch, sequence], `attention_mask`
-[batch, past + sequence], `position_ids` [batch, sequence] and `past_key_values.N.key` / `.value`
+[batch, past + sequence], `position_ids` [batch, sequence] (when the model takes them) and `past_key_values.N.key` / `.value`
 [batch, kv heads, past, head dim] for each layer N; outputs `logits` [batch, sequence, vocab] and
 `present.N.key` / `.value` [batch, kv heads, past + sequence, head dim]. Every batch and length axis is
 dynamic, so one file serves the prefill (an empty past) and each decode step (one new token).
@@ -45,23 +45,32 @@ def _returned_cache(out: Any) -> Any:
     return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
 
 
+def _takes_positions(module: Any) -> bool:
+    import inspect
+
+    return "position_ids" in inspect.signature(module.forward).parameters
+
+
 def _with_cache(module: Any) -> Any:
-    """A torch module taking flat tensors (input_ids, attention_mask, position_ids, past key and value of each
-    layer) that builds a DynamicCache from them and returns (logits, present key and value of each layer)."""
+    """A torch module taking flat tensors (input_ids, attention_mask, position_ids when the model takes them,
+    past key and value of each layer) that builds a DynamicCache from them and returns (logits, present key
+    and value of each layer)."""
     import torch
     from transformers import DynamicCache
 
-    cache_arg = cache_argument(module)
+    cache_arg, positions = cache_argument(module), _takes_positions(module)
 
     class WithCache(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.lm = module
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):
+        def forward(self, input_ids, attention_mask, *rest):
+            past = rest[1:] if positions else rest
+            extra = {"position_ids": rest[0]} if positions else {}
             cache = DynamicCache(list(zip(past[0::2], past[1::2])), config=self.lm.config)
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=True, return_dict=True, **{cache_arg: cache})
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, return_dict=True,
+                          **extra, **{cache_arg: cache})
             present = [t for layer in _returned_cache(out).layers for t in (layer.keys, layer.values)]
             return (out.logits, *present)
 
@@ -80,12 +89,12 @@ def export_with_past(module: Any, path: Path | None = None, *, opset: int = DEFA
     with torch.inference_mode():  # a real past (its heads and head size are the model's own)
         out = module(input_ids=ids[:, :past_len], use_cache=True, return_dict=True)
     past = [t.clone() for layer in _returned_cache(out).layers for t in (layer.keys, layer.values)]
-    layers = len(past) // 2
-    args = (ids[:, past_len:], torch.ones(batch, past_len + seq_len, dtype=torch.int64),
-            torch.arange(past_len, past_len + seq_len).expand(batch, seq_len), *past)
-    kv = [f"{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    positions = [torch.arange(past_len, past_len + seq_len).expand(batch, seq_len)] if _takes_positions(module) else []
+    args = (ids[:, past_len:], torch.ones(batch, past_len + seq_len, dtype=torch.int64), *positions, *past)
+    kv = [f"{i}.{kind}" for i in range(len(past) // 2) for kind in ("key", "value")]
     dyn = torch.export.Dim.DYNAMIC
-    shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple({0: dyn, 2: dyn} for _ in past))
+    shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple([{0: dyn, 1: dyn}] * len(positions)
+                                                       + [{0: dyn, 2: dyn}] * len(past)))
     if path is None:
         import tempfile
 
@@ -93,7 +102,8 @@ def export_with_past(module: Any, path: Path | None = None, *, opset: int = DEFA
     try:
         with quiet_torch():
             program = torch.onnx.export(_with_cache(module), args, dynamo=True, opset_version=opset,
-                                        input_names=["input_ids", "attention_mask", "position_ids",
+                                        input_names=["input_ids", "attention_mask",
+                                                     *["position_ids"] * len(positions),
                                                      *[f"past_key_values.{n}" for n in kv]],
                                         output_names=["logits", *[f"present.{n}" for n in kv]],
                                         dynamic_shapes=shapes, verbose=False)

@@ -137,3 +137,20 @@ def test_the_loop_refuses_a_file_without_past_key_values(tmp_path):
 
     with pytest.raises(UsageError, match="does not have the inputs and outputs of a causal LM with past key/values"):
         OrtGreedy(tmp_path / "plain.onnx", 1)
+
+
+def test_onnxruntime_counts_the_exports_copies_before_loading(cli, exported, monkeypatch):
+    """The export and the ORT session each hold the weights again, beside the torch model: a budget that
+    fits torch alone refuses onnxruntime before anything loads."""
+    from effkit.load_hf import memory_estimate, read_config
+    from effkit.limits import MAX_MEMORY_ENV
+
+    folder = exported["gpt2"][0]
+    weights = memory_estimate(folder, read_config(folder))
+    monkeypatch.setenv(MAX_MEMORY_ENV, str(2 * weights))
+    code, _, err = cli("bench", f"hf:{folder}", "--generate", "--runtime", "onnxruntime", "--prompt-len", "4",
+                       "--new-tokens", "2")
+    assert code == 2 and err.startswith(f"Error: {folder} needs about ")
+    assert "of memory for generating 2 tokens at batch 1 on onnxruntime, more than" in err
+    code, _, err = cli("bench", f"hf:{folder}", "--generate", "--prompt-len", "4", "--new-tokens", "2", *FAST)
+    assert code == 0, err
