@@ -11,6 +11,7 @@ dynamic, so one file serves the prefill (an empty past) and each decode step (on
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,6 @@ def export_with_past(module: Any, path: Path | None = None, *, opset: int = DEFA
     shapes = ({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, tuple([{0: dyn, 1: dyn}] * len(positions)
                                                        + [{0: dyn, 2: dyn}] * len(past)))
     if path is None:
-        import tempfile
-
         path = Path(tempfile.mkdtemp(dir=workdir())) / "model_with_past.onnx"
     try:
         with quiet_torch():
