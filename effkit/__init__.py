@@ -13,7 +13,7 @@ functions. tests/test_layers.py checks all of it against this table:
     pipeline: pipeline, pipeline_result, recipe, apply
     passes: passes, structure
     judge: judge, outcome
-    benchmark: benchmark, comparison, size, generation
+    benchmark: benchmark, comparison, size, generation, generation_ort
     save: save
     export: export
     load: load, load_hf, load_pt2, data, data_images, data_text, samples
@@ -23,7 +23,8 @@ functions. tests/test_layers.py checks all of it against this table:
 base: errors and their exit codes, parsers, atomic files, the machine, the Model value, example
 inputs, ONNX files, output agreement metrics. runners: torch and ONNX Runtime behind one interface.
 load: every format into a Model. export: verified ONNX export (and the ONNX file a torch model runs
-on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size, LLM generation. judge: is a changed
+on in ONNX Runtime). save: writing models. benchmark: timing, statistics, size, LLM generation (on
+torch, and on ONNX Runtime through an export with past key/values). judge: is a changed
 model still good enough. passes: one config and one `run` each, found by config type. pipeline:
 compress's steps, and one step applied on its own (apply: run, measure, judge, save; what prune,
 quantize and distill call). verdicts: gates and A/B comparisons. outputs: OUTDIR and reports. cli: commands.

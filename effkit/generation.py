@@ -3,7 +3,9 @@
 What users measure an LLM by: time to first token (the prefill of the prompt), latency per generated token
 (decode, p50/p90/p99), tokens per second of prefill and of decode separately, and peak memory. The loop is
 written here rather than calling `generate()` so that every step is timed on its own: one forward pass over
-the prompt, then one pass per new token feeding the cache back (transformers' DynamicCache).
+the prompt, then one pass per new token feeding the cache back (transformers' DynamicCache). On ONNX Runtime
+the same loop runs over an export that carries past key/values (effkit.generation_ort), checked against torch
+token by token before it is timed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import numpy as np
 from effkit.benchmark import BenchResult, PeakMemory, latency_stats, model_info, noise_warnings
 from effkit.env import CpuMonitor, default_threads, environment
 from effkit.errors import InputError, UsageError
+from effkit.generation_ort import EXPORTER, OrtGreedy, cache_argument, export_with_past, verify_greedy
+from effkit.generation_ort import LOOP as ORT_LOOP
 from effkit.inputs import SEED
-from effkit.load_hf import architecture, check_fits, context_length, is_causal_lm, load_tokenizer, read_config
+from effkit.load_hf import (architecture, check_fits, context_length, is_causal_lm, load_tokenizer, memory_estimate,
+                             read_config)
 from effkit.size import size_info
 
 DEFAULT_PROMPT_LEN = 128
@@ -27,6 +32,8 @@ DEFAULT_NEW_TOKENS = 64
 DEFAULT_WARMUP = 1  # generations run untimed first (each is many forward passes already)
 MIN_GENERATIONS = 3
 LOOP = "greedy decoding, KV cache (transformers DynamicCache), torch eager"
+RUNTIMES = ("torch", "onnxruntime")
+LOOPS = {"torch": LOOP, "onnxruntime": ORT_LOOP}
 
 
 # ---------------------------------------------------------------- checks before loading
@@ -42,11 +49,12 @@ def _kv_cache_bytes(config: dict, tokens: int) -> int:
 
 
 def check_generation(path: Path, *, prompt_len: int, new_tokens: int, batch_sizes: Sequence[int],
-                     prompt: str | None) -> dict:
+                     prompt: str | None, runtimes: Sequence[str] = ("torch",)) -> dict:
     """Everything about a generation run that can be refused before the model loads; returns config.json.
 
     A folder that is not a causal LM, no new tokens, a prompt plus continuation longer than the context,
-    `prompt` text without a tokenizer, or weights plus KV cache larger than the memory available.
+    `prompt` text without a tokenizer, or weights plus KV cache larger than the memory available (on
+    onnxruntime, twice more weights: the exporter's copy and the session's, beside the torch model).
     """
     config = read_config(path)
     if not is_causal_lm(config):
@@ -62,8 +70,10 @@ def check_generation(path: Path, *, prompt_len: int, new_tokens: int, batch_size
     if prompt is not None:  # the text decides the length
         prompt_len = prompt_tokens(path, prompt, prompt_len, 2)[0].shape[1]
     check_length(config, prompt_len, new_tokens)
-    check_fits(path, config, _kv_cache_bytes(config, max(batch_sizes) * (prompt_len + new_tokens)),
-               f"generating {new_tokens} tokens at batch {max(batch_sizes)}")
+    extra = _kv_cache_bytes(config, max(batch_sizes) * (prompt_len + new_tokens))
+    on_ort = "onnxruntime" in runtimes
+    check_fits(path, config, extra + (2 * memory_estimate(path, config) if on_ort else 0),
+               f"generating {new_tokens} tokens at batch {max(batch_sizes)}" + (" on onnxruntime" if on_ort else ""))
     return config
 
 
@@ -98,20 +108,13 @@ def causal_lm_module(model) -> Any:
     return getattr(model.module, "inner", model.module)
 
 
-def _cache_argument(module: Any) -> str:
-    """transformers 5 takes the cache as `cache=`, earlier versions as `past_key_values=`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
 def greedy(module: Any, ids: np.ndarray, new_tokens: int) -> tuple[np.ndarray, float, list[float]]:
     """Greedy decoding of `new_tokens` after `ids` [batch, length]: (generated ids [batch, new_tokens],
     prefill ms (time to first token), decode ms of each further token)."""
     import torch
     from transformers import DynamicCache
 
-    cache_arg = _cache_argument(module)
+    cache_arg = cache_argument(module)
     clock = time.perf_counter
     with torch.inference_mode():
         cache = DynamicCache(config=module.config)
@@ -129,17 +132,21 @@ def greedy(module: Any, ids: np.ndarray, new_tokens: int) -> tuple[np.ndarray, f
     return torch.cat(tokens, dim=1).numpy(), prefill_ms, decode_ms
 
 
-def _measure(module: Any, ids: np.ndarray, new_tokens: int, *, threads: int, warmup: int,
-             iterations: int | None, min_time: float, progress: Callable[[float], None] | None) -> dict:
-    """Time whole generations at one batch size; pool their prefill and per-token decode samples."""
+def measure_generation(loop: Callable[[np.ndarray, int], tuple[np.ndarray, float, list[float]]], ids: np.ndarray,
+                       new_tokens: int, *, runtime: str, description: str, threads: int, warmup: int = DEFAULT_WARMUP,
+                       iterations: int | None = None, min_time: float = 1.0,
+                       progress: Callable[[float], None] | None = None) -> dict:
+    """Time whole generations of `loop(ids, new_tokens)` (`greedy` on torch, an `OrtGreedy` on ONNX Runtime) at
+    the batch size of `ids`; pool their prefill and per-token decode samples into one run of a BenchResult,
+    with a `generation` block whose `loop` is `description`."""
     batch, length = ids.shape
     for _ in range(warmup):
-        greedy(module, ids, new_tokens)
+        loop(ids, new_tokens)
     prefill, decode, first = [], [], None
     start = time.perf_counter()
     with PeakMemory() as memory, CpuMonitor(threads) as load:
         while True:
-            generated, ttft, steps = greedy(module, ids, new_tokens)
+            generated, ttft, steps = loop(ids, new_tokens)
             first = generated if first is None else first
             prefill.append(ttft)
             decode += steps
@@ -154,7 +161,7 @@ def _measure(module: Any, ids: np.ndarray, new_tokens: int, *, threads: int, war
     prefill_tps = batch * length * 1000.0 / ttft_stats["mean"]
     decode_tps = decode_stats["throughput"] if decode else None
     return {
-        "runtime": "torch",
+        "runtime": runtime,
         "batch_size": batch,
         "threads": threads,
         "warmup": warmup,
@@ -166,6 +173,7 @@ def _measure(module: Any, ids: np.ndarray, new_tokens: int, *, threads: int, war
         "warnings": noise_warnings(decode_stats, load.result),
         "samples_ms": [round(s, 6) for s in decode],
         "generation": {
+            "loop": description,
             "generations": len(prefill),
             "prompt_tokens": int(length),
             "new_tokens": new_tokens,
@@ -178,12 +186,25 @@ def _measure(module: Any, ids: np.ndarray, new_tokens: int, *, threads: int, war
     }
 
 
+def _onnxruntime_loop(module: Any, ids: np.ndarray, new_tokens: int, threads: int) -> tuple[OrtGreedy, dict]:
+    """Export with past key/values and check ORT against torch token by token on the prompt (all untimed)."""
+    start = time.perf_counter()
+    loop = OrtGreedy(export_with_past(module), threads)
+    seconds = time.perf_counter() - start
+    return loop, {"exporter": EXPORTER, "export_seconds": round(seconds, 3),
+                  "verification": verify_greedy(module, loop, ids, new_tokens)}
+
+
 def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFAULT_PROMPT_LEN,
                      new_tokens: int = DEFAULT_NEW_TOKENS, batch_sizes: Sequence[int] = (1,),
-                     threads: int | None = None, warmup: int = DEFAULT_WARMUP, iterations: int | None = None,
-                     min_time: float = 1.0, progress: Callable[[str, float], None] | None = None) -> BenchResult:
-    """Measure greedy generation of a loaded causal LM at each batch size; a BenchResult whose runs hold
-    decode latency per token (and a `generation` block each) and whose `generation` field says how."""
+                     runtimes: Sequence[str] = ("torch",), threads: int | None = None, warmup: int = DEFAULT_WARMUP,
+                     iterations: int | None = None, min_time: float = 1.0,
+                     progress: Callable[[str, float], None] | None = None) -> BenchResult:
+    """Measure greedy generation of a loaded causal LM on each runtime ("torch", "onnxruntime") and batch size;
+    a BenchResult whose runs hold decode latency per token (and a `generation` block each) and whose
+    `generation` field says how. On onnxruntime the model is first exported with past key/values and
+    verified against torch token by token (`onnx_export`: how, in how long, how close), none of it timed;
+    with both runtimes, `onnxruntime_vs_torch` gives the ratio of decode tokens/s at each batch size."""
     import torch
 
     module = causal_lm_module(model)
@@ -192,18 +213,33 @@ def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFA
         raise UsageError("--threads must be at least 1")
     if warmup < 0 or (iterations is not None and iterations < 1) or min_time < 0:
         raise UsageError("--warmup must be >= 0, --iterations >= 1 and --min-time >= 0")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise UsageError(f"generation runs on torch or onnxruntime, not {', '.join(unknown) or 'nothing'}",
+                         "use --runtime torch, onnxruntime or all")
     path = model.path
     config = read_config(path) if path is not None and (path / "config.json").is_file() else {}
     ids, source = prompt_tokens(path, prompt, prompt_len, int(config.get("vocab_size") or 2))
     check_length(config, ids.shape[1], new_tokens)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    generation = {"runtime": ", ".join(runtimes), "loop": "; ".join(LOOPS[r] for r in runtimes), "prompt": source,
+                  "prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens}
+    loops = {"torch": lambda x, n: greedy(module, x, n)}
+    if "onnxruntime" in runtimes:
+        loops["onnxruntime"], generation["onnx_export"] = _onnxruntime_loop(module, ids, new_tokens, threads)
     runs = []
-    for b in batch_sizes:
-        label = f"generate batch {b}"
-        runs.append(_measure(module, np.repeat(ids, b, axis=0), new_tokens, threads=threads, warmup=warmup,
-                             iterations=iterations, min_time=min_time,
-                             progress=(lambda f, label=label: progress(label, f)) if progress else None))
-    generation = {"loop": LOOP, "prompt": source, "prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens}
+    for runtime in runtimes:
+        for b in batch_sizes:
+            label = f"{runtime} generate batch {b}"
+            runs.append(measure_generation(loops[runtime], np.repeat(ids, b, axis=0), new_tokens, runtime=runtime,
+                                           description=LOOPS[runtime], threads=threads, warmup=warmup,
+                                           iterations=iterations, min_time=min_time,
+                                           progress=(lambda f, label=label: progress(label, f)) if progress else None))
+    if set(RUNTIMES) <= set(runtimes):
+        tps = {(r["runtime"], r["batch_size"]): r["generation"]["decode_tokens_per_s"] for r in runs}
+        generation["onnxruntime_vs_torch"] = [
+            {"batch_size": b, "decode_tokens_per_s_ratio": tps[("onnxruntime", b)] / tps[("torch", b)]}
+            for b in batch_sizes if tps[("onnxruntime", b)] and tps[("torch", b)]]
     return BenchResult(model=model_info(model), size=size_info(model), runs=runs, environment=environment(threads),
                        extra={"generation": generation})

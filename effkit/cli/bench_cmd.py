@@ -40,7 +40,9 @@ def bench_command(
         "--batch-size", help="Batch size; repeat for a sweep (default: the example inputs' batch)", min=1)] = None,
     generate: Annotated[bool, typer.Option(
         "--generate", help="Time greedy text generation of a causal LM (hf:PATH) with its KV cache: time to first "
-                           "token, decode latency per token, prefill and decode tokens/s.")] = False,
+                           "token, decode latency per token, prefill and decode tokens/s. --runtime onnxruntime "
+                           "exports it with past key/values first (untimed, checked against torch token by "
+                           "token); all runs both and gives the ratio of decode tokens/s.")] = False,
     prompt_len: Annotated[int, typer.Option(
         "--prompt-len", help="With --generate: tokens in the (seeded random) prompt.")] = DEFAULT_PROMPT_LEN,
     new_tokens: Annotated[int, typer.Option(
@@ -120,21 +122,22 @@ def _prompt_text(prompt: str | None, prompt_file: Path | None) -> str | None:
 def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, prompt, prompt_file, threads, warmup,
                     iterations, min_time, trust, json, markdown, html, force) -> None:
     """`bench --generate`: every refusal (not a causal LM, no tokens, too long, no tokenizer, too big for
-    memory) comes before the model loads."""
-    if runtime not in (None, "torch"):
-        raise UsageError(f"--generate runs on torch, not {runtime}", "drop --runtime")
+    memory, an unknown runtime) comes before the model loads. --runtime onnxruntime exports the model with
+    past key/values (untimed, verified against torch token by token); all times torch and onnxruntime."""
+    runtimes = parse_runtimes(runtime or "torch", "torch")
     path = Path(model[3:] if model.startswith("hf:") else model)
     if not (path / "config.json").is_file():
         raise UsageError(f"--generate needs a Hugging Face causal LM folder, and {model} is not one",
                          "pass hf:PATH to a folder with config.json")
     text = _prompt_text(prompt, prompt_file)
     batch_sizes = batch_size or [1]
-    check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text)
+    check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text,
+                     runtimes=runtimes)
     loaded = load(model, None, trust, None, None, console=console_for(json), show_inputs=False)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:
         result = bench_generation(loaded, prompt=text, prompt_len=prompt_len, new_tokens=new_tokens,
-                                  batch_sizes=batch_sizes, threads=threads,
+                                  batch_sizes=batch_sizes, runtimes=runtimes, threads=threads,
                                   warmup=GENERATION_WARMUP if warmup is None else warmup, iterations=iterations,
                                   min_time=min_time, progress=progress)
     result.general_warnings = warned()

@@ -102,8 +102,14 @@ def _generation_rows(result) -> list[list[str]]:
 def _generation_caption(result) -> str:
     g, s = result.extra["generation"], result.size
     threads = ", ".join(sorted({str(r["threads"]) for r in result.runs}))
-    return (f"{g['loop']}; prompt {g['prompt']}, {g['new_tokens']} new tokens; {threads} threads; "
-            f"{s['parameters']:,} parameters, {fmt_bytes(s['bytes_on_disk'])} on disk")
+    ratios = "".join(f"; onnxruntime decodes {r['decode_tokens_per_s_ratio']:.2f}x torch's tokens/s at batch "
+                     f"{r['batch_size']}" for r in g.get("onnxruntime_vs_torch", []))
+    export = g.get("onnx_export")
+    verified = (f"; exported in {export['export_seconds']:.1f} s (untimed), {export['verification']['tokens_equal']}"
+                f"/{export['verification']['tokens']} greedy tokens equal to torch's, logits within "
+                f"{export['verification']['max_abs_diff']:.2g}") if export else ""
+    return (f"{g['loop']}; prompt {g['prompt']}, {g['new_tokens']} new tokens; {plural(threads, 'thread')}; "
+            f"{s['parameters']:,} parameters, {fmt_bytes(s['bytes_on_disk'])} on disk{verified}{ratios}")
 
 
 def generation_table(result) -> Table:
