@@ -81,6 +81,23 @@ def test_bf16_on_an_encoder_builds_keeps_cosine_and_reloads_with_the_same_output
     np.testing.assert_array_equal(_outputs(loaded), out)
 
 
+def test_bf16_on_an_hf_bert_folder_holds_every_weight_in_bf16_and_reloads(bf16_cpu, tmp_path):
+    import torch
+
+    from effkit.load import load_model
+    from effkit.passes.quantize import QuantizeConfig, quantize
+    from effkit.save import save_model
+
+    result = quantize(load_model(f"hf:{_hf_folder(tmp_path, 'bert')}"),
+                      QuantizeConfig(method="bf16", backend="torch", tolerance=ANY), **FAST_Q)
+    chosen = _rows(result)["torch bf16 weights and activations"]
+    assert chosen["status"] == "chosen" and chosen["fidelity"]["cosine_min"] >= 0.99
+    weights = [p for p in result.model.module.parameters() if p.is_floating_point()]
+    assert weights and all(p.dtype == torch.bfloat16 for p in weights)
+    save_model(result.model, tmp_path / "q.pt2")
+    np.testing.assert_array_equal(_outputs(load_model(str(tmp_path / "q.pt2"))), _outputs(result.model))
+
+
 def test_bf16_keeps_excluded_layers_in_fp32():
     import torch
 
@@ -121,7 +138,8 @@ def test_bf16_on_onnx_runtime_alone_is_one_error(bf16_cpu, cli):
     code, _, err = cli("quantize", spec("mlp"), "--method", "bf16", "--backend", "onnxruntime", "-o", "q.onnx", *OPTS)
     assert code == 2
     assert err.startswith("Error: --method bf16 cannot run here: ONNX Runtime ") and len(err.strip().splitlines()) == 1
-    assert "bf16 runs on torch" in err
+    assert err.strip().endswith("(bf16 runs on torch and is saved as .pt2: a torch model, --backend torch or auto, "
+                                "and OUT.pt2 or no suffix)")
 
 
 # ---------------------------------------------------------------- ONNX Runtime transformer fusions

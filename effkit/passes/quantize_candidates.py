@@ -186,7 +186,8 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
         error = next((c.error for c in out if c.backend == "torch"), out[0].error)
         raise UsageError(f"--method bf16 cannot run here: {error}",
                          "use --method auto or dynamic (int8)" if error == quantize_bf16.NO_BF16
-                         else "bf16 runs on torch: quantize the torch model with --backend torch or auto")
+                         else "bf16 runs on torch and is saved as .pt2: a torch model, --backend torch or auto, "
+                         "and OUT.pt2 or no suffix")
     if out and cfg.method != "auto" and all(c.error == quantize_torchao.MISSING for c in out):
         raise UsageError(f"{out[0].label} needs torchao, which is not installed",
                          "pip install torchao, or use --backend onnxruntime")
