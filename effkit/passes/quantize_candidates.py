@@ -132,7 +132,8 @@ def _exported_model(ctx: CandidateContext, module) -> Any:
 
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     """Every (backend, method) pair that applies to this model, config and calibration data. Raises
-    UsageError when the output format leaves none, or when all that are left need torchao and it is missing."""
+    UsageError when the output format leaves none, when all that are left need torchao and it is missing, or
+    when --method bf16 has none that can run here (no native bf16, or only ONNX Runtime left)."""
     cfg, model = ctx.config, ctx.model
     methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static", "smoothquant"] if ctx.calib_batches else [])
     if cfg.method == "auto":
