@@ -140,7 +140,8 @@ def test_auto_measures_every_candidate_and_keeps_the_fastest_passing():
     result = quantize(model, **FAST_Q, config=_config(), calib=_calib(model, 8))
     candidates = result.details["candidates"]
     assert {(c["backend"], c["method"]) for c in candidates} == {
-        ("onnxruntime", "dynamic"), ("onnxruntime", "static"), ("torch", "dynamic"), ("torch", "static")}
+        ("onnxruntime", "dynamic"), ("onnxruntime", "static"), ("torch", "dynamic"), ("torch", "static"),
+        ("onnxruntime", "bf16"), ("torch", "bf16")}  # bf16 is measured (or skipped with the reason) too
     chosen = [c for c in candidates if c["status"] == "chosen"]
     assert len(chosen) == 1
     passing = [c for c in candidates if c["latency_ms"] is not None and not c["tolerance_missed"]]
@@ -394,7 +395,7 @@ def test_bad_options_are_usage_errors(cli):
                            "(TorchScript, torch.ao) or .pt2 (torchao), or give no suffix)")
     code, out, err = cli("quantize", spec("mlp"), "-o", "q.onnx", "--method", "fast", *OPTS)
     assert code == 2
-    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, smoothquant, weight-only)"
+    assert err.strip() == "Error: unknown --method 'fast' (use one of auto, dynamic, static, smoothquant, weight-only, bf16)"
 
 
 def test_dynamic_measures_per_tensor_too_unless_the_user_chose():

@@ -35,8 +35,10 @@ def quantize_command(
     method: Annotated[str, typer.Option(
         "--method", help="dynamic (on torch also torchao's per-token int8 for Linear-heavy models), static (needs "
                          "--calib), smoothquant (needs --calib: outlier channels' scale moved into the weights, for "
-                         "transformers), weight-only, or auto (dynamic; static and smoothquant when --calib is "
-                         "given; weight-only int4/int8 for causal language models, GPTQ too with --calib).")] = "auto",
+                         "transformers), weight-only, bf16 (torch, saved as .pt2; where the CPU has avx512_bf16 or "
+                         "AMX), or auto (dynamic and bf16; static and smoothquant when --calib is given; weight-only "
+                         "int4/int8 for causal language models, GPTQ too with --calib). On transformer graphs ONNX "
+                         "Runtime's fusions are measured too: the fused fp32 graph and dynamic int8 on it.")] = "auto",
     alpha: Annotated[Optional[float], typer.Option(
         "--alpha", help="SmoothQuant migration strength in [0, 1] (default: searched per LayerNorm on the "
                         "calibration data).")] = None,

@@ -34,7 +34,7 @@ from effkit.passes.quantize_tolerance import build, size_of, tolerance_loop
 from effkit.runners import native_runner
 from effkit.specs import Threshold, check_numbers, parse_threshold
 
-METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only")
+METHODS = ("auto", "dynamic", "static", "smoothquant", "weight-only", "bf16")
 BACKENDS = ("auto", "onnxruntime", "torch")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("u8", "s8")
@@ -116,7 +116,7 @@ class QuantizeConfig:
                              f"name the output {SUFFIXES[self.backend][0]} or drop --backend")
         if self.initializer_inputs and (self.backend == "torch" or self.output_format == ".ts"):
             raise UsageError("--initializer-inputs applies to ONNX outputs", "write OUT.onnx, or drop the flag")
-        if self.random_calibration and self.method in ("dynamic", "weight-only"):
+        if self.random_calibration and self.method in ("dynamic", "weight-only", "bf16"):
             raise UsageError(f"--calib random applies to static quantization, not --method {self.method}")
         for pattern in self.exclude:
             if not pattern.strip():
@@ -245,10 +245,11 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         c.size_bytes = size_of(c.model)
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
     decision = None
-    if passing:
+    if any(c.method != "fp32" for c in passing):  # the fused fp32 graph competes with passing candidates only
         chosen, decision = choose(passing, ctx, model)
-    else:
-        chosen, set_aside = tolerance_loop(built, judge, ctx, unrepresentative, {k: timings[k] for k in baselines})
+    else:  # ... and has no layers to keep in float
+        chosen, set_aside = tolerance_loop([c for c in built if c.method != "fp32"], judge, ctx, unrepresentative,
+                                           {k: timings[k] for k in baselines})
         notes += set_aside
     if decision and decision["tied"]:
         notes.append(f"{' and '.join(decision['tied'])} are tied within timing noise (paired 95% intervals); "
@@ -289,6 +290,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
             "weight_type": config.weight_type},
         "preprocessing": ctx.preprocess_notes,
         "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
+        "ort_fusions": ctx.fusions,  # ONNX Runtime's transformer fusions: the ops fused, or why skipped
     }
     return PassResult(model=chosen.model, details=details, notes=notes, warnings=warnings)
 

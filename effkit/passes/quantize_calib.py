@@ -22,7 +22,7 @@ def calibration_batches(model, config, calib) -> list[tuple] | None:
                              "pass --calib DATA (.npz, .pt, a folder of .npy, or module:factory), "
                              "or --calib random to calibrate on random inputs (less accurate)")
         return None
-    if config.method == "dynamic" or (config.method == "weight-only" and config.bits == 8):
+    if config.method in ("dynamic", "bf16") or (config.method == "weight-only" and config.bits == 8):
         return None  # nothing calibrated (weight-only int4 calibrates GPTQ)
     batch = max(1, model.example_inputs[0].shape[0]) if model.example_inputs and model.example_inputs[0].ndim else 1
     if calib is None:

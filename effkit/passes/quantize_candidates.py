@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from effkit import env
 from effkit.errors import UsageError, first_line
 from effkit.export import describe_export, export_report_for, onnx_path_for
 from effkit.inputs import sequence_inputs
 from effkit.model import Model
-from effkit.passes import quantize_ort, quantize_torch, quantize_torchao, smoothquant
+from effkit.passes import ort_fusion, quantize_bf16, quantize_ort, quantize_torch, quantize_torchao, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
 from effkit.passes.quantize_torch import to_torchscript
 from effkit.save import export_program
@@ -73,6 +74,14 @@ class CandidateContext:
         self.warnings: list[str] = []  # about the ONNX file the ONNX Runtime candidates start from
         self._smoothed: dict[str, Any] = {}
         self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
+        self._fused = None
+        self.fusions: dict | None = None  # ORT transformer fusions: what was fused, or why skipped
+
+    def fused_onnx(self):
+        """The pre-processed ONNX file with ONNX Runtime's transformer fusions applied (once, shared)."""
+        if self._fused is None:
+            self._fused, self.fusions = ort_fusion.fuse(self.onnx_path(), self.model)
+        return self._fused
 
     def smoothed_onnx(self):
         """The pre-processed ONNX file with SmoothQuant applied (calibrated once, shared)."""
@@ -138,9 +147,9 @@ def _torch_model(ctx: CandidateContext, module) -> Any:
     return ctx.model.replace(module=scripted, path=None, format="derived", save_suffix=".ts", meta=dict(ctx.model.meta))
 
 
-def _torchao_model(ctx: CandidateContext, module) -> Any:
-    """The torchao module as torch.export captures it, which is what OUT.pt2 holds and loads back as: it is
-    measured as users will run it (int4 in groups ran several times faster exported than eager on a
+def _exported_model(ctx: CandidateContext, module) -> Any:
+    """The torchao (or bf16) module as torch.export captures it, which is what OUT.pt2 holds and loads back as:
+    it is measured as users will run it (int4 in groups ran several times faster exported than eager on a
     1024-wide MLP here: the eager module rebuilds torchao's tensors at every call)."""
     model = ctx.model.replace(module=module, path=None, format="derived", save_suffix=".pt2", meta=dict(ctx.model.meta))
     return model.replace(module=export_program(model).module())
@@ -148,9 +157,12 @@ def _torchao_model(ctx: CandidateContext, module) -> Any:
 
 def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     """Every (backend, method) pair that applies to this model, config and calibration data. Raises
-    UsageError when the output format leaves none, or when all that are left need torchao and it is missing."""
+    UsageError when the output format leaves none, when all that are left need torchao and it is missing, or
+    when --method bf16 has none that can run here (no native bf16, or only ONNX Runtime left)."""
     cfg, model = ctx.config, ctx.model
     methods = [cfg.method] if cfg.method != "auto" else ["dynamic"] + (["static", "smoothquant"] if ctx.calib_batches else [])
+    if cfg.method == "auto":
+        methods.append("bf16")
     bits: list[int | None] = [cfg.bits]
     if cfg.method == "auto" and (model.meta.get("causal_lm") or cfg.bits is not None):
         methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
@@ -167,6 +179,9 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
     out = []
     for backend in backends:
         for method in methods:
+            if method == "bf16":
+                out.append(_bf16_candidate(ctx, backend))
+                continue
             if method == "weight-only":
                 gptq = ctx.calib_batches and cfg.weight_algorithm != "gptq" and cfg.bits in (None, 4)
                 if backend == "onnxruntime" and gptq:  # calibration data given: GPTQ is one more candidate
@@ -184,6 +199,8 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
                            else _torch_candidate(ctx, method, per_channel))
             if backend == "torch" and method == "dynamic" and cfg.per_channel is not False and _linear_heavy(model.module):
                 out.append(_torchao_candidate(ctx, "dynamic", "int8-dynamic"))
+            if backend == "onnxruntime" and method == "dynamic":
+                out += _fused_candidates(ctx)
     if cfg.output_format:
         out = [c for c in out if c.suffix == cfg.output_format]
         if not out:
@@ -191,6 +208,12 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
             raise UsageError(f"no candidate of {asked} writes {cfg.output_format}",
                              "name the output .onnx or .ts, or give no suffix"
                              if cfg.output_format == ".pt2" else "give the output no suffix")
+    if out and cfg.method == "bf16" and all(c.error for c in out):
+        error = next((c.error for c in out if c.backend == "torch"), out[0].error)
+        raise UsageError(f"--method bf16 cannot run here: {error}",
+                         "use --method auto or dynamic (int8)" if error == quantize_bf16.NO_BF16
+                         else "bf16 runs on torch and is saved as .pt2: a torch model, --backend torch or auto, "
+                         "and OUT.pt2 or no suffix")
     if out and cfg.method != "auto" and all(c.error == quantize_torchao.MISSING for c in out):
         raise UsageError(f"{out[0].label} needs torchao, which is not installed",
                          "pip install torchao, or use --backend onnxruntime")
@@ -220,7 +243,7 @@ def _torchao_candidate(ctx: CandidateContext, method: str, scheme: str) -> Candi
         candidate.error = quantize_torchao.MISSING
         return candidate
     candidate.layers = quantize_torchao.layers(module)
-    candidate.build = lambda ex, p: _torchao_model(ctx, quantize_torchao.quantize(  # noqa: E731
+    candidate.build = lambda ex, p: _exported_model(ctx, quantize_torchao.quantize(  # noqa: E731
         module, scheme, group_size=cfg.group_size, exclude=ex))
     if scheme == "int8-dynamic" and cfg.weight_type != "s8":
         candidate.error = "torchao's int8 matmul takes s8 weights only"
@@ -347,3 +370,44 @@ def _smoothquant_candidates(ctx: CandidateContext, backend: str) -> list[Candida
         except Exception as e:
             candidate.error = first_line(e)
     return [static, dynamic]
+
+
+def _bf16_candidate(ctx: CandidateContext, backend: str) -> Candidate:
+    """bf16 weights and activations behind an fp32 interface, on torch (saved as .pt2) where the CPU has
+    avx512_bf16 or AMX; on ONNX Runtime the row says why it is not offered (its CPU provider has no bf16 MatMul)."""
+    if backend == "onnxruntime":
+        candidate = Candidate("onnxruntime", "bf16", "ORT bf16", [], lambda ex, p: None)
+        has_bf16 = quantize_bf16.cpu_has_bf16(env.cpu_info()["isa"])
+        candidate.error = quantize_bf16.ort_bf16_error() if has_bf16 else quantize_bf16.NO_BF16
+        return candidate
+    module = ctx.model.module
+    candidate = Candidate("torch", "bf16", "torch bf16 weights and activations", quantize_bf16.layers(module),
+                          lambda ex, p: _exported_model(ctx, quantize_bf16.to_bf16(module, ex)), suffix=".pt2")
+    if not quantize_bf16.cpu_has_bf16(env.cpu_info()["isa"]):
+        candidate.error = quantize_bf16.NO_BF16
+    return candidate
+
+
+def _fused_candidates(ctx: CandidateContext) -> list[Candidate]:
+    """On a transformer-like graph, ONNX Runtime's transformer fusions as a candidate base: the fused fp32
+    graph (with --method auto) and dynamic int8 on top of it. None otherwise (ctx.fusions says why)."""
+    cfg = ctx.config
+    try:
+        ctx.fusions = {"skipped": ort_fusion.not_transformer(ctx.onnx_path())}
+        if ctx.fusions["skipped"] is None:
+            ctx.fused_onnx()
+    except Exception as e:  # the export or the optimizer failed: the unfused candidates still run
+        ctx.fusions = {"skipped": first_line(e)}
+    if ctx.fusions.get("skipped"):
+        return []
+    out = []
+    if cfg.method == "auto":
+        out.append(Candidate("onnxruntime", "fp32", "ORT fp32 fused", [],
+                             lambda ex, p: ort_model(ctx, ctx.fused_onnx())))
+    per_channel = cfg.per_channel is not False
+    dynamic = Candidate("onnxruntime", "dynamic",
+                        f"ORT dynamic {cfg.weight_type} {'per-channel' if per_channel else 'per-tensor'} on fused graph",
+                        quantize_ort.layers(ctx.fused_onnx()),
+                        lambda ex, p: ort_model(ctx, quantize_ort.quantize_dynamic(
+                            ctx.fused_onnx(), per_channel=per_channel, weight_type=cfg.weight_type, exclude=ex)))
+    return out + [dynamic]
