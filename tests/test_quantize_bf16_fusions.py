@@ -190,8 +190,9 @@ def test_where_the_optimizer_fails_on_an_hf_gpt2_folder_the_fused_candidates_are
     assert fusion_shape(model) == ("gpt2", 4, 32)
     result = quantize(model, QuantizeConfig(backend="onnxruntime", method="dynamic", tolerance=ANY), **FAST_Q)
     assert not any("fused" in label for label in _rows(result))
+    # ORT 1.32 fails on it ("Graph is not a DAG", or an index error on the dynamic-sequence export)
     assert result.details["ort_fusions"]["skipped"].startswith(
-        "ONNX Runtime's transformer optimizer failed on this graph: Graph is not a DAG")
+        "ONNX Runtime's transformer optimizer failed on this graph: ")
 
 
 def test_auto_lists_the_fused_fp32_graph_and_int8_on_it_with_the_fusions_applied():
