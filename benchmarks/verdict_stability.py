@@ -89,6 +89,10 @@ def quantize_runs(case: dict, runs: int, quick: bool) -> None:
     print(f"  verdict: {dict(verdicts)}  ({max(verdicts.values())}/{runs} the same; int8 against fp32 on its runtime)")
     print(f"  ties reported: {sum(row[3] for row in rows)}/{runs} runs (candidates within timing noise, resolved by "
           "the stable rule)")
+    print("  runs: " + "; ".join(f"{row[0]}{' (tie)' if row[3] else ''}" for row in rows))
+    same, all_tied = len(choices) == 1, all(row[3] for row in rows)
+    print(f"  goal (the same choice every run, or a tie reported in each): "
+          f"{'met' if same or all_tied else 'NOT met'}")
     label, _, candidates, _ = rows[-1]
     chosen_model = candidates[label]
     chosen_runtime = "torch" if chosen_model.kind == "torch" else "onnxruntime"

@@ -3,17 +3,13 @@ estimates, so that the same models give the same choice run after run (see `choo
 
 from __future__ import annotations
 
-from effkit.comparison import measure_paired
+from effkit.comparison import PairedResult, measure_paired
 from effkit.export import make_runner
 from effkit.passes.quantize_candidates import Candidate, CandidateContext
 from effkit.util import quiet_torch
 
 NEAR = 1.2  # candidates whose interleaved median is within this factor of the fastest are timed against it in pairs
 DECISION_PAIRS = 10  # A/B pairs per paired decision
-# A separation counts only when this many paired timings, each on fresh runners, show it: one timing's
-# interval misses what changes between sessions (memory layout, which core), and on the BERT-like encoder
-# single timings separated candidates within a few percent of each other differently from run to run.
-DECISION_ROUNDS = 2
 
 
 def runtime_of(model) -> str:
@@ -32,18 +28,29 @@ def paired_timing(ctx: CandidateContext, a, runtime_a: str, b, runtime_b: str):
 
 
 def paired_decision(ctx: CandidateContext, best: Candidate, c: Candidate) -> dict:
-    """Candidate `c` against `best` in up to DECISION_ROUNDS paired timings, each on fresh runners: "faster"
-    or "slower" only when every round says so (a round that does not separate ends it), else a tie
-    ("same" or "inconclusive"). Returns the first round's speedup with that verdict and every round's."""
-    rounds = []
-    for _ in range(DECISION_ROUNDS):
-        rounds.append(paired_timing(ctx, best.model, runtime_of(best.model), c.model, runtime_of(c.model)).speedup())
-        if rounds[-1]["verdict"] not in ("faster", "slower") or rounds[-1]["verdict"] != rounds[0]["verdict"]:
-            break
-    agreed = len(rounds) == DECISION_ROUNDS and len({r["verdict"] for r in rounds}) == 1
-    verdict = rounds[0]["verdict"] if agreed or rounds[0]["verdict"] not in ("faster", "slower") else "inconclusive"
-    return {**rounds[0], "verdict": verdict, "rounds": [{"verdict": r["verdict"], "speedup": r["estimate"],
-                                                        "ci95": r["ci95"]} for r in rounds]}
+    """Candidate `c` against `best` in paired timings on fresh runners: a first one that calls them the same
+    ends it; otherwise a second, and "faster" or "slower" when both say so, else what their pairs pooled
+    say (one timing's separation that the other does not repeat is then a tie unless the pooled interval
+    separates). One timing's interval misses what changes between sessions (memory layout, which core): on
+    the BERT-like encoder single timings separated candidates within a few percent of each other,
+    differently from run to run. Returns the deciding speedup (`PairedResult.speedup`) with every round's
+    verdict."""
+    timings = [paired_timing(ctx, best.model, runtime_of(best.model), c.model, runtime_of(c.model))]
+    if timings[0].speedup()["verdict"] != "same":
+        timings.append(paired_timing(ctx, best.model, runtime_of(best.model), c.model, runtime_of(c.model)))
+    rounds = [t.speedup() for t in timings]
+    agreed = len(rounds) == 1 or (rounds[0]["verdict"] == rounds[1]["verdict"] in ("faster", "slower"))
+    decided = rounds[0] if agreed else pooled(timings).speedup()
+    return {**decided, "pooled": not agreed,
+            "rounds": [{"verdict": r["verdict"], "speedup": r["estimate"], "ci95": r["ci95"]} for r in rounds]}
+
+
+def pooled(timings: list) -> PairedResult:
+    """The pairs of several paired timings of the same two models as one, analysed afresh."""
+    merged = PairedResult(threshold=timings[0].threshold, threads=timings[0].threads, seed=timings[0].seed,
+                          pairs=[p for t in timings for p in t.pairs], attempts=sum(t.attempts for t in timings))
+    merged.analyse(sum(t.min_pairs for t in timings))
+    return merged
 
 
 def stable_rank(c: Candidate, model) -> tuple:
@@ -54,15 +61,15 @@ def stable_rank(c: Candidate, model) -> tuple:
 def choose(passing: list[Candidate], ctx: CandidateContext, model) -> tuple[Candidate, dict]:
     """The fastest passing candidate, decided with intervals rather than point estimates: every candidate
     whose interleaved median is within NEAR of the fastest is timed against it in A/B pairs
-    (`paired_decision`); one that is faster in every round wins outright, those that do not separate from
-    it are tied, and a tie goes by `stable_rank`, so the same models give the same choice run after run."""
+    (`paired_decision`); one that is faster wins outright, those that do not separate from it are tied, and a tie goes by `stable_rank`, so the same models give the same choice run after run."""
     best, tied, faster, compared = passing[0], [passing[0]], [], []
     for c in passing[1:]:
         if c.latency_ms > best.latency_ms * NEAR:
             break
         timing = paired_decision(ctx, best, c)
         compared.append({"candidate": c.label, "against": best.label, "verdict": timing["verdict"],
-                         "speedup": timing["estimate"], "ci95": timing["ci95"], "rounds": timing["rounds"]})
+                         "speedup": timing["estimate"], "ci95": timing["ci95"], "rounds": timing["rounds"],
+                         "pooled": timing["pooled"]})
         if timing["verdict"] == "faster":
             faster.append((timing["estimate"], c))
         elif timing["verdict"] in ("same", "inconclusive"):
