@@ -340,7 +340,7 @@ def test_candidates_within_noise_are_tied_and_resolved_by_a_stable_rule(monkeypa
 
     monkeypatch.setattr(q, "paired_timing", fake_pair)
     monkeypatch.setattr(q, "pooled", lambda timings: timing(pooled))
-    a, b, c = candidate("A", 1.00, 200), candidate("B", 1.05, 100), candidate("C", 2.0, 50)
+    a, b, c = candidate("A", 1.00, 200), candidate("B", 1.05, 100), candidate("C", 2.5, 50)
     got, decision = q.choose([a, b, c], ctx=None, model=SimpleNamespace(kind="onnx"))
     assert (got.label, decision["tied"]) == (chosen, tied)
     assert paired == [(a.model, b.model)] * len(verdicts)  # C is far slower: not worth a paired timing

@@ -8,7 +8,11 @@ from effkit.export import make_runner
 from effkit.passes.quantize_candidates import Candidate, CandidateContext
 from effkit.util import quiet_torch
 
-NEAR = 1.2  # candidates whose interleaved median is within this factor of the fastest are timed against it in pairs
+# Candidates whose interleaved median is within this factor of the fastest are timed against it in pairs.
+# The medians are rough: interleaved with slow torch candidates (bf16, torchao), whose OpenMP threads spin
+# on after each call, torch.ao FX static at batch 64 once measured over 1.2x ORT static QDQ, which it beats
+# by 1.36x in pairs; so the paired timings get a wide net.
+NEAR = 2.0
 DECISION_PAIRS = 10  # A/B pairs per paired decision
 
 
