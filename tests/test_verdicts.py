@@ -334,7 +334,8 @@ def test_candidates_within_noise_are_tied_and_resolved_by_a_stable_rule(monkeypa
 
     paired, rounds = [], iter(verdicts)
 
-    def fake_pair(ctx, a, runtime_a, b, runtime_b):
+    def fake_pair(ctx, a, runtime_a, b, runtime_b, threshold):
+        assert threshold == q.DECISION_MARGIN  # wider than compare's 5%: what differs between processes
         paired.append((a, b))
         return timing(next(rounds))
 
