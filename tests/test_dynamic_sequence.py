@@ -154,7 +154,9 @@ def test_every_onnx_runtime_candidate_calibrated_at_9_tokens_builds_on_a_16_toke
     result = quantize(model, QuantizeConfig(backend="onnxruntime", tolerance=(), allow_slower=True), calib=data, **fast)
     labels = {c["label"]: c["error"] for c in result.details["candidates"]}
     assert {"ORT dynamic s8 per-channel", "ORT dynamic s8 per-tensor", "ORT static QDQ u8/s8 minmax"} <= set(labels)
-    assert len(labels) == 5 and all(error is None for error in labels.values()), labels
+    # every candidate builds at the other length; ORT bf16 is only said to be missing (no CPU bf16 MatMul)
+    built = {label: error for label, error in labels.items() if "bf16" not in label}
+    assert len(built) == 7 and all(error is None for error in built.values()), labels
     nbits = quantize(model, QuantizeConfig(method="weight-only", bits=4, group_size=16, backend="onnxruntime",
                                            tolerance=(), allow_slower=True), calib=data, **fast)
     assert nbits.details["candidates"][0]["error"] is None

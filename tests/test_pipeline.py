@@ -77,7 +77,7 @@ def test_an_empty_section_turns_a_step_on_with_defaults():
 @pytest.mark.parametrize("text, message", [
     ("[prune]\nratio = 0.5\nration = 0.3\n",
      "bad.toml line 3: unknown key 'ration' in [prune] (known keys: unstructured, ratio, scope, importance, ignore, "
-     "round-to, iterative-steps, prune-heads, target-latency, target-macs, sparsity, pattern, finetune-epochs, distill, lr, "
+     "round-to, iterative-steps, prune-heads, head-ratio, ffn-ratio, target-latency, target-macs, sparsity, pattern, finetune-epochs, distill, lr, "
      "batch-size, seed, runtime)"),
     ("[export]\nopset = 18\n\n[prun]\nratio = 0.5\n",
      "bad.toml line 4: unknown section [prun] (sections are [prune], [distill], [quantize], [export], [pipeline], "

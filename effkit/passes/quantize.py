@@ -229,7 +229,8 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     warnings += ctx.warnings
     built = [c for c in candidates if c.model is not None]
     if not built:
-        if ctx.refused and all(c.error == ctx.refused for c in candidates):  # the data's length, not int8
+        # nothing built, and the ONNX candidates could not take the data's length: the data is what to fix
+        if ctx.refused and any(c.error == ctx.refused for c in candidates):
             raise InputError(ctx.refused, "give data of the example inputs' length")
         by_error: dict[str | None, list[str]] = {}  # one reason once, with every candidate it stopped
         for c in candidates:

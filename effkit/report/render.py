@@ -12,6 +12,7 @@ from __future__ import annotations
 from html import escape
 
 from effkit.errors import UsageError
+from effkit.export import describe_export
 from effkit.report.compress import headline
 from effkit.report.page import bar_chart, bullets, collapsed, distribution, page, scatter, table, verdict, warnings
 from effkit.util import fmt_bytes, fmt_speedup
