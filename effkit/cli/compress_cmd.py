@@ -18,10 +18,10 @@ from effkit.data import load_data
 from effkit.errors import UsageError
 from effkit.onnx_files import save_onnx_file
 from effkit.outdir import check_outdir, compress
+from effkit.passes.prune import ratio_fields
 from effkit.pipeline import CompressFailed
 from effkit.recipe import Recipe
 from effkit.report.compress import compress_summary
-from effkit.specs import parse_block_ratios, parse_ratio
 
 # `--quantize int8` asks for int8 with quantize's own choice of method; a method name picks one.
 QUANTIZE_CHOICES = ("int8", "auto", "dynamic", "static", "weight-only")
@@ -33,10 +33,7 @@ def build_recipe(recipe_path: Path | None, *, prune: str | None, distill: bool, 
     """The recipe file (or an empty recipe) with the command-line options laid over it."""
     recipe = Recipe.load(recipe_path) if recipe_path is not None else Recipe()
     if prune is not None:
-        blocks = parse_block_ratios(prune, ("heads", "ffn"), "--prune")
-        recipe = recipe.with_changes("prune", **({"ratio": max(blocks.values()), "head_ratio": blocks["heads"],
-                                                   "ffn_ratio": blocks["ffn"]} if blocks
-                                                  else {"ratio": parse_ratio(prune, "--prune")}))
+        recipe = recipe.with_changes("prune", **ratio_fields(prune, "--prune"))
     if distill and recipe.distill is None:
         recipe = recipe.with_changes("distill")
     if quantize is not None:

@@ -19,9 +19,9 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ExportOnnxOpt, ForceOpt, InputS
 from effkit.data import load_data, load_text_stream
 from effkit.errors import InputError, UsageError
 from effkit.judge import DEFAULT_FIDELITY_BAR, DEFAULT_MAX_ACCURACY_DROP, quality_bar
-from effkit.passes.prune import PruneConfig, prune
+from effkit.passes.prune import PruneConfig, prune, ratio_fields
 from effkit.report.text import outcome_markdown, outcome_table
-from effkit.specs import parse_block_ratios, parse_factor, parse_ratio
+from effkit.specs import parse_factor, parse_ratio
 
 
 @command("prune")
@@ -105,11 +105,8 @@ def prune_command(
                          "for ONNX, add --export-onnx PATH")
     if export_onnx is not None and export_onnx.suffix.lower() != ".onnx":
         raise UsageError(f"--export-onnx {export_onnx} must end in .onnx")
-    blocks = parse_block_ratios(ratio, ("heads", "ffn"))
     config = PruneConfig(
-        unstructured=unstructured, ratio=max(blocks.values()) if blocks else parse_ratio(ratio, "--ratio"),
-        head_ratio=blocks["heads"] if blocks else None, ffn_ratio=blocks["ffn"] if blocks else None,
-        scope=scope, importance=importance,
+        unstructured=unstructured, **ratio_fields(ratio, "--ratio"), scope=scope, importance=importance,
         ignore=tuple(ignore or ()), round_to=round_to, iterative_steps=iterative_steps,
         prune_heads=prune_heads,
         target_latency=parse_factor(target_latency, "--target-latency") if target_latency else None,

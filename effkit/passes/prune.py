@@ -33,7 +33,7 @@ from effkit.passes.prune_graph import (attention_heads, count_macs_params, depen
 from effkit.passes.prune_target import DEFAULT_TARGET_TIME, prune_step, pruner, search_target
 from effkit.passes.prune_unstructured import prune_unstructured, unstructured_notes
 from effkit.runners import TorchRunner, flatten_outputs
-from effkit.specs import check_numbers
+from effkit.specs import check_numbers, parse_block_ratios, parse_ratio
 
 SCOPES = ("layer", "global")
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -132,12 +132,26 @@ class PruneConfig:
         if self.pattern is not None:
             self.nm()
 
+    def decoder_ratios(self) -> tuple[float, float]:
+        """The fractions of attention heads and of FFN channels a decoder LM loses (each defaults to `ratio`)."""
+        return (self.ratio if self.head_ratio is None else self.head_ratio,
+                self.ratio if self.ffn_ratio is None else self.ffn_ratio)
+
     def nm(self) -> tuple[int, int]:
         """The N:M pattern as (N, M)."""
         m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", self.pattern or "")
         if not m or not 0 < int(m[1]) < int(m[2]):
             raise UsageError(f"cannot parse --pattern {self.pattern!r}", "write N:M with 0 < N < M, e.g. 2:4")
         return int(m[1]), int(m[2])
+
+
+def ratio_fields(text: str, flag: str) -> dict:
+    """PruneConfig fields from a ratio option: `0.5` (one ratio) or `heads=0.25,ffn=0.5` (a decoder LM's
+    block types; `ratio` is then the larger, what back-off halves from)."""
+    blocks = parse_block_ratios(text, ("heads", "ffn"), flag)
+    if blocks is None:
+        return {"ratio": parse_ratio(text, flag)}
+    return {"ratio": max(blocks.values()), "head_ratio": blocks["heads"], "ffn_ratio": blocks["ffn"]}
 
 
 # ---------------------------------------------------------------- the pass
@@ -248,8 +262,7 @@ def _prune_decoder(module, example, config: PruneConfig, progress):
         raise UsageError("--ignore does not apply to a decoder language model: every block keeps the same width",
                          "drop --ignore, and set --ratio heads=0 or ffn=0 to keep a block type whole")
     macs_before, params_before = count_macs_params(module, example)
-    head_ratio = config.ratio if config.head_ratio is None else config.head_ratio
-    ffn_ratio = config.ratio if config.ffn_ratio is None else config.ffn_ratio
+    head_ratio, ffn_ratio = config.decoder_ratios()
     shapes = prune_decoder(module, head_ratio, ffn_ratio, config.importance, config.round_to)
     if progress:
         progress("pruning", 1.0)
@@ -281,8 +294,8 @@ def setting(config: PruneConfig) -> str:
     if config.unstructured:
         return f"sparsity {config.sparsity:g}" if config.sparsity is not None else f"pattern {config.pattern}"
     if config.head_ratio is not None or config.ffn_ratio is not None:
-        return f"ratio heads={config.head_ratio if config.head_ratio is not None else config.ratio:g}," \
-               f"ffn={config.ffn_ratio if config.ffn_ratio is not None else config.ratio:g}"
+        heads, ffn = config.decoder_ratios()
+        return f"ratio heads={heads:g},ffn={ffn:g}"
     if config.target_latency is not None:
         return f"target-latency {config.target_latency:g}x"
     if config.target_macs is not None:
