@@ -58,7 +58,7 @@ def apply_step(step: str, original: Any, run: Callable[[], Any], *, bar: Quality
     with quiet_torch():  # sizing a torch model saves it with torch.export, which logs shape notes
         outcome = measure_before_after(step, original, changed, runtimes=runtimes, threads=threads, warmup=warmup,
                                        iterations=iterations, min_time=min_time, eval_data=eval_data,
-                                       progress=progress, judge_data=judge_data, text=text)
+                                       progress=progress, judge_data=judge_data, text=text, timed=result.timed)
     outcome.details, outcome.notes = result.details, list(result.notes)
     outcome.general_warnings = list(dict.fromkeys(outcome.general_warnings + list(result.warnings)))
     accuracy = result.details.get("accuracy")

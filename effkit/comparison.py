@@ -49,6 +49,10 @@ LOAD_CHANGE_CORES = 0.5  # a pair whose two blocks saw loads this far apart is d
 MIN_MONITORED_S = 0.05  # blocks shorter than this are too short for /proc/stat's load figures
 MIN_CPU_SHARE = 0.9  # a one-thread block that ran less of its wall time than this was descheduled
 MAX_ATTEMPTS_FACTOR = 3  # measure at most this many times the pairs asked for
+# The fewest quiet pairs any verdict (faster, slower, same) may rest on, whatever was asked for. A
+# bootstrap interval over 2 pairs is just the range of 2 ratios: `compare A A --pairs 2` now and then
+# called two copies of the same MLP 6% slower and failed a +5% gate.
+MIN_VERDICT_PAIRS = 10
 STATISTICS = ("p50", "p90", "mean")
 VERDICTS = ("faster", "slower", "same", "inconclusive")
 
@@ -171,7 +175,7 @@ class PairedResult:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seed: int = 0
-    min_pairs: int = 2  # the fewest quiet pairs a verdict may rest on (set by `analyse`)
+    min_pairs: int = MIN_VERDICT_PAIRS  # the fewest quiet pairs a verdict may rest on (set by `analyse`)
 
     def samples(self, side: str) -> list[float]:
         """Every kept sample of side "a" or "b", pooled."""
@@ -180,12 +184,14 @@ class PairedResult:
     def analyse(self, min_pairs: int) -> None:
         """(Re)compute ratios, intervals and the verdict from the kept pairs."""
         self.stats, self.reasons = {}, []
-        self.min_pairs = max(2, min_pairs)
-        if len(self.pairs) < max(2, min_pairs):
+        self.min_pairs = max(MIN_VERDICT_PAIRS, min_pairs)
+        if len(self.pairs) < self.min_pairs:
             self.verdict = "inconclusive"
             self.reasons.append(
                 f"only {len(self.pairs)} of {self.attempts} pairs were measured on a quiet enough machine "
-                f"({_discard_text(self.discarded)}); need {max(2, min_pairs)}")
+                f"({_discard_text(self.discarded)}); need {self.min_pairs}" if self.attempts > len(self.pairs) else
+                f"{len(self.pairs)} pairs are too few for a verdict: need at least {self.min_pairs} "
+                f"(--pairs {self.min_pairs} or more)")
         pooled_a, pooled_b = self.samples("a"), self.samples("b")
         for i, stat in enumerate(STATISTICS):
             if not self.pairs:

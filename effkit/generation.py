@@ -60,10 +60,7 @@ def check_generation(path: Path, *, prompt_len: int, new_tokens: int, batch_size
     if not is_causal_lm(config):
         raise UsageError(f"{path} holds a {architecture(config)}, not a causal language model, so it cannot generate",
                          "drop --generate to time its forward pass")
-    if new_tokens < 1:
-        raise UsageError(f"--new-tokens must be at least 1, got {new_tokens}", "e.g. --new-tokens 64")
-    if prompt_len < 1:
-        raise UsageError(f"--prompt-len must be at least 1, got {prompt_len}", "e.g. --prompt-len 128")
+    check_counts(prompt_len, new_tokens)
     if prompt is not None and not (path / "tokenizer.json").is_file():
         raise UsageError(f"{path} has no tokenizer.json, so --prompt/--prompt-file text cannot be tokenized",
                          "add the model's tokenizer.json, or use --prompt-len N for a random prompt")
@@ -75,6 +72,14 @@ def check_generation(path: Path, *, prompt_len: int, new_tokens: int, batch_size
     check_fits(path, config, extra + (2 * memory_estimate(path, config) if on_ort else 0),
                f"generating {new_tokens} tokens at batch {max(batch_sizes)}" + (" on onnxruntime" if on_ort else ""))
     return config
+
+
+def check_counts(prompt_len: int, new_tokens: int) -> None:
+    """Refuse no new tokens, or an empty prompt."""
+    if new_tokens < 1:
+        raise UsageError(f"--new-tokens must be at least 1, got {new_tokens}", "e.g. --new-tokens 64")
+    if prompt_len < 1:
+        raise UsageError(f"--prompt-len must be at least 1, got {prompt_len}", "e.g. --prompt-len 128")
 
 
 def check_length(config: dict, prompt_len: int, new_tokens: int) -> None:
@@ -186,6 +191,20 @@ def measure_generation(loop: Callable[[np.ndarray, int], tuple[np.ndarray, float
     }
 
 
+def check_onnx_generation(model, runtimes: Sequence[str], prompt: str | None) -> None:
+    """An ONNX file generates on ONNX Runtime when it carries past key/values, from a random prompt (it has no
+    tokenizer); anything else is a usage error."""
+    if not model.meta.get("kv_cache"):
+        raise UsageError(f"{model.source} has no past key/values (KV cache) inputs, so it cannot generate",
+                         "effkit quantize hf:FOLDER -o OUT.onnx writes a causal LM with its KV cache; or time its "
+                         "forward pass without --generate")
+    if list(runtimes) != ["onnxruntime"]:
+        raise UsageError("an ONNX file generates on onnxruntime only", "use --runtime onnxruntime")
+    if prompt is not None:
+        raise UsageError("an ONNX file carries no tokenizer, so --prompt/--prompt-file text cannot be tokenized",
+                         "use --prompt-len N for a random prompt, or bench the hf: folder")
+
+
 def _onnxruntime_loop(module: Any, ids: np.ndarray, new_tokens: int, threads: int) -> tuple[OrtGreedy, dict]:
     """Export with past key/values and check ORT against torch token by token on the prompt (all untimed)."""
     start = time.perf_counter()
@@ -207,7 +226,9 @@ def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFA
     with both runtimes, `onnxruntime_vs_torch` gives the ratio of decode tokens/s at each batch size."""
     import torch
 
-    module = causal_lm_module(model)
+    module = None if model.kind == "onnx" else causal_lm_module(model)
+    if module is None:
+        check_onnx_generation(model, runtimes, prompt)
     threads = threads or default_threads()
     if threads < 1:
         raise UsageError("--threads must be at least 1")
@@ -218,15 +239,20 @@ def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFA
         raise UsageError(f"generation runs on torch or onnxruntime, not {', '.join(unknown) or 'nothing'}",
                          "use --runtime torch, onnxruntime or all")
     path = model.path
-    config = read_config(path) if path is not None and (path / "config.json").is_file() else {}
+    config = read_config(path) if path is not None and path.is_dir() and (path / "config.json").is_file() else {}
+    loops = {}
+    if module is None:  # an ONNX file with past key/values (effkit quantize's of a causal LM): it generates as it is
+        loops["onnxruntime"] = OrtGreedy(model.onnx_path, threads)
+        config = {"vocab_size": loops["onnxruntime"].vocab}
     ids, source = prompt_tokens(path, prompt, prompt_len, int(config.get("vocab_size") or 2))
     check_length(config, ids.shape[1], new_tokens)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     generation = {"runtime": ", ".join(runtimes), "loop": "; ".join(LOOPS[r] for r in runtimes), "prompt": source,
                   "prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens}
-    loops = {"torch": lambda x, n: greedy(module, x, n)}
-    if "onnxruntime" in runtimes:
+    if module is not None:
+        loops["torch"] = lambda x, n: greedy(module, x, n)
+    if "onnxruntime" in runtimes and module is not None:
         loops["onnxruntime"], generation["onnx_export"] = _onnxruntime_loop(module, ids, new_tokens, threads)
     runs = []
     for runtime in runtimes:

@@ -10,7 +10,6 @@ dynamic, so one file serves the prefill (an empty past) and each decode step (on
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,6 @@ LOOP = "ONNX Runtime, exported with past key/values, greedy"
 EXPORTER = "torch.export (dynamo), transformers DynamicCache built from the flat past tensors"
 # How close ORT's logits must be to torch's at every step of the verification (fp32 on both sides).
 ATOL, RTOL = 1e-4, 1e-3
-_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class GenerationMismatch(StepFailed):
@@ -122,23 +119,17 @@ class OrtGreedy:
 
     def __init__(self, onnx_path: Path, threads: int):
         self.runner = OrtRunner(Path(onnx_path), threads)
-        self.session = self.runner.session
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        past = {name: _PAST.match(name) for name in inputs}
-        past = {name: m for name, m in past.items() if m}
-        missing = [n for n in ("input_ids",) if n not in inputs] + [n for n in ("logits",) if n not in outputs]
-        missing += [f"present.{m[1]}.{m[2]}" for m in past.values() if f"present.{m[1]}.{m[2]}" not in outputs]
-        if missing or not past:
+        self.session, cache = self.runner.session, self.runner.cache
+        if cache is None or "logits" not in cache.outputs:
             raise UsageError(f"{onnx_path} does not have the inputs and outputs of a causal LM with past key/values "
-                             f"(missing: {', '.join(missing) or 'past_key_values.N.key/value inputs'})",
+                             "(input_ids, past_key_values.N.key/value, logits, present.N.key/value)",
                              "export it with effkit.generation_ort.export_with_past")
-        # the empty past of the prefill: [batch, kv heads, 0, head dim]; heads and head size are fixed in the file
-        self.past = {name: (inputs[name].shape[1], inputs[name].shape[3], _DTYPES.get(inputs[name].type, np.float32))
-                     for name in past}
-        self.present = {f"present.{m[1]}.{m[2]}": name for name, m in past.items()}
-        self.takes_mask, self.takes_positions = "attention_mask" in inputs, "position_ids" in inputs
+        self.cache = cache
+        self.present = {present: past for past, present in cache.present.items()}
+        self.takes_mask, self.takes_positions = "attention_mask" in cache.plain_inputs, cache.positions
         self.outputs = ["logits", *self.present]
+        vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
+        self.vocab = vocab if isinstance(vocab, int) else 2  # a symbolic size: random prompts of ids 0 and 1
 
     def step(self, tokens: np.ndarray, past: dict, total: int) -> tuple[np.ndarray, dict]:
         """One forward pass of `tokens` [batch, n] after `past` (total = past length + n): the last
@@ -153,7 +144,8 @@ class OrtGreedy:
         return logits[:, -1], {self.present[name]: t for name, t in zip(self.outputs[1:], present)}
 
     def empty_past(self, batch: int) -> dict:
-        return {name: np.zeros((batch, heads, 0, size), dtype) for name, (heads, size, dtype) in self.past.items()}
+        feed = self.cache.prefill_feed({"input_ids": np.zeros((batch, 0), np.int64)})
+        return {name: feed[name] for name in self.cache.past}
 
     def __call__(self, ids: np.ndarray, new_tokens: int) -> tuple[np.ndarray, float, list[float]]:
         clock = time.perf_counter

@@ -27,7 +27,7 @@ from effkit.load_hf import load_hf
 from effkit.load_pt2 import load_pt2
 from effkit.model import Model
 from effkit.onnx_files import check_external_data, external_files
-from effkit.runners import native_runner
+from effkit.runners import native_runner, plain_input_names
 from effkit.specs import InputShape
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,9 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
                              "re-export the model; the file is invalid") from e
     initializers = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
+    plain = plain_input_names([i.name for i in graph_inputs])  # a causal LM with its KV cache runs with none
+    kv_cache = len(plain) < len(graph_inputs)
+    graph_inputs = [i for i in graph_inputs if i.name in plain]
     names = [i.name for i in graph_inputs]
     if input_shapes and len(input_shapes) != len(graph_inputs):
         raise InputError(f"{path.name} takes {len(graph_inputs)} inputs ({', '.join(names)}); "
@@ -350,6 +353,9 @@ def load_onnx(path: Path, spec: str, input_shapes) -> Model:
         model.meta["inputs_from"] = "random, of the ONNX file's input shapes"
     model.meta["input_dims"] = {inp.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
                                            for d in inp.type.tensor_type.shape.dim] for inp in graph_inputs}
+    if kv_cache:  # it generates (bench --generate) and quantizes timed on decode steps
+        model.meta["kv_cache"] = True
+        model.meta["causal_lm"] = True
     return model
 
 

@@ -117,7 +117,8 @@ PAIRS = 20  # A/B pairs per before/after comparison
 def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str], threads: int | None = None,
                          warmup: int = 10, iterations: int | None = None, min_time: float = 1.0,
                          eval_data=None, progress: Callable[[str, float], None] | None = None,
-                         fidelity_runtime: str | None = None, judge_data=None, text=None) -> Outcome:
+                         fidelity_runtime: str | None = None, judge_data=None, text=None,
+                         timed: dict | None = None) -> Outcome:
     """Time `original` against `changed` side by side on each runtime, compare their outputs on
     held-out inputs (`judge_data`, else `eval_data`, else random ones: `effkit.judge.held_out_batches`,
     as quantize judges its candidates), with labels in `eval_data` their accuracy, and with `text`
@@ -126,16 +127,19 @@ def measure_before_after(step: str, original, changed, *, runtimes: Sequence[str
 
     Timing: PAIRS interleaved A/B block pairs per runtime (`measure_paired`), each block
     `iterations` calls or `min_time / PAIRS` seconds, so each model gets about `min_time` seconds.
-    The before/after latencies are those of the quiet pairs only.
+    The before/after latencies are those of the quiet pairs only. `timed` (runtime -> PairedResult): the
+    step's own paired timing of the same two models (`PassResult.timed`), used as it is on its runtime, so
+    that the verdict reported is the one the step decided on.
     """
     threads = threads or default_threads()
     inputs = original.example_inputs
     batch = inputs[0].shape[0] if inputs and inputs[0].ndim else 1
     paired, runs_before, runs_after = {}, [], []
     for runtime in runtimes:
-        result = measure_paired(make_runner(original, runtime, threads), make_runner(changed, runtime, threads),
-                                inputs, pairs=PAIRS, block_time=max(min_time / PAIRS, 1e-3), iterations=iterations,
-                                warmup=warmup, progress=_prefixed(progress, f"before/after on {runtime}"))
+        result = (timed or {}).get(runtime) or measure_paired(
+            make_runner(original, runtime, threads), make_runner(changed, runtime, threads), inputs, pairs=PAIRS,
+            block_time=max(min_time / PAIRS, 1e-3), iterations=iterations, warmup=warmup,
+            progress=_prefixed(progress, f"before/after on {runtime}"))
         paired[runtime] = result
         runs_before.append(_paired_run(result, "a", runtime, batch, warmup, []))
         runs_after.append(_paired_run(result, "b", runtime, batch, warmup, result.warnings))

@@ -142,9 +142,10 @@ class _Context:
                                   iterations=b_.iterations, warmup=b_.warmup, progress=progress)
 
     def pair_step(self, step: Step) -> None:
-        """The step's before against its after, on every runtime both were timed on."""
+        """The step's before against its after, on every runtime both were timed on and the pass did not
+        time itself (its own timing, which it decided on, is the one reported: `PassResult.timed`)."""
         for run in step.after.bench.runs:
-            if _run(step.before, run["runtime"]) is not None:
+            if _run(step.before, run["runtime"]) is not None and run["runtime"] not in step.paired:
                 step.paired[run["runtime"]] = self.pair(step.before.model, run["runtime"], step.after.model,
                                                         run["runtime"])
 
@@ -225,7 +226,7 @@ def _run_step(ctx: _Context, current: State, step: Pass, config: Any, recovery: 
         config = milder
     # attempts are worth a record where there can be more than one
     steps = [Step(step.name, _config_dict(config), current, state, attempts if step.back_off else [], result.details,
-                  list(result.notes), warnings=list(result.warnings))]
+                  list(result.notes), warnings=list(result.warnings), paired=dict(result.timed))]
     if len(attempts) > 1 and step.backoff_note:
         steps[0].notes.append(step.backoff_note(asked, config, result))
     if recovered is not None:

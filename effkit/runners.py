@@ -131,29 +131,123 @@ class OrtRunner(Runner):
             if not _is_onnxruntime_error(e):
                 raise
             raise _load_error(self.path, onnxruntime_message(e)) from e
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.cache = KvCache.of(self.session)
+        # a causal LM with past key/values runs as a plain one (its past empty) unless asked for a decode step
+        self.input_names = self.cache.plain_inputs if self.cache else [i.name for i in self.session.get_inputs()]
+        self.output_names = self.cache.plain_outputs if self.cache else [o.name for o in self.session.get_outputs()]
 
     def _feed(self, inputs: Sequence[np.ndarray]) -> dict:
         if len(inputs) != len(self.input_names):
             raise UsageError(f"the ONNX model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"got {len(inputs)}")
-        return {n: np.ascontiguousarray(a) for n, a in zip(self.input_names, inputs)}
+        feed = {n: np.ascontiguousarray(a) for n, a in zip(self.input_names, inputs)}
+        return self.cache.prefill_feed(feed) if self.cache else feed
 
     def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
         feed = self._feed(inputs)
+        session, names = self.session, self.output_names
+        return lambda: session.run(names, feed)
+
+    def bind_decode(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
+        """One decode step of a causal LM with past key/values, as a zero-argument call: the prompt `inputs`
+        are run once (untimed) for their past, and each call then feeds one new token after that past,
+        computing its logits and the grown past, as every step of generation does (the past is not kept, so
+        every call costs the same)."""
+        if not self.cache:
+            raise UsageError(f"{self.path.name} has no past key/values, so it cannot be timed on a decode step",
+                             "export the language model with its KV cache (effkit quantize does for hf: causal LMs)")
+        prefill = self._feed(inputs)
+        outputs = dict(zip(self.cache.outputs, self.session.run(self.cache.outputs, prefill)))
+        feed = self.cache.step_feed(prefill, outputs)
         session = self.session
         return lambda: session.run(None, feed)
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = self._feed(inputs)
         try:
-            outputs = self.session.run(None, feed)
+            outputs = self.session.run(self.output_names, feed)
         except Exception as e:
             if not _is_onnxruntime_error(e):
                 raise
             raise RuntimeError(onnxruntime_message(e)) from e  # callers add what was being run
         return [np.asarray(o) for o in outputs]
+
+
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)$")
+
+
+def plain_input_names(names: Sequence[str]) -> list[str]:
+    """The inputs a causal LM's ONNX file with past key/values (`KvCache`) takes when run as a plain model:
+    all but the past and the positions; `names` as they are for any other file."""
+    if "input_ids" not in names or not any(_PAST.match(n) for n in names):
+        return list(names)
+    return [n for n in names if not _PAST.match(n) and n != "position_ids"]
+
+
+class KvCache:
+    """The past key/values layout of a causal LM's ONNX file (`effkit.generation_ort`'s, Optimum's):
+    `past_key_values.N.key`/`.value` inputs [batch, kv heads, past, head dim] and `present.N.*` outputs, with
+    `input_ids`, `attention_mask` [batch, past + new] and optionally `position_ids`. `plain_inputs` and
+    `plain_outputs` are what it takes and gives when run as a plain model: the past is empty and the
+    positions count from 0 (as the torch model numbers them when not told)."""
+
+    def __init__(self, inputs: dict, outputs: list[str]):
+        self.past = {name: inputs[name] for name in inputs if _PAST.match(name)}
+        self.present = {name: "present." + name.removeprefix("past_key_values.") for name in self.past}
+        self.plain_inputs = plain_input_names(list(inputs))
+        self.plain_outputs = [o for o in outputs if o not in self.present.values()]
+        self.positions = "position_ids" in inputs
+        self.outputs = outputs
+
+    @classmethod
+    def of(cls, session: Any) -> KvCache | None:
+        """The layout of an ONNX Runtime session's model, or None when it has no past key/values."""
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        if "input_ids" not in inputs or not any(_PAST.match(n) for n in inputs):
+            return None
+        cache = cls(inputs, outputs)
+        return cache if set(cache.present.values()) <= set(outputs) else None
+
+    def prefill_feed(self, feed: dict) -> dict:
+        """A plain feed completed with an empty past (and positions 0.. when the file takes them)."""
+        batch, length = feed["input_ids"].shape
+        dtypes = {"tensor(float16)": np.float16}
+        feed = dict(feed)
+        for name, spec in self.past.items():
+            feed[name] = np.zeros((batch, spec.shape[1], 0, spec.shape[3]), dtypes.get(spec.type, np.float32))
+        if self.positions:
+            feed["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(length), (batch, length)))
+        return feed
+
+    def step_feed(self, prefill: dict, outputs: dict) -> dict:
+        """The feed of the decode step after `prefill`: its greedy next token, the past it left, a mask over
+        past and token, the next position."""
+        batch, length = prefill["input_ids"].shape
+        feed = {"input_ids": outputs[self.plain_outputs[0]][:, -1].argmax(-1)[:, None].astype(np.int64)}
+        feed.update({name: outputs[present] for name, present in self.present.items()})
+        if "attention_mask" in prefill:
+            feed["attention_mask"] = np.ones((batch, length + 1), np.int64)
+        if self.positions:
+            feed["position_ids"] = np.full((batch, 1), length, np.int64)
+        return feed
+
+
+class DecodeStepRunner(Runner):
+    """An ONNX Runtime runner of a causal LM with past key/values whose timed call is one decode step
+    (`OrtRunner.bind_decode`): what generation spends its time on, token after token. The prompt is the
+    inputs' first `prompt_len` tokens (the new token's position must be inside the model's context)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, runner: OrtRunner, prompt_len: int):
+        self.runner, self.threads, self.prompt_len = runner, runner.threads, prompt_len
+
+    def bind(self, inputs: Sequence[np.ndarray]) -> Callable[[], Any]:
+        return self.runner.bind_decode([a[:, :self.prompt_len] for a in inputs])
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.runner.run(inputs)
 
 
 def _load_error(path: Path, message: str) -> ModelLoadError:

@@ -50,7 +50,7 @@ def test_verdicts_on_synthetic_pairs():
     slower = _synthetic(1.25, 0.05)
     assert slower.verdict == "slower" and slower.stats["p50"]["ratio"] == pytest.approx(1.25, rel=0.02)
     assert _synthetic(0.7, 0.05).verdict == "faster"
-    unsure = _synthetic(1.05, 0.4, pairs=8)
+    unsure = _synthetic(1.05, 0.4, pairs=12)
     assert unsure.verdict == "inconclusive"
     assert unsure.reasons[0].startswith("the 95% interval of p50 B/A [")
     assert unsure.reasons[0].endswith("straddles the ±5% threshold")
@@ -78,6 +78,17 @@ def test_too_few_quiet_pairs_is_inconclusive_with_the_reason():
     assert result.verdict == "inconclusive"  # although B is clearly slower
     assert result.reasons == ["only 3 of 12 pairs were measured on a quiet enough machine (9 oversubscribed "
                               "discarded); need 10"]
+
+
+def test_no_verdict_rests_on_fewer_than_ten_pairs_whatever_was_asked():
+    """A bootstrap interval over 2 pairs is the range of 2 ratios: `compare A A --pairs 2` once failed a +5% gate."""
+    result = _synthetic(1.5, 0.01, pairs=3)
+    result.analyse(min_pairs=1)
+    assert result.verdict == "inconclusive" and result.min_pairs == 10
+    assert result.reasons == ["3 pairs are too few for a verdict: need at least 10 (--pairs 10 or more)"]
+    report = effkit.gate(result, ["latency.p50:+5%", "size:+0%"])
+    assert [v.status for v in report.verdicts] == ["inconclusive", "pass"] and report.passed
+    assert _synthetic(1.5, 0.01, pairs=10).verdict == "slower"
 
 
 def test_paired_interval_is_deterministic_and_contains_the_truth():

@@ -123,7 +123,7 @@ def test_no_quiet_pair_is_inconclusive_with_the_reason(monkeypatch):
     result = measure_paired(_SpinRunner(machine), _SpinRunner(machine), (), pairs=4, iterations=3, warmup=1)
     assert result.verdict == "inconclusive" and result.pairs == [] and result.attempts == 12
     assert result.reasons == ["only 0 of 12 pairs were measured on a quiet enough machine (12 load changed "
-                              "discarded); need 2"]
+                              "discarded); need 10"]
     assert result.speedup() == {"estimate": None, "ci95": None, "verdict": "inconclusive",
                                 "reasons": result.reasons, "pairs": 0, "attempts": 12,
                                 "discarded": {"load changed": 12}, "before_ms": None, "after_ms": None}

@@ -14,7 +14,8 @@ from effkit.cli.common import (HtmlOpt, ArchOpt, ForceOpt, InputShapeOpt, Inputs
                                ModelArg, ThreadsOpt, TimeoutOpt, TrustOpt, check_outputs_free, command, console_for, load,
                                print_warnings, progress_bar, resolve_threads, warned, write_outputs)
 from effkit.errors import UsageError
-from effkit.generation import DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_generation
+from effkit.generation import (DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LEN, bench_generation, check_counts,
+                              check_generation)
 from effkit.generation import DEFAULT_WARMUP as GENERATION_WARMUP
 from effkit.report.text import bench_markdown, bench_table, generation_markdown, generation_table
 
@@ -39,7 +40,8 @@ def bench_command(
     batch_size: Annotated[Optional[list[int]], typer.Option(
         "--batch-size", help="Batch size; repeat for a sweep (default: the example inputs' batch)", min=1)] = None,
     generate: Annotated[bool, typer.Option(
-        "--generate", help="Time greedy text generation of a causal LM (hf:PATH) with its KV cache: time to first "
+        "--generate", help="Time greedy text generation of a causal LM (hf:PATH, or the ONNX file effkit quantize "
+                           "writes of one) with its KV cache: time to first "
                            "token, decode latency per token, prefill and decode tokens/s. --runtime onnxruntime "
                            "exports it with past key/values first (untimed, checked against torch token by "
                            "token); all runs both and gives the ratio of decode tokens/s.")] = False,
@@ -124,15 +126,19 @@ def _bench_generate(model: str, runtime, batch_size, prompt_len, new_tokens, pro
     """`bench --generate`: every refusal (not a causal LM, no tokens, too long, no tokenizer, too big for
     memory, an unknown runtime) comes before the model loads. --runtime onnxruntime exports the model with
     past key/values (untimed, verified against torch token by token); all times torch and onnxruntime."""
-    runtimes = parse_runtimes(runtime or "torch", "torch")
     path = Path(model[3:] if model.startswith("hf:") else model)
-    if not (path / "config.json").is_file():
-        raise UsageError(f"--generate needs a Hugging Face causal LM folder, and {model} is not one",
-                         "pass hf:PATH to a folder with config.json")
+    onnx_file = path.suffix == ".onnx" and path.is_file()  # effkit quantize's causal LM, with its KV cache
+    runtimes = parse_runtimes(runtime or ("onnxruntime" if onnx_file else "torch"), "torch")
+    if not onnx_file and not (path / "config.json").is_file():
+        raise UsageError(f"--generate needs a Hugging Face causal LM folder or an ONNX file with past key/values, "
+                         f"and {model} is neither", "pass hf:PATH to a folder with config.json")
     text = _prompt_text(prompt, prompt_file)
     batch_sizes = batch_size or [1]
-    check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text,
-                     runtimes=runtimes)
+    if onnx_file:
+        check_counts(prompt_len, new_tokens)
+    else:
+        check_generation(path, prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=batch_sizes, prompt=text,
+                         runtimes=runtimes)
     loaded = load(model, None, trust, None, None, console=console_for(json), show_inputs=False)
     threads = resolve_threads(threads, console_for(json))
     with progress_bar() as progress:

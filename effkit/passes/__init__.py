@@ -30,6 +30,10 @@ class PassResult:
     notes: list[str] = field(default_factory=list)
     kept: bool = True
     warnings: list[str] = field(default_factory=list)
+    # runtime -> PairedResult: the pass's own paired timing of its input (A) against its output (B), on which
+    # it decided (quantize: slower or not); compress reports it rather than timing the pair again, because a
+    # second timing can say otherwise (the Austen int4 step: kept as "not slower", then reported 1.30x slower)
+    timed: dict = field(default_factory=dict)
 
 
 @dataclass

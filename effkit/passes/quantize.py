@@ -21,7 +21,6 @@ import numpy as np
 from effkit.benchmark import time_calls
 from effkit.env import cpu_info, int8_outlook
 from effkit.errors import InputError, StepFailed, UsageError
-from effkit.export import make_runner
 from effkit.fidelity import FIDELITY_SAMPLES
 from effkit.judge import Judge, check_tolerance, held_out_batches, judging_split, random_inputs_warning
 from effkit.passes import PassContext, PassResult
@@ -173,8 +172,16 @@ def _time(ctx: CandidateContext, models: dict[str, Any]) -> dict[str, float]:
     calls = {}
     for key, m in models.items():
         runtime = "torch" if key == "torch fp32" or (m.kind == "torch" and key != "onnxruntime fp32") else "onnxruntime"
-        calls[key] = make_runner(m, runtime, ctx.threads).bind(m.example_inputs)
+        calls[key] = ctx.timing_runner(m, runtime).bind(m.example_inputs)
     return time_interleaved(calls, seconds=ctx.candidate_time, iterations=ctx.candidate_iterations)
+
+
+def _timed_on(ctx: CandidateContext) -> str:
+    """What one timed call of the candidates is, in words."""
+    if ctx.decode:
+        return (f"one decode step (a new token after a {ctx.prompt_len}-token prompt from the example inputs, "
+                "with its KV cache) on ONNX Runtime: the time per generated token")
+    return f"a forward pass on the example inputs ({ctx.model.describe_inputs()})"
 
 
 # ---------------------------------------------------------------- the pass
@@ -237,9 +244,9 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
             by_error.setdefault(c.error, []).append(c.label)
         raise StepFailed("no int8 candidate could be built: " + "; ".join(f"{', '.join(labels)}: {error}"
                                                                           for error, labels in by_error.items()))
-    baselines = {"torch fp32": model} if model.kind == "torch" else {}
+    baselines = {"torch fp32": model} if model.kind == "torch" and not ctx.decode else {}
     if any(c.backend == "onnxruntime" for c in built):
-        baselines["onnxruntime fp32"] = model
+        baselines["onnxruntime fp32"] = ctx.float_model()
     timings = _time(ctx, {**baselines, **{c.label: c.model for c in built}})
     for c in built:
         c.latency_ms = timings[c.label]
@@ -260,18 +267,19 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         chosen.model = ort_model(ctx, with_initializers_as_inputs(chosen.model.onnx_path))
     original_size = size_of(model)
     # slower only when the paired interval says so; worded by who acts on it: compress (run) or the command
-    against_float = chosen.against_float or paired_timing(ctx, model, runtime_of(chosen.model), chosen.model,
-                                                          runtime_of(chosen.model))
+    against_float = chosen.against_float or paired_timing(ctx, ctx.float_model(), runtime_of(chosen.model),
+                                                          chosen.model, runtime_of(chosen.model))
     slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
                      f"{', '.join(chosen.display(chosen.kept_float))}")
-    notes.extend(ctx.preprocess_notes)
+    notes.extend(ctx.preprocess_notes + ctx.notes)
     details = {
         "backend": chosen.backend,
         "method": chosen.method,
         "label": chosen.label,
         "tolerance": [t.text for t in config.thresholds],
+        "timed_on": _timed_on(ctx),  # what one timed call is: a decode step for a causal LM with its KV cache
         "judged_on": {"source": judged_on, "batches": len(judge.inputs),
                       "rows": int(sum(len(b[0]) if b and getattr(b[0], "ndim", 0) else 1 for b in judge.inputs))},
         "excluded": chosen.display(chosen.excluded),
@@ -293,7 +301,8 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         "smoothing": ctx.smoothing.get(chosen.backend) if chosen.method == "smoothquant" else None,
         "ort_fusions": ctx.fusions,  # ONNX Runtime's transformer fusions: the ops fused, or why skipped
     }
-    return PassResult(model=chosen.model, details=details, notes=notes, warnings=warnings)
+    return PassResult(model=chosen.model, details=details, notes=notes, warnings=warnings,
+                      timed={runtime_of(chosen.model): against_float})
 
 
 def run(model, config: QuantizeConfig, ctx: PassContext) -> PassResult:

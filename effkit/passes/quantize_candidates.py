@@ -9,12 +9,14 @@ from typing import Any
 
 from effkit import env
 from effkit.errors import UsageError, first_line
-from effkit.export import describe_export, export_report_for, onnx_path_for
+from effkit.export import describe_export, export_report_for, make_runner, onnx_path_for
 from effkit.inputs import sequence_inputs
 from effkit.model import Model
 from effkit.passes import ort_fusion, quantize_bf16, quantize_ort, quantize_torch, quantize_torchao, smoothquant
 from effkit.passes.onnx_preprocess import preprocess
+from effkit.passes.quantize_lm import VERIFIED_TOKENS, decode_timed, with_past_export
 from effkit.passes.quantize_torch import to_torchscript
+from effkit.runners import DecodeStepRunner
 from effkit.save import export_program
 
 
@@ -76,6 +78,32 @@ class CandidateContext:
         self.smoothing: dict[str, list[dict]] = {}  # backend -> per-LayerNorm SmoothQuant report
         self._fused = None
         self.fusions: dict | None = None  # ORT transformer fusions: what was fused, or why skipped
+        self.notes: list[str] = []  # for the user: why a backend was left out, what timing means here
+        self.decode = decode_timed(model, config)
+        self._float = None
+
+    def timing_runner(self, model, runtime: str):
+        """The runner a candidate (or the float model) is timed with: one decode step for a causal LM with
+        past key/values (`DecodeStepRunner`: the time per generated token), else a call on the example inputs."""
+        runner = make_runner(model, runtime, self.threads)
+        return DecodeStepRunner(runner, self.prompt_len) if self.decode else runner
+
+    @property
+    def prompt_len(self) -> int:
+        """The prompt a decode step is timed after: the example inputs' tokens, leaving the new token a place in
+        the model's context."""
+        length = self.model.example_inputs[0].shape[1]
+        context = self.model.meta.get("context_length")
+        return max(1, min(length, context - VERIFIED_TOKENS)) if context else length
+
+    def float_model(self):
+        """What candidates are timed against as "the float model": the original, or for a causal LM timed on
+        decode steps, its fp32 export with past key/values (the original's own runner has no KV cache)."""
+        if not (self.decode and self.model.kind == "torch"):
+            return self.model
+        if self._float is None:
+            self._float = ort_model(self, self.onnx_path())
+        return self._float
 
     def fused_onnx(self):
         """The pre-processed ONNX file with ONNX Runtime's transformer fusions applied (once, shared)."""
@@ -107,8 +135,10 @@ class CandidateContext:
         """The model as a pre-processed ONNX file (exported first for torch models). Raises ValueError when
         the export's sequence axis had to stay static and the data has sequences of another length."""
         if self._onnx is None:
-            self._onnx, self.preprocess_notes = preprocess(onnx_path_for(self.model))
-            if self.model.kind == "torch":  # a text model's export whose sequence axis had to stay static
+            with_past = self.decode and self.model.kind == "torch"
+            self._onnx, self.preprocess_notes = preprocess(with_past_export(self.model, self.threads, self.prompt_len) if with_past
+                                                           else onnx_path_for(self.model))
+            if self.model.kind == "torch" and not with_past:  # a text model's export whose sequence axis had to stay static
                 report = export_report_for(self.model)
                 _, _, static_sequence = describe_export(report)
                 self.warnings += [static_sequence] if static_sequence else []
@@ -138,8 +168,9 @@ class CandidateContext:
 def ort_model(ctx: CandidateContext, path) -> Any:
     """An ONNX Runtime Model for the int8 file at `path`, with the original's inputs and outputs."""
     m = ctx.model
+    meta = dict(m.meta, kv_cache=True) if ctx.decode else dict(m.meta)
     return Model(kind="onnx", onnx_path=path, example_inputs=m.example_inputs, input_names=list(m.input_names),
-                 output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=dict(m.meta))
+                 output_names=m.output_names, source=m.source, format="onnx", save_suffix=".onnx", meta=meta)
 
 
 def _torch_model(ctx: CandidateContext, module) -> Any:
@@ -168,6 +199,10 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
         methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
         bits = [cfg.bits] if cfg.bits is not None else [4, 8]
     backends = ["onnxruntime", "torch"] if cfg.backend == "auto" else [cfg.backend]
+    if ctx.decode and model.kind == "torch" and cfg.backend == "auto":
+        backends = ["onnxruntime"]
+        ctx.notes.append("a causal LM's candidates run on ONNX Runtime with its KV cache and are timed on a decode "
+                         "step; torch's int8 files carry no KV cache (--backend torch times them on a forward pass)")
     if cfg.output_format:
         backends = [b for b in backends if cfg.output_format in SUFFIXES[b]]
     if model.kind == "onnx":

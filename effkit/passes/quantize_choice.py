@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 from effkit.comparison import DEFAULT_THRESHOLD, PairedResult, measure_paired
-from effkit.export import make_runner
 from effkit.passes.quantize_candidates import Candidate, CandidateContext
 from effkit.util import quiet_torch
 
@@ -32,8 +31,8 @@ def paired_timing(ctx: CandidateContext, a, runtime_a: str, b, runtime_b: str, t
     """Model `b` on `runtime_b` against `a` on `runtime_a`, interleaved in A/B pairs (`measure_paired`), in
     about the candidate timing budget; a change beyond `threshold` is a separation."""
     with quiet_torch():
-        return measure_paired(make_runner(a, runtime_a, ctx.threads), make_runner(b, runtime_b, ctx.threads),
-                              a.example_inputs, pairs=DECISION_PAIRS, threshold=threshold,
+        return measure_paired(ctx.timing_runner(a, runtime_a), ctx.timing_runner(b, runtime_b), a.example_inputs,
+                              pairs=DECISION_PAIRS, threshold=threshold,
                               block_time=max(ctx.candidate_time / DECISION_PAIRS, 1e-3),
                               iterations=ctx.candidate_iterations, warmup=2)
 
@@ -64,7 +63,7 @@ def pooled(timings: list) -> PairedResult:
     """The pairs of several paired timings of the same two models as one, analysed afresh."""
     merged = PairedResult(threshold=timings[0].threshold, threads=timings[0].threads, seed=timings[0].seed,
                           pairs=[p for t in timings for p in t.pairs], attempts=sum(t.attempts for t in timings))
-    merged.analyse(sum(t.min_pairs for t in timings))
+    merged.analyse(max(t.min_pairs for t in timings))  # as many pairs as one timing needs: the floor of any verdict
     return merged
 
 

@@ -61,7 +61,7 @@ def tolerance_loop(built: list[Candidate], judge: Judge, ctx: CandidateContext, 
             continue
         c.kept_float = kept
         c.size_bytes = size_of(c.model)
-        c.against_float = paired_timing(ctx, ctx.model, runtime_of(c.model), c.model, runtime_of(c.model))
+        c.against_float = paired_timing(ctx, ctx.float_model(), runtime_of(c.model), c.model, runtime_of(c.model))
         timing = c.against_float.speedup()
         reference = baselines_ms.get(f"{runtime_of(c.model)} fp32")
         # on the scale of the other candidates: the float baseline of their interleaved run over the paired speedup
