@@ -96,8 +96,10 @@ def build(folder: Path, quick: bool) -> Path:
     import transformers
 
     torch.manual_seed(0)
-    config = (transformers.GPT2Config(vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4) if quick
+    config = (transformers.GPT2Config(vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                                      bos_token_id=511, eos_token_id=511) if quick
               else transformers.GPT2Config())  # 124M: 12 layers, 768 wide, 12 heads, 50257 tokens
+    transformers.utils.logging.disable_progress_bar()
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(str(folder))
     return folder
 
@@ -112,8 +114,8 @@ def torch_bytes(module) -> int:
         if id(t) not in seen:
             seen.add(id(t))
             total += t.numel() * t.element_size()
-    for m in module.modules():
-        if hasattr(m, "_packed_params"):
+    for m in module.modules():  # a quantized Linear (its weight a method), not the LinearPackedParams inside it
+        if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None)):
             for t in (m.weight(), m.bias()):
                 if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
@@ -254,7 +256,8 @@ def effkit_auto(model, ids: np.ndarray, threads: int, quick: bool) -> tuple[Row,
         try:
             row.loop, row.weights, row.logits = on_ort(chosen.onnx_path, threads)
         except UsageError as e:
-            row.reason = f"effkit's choice {label} cannot generate with a KV cache ({first_line(e, 120)})"
+            why = first_line(e, 300).replace(str(chosen.onnx_path), "its file")
+            row.reason = f"effkit's choice {label} cannot generate with a KV cache ({why})"
     elif hasattr(chosen.module, "config"):  # a transformers module: it takes the cache
         row.loop, row.weights, row.logits = on_torch(chosen.module)
     else:
@@ -350,6 +353,9 @@ def main() -> None:
     from effkit.passes.onnx_preprocess import preprocess
     from effkit.passes.quantize import DEFAULT_TOLERANCE
     from effkit.passes.quantize_bf16 import NO_BF16, cpu_has_bf16
+    from effkit.util import import_torchao
+
+    import_torchao()  # quietly, before anything imports it loudly (its CUDA libraries, pytree warnings)
 
     torch.set_num_threads(args.threads)
     prompt_len, new_tokens = (16, 8) if args.quick else (128, 64)
