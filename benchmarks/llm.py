@@ -353,7 +353,7 @@ def main() -> None:
     from effkit.passes.onnx_preprocess import preprocess
     from effkit.passes.quantize import DEFAULT_TOLERANCE
     from effkit.passes.quantize_bf16 import NO_BF16, cpu_has_bf16
-    from effkit.util import import_torchao
+    from effkit.util import import_torchao, quiet_torch
 
     import_torchao()  # quietly, before anything imports it loudly (its CUDA libraries, pytree warnings)
 
@@ -364,7 +364,9 @@ def main() -> None:
     compile_limit = 120.0 if args.quick else 900.0
     with tempfile.TemporaryDirectory(prefix="effkit-llm-") as tmp:
         work = Path(tmp)
-        model = load_model(f"hf:{build(work / 'gpt2', args.quick)}")
+        with quiet_torch():  # saving imports torchao's prototypes, which warn about pytree registrations
+            folder = build(work / "gpt2", args.quick)
+        model = load_model(f"hf:{folder}")
         fp32 = model.module.inner
         ids = np.random.default_rng(0).integers(0, fp32.config.vocab_size, (1, prompt_len)).astype(np.int64)
         print(f"GPT-2 shape, {sum(p.numel() for p in fp32.parameters()) / 1e6:.1f}M parameters, prompt {prompt_len}, "
