@@ -62,6 +62,17 @@ def _as_linear(conv1d: Any) -> Any:
     return linear
 
 
+def with_linears(module: Any) -> Any:
+    """A copy of `module` (in eval mode) with every GPT-2 Conv1D replaced by the equivalent Linear, so that
+    quantizers that take Linear layers only (torchao, torch.ao dynamic) cover them too."""
+    model = copy.deepcopy(module).eval()
+    for name, layer in list(model.named_modules()):
+        if name and is_conv1d(layer):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, _as_linear(layer))
+    return model
+
+
 def _config(scheme: str, group_size: int) -> Any:
     import torch
 
@@ -84,11 +95,7 @@ def quantize(module: Any, scheme: str, *, group_size: int, exclude: Sequence[str
         raise ValueError(MISSING)
     from torchao.utils import unwrap_tensor_subclass
 
-    model = copy.deepcopy(module).eval()
-    for name, layer in list(model.named_modules()):
-        if name and is_conv1d(layer):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, _as_linear(layer))
+    model = with_linears(module)
     skip = set(exclude)
     chosen = {name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name not in skip
               and (scheme != "int4-weight" or m.in_features % group_size == 0)}
