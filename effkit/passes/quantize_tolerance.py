@@ -153,7 +153,23 @@ def _keep_sensitive_in_float(c: Candidate, judge: Judge, ctx: CandidateContext) 
     step = max(1, math.ceil(len(ranked) / 10))
     for k in range(step, len(ranked), step):  # at least one layer stays int8, or it is no int8 model
         if build(c, judge, ctx, c.excluded + ranked[:k], "calibrating") and not c.failures:
+            kept = _trim(c, judge, ctx, ranked[:k], ranked[k - step:k] if step > 1 else [])
             layers = [{"layer": shown, "metric": primary.metric, "sensitivity": gains[n], "macs_share": costs[n]}
-                      for n, shown in zip(ranked[:k], c.display(ranked[:k]))]
-            return ranked[:k], layers, estimate
+                      for n, shown in zip(kept, c.display(kept))]
+            return kept, layers, estimate
     return None
+
+
+def _trim(c: Candidate, judge: Judge, ctx: CandidateContext, kept: list[str], last_step: list[str]) -> list[str]:
+    """`kept` (which meets the tolerance) without the layers of the last step it does not need: the search adds
+    a tenth of the layers at a time, and the least efficient of them (tried first) may buy nothing. One
+    build per layer of the step, and one more to leave `c` built with the result."""
+    built_with = kept
+    for name in reversed(last_step):
+        trial = [n for n in kept if n != name]
+        built_with = trial
+        if build(c, judge, ctx, c.excluded + trial, "calibrating") and not c.failures:
+            kept = trial
+    if built_with != kept:
+        build(c, judge, ctx, c.excluded + kept, "calibrating")
+    return kept
