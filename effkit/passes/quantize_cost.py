@@ -7,8 +7,8 @@ quantizable layers on the example inputs. torch: weight elements times the rows 
 by forward hooks on one call. ONNX: weight initializer elements times the rows of the node's input (its
 shape with every dimension but the last, from ONNX shape inference with the example inputs' shapes; a
 Conv's from its output). A layer whose rows shape inference cannot reach (past ONNX Runtime's fused
-contrib ops) is counted at the most common rows of the others. Memory traffic and the quantize/dequantize
-a float layer adds between int8 neighbours are not in it.
+contrib ops) is counted at the most common rows of the others (one row when none is known). Memory
+traffic and the quantize/dequantize a float layer adds between int8 neighbours are not in it.
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ def _restore(c: Candidate, all_int8: tuple) -> None:
     c.error, c.kept_float, c.kept_cost, c.against_float = None, [], None, None
 
 
-def _keep_sensitive_in_float(c: Candidate, judge: Judge, ctx: CandidateContext) -> tuple[list[str], list[dict], str] | None:
+def _keep_sensitive_in_float(c: Candidate, judge: Judge,
+                             ctx: CandidateContext) -> tuple[list[str], list[dict], str] | None:
     """The fewest layers of `c`, in `quantize_cost.rank` order (fidelity bought per share of the MACs; a
     tenth at a time), that, kept in float, make it meet the tolerance, with `c` built that way: (their
     names, per layer its sensitivity and MACs share, how the MACs were estimated); None when no such set
