@@ -3,8 +3,10 @@
 `quantize(model, QuantizeConfig(...))` builds every candidate that applies (backend x method),
 measures each on the same held-out inputs (fidelity) and the same timing loop (interleaved, so a
 busy machine slows all of them alike), and keeps the fastest that meets the tolerance. When none
-does, it measures per-layer sensitivity and keeps the most sensitive layers in float, a few at a
-time, until one passes; if none can, it fails (StepFailed, exit 1). Nothing is assumed about speed:
+does, it measures per-layer sensitivity and keeps in float the layers that buy the most fidelity per
+share of the MACs, a few at a time, until one passes; if none can, it fails (StepFailed, exit 1). The
+same search runs on int8 candidates that miss the tolerance but were timed clearly faster than every
+one that meets it, and those that then pass compete with them. Nothing is assumed about speed:
 ONNX Runtime's dynamic int8 of convolutions, for one, is much slower than fp32, and only a measurement tells.
 """
 
@@ -28,8 +30,9 @@ from effkit.passes.onnx_preprocess import with_initializers_as_inputs
 from effkit.passes.quantize_calib import calibration_batches
 from effkit.passes.quantize_candidates import SUFFIXES, Candidate, CandidateContext, candidates_for, ort_model
 from effkit.passes.quantize_choice import choose, paired_timing, runtime_of
+from effkit.passes.quantize_cost import kept_layers
 from effkit.passes.quantize_ort import matching
-from effkit.passes.quantize_tolerance import build, size_of, tolerance_loop
+from effkit.passes.quantize_tolerance import build, mixed_search, size_of, tolerance_loop
 from effkit.runners import native_runner
 from effkit.specs import Threshold, check_numbers, parse_threshold
 
@@ -254,7 +257,10 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     passing = sorted((c for c in built if not c.failures), key=lambda c: c.latency_ms)
     decision = None
     if any(c.method != "fp32" for c in passing):  # the fused fp32 graph competes with passing candidates only
-        chosen, decision = choose(passing, ctx, model)
+        # an int8 candidate timed clearly faster than all of these may pass with a few layers in float
+        rescued, tried = mixed_search(built, passing, judge, ctx, {k: timings[k] for k in baselines})
+        notes += tried
+        chosen, decision = choose(sorted(passing + rescued, key=lambda c: c.latency_ms), ctx, model)
     else:  # ... and has no layers to keep in float
         chosen, set_aside = tolerance_loop([c for c in built if c.method != "fp32"], judge, ctx, unrepresentative,
                                            {k: timings[k] for k in baselines})
@@ -272,7 +278,7 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
     slower = against_float.speedup()["verdict"] == "slower"
     if chosen.kept_float:
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
-                     f"{', '.join(chosen.display(chosen.kept_float))}")
+                     + ", ".join(kept_layers(chosen.kept_cost)))
     notes.extend(ctx.preprocess_notes + ctx.notes)
     details = {
         "backend": chosen.backend,
