@@ -21,6 +21,7 @@ import numpy as np
 from effkit.errors import StepFailed
 from effkit.onnx_files import is_large, load_graph, read_tensor, write_model
 from effkit.passes.onnx_preprocess import drop_unused_initializers, quiet_ort
+from effkit.runners import KvCache, plain_input_names
 from effkit.util import workdir
 
 # The ops whose constant weight makes a "layer" a user can keep in float.
@@ -159,10 +160,17 @@ def _one_copy(source: Path):
 
 
 class _Reader:
-    """CalibrationDataReader over in-memory batches; reports progress as it is consumed."""
+    """CalibrationDataReader over in-memory batches; reports progress as it is consumed. A causal LM's graph
+    with past key/values gets each batch as a prefill (`runners.KvCache`: an empty past, positions 0..)."""
 
-    def __init__(self, names: list[str], batches: list[tuple], progress: Callable[[float], None] | None):
-        self.names, self.batches, self.progress, self.i = names, batches, progress, 0
+    def __init__(self, proto, batches: list[tuple], progress: Callable[[float], None] | None):
+        initializers = {i.name for i in proto.graph.initializer}
+        inputs = {i.name: _Spec(i) for i in proto.graph.input if i.name not in initializers}
+        self.cache = None
+        if plain_input_names(list(inputs)) != list(inputs):
+            self.cache = KvCache(inputs, [o.name for o in proto.graph.output])
+        self.names = self.cache.plain_inputs if self.cache else list(inputs)
+        self.batches, self.progress, self.i = batches, progress, 0
 
     def get_next(self):
         if self.i >= len(self.batches):
@@ -171,23 +179,35 @@ class _Reader:
         self.i += 1
         if self.progress:
             self.progress(self.i / len(self.batches))
-        return feed
+        return self.cache.prefill_feed(feed) if self.cache else feed
 
     def rewind(self):
         self.i = 0
+
+
+class _Spec:
+    """An ONNX graph input described as ONNX Runtime describes one (`shape`, `type`), for `runners.KvCache`."""
+
+    def __init__(self, value_info):
+        tensor = value_info.type.tensor_type
+        self.shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in tensor.shape.dim]
+        self.type = "tensor(float16)" if tensor.elem_type == 10 else "tensor(float)"  # 10: FLOAT16
+
+
+def _reader(proto, batches: list[tuple], progress: Callable[[float], None] | None):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    return type("Reader", (_Reader, CalibrationDataReader), {})(proto, batches, progress)
 
 
 def quantize_static(onnx_path: Path, batches: list[tuple], *, per_channel: bool, activation_type: str,
                     weight_type: str, calib_method: str, exclude: Sequence[str],
                     progress: Callable[[float], None] | None = None) -> Path:
     """QDQ int8 with activation ranges calibrated on `batches` (each a tuple of input arrays)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_static
 
-    proto = load_graph(onnx_path)
-    initializers = {i.name for i in proto.graph.initializer}
-    names = [i.name for i in proto.graph.input if i.name not in initializers]
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches, progress)
+    reader = _reader(load_graph(onnx_path), batches, progress)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[calib_method]
     out = _new_path("static.onnx")
@@ -241,7 +261,6 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
     wrongly when a weight has an odd number of groups). Only MatMul with a constant weight is quantized,
     so Gemm is rewritten as MatMul first (GPT-2's Conv1D, every Linear with a bias exports as Gemm)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  GPTQWeightOnlyQuantConfig,
                                                                  HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer)
@@ -251,10 +270,7 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
     if algorithm == "gptq":
         if not batches:
             raise ValueError("GPTQ needs calibration data (--calib)")
-        initializers = {i.name for i in proto.graph.initializer}
-        names = [i.name for i in proto.graph.input if i.name not in initializers]
-        reader = type("Reader", (_Reader, CalibrationDataReader), {})(names, batches, None)
-        config = GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, block_size=group_size)
+        config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_reader(proto, batches, None), block_size=group_size)
     elif algorithm == "hqq":
         config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
     else:
