@@ -161,6 +161,15 @@ def run_case(case: dict, args) -> list[Anchor]:
 
         size = size / size_info(effkit_model)["bytes_on_disk"] * fp32_size
         kept = result.details.get("kept_in_float") or []
+        for c in result.details["candidates"]:  # what effkit measured, and how it decided
+            print(f"    {c['label']:52} {c['status'][:60]}", file=sys.stderr)
+        for d in (result.details.get("decision") or {}).get("compared", []):
+            rounds = ", ".join(f"{r['verdict']} {r['speedup']:.3f}" if r["speedup"] else r["verdict"] for r in d["rounds"])
+            print(f"    paired: {d['candidate']} against {d['against']}: {d['verdict']} "
+                  f"[{', '.join(f'{x:.3f}' for x in d['ci95'] or [])}] (rounds: {rounds}; pooled {d['pooled']})",
+                  file=sys.stderr)
+        for note in result.notes:
+            print(f"    note: {note}", file=sys.stderr)
         return runner.bind(example), runner.run, size, result.details["label"] + (f", {len(kept)} float" if kept else "")
 
     add("effkit quantize (default)", effkit_default)

@@ -306,13 +306,14 @@ def test_prune_without_labels_is_held_to_cosine_and_writes_nothing_when_it_misse
 
 @pytest.mark.parametrize("verdicts, pooled, chosen, tied", [
     (["same"], None, "B", ["A", "B"]),  # within noise: the smaller one, by the stable rule
-    (["inconclusive", "inconclusive"], "inconclusive", "B", ["A", "B"]),
+    # still inconclusive pooled: more timings, up to four, then a tie
+    (["inconclusive"] * 4, "inconclusive", "B", ["A", "B"]),
     (["slower", "slower"], None, "A", []),  # both rounds separate them: the faster one
     (["faster", "faster"], None, "B", []),
     # one round's interval separated them, the next on fresh runners did not: the pairs pooled decide
-    (["faster", "inconclusive"], "inconclusive", "B", ["A", "B"]),
+    (["faster", "inconclusive", "inconclusive", "same"], "inconclusive", "B", ["A", "B"]),
     (["slower", "same"], "same", "B", ["A", "B"]),
-    (["faster", "slower"], "inconclusive", "B", ["A", "B"]),
+    (["faster", "slower", "faster", "slower"], "inconclusive", "B", ["A", "B"]),
     (["slower", "inconclusive"], "slower", "A", []),  # a real 10% that one round's interval straddled
     (["inconclusive", "inconclusive"], "slower", "A", []),
 ])

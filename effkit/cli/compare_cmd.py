@@ -44,7 +44,9 @@ def compare_command(
     runtime: Annotated[Optional[str], typer.Option(
         "--runtime", help="torch or onnxruntime (default: torch when both are torch models, else onnxruntime)")] = None,
     threads: ThreadsOpt = None,
-    pairs: Annotated[int, typer.Option("--pairs", help="A/B block pairs to keep per round.", min=2)] = DEFAULT_PAIRS,
+    pairs: Annotated[int, typer.Option(
+        "--pairs", help="A/B block pairs to keep per round (a verdict needs at least 10: fewer give inconclusive).",
+        min=2)] = DEFAULT_PAIRS,
     block_time: Annotated[float, typer.Option(
         "--block-time", help="Seconds per block (one model's run of calls).", min=0.001)] = DEFAULT_BLOCK_TIME,
     iterations: Annotated[Optional[int], typer.Option(
