@@ -207,6 +207,7 @@ def print_table(case: dict, anchors: list[Anchor]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small shapes, few timed calls")
+    parser.add_argument("--case", choices=("outlier", "base"), help="run one encoder only")
     args = parser.parse_args()
     args.seconds = 0.3 if args.quick else 3.0
     args.rounds = 2 if args.quick else 5
@@ -222,7 +223,7 @@ def main() -> None:
 
     cpu = cpu_info()
     print(f"# effkit transformers benchmark, {date.today()}, {cpu['model']} ({', '.join(cpu['isa'])})")
-    for case in cases(args.quick):
+    for case in [c for c in cases(args.quick) if args.case in (None, c["name"])]:
         print(f"{case['name']} ...", file=sys.stderr, flush=True)
         print_table(case, run_case(case, args))
 

@@ -123,3 +123,19 @@ def test_default_quantize_keeps_a_few_layers_of_a_faster_int8_candidate_in_float
     batches = [(ids[i:i + 2], mask[i:i + 2]) for i in range(0, 8, 2)]
     ref, new = native_runner(model, 1), native_runner(result.model, 1)
     assert compare_outputs([ref.run(b) for b in batches], [new.run(b) for b in batches])["cosine_min"] >= 0.99
+
+
+def test_the_search_is_not_tried_where_it_would_take_too_long():
+    """A search builds and judges the candidate once per layer: on a 124M LM that is minutes per candidate."""
+    from effkit.passes import quantize_tolerance as qt
+    from effkit.passes.quantize_candidates import Candidate
+
+    layers = [{"name": f"l{i}", "alias": f"l{i}"} for i in range(49)]
+    int4 = Candidate("onnxruntime", "weight-only", "int4", layers, build=None, latency_ms=1.0, build_seconds=15.0,
+                     failures=["cosine 0.95 breaks cosine>=0.99"])
+    dynamic = Candidate("onnxruntime", "dynamic", "dynamic", layers, build=None, latency_ms=2.0)
+    rescued, notes = qt.mixed_search([int4, dynamic], [dynamic], judge=None, ctx=None, baselines_ms={})
+    assert rescued == [] and notes == [
+        "mixed precision not tried on int4 (timed 2.00x faster than dynamic, the fastest that met the tolerance, but "
+        "cosine 0.95 breaks cosine>=0.99): its 49 layers at 15 s a build would take about 12 min; keep layers in "
+        "float with --exclude, or loosen --tolerance"]

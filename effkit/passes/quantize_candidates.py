@@ -45,6 +45,7 @@ class Candidate:
     kept_float: list[str] = field(default_factory=list)  # added by the tolerance loop
     kept_cost: dict | None = None  # what keeping them in float cost against all-int8
     against_float: Any = None  # PairedResult: the float model (A) against this one (B), when already timed
+    build_seconds: float | None = None  # how long its last build and judging took
     suffix: str = ""  # the format it is saved in: the backend's (SUFFIX_OF) unless named
 
     def __post_init__(self) -> None:
