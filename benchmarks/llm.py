@@ -13,7 +13,8 @@ Every row decodes greedily with a KV cache, one forward pass per new token:
   torchao int8/int4 weight-only    effkit's torchao wrappers (Int8WeightOnlyConfig per channel;
                                    IntxWeightOnlyConfig int4 in groups of 128), eager and compiled as above
   ORT fp32                         effkit.generation_ort.OrtGreedy over export_with_past (past key/values)
-  ORT MatMulNBits int4/int8        RTN, group 128, on that file after onnx_preprocess (as quantize does)
+  ORT MatMulNBits int4/int8        RTN, group 128, on that file after onnx_preprocess (as quantize does);
+                                   int4 with the embedding tables in 4 bits too (+emb: GatherBlockQuantized)
   effkit quantize auto             quantize(model, QuantizeConfig()) on the hf: folder, then its chosen model
                                    generates: OrtGreedy for an ONNX choice, greedy for a transformers module;
                                    a choice without past key/values prints n/a with the reason
@@ -231,7 +232,8 @@ def add(rows: list[Row], row: Row, make: Callable[[], tuple[Callable, int, Calla
 def ort_quantized(source: Path, bits: int, group: int, threads: int) -> tuple[Callable, int, Callable]:
     from effkit.passes.quantize_ort import quantize_nbits
 
-    return on_ort(quantize_nbits(source, bits=bits, group_size=group, algorithm="rtn", exclude=()), threads)
+    return on_ort(quantize_nbits(source, bits=bits, group_size=group, algorithm="rtn", exclude=(),
+                                 embeddings=bits == 4), threads)
 
 
 def effkit_auto(model, ids: np.ndarray, threads: int, quick: bool) -> tuple[Row, str]:
@@ -421,7 +423,7 @@ def main() -> None:
                 exported["ready"] = preprocess(exported["path"])[0]
             return ort_quantized(exported["ready"], bits, group, args.threads)
 
-        add(rows, Row(f"ORT MatMulNBits int4 RTN g{group}", goal="int4"), lambda: ort_nbits(4))
+        add(rows, Row(f"ORT MatMulNBits int4 RTN g{group} +emb", goal="int4"), lambda: ort_nbits(4))
         add(rows, Row(f"ORT MatMulNBits int8 RTN g{group}", goal="int8", anchor=False), lambda: ort_nbits(8))
         rows.append(auto)
         gc.collect()

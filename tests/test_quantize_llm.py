@@ -42,7 +42,10 @@ def test_weight_only_nbits_quantizes_every_matmul(folders, kind, bits, algorithm
     # every projection of both blocks (GPT-2's Conv1D Gemms rewritten first) and the LM head
     assert len(found) >= 2 * 4 + 1 and set(found) == {bits}
     chosen = next(c for c in result.details["candidates"] if c["status"] == "chosen")
-    assert chosen["label"] == f"ORT MatMulNBits int{bits} {algorithm.upper()} group 32"
+    # 4-bit RTN is also measured with the embedding tables in 4 bits: both pass this bar, timing decides
+    labels = {f"ORT MatMulNBits int{bits} {algorithm.upper()} group 32"}
+    labels |= {"ORT MatMulNBits int4 RTN group 32, int4 embeddings"} if (bits, algorithm) == (4, "rtn") else set()
+    assert chosen["label"] in labels
     fid = chosen["fidelity"]
     assert 0.5 <= fid["token_agreement"] <= 1 and fid["kl_mean"] >= 0
     # smaller than the float model in the same format; the original's size is its folder's fp32 weights,

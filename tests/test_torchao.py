@@ -200,7 +200,8 @@ def test_gptq_is_one_more_weight_only_candidate_with_calibration_text(cli, gpt2)
                        "-o", "q.onnx", "--json", "q.json", *GPT2_OPTS)
     assert code == 0, err
     rows = {c["label"]: c for c in json.loads(open("q.json").read())["details"]["candidates"]}
-    assert set(rows) == {"ORT MatMulNBits int4 RTN group 16", "ORT MatMulNBits int4 GPTQ group 16"}
+    assert set(rows) == {"ORT MatMulNBits int4 RTN group 16", "ORT MatMulNBits int4 RTN group 16, int4 embeddings",
+                         "ORT MatMulNBits int4 GPTQ group 16"}
     gptq = rows["ORT MatMulNBits int4 GPTQ group 16"]
     assert not gptq["status"].startswith("failed") and gptq["fidelity"]["cosine_min"] >= 0.8
 

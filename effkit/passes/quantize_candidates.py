@@ -1,5 +1,8 @@
 """The ways to quantize a model (backend x method x per-channel), each a `Candidate` that builds itself
-with a chosen set of layers kept in float. `effkit.passes.quantize` measures them and picks one."""
+with a chosen set of layers kept in float. `effkit.passes.quantize` measures them and picks one.
+
+Long because every (backend, method) candidate is made here, each in a few lines, so that what `auto` measures
+reads in one place."""
 
 from __future__ import annotations
 
@@ -224,7 +227,7 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
                     out.append(_ort_nbits_candidate(ctx, 4, "gptq"))
                 if bits != [None]:
                     for b in bits:
-                        out += [_ort_nbits_candidate(ctx, b)] if backend == "onnxruntime" else _torch_nbits_candidates(ctx, b)
+                        out += _ort_nbits_candidates(ctx, b) if backend == "onnxruntime" else _torch_nbits_candidates(ctx, b)
                     continue
             if method == "smoothquant":
                 if cfg.method == "smoothquant" or _has_layer_norm(ctx, backend):  # auto: transformers only
@@ -286,14 +289,26 @@ def _torchao_candidate(ctx: CandidateContext, method: str, scheme: str) -> Candi
     return candidate
 
 
-def _ort_nbits_candidate(ctx: CandidateContext, bits: int, algorithm: str | None = None) -> Candidate:
-    """4 or 8-bit blockwise weights on ONNX Runtime's MatMulNBits (GPTQ calibrated on the calibration batches)."""
+def _ort_nbits_candidates(ctx: CandidateContext, bits: int) -> list[Candidate]:
+    """MatMulNBits at `bits`; with 4-bit RTN also the same with the embedding tables in 4 bits, measured apart
+    because an int4 embedding costs fidelity (cosine 0.99 -> 0.93 on the tests' tiny Llama) for size (GPT-2
+    small: 0.45x -> 0.18x of fp32), and only the tolerance can say whether that trade holds."""
+    out = [_ort_nbits_candidate(ctx, bits)]
+    if bits == 4 and ctx.config.weight_algorithm == "rtn":
+        out.append(_ort_nbits_candidate(ctx, bits, embeddings=True))
+    return out
+
+
+def _ort_nbits_candidate(ctx: CandidateContext, bits: int, algorithm: str | None = None,
+                         embeddings: bool = False) -> Candidate:
+    """4 or 8-bit blockwise weights on ONNX Runtime's MatMulNBits (GPTQ calibrated on the calibration batches),
+    with `embeddings` the embedding tables too (4-bit RTN only)."""
     cfg = ctx.config
     algorithm = algorithm or ("rtn" if bits == 8 else cfg.weight_algorithm)
-    label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
+    label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}" + (", int4 embeddings" if embeddings else "")
     build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
         ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex,
-        batches=ctx.calib_batches))
+        batches=ctx.calib_batches, embeddings=embeddings))
     candidate = Candidate("onnxruntime", "weight-only", label, [], build)
     try:
         candidate.layers = [layer for layer in quantize_ort.layers(ctx.onnx_path()) if layer["op"] in ("MatMul", "Gemm")]

@@ -59,7 +59,9 @@ def paired_decision(ctx: CandidateContext, best: Candidate, c: Candidate) -> dic
     first = [t.speedup() for t in timings]
     agreed = len(first) == 1 or (first[0]["verdict"] == first[1]["verdict"] in ("faster", "slower"))
     decided = first[0] if agreed else pooled(timings).speedup()
-    while decided["verdict"] == "inconclusive" and len(timings) < MAX_DECISION_TIMINGS:
+    # a fixed number of timed calls (--iterations) is a fixed budget: only the two timings it asked for
+    most = MAX_DECISION_TIMINGS if getattr(ctx, "candidate_iterations", None) is None else 2
+    while decided["verdict"] == "inconclusive" and len(timings) < most:
         timings.append(timing())  # more pairs until the pooled interval separates or the budget ends
         decided = pooled(timings).speedup()
     rounds = [t.speedup() for t in timings]

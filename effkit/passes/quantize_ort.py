@@ -252,15 +252,15 @@ def _calibration_cache(onnx_path: Path, reader, method) -> Path | None:
 
 
 def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str],
-                   batches: list[tuple] | None = None) -> Path:
+                   batches: list[tuple] | None = None, embeddings: bool = False) -> Path:
     """4 or 8-bit weights in blocks of `group_size` along the input axis, run by ONNX Runtime's MatMulNBits
     kernel (int8 arithmetic on the activations, accuracy level 4). `algorithm`: "rtn" rounds each block to
     its nearest levels (symmetric); "hqq" fits scales and zero points half-quadratically (4-bit only);
     "gptq" (4-bit only) rounds column by column, correcting the rest of the weight for each rounding error
     with the inputs' Hessian measured on `batches` (symmetric: ONNX Runtime 1.32 packs GPTQ's zero points
     wrongly when a weight has an odd number of groups). MatMul with a constant weight is quantized (and with
-    4-bit RTN the embedding tables' Gather, as GatherBlockQuantized), so Gemm is rewritten as MatMul first
-    (GPT-2's Conv1D, every Linear with a bias exports as Gemm)."""
+    `embeddings`, 4-bit RTN only, the embedding tables' Gather, as GatherBlockQuantized), so Gemm is rewritten
+    as MatMul first (GPT-2's Conv1D, every Linear with a bias exports as Gemm)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  GPTQWeightOnlyQuantConfig,
@@ -275,9 +275,11 @@ def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: st
     elif algorithm == "hqq":
         config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
     else:
-        # 4-bit RTN also takes the embedding tables (GatherBlockQuantized; ONNX Runtime quantizes Gather at 4 bits
-        # only): GPT-2 small's fp32 token embedding alone is 0.31x of the model, which MatMul-only int4 leaves
-        ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+        # GPT-2 small's fp32 token embedding alone is 0.31x of the model, which MatMul-only int4 leaves; ONNX
+        # Runtime quantizes Gather at 4 bits only
+        if embeddings and bits != 4:
+            raise ValueError("ONNX Runtime quantizes embedding tables (Gather) at 4 bits only")
+        ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
         config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, bits=bits, accuracy_level=4,
                                               op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
     # is_symmetric and accuracy_level (int8 compute, as RTN's config says) are read by the GPTQ branch only
