@@ -294,9 +294,16 @@ def _ort_nbits_candidates(ctx: CandidateContext, bits: int) -> list[Candidate]:
     because an int4 embedding costs fidelity (cosine 0.99 -> 0.93 on the tests' tiny Llama) for size (GPT-2
     small: 0.45x -> 0.18x of fp32), and only the tolerance can say whether that trade holds."""
     out = [_ort_nbits_candidate(ctx, bits)]
-    if bits == 4 and ctx.config.weight_algorithm == "rtn":
+    if bits == 4 and ctx.config.weight_algorithm == "rtn" and _has_embedding(ctx):
         out.append(_ort_nbits_candidate(ctx, bits, embeddings=True))
     return out
+
+
+def _has_embedding(ctx: CandidateContext) -> bool:
+    try:
+        return quantize_ort.has_embedding_table(ctx.onnx_path())
+    except Exception:  # the export failed: the MatMul-only candidate reports why
+        return False
 
 
 def _ort_nbits_candidate(ctx: CandidateContext, bits: int, algorithm: str | None = None,

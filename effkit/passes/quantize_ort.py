@@ -251,6 +251,13 @@ def _calibration_cache(onnx_path: Path, reader, method) -> Path | None:
     return cache
 
 
+def has_embedding_table(onnx_path: Path) -> bool:
+    """Whether the graph looks up a constant table (a Gather whose data is an initializer): an embedding."""
+    proto = load_graph(onnx_path)
+    initializers = {i.name for i in proto.graph.initializer}
+    return any(n.op_type == "Gather" and n.input and n.input[0] in initializers for n in proto.graph.node)
+
+
 def quantize_nbits(onnx_path: Path, *, bits: int, group_size: int, algorithm: str, exclude: Sequence[str],
                    batches: list[tuple] | None = None, embeddings: bool = False) -> Path:
     """4 or 8-bit weights in blocks of `group_size` along the input axis, run by ONNX Runtime's MatMulNBits
