@@ -252,8 +252,8 @@ def bench_generation(model, *, prompt: str | None = None, prompt_len: int = DEFA
                   "prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens}
     if module is not None:
         loops["torch"] = lambda x, n: greedy(module, x, n)
-    if "onnxruntime" in runtimes and module is not None:
-        loops["onnxruntime"], generation["onnx_export"] = _onnxruntime_loop(module, ids, new_tokens, threads)
+        if "onnxruntime" in runtimes:
+            loops["onnxruntime"], generation["onnx_export"] = _onnxruntime_loop(module, ids, new_tokens, threads)
     runs = []
     for runtime in runtimes:
         for b in batch_sizes:

@@ -126,7 +126,6 @@ class OrtGreedy:
                              "export it with effkit.generation_ort.export_with_past")
         self.cache = cache
         self.present = {present: past for past, present in cache.present.items()}
-        self.takes_mask, self.takes_positions = "attention_mask" in cache.plain_inputs, cache.positions
         self.outputs = ["logits", *self.present]
         vocab = next(o.shape[-1] for o in self.session.get_outputs() if o.name == "logits")
         self.vocab = vocab if isinstance(vocab, int) else 2  # a symbolic size: random prompts of ids 0 and 1
@@ -134,18 +133,11 @@ class OrtGreedy:
     def step(self, tokens: np.ndarray, past: dict, total: int) -> tuple[np.ndarray, dict]:
         """One forward pass of `tokens` [batch, n] after `past` (total = past length + n): the last
         position's logits [batch, vocab] and the new past."""
-        batch, n = tokens.shape
-        feed = {"input_ids": tokens, **past}
-        if self.takes_mask:
-            feed["attention_mask"] = np.ones((batch, total), dtype=np.int64)
-        if self.takes_positions:
-            feed["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(total - n, total), (batch, n)))
-        logits, *present = self.session.run(self.outputs, feed)
+        logits, *present = self.session.run(self.outputs, self.cache.feed(tokens, past, total))
         return logits[:, -1], {self.present[name]: t for name, t in zip(self.outputs[1:], present)}
 
     def empty_past(self, batch: int) -> dict:
-        feed = self.cache.prefill_feed({"input_ids": np.zeros((batch, 0), np.int64)})
-        return {name: feed[name] for name in self.cache.past}
+        return self.cache.empty_past(batch)
 
     def __call__(self, ids: np.ndarray, new_tokens: int) -> tuple[np.ndarray, float, list[float]]:
         clock = time.perf_counter

@@ -209,28 +209,33 @@ class KvCache:
         cache = cls(inputs, outputs)
         return cache if set(cache.present.values()) <= set(outputs) else None
 
-    def prefill_feed(self, feed: dict) -> dict:
-        """A plain feed completed with an empty past (and positions 0.. when the file takes them)."""
-        batch, length = feed["input_ids"].shape
+    def empty_past(self, batch: int) -> dict:
+        """The past of a prefill: [batch, kv heads, 0, head dim] per input (heads and head size are in the file)."""
         dtypes = {"tensor(float16)": np.float16}
-        feed = dict(feed)
-        for name, spec in self.past.items():
-            feed[name] = np.zeros((batch, spec.shape[1], 0, spec.shape[3]), dtypes.get(spec.type, np.float32))
+        return {name: np.zeros((batch, spec.shape[1], 0, spec.shape[3]), dtypes.get(spec.type, np.float32))
+                for name, spec in self.past.items()}
+
+    def feed(self, tokens: np.ndarray, past: dict, total: int) -> dict:
+        """The feed of `tokens` [batch, n] after `past` (total = past length + n): a mask over past and tokens
+        and their positions, where the file takes them."""
+        batch, n = tokens.shape
+        feed = {"input_ids": tokens, **past}
+        if "attention_mask" in self.plain_inputs:
+            feed["attention_mask"] = np.ones((batch, total), np.int64)
         if self.positions:
-            feed["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(length), (batch, length)))
+            feed["position_ids"] = np.ascontiguousarray(np.broadcast_to(np.arange(total - n, total), (batch, n)))
         return feed
 
+    def prefill_feed(self, feed: dict) -> dict:
+        """A plain feed (its own attention mask kept) completed with an empty past and positions 0.."""
+        tokens = feed["input_ids"]
+        return {**self.feed(tokens, self.empty_past(tokens.shape[0]), tokens.shape[1]), **feed}
+
     def step_feed(self, prefill: dict, outputs: dict) -> dict:
-        """The feed of the decode step after `prefill`: its greedy next token, the past it left, a mask over
-        past and token, the next position."""
-        batch, length = prefill["input_ids"].shape
-        feed = {"input_ids": outputs[self.plain_outputs[0]][:, -1].argmax(-1)[:, None].astype(np.int64)}
-        feed.update({name: outputs[present] for name, present in self.present.items()})
-        if "attention_mask" in prefill:
-            feed["attention_mask"] = np.ones((batch, length + 1), np.int64)
-        if self.positions:
-            feed["position_ids"] = np.full((batch, 1), length, np.int64)
-        return feed
+        """The feed of the decode step after `prefill`: its greedy next token after the past it left."""
+        token = outputs[self.plain_outputs[0]][:, -1].argmax(-1)[:, None].astype(np.int64)
+        past = {name: outputs[present] for name, present in self.present.items()}
+        return self.feed(token, past, prefill["input_ids"].shape[1] + 1)
 
 
 class DecodeStepRunner(Runner):
