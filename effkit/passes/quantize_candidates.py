@@ -84,6 +84,7 @@ class CandidateContext:
         self.fusions: dict | None = None  # ORT transformer fusions: what was fused, or why skipped
         self.notes: list[str] = []  # for the user: why a backend was left out, what timing means here
         self.decode = decode_timed(model, config)
+        self.with_past = self.decode and model.kind == "torch"  # candidates start from an export with past key/values
         self._float = None
 
     def timing_runner(self, model, runtime: str):
@@ -103,7 +104,7 @@ class CandidateContext:
     def float_model(self):
         """What candidates are timed against as "the float model": the original, or for a causal LM timed on
         decode steps, its fp32 export with past key/values (the original's own runner has no KV cache)."""
-        if not (self.decode and self.model.kind == "torch"):
+        if not self.with_past:
             return self.model
         if self._float is None:
             self._float = ort_model(self, self.onnx_path())
@@ -139,10 +140,10 @@ class CandidateContext:
         """The model as a pre-processed ONNX file (exported first for torch models). Raises ValueError when
         the export's sequence axis had to stay static and the data has sequences of another length."""
         if self._onnx is None:
-            with_past = self.decode and self.model.kind == "torch"
-            self._onnx, self.preprocess_notes = preprocess(with_past_export(self.model, self.threads, self.prompt_len) if with_past
-                                                           else onnx_path_for(self.model))
-            if self.model.kind == "torch" and not with_past:  # a text model's export whose sequence axis had to stay static
+            source = (with_past_export(self.model, self.threads, self.prompt_len) if self.with_past
+                      else onnx_path_for(self.model))
+            self._onnx, self.preprocess_notes = preprocess(source)
+            if self.model.kind == "torch" and not self.with_past:  # an export whose sequence axis had to stay static
                 report = export_report_for(self.model)
                 _, _, static_sequence = describe_export(report)
                 self.warnings += [static_sequence] if static_sequence else []
@@ -203,7 +204,7 @@ def candidates_for(ctx: CandidateContext) -> list[Candidate]:
         methods.append("weight-only")  # what language models are quantized with: 4 and 8-bit weights
         bits = [cfg.bits] if cfg.bits is not None else [4, 8]
     backends = ["onnxruntime", "torch"] if cfg.backend == "auto" else [cfg.backend]
-    if ctx.decode and model.kind == "torch" and cfg.backend == "auto":
+    if ctx.with_past and cfg.backend == "auto":
         backends = ["onnxruntime"]
         ctx.notes.append("a causal LM's candidates run on ONNX Runtime with its KV cache and are timed on a decode "
                          "step; torch's int8 files carry no KV cache (--backend torch times them on a forward pass)")
@@ -312,7 +313,8 @@ def _ort_nbits_candidate(ctx: CandidateContext, bits: int, algorithm: str | None
     with `embeddings` the embedding tables too (4-bit RTN only)."""
     cfg = ctx.config
     algorithm = algorithm or ("rtn" if bits == 8 else cfg.weight_algorithm)
-    label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}" + (", int4 embeddings" if embeddings else "")
+    label = f"ORT MatMulNBits int{bits} {algorithm.upper()} group {cfg.group_size}"
+    label += ", int4 embeddings" if embeddings else ""
     build = lambda ex, p: ort_model(ctx, quantize_ort.quantize_nbits(  # noqa: E731
         ctx.onnx_path(), bits=bits, group_size=cfg.group_size, algorithm=algorithm, exclude=ex,
         batches=ctx.calib_batches, embeddings=embeddings))
