@@ -59,6 +59,7 @@ def test_quantize_times_a_causal_lm_on_decode_steps_and_writes_a_file_that_gener
     assert {c["backend"] for c in details["candidates"]} == {"onnxruntime"}  # torch's files carry no KV cache
     assert "torch's int8 files carry no KV cache (--backend torch times them on a forward pass)" in " ".join(result.notes)
     assert list(details["baselines_ms"]) == ["onnxruntime fp32"]
+    assert f"speed timed on {details['timed_on']}" in result.notes  # terminal, JSON, Markdown and HTML list notes
     assert result.model.kind == "onnx" and result.model.meta["kv_cache"]
     ids = np.random.default_rng(1).integers(0, VOCAB, (1, 8)).astype(np.int64)
     tokens, _, decode_ms = OrtGreedy(result.model.onnx_path, 1)(ids, 5)

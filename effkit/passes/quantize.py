@@ -280,6 +280,8 @@ def quantize(model, config: QuantizeConfig, *, calib=None, eval_data=None, text=
         notes.append(f"kept {len(chosen.kept_float)} sensitive layer(s) in float to meet the tolerance: "
                      + ", ".join(kept_layers(chosen.kept_cost)))
     notes.extend(ctx.preprocess_notes + ctx.notes)
+    if ctx.decode:  # the before/after speed is per generated token, not per forward pass: every report says so
+        notes.append(f"speed timed on {_timed_on(ctx)}")
     details = {
         "backend": chosen.backend,
         "method": chosen.method,
